@@ -1,0 +1,64 @@
+-- Desktop side: the outbox and the capture function. The triggers that call it are created per
+-- configured table by `tandem init` (AFTER INSERT / UPDATE / DELETE / TRUNCATE, statement level).
+
+-- Which keys changed. Capture keys, not rows: the reader re-reads the current rows for these keys, so an
+-- apply is always "make the cloud equal the desktop for these keys" (idempotent, net effect per key).
+-- `id` is taken at insert, not at commit: it orders nothing and is never used as a high-water mark.
+CREATE TABLE IF NOT EXISTS tandem.outbox (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    table_schema text NOT NULL,
+    table_name   text NOT NULL,
+    op           "char" NOT NULL,        -- I, U, D (a key), T (truncate, no key)
+    row_key      text[],                 -- key (or scope) values as text, in the trigger's column order
+    xid          xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    captured_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- The capture function. Trigger arguments: the key (or scope) columns of the table. Statement-level with
+-- transition tables: one INSERT into the outbox per statement, not per row. Writes made by tandem itself
+-- (the session setting tandem.applying = on) are not captured, so nothing echoes back.
+-- SECURITY DEFINER: the desktop application needs no privilege on schema tandem.
+CREATE OR REPLACE FUNCTION tandem.capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    key_expr text;
+    captured bigint := 0;
+BEGIN
+    IF current_setting('tandem.applying', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO tandem.outbox (table_schema, table_name, op, row_key)
+        VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'T', NULL);
+        captured := 1;
+    ELSE
+        SELECT 'ARRAY[' || string_agg(format('%I::text', col), ', ' ORDER BY ord) || ']'
+          INTO key_expr
+          FROM unnest(TG_ARGV) WITH ORDINALITY AS a(col, ord);
+        IF TG_OP = 'INSERT' THEN
+            EXECUTE format(
+                'INSERT INTO tandem.outbox (table_schema, table_name, op, row_key)
+                 SELECT DISTINCT $1, $2, ''I''::"char", %s FROM tandem_new', key_expr)
+            USING TG_TABLE_SCHEMA, TG_TABLE_NAME;
+        ELSIF TG_OP = 'UPDATE' THEN
+            -- Old and new keys: when an update moves a row to another key, both must be made equal.
+            EXECUTE format(
+                'INSERT INTO tandem.outbox (table_schema, table_name, op, row_key)
+                 SELECT $1, $2, ''U''::"char", k
+                   FROM (SELECT %1$s AS k FROM tandem_old UNION SELECT %1$s FROM tandem_new) AS keys', key_expr)
+            USING TG_TABLE_SCHEMA, TG_TABLE_NAME;
+        ELSE
+            EXECUTE format(
+                'INSERT INTO tandem.outbox (table_schema, table_name, op, row_key)
+                 SELECT DISTINCT $1, $2, ''D''::"char", %s FROM tandem_old', key_expr)
+            USING TG_TABLE_SCHEMA, TG_TABLE_NAME;
+        END IF;
+        GET DIAGNOSTICS captured = ROW_COUNT;
+    END IF;
+    IF captured > 0 THEN
+        PERFORM pg_notify('tandem_outbox', '');
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+REVOKE ALL ON FUNCTION tandem.capture() FROM PUBLIC;

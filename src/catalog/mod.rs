@@ -1,0 +1,185 @@
+//! What the two live schemas hold: tables, columns, keys, indexes, replica identity.
+//!
+//! Read once per command with one set-based query per kind of fact, for all configured tables at once.
+//! [`validate`] compares the config with it.
+
+pub mod validate;
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use crate::change::{QualifiedName, Side};
+use crate::db::{Context, DbError};
+
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// `format_type` of the column: `integer`, `character varying(120)`, ...
+    pub type_name: String,
+    pub type_oid: u32,
+    pub not_null: bool,
+    pub has_default: bool,
+    /// `GENERATED ... AS IDENTITY`.
+    pub identity: bool,
+    /// `GENERATED ALWAYS AS (...) STORED`: cannot be written.
+    pub generated: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexInfo {
+    /// Key columns in index order; `None` for an expression.
+    pub columns: Vec<Option<String>>,
+    pub unique: bool,
+    pub primary: bool,
+    pub partial: bool,
+}
+
+impl IndexInfo {
+    /// Whether the index's leading key columns are exactly `cols` (in any order), plain columns only.
+    pub fn leads_with(&self, cols: &[String]) -> bool {
+        if self.partial || self.columns.len() < cols.len() {
+            return false;
+        }
+        let lead = &self.columns[..cols.len()];
+        cols.iter()
+            .all(|c| lead.iter().any(|l| l.as_deref() == Some(c.as_str())))
+    }
+
+    /// Whether this is a unique index on exactly `cols`: what `ON CONFLICT (cols)` needs.
+    pub fn is_unique_on(&self, cols: &[String]) -> bool {
+        self.unique && self.columns.len() == cols.len() && self.leads_with(cols)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub name: QualifiedName,
+    pub oid: u32,
+    pub columns: Vec<ColumnInfo>,
+    pub indexes: Vec<IndexInfo>,
+    /// `relreplident`: `d` default, `n` nothing, `f` full, `i` index.
+    pub replica_identity: char,
+}
+
+impl TableInfo {
+    pub fn column(&self, name: &str) -> Option<&ColumnInfo> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub fn has_column(&self, name: &str) -> bool {
+        self.column(name).is_some()
+    }
+
+    pub fn has_unique_key(&self, cols: &[String]) -> bool {
+        self.indexes.iter().any(|i| i.is_unique_on(cols))
+    }
+
+    pub fn has_index_leading_with(&self, cols: &[String]) -> bool {
+        self.indexes.iter().any(|i| i.leads_with(cols))
+    }
+}
+
+/// The configured tables of one side, as they are now.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub side: Side,
+    tables: HashMap<QualifiedName, TableInfo>,
+}
+
+impl Catalog {
+    /// Reads the given tables; tables that do not exist are simply absent.
+    pub async fn load(
+        client: &Client,
+        side: Side,
+        names: &[&QualifiedName],
+    ) -> Result<Catalog, DbError> {
+        let schemas: Vec<&str> = names.iter().map(|n| n.schema.as_str()).collect();
+        let tables: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
+        let rows = client
+            .query(
+                "SELECT t.schema_name, t.table_name, c.oid, c.relreplident::text
+                   FROM unnest($1::text[], $2::text[]) AS t(schema_name, table_name)
+                   JOIN pg_namespace n ON n.nspname = t.schema_name
+                   JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
+                  WHERE c.relkind IN ('r', 'p')",
+                &[&schemas, &tables],
+            )
+            .await
+            .ctx(side, "reading the configured tables from pg_class")?;
+        let mut by_oid: HashMap<u32, TableInfo> = HashMap::new();
+        for row in rows {
+            let oid: u32 = row.get(2);
+            let ident: String = row.get(3);
+            by_oid.insert(
+                oid,
+                TableInfo {
+                    name: QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+                    oid,
+                    columns: Vec::new(),
+                    indexes: Vec::new(),
+                    replica_identity: ident.chars().next().unwrap_or('d'),
+                },
+            );
+        }
+        let oids: Vec<u32> = by_oid.keys().copied().collect();
+        let columns = client
+            .query(
+                "SELECT a.attrelid, a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid,
+                        a.attnotnull, a.atthasdef, a.attidentity <> '', a.attgenerated <> ''
+                   FROM pg_attribute a
+                  WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+                  ORDER BY a.attrelid, a.attnum",
+                &[&oids],
+            )
+            .await
+            .ctx(side, "reading the configured tables' columns from pg_attribute")?;
+        for row in columns {
+            let table = by_oid
+                .get_mut(&row.get::<_, u32>(0))
+                .expect("oid selected above");
+            table.columns.push(ColumnInfo {
+                name: row.get(1),
+                type_name: row.get(2),
+                type_oid: row.get(3),
+                not_null: row.get(4),
+                has_default: row.get(5),
+                identity: row.get(6),
+                generated: row.get(7),
+            });
+        }
+        let indexes = client
+            .query(
+                "SELECT i.indrelid, i.indisunique, i.indisprimary, i.indpred IS NOT NULL,
+                        ARRAY(SELECT a.attname::text
+                                FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                                LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                               WHERE k.ord <= i.indnkeyatts
+                               ORDER BY k.ord)
+                   FROM pg_index i
+                  WHERE i.indrelid = ANY($1::oid[]) AND i.indisvalid",
+                &[&oids],
+            )
+            .await
+            .ctx(side, "reading the configured tables' indexes from pg_index")?;
+        for row in indexes {
+            let table = by_oid
+                .get_mut(&row.get::<_, u32>(0))
+                .expect("oid selected above");
+            table.indexes.push(IndexInfo {
+                unique: row.get(1),
+                primary: row.get(2),
+                partial: row.get(3),
+                columns: row.get(4),
+            });
+        }
+        Ok(Catalog {
+            side,
+            tables: by_oid.into_values().map(|t| (t.name.clone(), t)).collect(),
+        })
+    }
+
+    pub fn table(&self, name: &QualifiedName) -> Option<&TableInfo> {
+        self.tables.get(name)
+    }
+}

@@ -1,0 +1,171 @@
+//! The shared vocabulary: names of things on each side, positions in each stream.
+//!
+//! Small types that cannot be mixed up: a desktop table name is not a cloud table name, an outbox id is
+//! not an LSN. Every stage (capture, transform, apply) speaks in these.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Which database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Desktop,
+    Cloud,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Desktop => "desktop",
+            Side::Cloud => "cloud",
+        })
+    }
+}
+
+/// Quotes an SQL identifier: always, so that config names never become SQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A schema-qualified table name as written in the config (`jobshead` means `public.jobshead`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QualifiedName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl QualifiedName {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        QualifiedName {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `"schema"."name"`, for SQL text.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl FromStr for QualifiedName {
+    type Err = String;
+
+    /// `name` or `schema.name`; neither part may be empty. Case is kept as written (names are quoted).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('.').collect();
+        let (schema, name) = match parts.as_slice() {
+            [name] => ("public", *name),
+            [schema, name] => (*schema, *name),
+            _ => {
+                return Err(format!(
+                    "`{s}` is not a table name: write `table` or `schema.table`"
+                ));
+            }
+        };
+        if schema.is_empty() || name.is_empty() {
+            return Err(format!(
+                "`{s}` is not a table name: write `table` or `schema.table`"
+            ));
+        }
+        Ok(QualifiedName::new(schema, name))
+    }
+}
+
+impl fmt::Display for QualifiedName {
+    /// `name` for tables in `public`, `schema.name` otherwise: how an operator writes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.schema == "public" {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}.{}", self.schema, self.name)
+        }
+    }
+}
+
+/// One replicated table: its name on the desktop and its name in the cloud (`mbreminder` → `reminder`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableRef {
+    pub desktop: QualifiedName,
+    pub cloud: QualifiedName,
+}
+
+impl TableRef {
+    pub fn name_on(&self, side: Side) -> &QualifiedName {
+        match side {
+            Side::Desktop => &self.desktop,
+            Side::Cloud => &self.cloud,
+        }
+    }
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.desktop == self.cloud {
+            write!(f, "{}", self.desktop)
+        } else {
+            write!(f, "{} → {}", self.desktop, self.cloud)
+        }
+    }
+}
+
+/// A position in the cloud's write-ahead log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    /// PostgreSQL's `X/X` notation.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl FromStr for Lsn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not an LSN (expected hex `X/X`, e.g. `0/16B3748`)");
+        let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
+        let hi = u64::from_str_radix(hi, 16).map_err(|_| bad())?;
+        let lo = u64::from_str_radix(lo, 16).map_err(|_| bad())?;
+        if hi > u64::from(u32::MAX) || lo > u64::from(u32::MAX) {
+            return Err(bad());
+        }
+        Ok(Lsn((hi << 32) | lo))
+    }
+}
+
+/// The id of a row of the desktop's `tandem.outbox`. Ids are taken at insert, not at commit: they say
+/// nothing about commit order, so they are never used as a high-water mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OutboxId(pub i64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips_through_postgres_notation() {
+        for text in ["0/0", "0/16B3748", "1/0", "FFFFFFFF/FFFFFFFF"] {
+            let lsn: Lsn = text.parse().unwrap();
+            assert_eq!(lsn.to_string(), text);
+        }
+        assert_eq!("1/2".parse::<Lsn>().unwrap(), Lsn((1 << 32) | 2));
+        assert!("12".parse::<Lsn>().is_err());
+        assert!("1/100000000".parse::<Lsn>().is_err());
+        assert!("0/16B3748".parse::<Lsn>().unwrap() < "1/0".parse::<Lsn>().unwrap());
+    }
+
+    #[test]
+    fn quoting_keeps_names_out_of_sql() {
+        assert_eq!(quote_ident("job\"s"), "\"job\"\"s\"");
+        let q: QualifiedName = "Sales.Job Head".parse().unwrap();
+        assert_eq!(q.quoted(), "\"Sales\".\"Job Head\"");
+        assert!("a.b.c".parse::<QualifiedName>().is_err());
+        assert!(".b".parse::<QualifiedName>().is_err());
+        assert_eq!(
+            "jobshead".parse::<QualifiedName>().unwrap().to_string(),
+            "jobshead"
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! The command line: clap derive, whose doc comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// tandem keeps a legacy desktop PostgreSQL database and a Supabase database in step, both ways, in
+/// near real time: desktop changes through triggers and an outbox, mobile rows through logical
+/// replication.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version)]
+pub struct Cli {
+    /// The config file (TOML; see config/example.toml).
+    #[arg(
+        short,
+        long,
+        env = "TANDEM_CONFIG",
+        default_value = "tandem.toml",
+        global = true
+    )]
+    pub config: PathBuf,
+
+    /// How log lines are written (to stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install what tandem needs in both databases: on the desktop the outbox and the capture triggers,
+    /// in the cloud the ownership triggers, replica identity, the publication and the slot. Running it
+    /// again changes nothing unless the config changed.
+    Init {
+        /// Print what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check the config against both live schemas and that everything tandem needs is in place. Exits 0
+    /// only when every check holds; each failure names its fix.
+    Check {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove everything `init` installed (triggers, schema tandem, publication, slot; replica identities
+    /// restored) and nothing else.
+    Uninstall {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Stream changes in both directions until stopped (not built yet).
+    Run {
+        /// Process everything pending, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Compare every table and repair the difference (not built yet).
+    Reconcile {
+        /// Print what would change, per table.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Lag, backlog, conflicts and dead letters per direction (not built yet).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List and retry rows the target refused (not built yet).
+    DeadLetters {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the PowerCA sample tables (with --schema) and fill the desktop with a seeds-sized data set.
+    Seed {
+        /// Also create the sample tables: sql/powerca/desktop.sql on the desktop, cloud.sql in the cloud.
+        #[arg(long)]
+        schema: bool,
+        /// Multiply the row counts (1.0: ~92,000 rows, as in the seeds).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+    /// With no other setup: start two throwaway local PostgreSQL clusters, load the sample and show
+    /// tandem at work on it.
+    Demo {
+        /// Multiply the sample's row counts.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+}

@@ -1,0 +1,633 @@
+//! The configuration: which tables travel, how they map, where the two databases are.
+//!
+//! Everything table-specific lives here, never in code. Loading is two steps: the TOML is read, `${VAR}`
+//! references are expanded and `TANDEM_*_URL` overrides applied, then the model is checked for what can
+//! be checked without a database (one of `key` / `cloud_key`, lookups naming configured tables, ...).
+//! Checks against the live schemas are in [`crate::catalog::validate`]. Every problem names the table,
+//! the setting and the fix, and all problems are reported at once.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::change::{QualifiedName, TableRef};
+
+/// The cloud column that says who owns a row: `'D'` desktop (or NULL), `'M'` mobile. Part of the
+/// ownership model every synced cloud table follows, like the two timestamps below.
+pub const SOURCE_COLUMN: &str = "source";
+/// Set once, when tandem inserts a row into the cloud (optional on a cloud table).
+pub const CREATED_AT_COLUMN: &str = "created_at";
+/// Set when tandem changes a cloud row (optional on a cloud table).
+pub const UPDATED_AT_COLUMN: &str = "updated_at";
+
+/// Environment variable that replaces `[desktop] url`.
+pub const DESKTOP_URL_ENV: &str = "TANDEM_DESKTOP_URL";
+/// Environment variable that replaces `[cloud] url`.
+pub const CLOUD_URL_ENV: &str = "TANDEM_CLOUD_URL";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error(
+        "config {origin}: {at} uses ${{{var}}}, which is not set in the environment; export {var} or write the value into the file"
+    )]
+    UnsetVariable {
+        origin: String,
+        at: String,
+        var: String,
+    },
+    #[error("config {origin}: {at}: {message}")]
+    BadReference {
+        origin: String,
+        at: String,
+        message: String,
+    },
+    #[error("config {origin} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        origin: String,
+        problems: Vec<String>,
+    },
+}
+
+/// A libpq connection URL. Holds a secret (the password may be in it), so `Debug` and `Display` redact.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnUrl(String);
+
+impl ConnUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        ConnUrl(url.into())
+    }
+
+    /// The URL with its password: only for handing to the connection code.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`: safe for logs, status and errors.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for ConnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for ConnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` and of `password=` parameters with `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                let start = rest_start + colon + 1;
+                out.replace_range(start..rest_start + at, "***");
+            }
+        }
+    }
+    // key=value forms, in the query string or a keyword/value connection string.
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(pos) = rest.find("password=") {
+        let boundary_ok = pos == 0 || matches!(rest.as_bytes()[pos - 1], b'?' | b'&' | b' ');
+        result.push_str(&rest[..pos + "password=".len()]);
+        rest = &rest[pos + "password=".len()..];
+        if boundary_ok {
+            let end = rest.find(['&', ' ']).unwrap_or(rest.len());
+            result.push_str("***");
+            rest = &rest[end..];
+        }
+    }
+    result.push_str(rest);
+    result
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from (a path, or a label for configs built in memory), for messages.
+    pub origin: String,
+    pub desktop: DesktopConfig,
+    pub cloud: CloudConfig,
+    pub sync: SyncConfig,
+    pub tables: Vec<TableConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DesktopConfig {
+    pub url: ConnUrl,
+}
+
+#[derive(Debug, Clone)]
+pub struct CloudConfig {
+    pub url: ConnUrl,
+    /// The logical replication slot on the cloud (one per installation).
+    pub slot: String,
+    /// The publication over the synced cloud tables.
+    pub publication: String,
+}
+
+/// Micro-batch bounds: a batch closes at whichever comes first.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    pub batch_max_rows: usize,
+    pub batch_max_bytes: usize,
+    pub batch_max_wait_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch_max_rows: 10_000,
+            batch_max_bytes: 32 * 1024 * 1024,
+            batch_max_wait_ms: 20,
+        }
+    }
+}
+
+/// How rows of a table are identified across the two sides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The desktop primary key is the identity on both sides: commit is an UPSERT keyed on it.
+    Key(Vec<String>),
+    /// The desktop has no stable key; the cloud adds the serial `column`. Rows are replaced per `scope`.
+    CloudKey { column: String, scope: Vec<String> },
+}
+
+impl Identity {
+    /// The columns the capture trigger records: the key, or the scope.
+    pub fn capture_columns(&self) -> &[String] {
+        match self {
+            Identity::Key(key) => key,
+            Identity::CloudKey { scope, .. } => scope,
+        }
+    }
+}
+
+/// A cloud column whose value is read from another configured table (jobtasks.client_id from jobshead
+/// on job_id).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lookup {
+    /// The cloud column to fill, and the column of `from` it is read from.
+    pub column: String,
+    /// The configured table to read it from (its desktop or cloud name, as written).
+    pub from: String,
+    /// The column joining the two; it must be `from`'s key.
+    pub on: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    pub table: TableRef,
+    pub identity: Identity,
+    /// Desktop columns that never go to the cloud.
+    pub skip_to_cloud: Vec<String>,
+    /// Cloud columns that never go to the desktop (`source`, `created_at`, `updated_at` never do anyway).
+    pub skip_to_desktop: Vec<String>,
+    pub lookups: Vec<Lookup>,
+    /// Whether mobile-owned rows of this table travel back to the desktop.
+    pub reverse: bool,
+}
+
+impl Config {
+    /// Reads, expands and checks a config file, with the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&path.display().to_string(), &text, &|var| {
+            std::env::var(var).ok()
+        })
+    }
+
+    /// Parses config text; `env` answers `${VAR}` references and the `TANDEM_*_URL` overrides.
+    pub fn parse(
+        origin: &str,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        expand_env(&mut value, "", origin, env)?;
+        let raw: RawConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?;
+        Config::from_raw(origin, raw, env)
+    }
+
+    fn from_raw(
+        origin: &str,
+        raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let override_or = |var: &str, from_file: Option<String>, section: &str| {
+            match env(var).filter(|v| !v.is_empty()).or(from_file) {
+                Some(url) if !url.trim().is_empty() => Some(ConnUrl::new(url)),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                format!("[{section}] url is missing: set it in the file or export {var}")
+            })
+        };
+        let desktop_url = override_or(DESKTOP_URL_ENV, raw.desktop.url, "desktop");
+        let cloud_url = override_or(CLOUD_URL_ENV, raw.cloud.url, "cloud");
+        let (desktop_url, cloud_url) = match (desktop_url, cloud_url) {
+            (Ok(d), Ok(c)) => (Some(d), Some(c)),
+            (d, c) => {
+                problems.extend(d.err());
+                problems.extend(c.err());
+                (None, None)
+            }
+        };
+        check_slot_name(&raw.cloud.slot, &mut problems);
+        if raw.cloud.publication.is_empty() || raw.cloud.publication.len() > 63 {
+            problems.push(format!(
+                "[cloud] publication = {:?}: a publication name must be 1 to 63 characters",
+                raw.cloud.publication
+            ));
+        }
+        if raw.sync.batch_max_rows == 0 || raw.sync.batch_max_bytes == 0 {
+            problems.push("[sync] batch_max_rows and batch_max_bytes must be at least 1".into());
+        }
+        if raw.tables.is_empty() {
+            problems.push(
+                "no [[tables]] configured: add one [[tables]] entry per table to replicate".into(),
+            );
+        }
+
+        let tables: Vec<TableConfig> = raw
+            .tables
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.resolve(i, &mut problems))
+            .collect();
+        check_tables(&tables, &mut problems);
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                problems,
+            });
+        }
+        Ok(Config {
+            origin: origin.to_string(),
+            desktop: DesktopConfig {
+                url: desktop_url.expect("checked above"),
+            },
+            cloud: CloudConfig {
+                url: cloud_url.expect("checked above"),
+                slot: raw.cloud.slot,
+                publication: raw.cloud.publication,
+            },
+            sync: raw.sync,
+            tables,
+        })
+    }
+
+    /// The configured table a lookup's `from` names (by desktop or cloud name).
+    pub fn lookup_source(&self, lookup: &Lookup) -> Option<&TableConfig> {
+        find_table(&self.tables, &lookup.from)
+    }
+
+    /// The tables whose mobile-owned rows travel back (the publication's tables).
+    pub fn reverse_tables(&self) -> impl Iterator<Item = &TableConfig> {
+        self.tables.iter().filter(|t| t.reverse)
+    }
+}
+
+fn find_table<'a>(tables: &'a [TableConfig], name: &str) -> Option<&'a TableConfig> {
+    let name: QualifiedName = name.parse().ok()?;
+    tables
+        .iter()
+        .find(|t| t.table.desktop == name)
+        .or_else(|| tables.iter().find(|t| t.table.cloud == name))
+}
+
+/// Slot names are restricted by PostgreSQL to lower-case letters, digits and underscores.
+fn check_slot_name(slot: &str, problems: &mut Vec<String>) {
+    let ok = !slot.is_empty()
+        && slot.len() <= 63
+        && slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !ok {
+        problems.push(format!(
+            "[cloud] slot = {slot:?}: a replication slot name may hold only lower-case letters, digits and \
+             underscores (at most 63)"
+        ));
+    }
+}
+
+/// Rules across tables: unique names, lookups that resolve.
+fn check_tables(tables: &[TableConfig], problems: &mut Vec<String>) {
+    let mut desktop_seen = HashSet::new();
+    let mut cloud_seen = HashSet::new();
+    for t in tables {
+        if !desktop_seen.insert(&t.table.desktop) {
+            problems.push(format!(
+                "table {}: listed twice as a desktop table; keep one [[tables]] entry for it",
+                t.table.desktop
+            ));
+        }
+        if !cloud_seen.insert(&t.table.cloud) {
+            problems.push(format!(
+                "table {}: cloud table {} is the target of two [[tables]] entries; each cloud table may have one",
+                t.table.desktop, t.table.cloud
+            ));
+        }
+    }
+    for t in tables {
+        for lookup in &t.lookups {
+            let Some(source) = find_table(tables, &lookup.from) else {
+                problems.push(format!(
+                    "table {}: lookup of {} from {:?}: {:?} is not a configured table; add a [[tables]] entry \
+                     for it or fix the name",
+                    t.table.desktop, lookup.column, lookup.from, lookup.from
+                ));
+                continue;
+            };
+            if source.table == t.table {
+                problems.push(format!(
+                    "table {}: lookup of {} reads from the table itself; a lookup reads from another table",
+                    t.table.desktop, lookup.column
+                ));
+            }
+            match &source.identity {
+                Identity::Key(key) if key.len() == 1 && key[0] == lookup.on => {}
+                _ => problems.push(format!(
+                    "table {}: lookup of {} joins {} on {:?}, which is not {}'s key; `on` must be the single \
+                     `key` column of the table looked up",
+                    t.table.desktop, lookup.column, source.table.desktop, lookup.on, source.table.desktop
+                )),
+            }
+        }
+    }
+}
+
+/// Expands `${VAR}` in every string of the document; `$$` is a literal `$`.
+fn expand_env(
+    value: &mut toml::Value,
+    at: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => *s = expand_string(s, at, origin, env)?,
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env(item, &format!("{at}[{i}]"), origin, env)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                expand_env(v, &path, origin, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_string(
+    s: &str,
+    at: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let bad = |message: &str| ConfigError::BadReference {
+        origin: origin.to_string(),
+        at: at.to_string(),
+        message: message.to_string(),
+    };
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| bad("`${` without a closing `}`; write `$$` for a literal `$`"))?;
+            let var = &tail[..end];
+            let valid =
+                !var.is_empty() && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(bad(&format!("`${{{var}}}` is not a variable name")));
+            }
+            let value = env(var).ok_or_else(|| ConfigError::UnsetVariable {
+                origin: origin.to_string(),
+                at: at.to_string(),
+                var: var.to_string(),
+            })?;
+            out.push_str(&value);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    desktop: RawDesktop,
+    cloud: RawCloud,
+    #[serde(default)]
+    sync: SyncConfig,
+    #[serde(default)]
+    tables: Vec<RawTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDesktop {
+    url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloud {
+    url: Option<String>,
+    #[serde(default = "default_name")]
+    slot: String,
+    #[serde(default = "default_name")]
+    publication: String,
+}
+
+fn default_name() -> String {
+    "tandem".to_string()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    desktop: String,
+    cloud: Option<String>,
+    key: Option<Vec<String>>,
+    cloud_key: Option<String>,
+    scope: Option<Vec<String>>,
+    #[serde(default)]
+    skip_to_cloud: Vec<String>,
+    #[serde(default)]
+    skip_to_desktop: Vec<String>,
+    #[serde(default)]
+    lookups: Vec<Lookup>,
+    #[serde(default = "yes")]
+    reverse: bool,
+}
+
+impl RawTable {
+    /// Checks one entry on its own; records problems and returns `None` when it cannot be used.
+    fn resolve(self, index: usize, problems: &mut Vec<String>) -> Option<TableConfig> {
+        let before = problems.len();
+        let label = if self.desktop.is_empty() {
+            format!("[[tables]] entry {}", index + 1)
+        } else {
+            format!("table {}", self.desktop)
+        };
+        let desktop: Option<QualifiedName> = match self.desktop.parse() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                problems.push(format!("{label}: desktop = {e}"));
+                None
+            }
+        };
+        let cloud: Option<QualifiedName> = match &self.cloud {
+            None => desktop.clone(),
+            Some(c) => match c.parse() {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    problems.push(format!("{label}: cloud = {e}"));
+                    None
+                }
+            },
+        };
+        let identity = match (self.key, self.cloud_key, self.scope) {
+            (Some(key), None, None) => {
+                if key.is_empty() {
+                    problems.push(format!(
+                        "{label}: key = [] is empty; name the desktop primary key columns"
+                    ));
+                }
+                Some(Identity::Key(key))
+            }
+            (Some(_), None, Some(_)) => {
+                problems.push(format!(
+                    "{label}: `scope` only applies to cloud-key tables; remove it, or replace `key` with \
+                     `cloud_key` if the desktop rows have no stable key"
+                ));
+                None
+            }
+            (None, Some(column), Some(scope)) => {
+                if scope.is_empty() {
+                    problems.push(format!("{label}: scope = [] is empty; name the columns rows are replaced by (e.g. [\"job_id\"])"));
+                }
+                if scope.contains(&column) {
+                    problems.push(format!("{label}: cloud_key {column:?} cannot be part of the scope: the desktop does not have it"));
+                }
+                Some(Identity::CloudKey { column, scope })
+            }
+            (None, Some(_), None) => {
+                problems.push(format!(
+                    "{label}: cloud_key needs a `scope` (the desktop columns whose rows are replaced together, \
+                     e.g. scope = [\"job_id\"])"
+                ));
+                None
+            }
+            (Some(_), Some(_), _) => {
+                problems.push(format!(
+                    "{label}: has both `key` and `cloud_key`; use `key` when the desktop key is the identity on \
+                     both sides, `cloud_key` + `scope` when only the cloud has a key"
+                ));
+                None
+            }
+            (None, None, _) => {
+                problems.push(format!(
+                    "{label}: has neither `key` nor `cloud_key`; add key = [\"<desktop primary key>\"] or \
+                     cloud_key = \"<cloud serial column>\" with scope = [...]"
+                ));
+                None
+            }
+        };
+        if let Some(identity) = &identity {
+            for col in identity.capture_columns() {
+                if self.skip_to_cloud.contains(col) || self.skip_to_desktop.contains(col) {
+                    problems.push(format!(
+                        "{label}: {col:?} identifies rows (key or scope) and cannot be skipped; remove it from \
+                         skip_to_cloud / skip_to_desktop"
+                    ));
+                }
+            }
+        }
+        let mut lookup_columns = HashSet::new();
+        for lookup in &self.lookups {
+            if !lookup_columns.insert(&lookup.column) {
+                problems.push(format!(
+                    "{label}: two lookups fill {:?}; keep one",
+                    lookup.column
+                ));
+            }
+        }
+        if problems.len() > before {
+            return None;
+        }
+        Some(TableConfig {
+            table: TableRef {
+                desktop: desktop?,
+                cloud: cloud?,
+            },
+            identity: identity?,
+            skip_to_cloud: self.skip_to_cloud,
+            skip_to_desktop: self.skip_to_desktop,
+            lookups: self.lookups,
+            reverse: self.reverse,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! Connections to the two databases, and the one place database errors are classified.
+//!
+//! A connection string is a libpq URL (or keyword/value string). tokio-postgres understands most of
+//! it; the TLS settings it does not (`sslmode=verify-ca|verify-full`, `sslrootcert`) are taken out and
+//! handled here with rustls. Passwords come from the URL, `PGPASSWORD` or the libpq password file, and
+//! never appear in a message: errors carry the redacted URL.
+
+mod tls;
+mod url;
+
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+use crate::change::Side;
+use crate::config::{ConnUrl, redact_url};
+
+pub use url::{ConnectTarget, SslMode};
+
+/// What to do about an error: decided once, here, for every caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The connection or the server had a passing problem: retry with backoff.
+    Transient,
+    /// The data was refused (constraint, type, length): set the row aside as a dead letter.
+    BadRow,
+    /// Retrying cannot help (permissions, missing objects, bad config): stop and say why.
+    Fatal,
+}
+
+/// Classifies an SQLSTATE (or its absence: an I/O error or a closed connection is transient).
+pub fn classify(code: Option<&SqlState>) -> ErrorKind {
+    let Some(code) = code else {
+        return ErrorKind::Transient;
+    };
+    let c = code.code();
+    match c {
+        // serialization_failure, deadlock_detected, admin/crash shutdown, cannot_connect_now,
+        // lock_not_available, query_canceled (statement_timeout under load).
+        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03" | "57014" => ErrorKind::Transient,
+        _ if c.starts_with("08") || c.starts_with("53") || c.starts_with("58") => {
+            ErrorKind::Transient
+        }
+        _ if c.starts_with("22") || c.starts_with("23") => ErrorKind::BadRow,
+        _ => ErrorKind::Fatal,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{side}: bad connection string {url}: {message}")]
+    BadUrl {
+        side: Side,
+        url: String,
+        message: String,
+    },
+    #[error("{side}: TLS for {url}: {message}")]
+    Tls {
+        side: Side,
+        url: String,
+        message: String,
+    },
+    #[error(
+        "{side}: cannot connect to {url}: {}{}",
+        describe(source),
+        connect_hint(source)
+    )]
+    Connect {
+        side: Side,
+        url: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{side}: {context}: {}", describe(source))]
+    Query {
+        side: Side,
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl DbError {
+    /// The SQLSTATE, when the server sent one.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            DbError::Connect { source, .. } | DbError::Query { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DbError::BadUrl { .. } | DbError::Tls { .. } => ErrorKind::Fatal,
+            DbError::Connect { source, .. } => match source.code() {
+                // Authentication and unknown database do not fix themselves.
+                Some(code)
+                    if code.code().starts_with("28") || code == &SqlState::INVALID_CATALOG_NAME =>
+                {
+                    ErrorKind::Fatal
+                }
+                code => classify(code),
+            },
+            DbError::Query { source, .. } => classify(source.code()),
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            DbError::BadUrl { side, .. }
+            | DbError::Tls { side, .. }
+            | DbError::Connect { side, .. }
+            | DbError::Query { side, .. } => *side,
+        }
+    }
+}
+
+/// The server's message with its detail and hint, or the client error's own text.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                s.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                s.push_str(&format!("; hint: {hint}"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                s.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            s
+        }
+    }
+}
+
+fn connect_hint(e: &tokio_postgres::Error) -> &'static str {
+    match e.code() {
+        Some(code) if code.code().starts_with("28") => {
+            "; fix the user or password (URL, PGPASSWORD or the password file ~/.pgpass)"
+        }
+        Some(code) if code == &SqlState::INVALID_CATALOG_NAME => {
+            "; fix the database name in the URL"
+        }
+        Some(_) => "",
+        None => "; is the server running and the host and port in the URL right?",
+    }
+}
+
+/// Adds which side and what was being done to a query error.
+pub trait Context<T> {
+    fn ctx(self, side: Side, context: impl Into<String>) -> Result<T, DbError>;
+}
+
+impl<T> Context<T> for Result<T, tokio_postgres::Error> {
+    fn ctx(self, side: Side, context: impl Into<String>) -> Result<T, DbError> {
+        self.map_err(|source| DbError::Query {
+            side,
+            context: context.into(),
+            source,
+        })
+    }
+}
+
+/// Opens a connection; its driver task runs in the background until the client is dropped.
+pub async fn connect(side: Side, url: &ConnUrl) -> Result<Client, DbError> {
+    let target = ConnectTarget::parse(url.expose()).map_err(|message| DbError::BadUrl {
+        side,
+        url: url.redacted(),
+        message,
+    })?;
+    connect_target(side, &target, url.expose()).await
+}
+
+async fn connect_target(side: Side, target: &ConnectTarget, raw: &str) -> Result<Client, DbError> {
+    let redacted = redact_url(raw);
+    let connect_err = |source| DbError::Connect {
+        side,
+        url: redacted.clone(),
+        source,
+    };
+    if target.ssl_mode == SslMode::Disable {
+        let (client, connection) = target
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(connect_err)?;
+        spawn_driver(side, connection);
+        return Ok(client);
+    }
+    let tls = tls::make_connector(target).map_err(|message| DbError::Tls {
+        side,
+        url: redacted.clone(),
+        message,
+    })?;
+    let (client, connection) = target.config.connect(tls).await.map_err(connect_err)?;
+    spawn_driver(side, connection);
+    Ok(client)
+}
+
+fn spawn_driver<S, T>(side: Side, connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%side, error = %describe(&e), "connection closed");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified_once() {
+        let kind = |code: &str| classify(Some(&SqlState::from_code(code)));
+        assert_eq!(classify(None), ErrorKind::Transient);
+        assert_eq!(kind("40001"), ErrorKind::Transient);
+        assert_eq!(kind("40P01"), ErrorKind::Transient);
+        assert_eq!(kind("57P01"), ErrorKind::Transient);
+        assert_eq!(kind("08006"), ErrorKind::Transient);
+        assert_eq!(kind("53300"), ErrorKind::Transient);
+        assert_eq!(kind("23503"), ErrorKind::BadRow);
+        assert_eq!(kind("23502"), ErrorKind::BadRow);
+        assert_eq!(kind("22001"), ErrorKind::BadRow);
+        assert_eq!(kind("23514"), ErrorKind::BadRow);
+        assert_eq!(kind("42P01"), ErrorKind::Fatal);
+        assert_eq!(kind("42501"), ErrorKind::Fatal);
+    }
+}

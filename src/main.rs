@@ -1,0 +1,166 @@
+//! The `tandem` binary: parses the command line, sets up logging, runs the command, maps the outcome to
+//! an exit code (0 done, 1 failed, 2 usage or not built yet).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use tandem::cli::{Cli, Command, LogFormat};
+use tandem::config::Config;
+use tandem::setup::{self, Step};
+use tandem::{check, db, demo, sample};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let load =
+        || Config::load(&cli.config).context("loading the config (-c FILE, or TANDEM_CONFIG)");
+    match cli.command {
+        Command::Init { dry_run } => init(&load()?, dry_run).await,
+        Command::Check { json } => {
+            let report = check::check(&load()?).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for item in &report.items {
+                    println!("{item}");
+                }
+                let failed = report.failures().count();
+                if failed == 0 {
+                    println!("check: all good");
+                } else {
+                    println!("check: {failed} problem(s)");
+                }
+            }
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Uninstall { yes } => uninstall(&load()?, yes).await,
+        Command::Seed { schema, scale } => {
+            if !(scale > 0.0 && scale.is_finite()) {
+                bail!("--scale must be a positive number");
+            }
+            let config = load()?;
+            let mut desktop =
+                db::connect(tandem::change::Side::Desktop, &config.desktop.url).await?;
+            if schema {
+                let cloud = db::connect(tandem::change::Side::Cloud, &config.cloud.url).await?;
+                sample::create_schemas(&desktop, &cloud).await?;
+                println!("created the sample tables on the desktop and in the cloud");
+            }
+            let report = sample::seed(&mut desktop, &config, scale).await?;
+            for (table, n) in &report.counts {
+                println!("  {table:<16} {n:>8}");
+            }
+            println!("seeded {} rows in {:.2?}", report.total(), report.elapsed);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { scale } => {
+            demo::run(scale).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { .. } => {
+            not_built("run", "#3 (forward streaming) and #4 (reverse streaming)")
+        }
+        Command::Reconcile { .. } => not_built("reconcile", "a later issue (reconcile)"),
+        Command::Status { .. } => not_built("status", "a later issue (operator surface)"),
+        Command::DeadLetters { .. } => not_built("dead-letters", "#3 (forward streaming)"),
+    }
+}
+
+fn not_built(command: &str, issue: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("tandem {command} is not built yet: it arrives with issue {issue}");
+    Ok(ExitCode::from(2))
+}
+
+fn print_steps(side: &str, url: &str, steps: &[Step]) {
+    if steps.is_empty() {
+        return;
+    }
+    println!("{side} ({url}):");
+    for step in steps {
+        println!("  {step}");
+    }
+}
+
+async fn init(config: &Config, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let report = setup::init(config, dry_run).await?;
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
+    if report.is_empty() {
+        println!("init: nothing to do; both databases are already set up for this config");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_steps("desktop", &config.desktop.url.redacted(), &report.desktop);
+    print_steps("cloud", &config.cloud.url.redacted(), &report.cloud);
+    let n = report.desktop.len() + report.cloud.len();
+    if dry_run {
+        println!("init --dry-run: {n} change(s) would be made; nothing was changed");
+    } else {
+        println!("init: {n} change(s) made");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn uninstall(config: &Config, yes: bool) -> anyhow::Result<ExitCode> {
+    let (mut desktop, mut cloud, plan) = setup::prepare_uninstall(config).await?;
+    if plan.is_empty() {
+        println!("uninstall: nothing to remove; tandem is not installed in either database");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_steps("desktop", &config.desktop.url.redacted(), &plan.desktop);
+    print_steps("cloud", &config.cloud.url.redacted(), &plan.cloud);
+    for loss in &plan.losses {
+        println!("will be lost: {loss}");
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("refusing to uninstall without confirmation: pass --yes");
+        }
+        print!("Remove all of the above? Type yes to go on: ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            println!("uninstall: cancelled, nothing changed");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    setup::uninstall(&mut desktop, &mut cloud, &plan).await?;
+    println!(
+        "uninstall: {} change(s) made",
+        plan.desktop.len() + plan.cloud.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,9 @@
+//! Integration tests: tandem against real PostgreSQL clusters started for the run.
+
+mod check;
+mod cli;
+mod init;
+mod seed;
+mod support;
+mod uninstall;
+mod validation;

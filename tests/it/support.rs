@@ -1,0 +1,223 @@
+//! Test support: one desktop and one cloud cluster per test process, one pair of databases per test.
+//!
+//! The clusters start on first use and are stopped and removed when the process exits (an `atexit` hook:
+//! the test harness catches panics, so it runs after failing tests too); clusters of a process killed
+//! before that are removed by the next run's start. Every test gets fresh databases with unique names, so
+//! tests run in parallel without seeing each other.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use tandem::change::Side;
+use tandem::cluster::{ClusterOptions, LocalCluster, WalLevel};
+use tandem::config::{Config, ConnUrl};
+use tandem::sample;
+use tokio_postgres::Client;
+
+/// Every cluster this process started, for the exit hook.
+static STARTED: Mutex<Vec<LocalCluster>> = Mutex::new(Vec::new());
+
+struct Ports {
+    desktop: u16,
+    cloud: u16,
+}
+
+static PAIR: OnceLock<Ports> = OnceLock::new();
+static REPLICA_ONLY: OnceLock<u16> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn stop_clusters() {
+    if let Ok(mut clusters) = STARTED.lock() {
+        clusters.clear();
+    }
+}
+
+fn start(name: &str, options: &ClusterOptions) -> u16 {
+    static HOOK: OnceLock<()> = OnceLock::new();
+    HOOK.get_or_init(|| {
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe { libc::atexit(stop_clusters) };
+    });
+    let cluster = LocalCluster::start(name, options).unwrap_or_else(|e| {
+        panic!("cannot start the {name} test cluster: {e}");
+    });
+    let port = cluster.port();
+    STARTED.lock().unwrap().push(cluster);
+    port
+}
+
+fn pair() -> &'static Ports {
+    PAIR.get_or_init(|| Ports {
+        desktop: start(
+            "desktop",
+            &ClusterOptions {
+                wal_level: WalLevel::Replica,
+                ..Default::default()
+            },
+        ),
+        cloud: start("cloud", &ClusterOptions::default()),
+    })
+}
+
+/// A cluster with `wal_level = replica`, for testing that check and init notice.
+fn replica_only() -> u16 {
+    *REPLICA_ONLY.get_or_init(|| {
+        start(
+            "replica",
+            &ClusterOptions {
+                wal_level: WalLevel::Replica,
+                ..Default::default()
+            },
+        )
+    })
+}
+
+fn url(port: u16, db: &str) -> String {
+    format!("postgresql://postgres@127.0.0.1:{port}/{db}?sslmode=disable")
+}
+
+pub async fn connect(url: &str) -> Client {
+    tandem::db::connect(Side::Desktop, &ConnUrl::new(url))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
+async fn create_database(port: u16, name: &str) {
+    let admin = connect(&url(port, "postgres")).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+}
+
+/// A fresh desktop database and a fresh cloud database for one test.
+pub struct TestDb {
+    pub name: String,
+    pub desktop_url: String,
+    pub cloud_url: String,
+}
+
+impl TestDb {
+    /// Empty databases on the shared clusters.
+    pub async fn new() -> TestDb {
+        let ports = tokio::task::spawn_blocking(|| {
+            let p = pair();
+            (p.desktop, p.cloud)
+        })
+        .await
+        .unwrap();
+        Self::on_ports(ports.0, ports.1).await
+    }
+
+    /// Empty databases whose cloud is on a cluster with `wal_level = replica`.
+    pub async fn with_replica_cloud() -> TestDb {
+        let (desktop, cloud) = tokio::task::spawn_blocking(|| (pair().desktop, replica_only()))
+            .await
+            .unwrap();
+        Self::on_ports(desktop, cloud).await
+    }
+
+    async fn on_ports(desktop: u16, cloud: u16) -> TestDb {
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        );
+        create_database(desktop, &name).await;
+        create_database(cloud, &name).await;
+        TestDb {
+            desktop_url: url(desktop, &name),
+            cloud_url: url(cloud, &name),
+            name,
+        }
+    }
+
+    /// Databases holding the PowerCA sample schema (no rows).
+    pub async fn sample() -> TestDb {
+        let db = TestDb::new().await;
+        sample::create_schemas(&db.desktop().await, &db.cloud().await)
+            .await
+            .unwrap();
+        db
+    }
+
+    pub async fn desktop(&self) -> Client {
+        connect(&self.desktop_url).await
+    }
+
+    pub async fn cloud(&self) -> Client {
+        connect(&self.cloud_url).await
+    }
+
+    /// The environment a config of this test's is read with: DESKTOP_URL and CLOUD_URL.
+    pub fn env(&self) -> impl Fn(&str) -> Option<String> + '_ {
+        move |var| match var {
+            "DESKTOP_URL" => Some(self.desktop_url.clone()),
+            "CLOUD_URL" => Some(self.cloud_url.clone()),
+            _ => None,
+        }
+    }
+
+    /// `config/powerca.toml` pointed at this test's databases, with a slot of its own (slots are
+    /// per cluster).
+    pub fn sample_config(&self) -> Config {
+        let text =
+            sample::CONFIG.replace("slot = \"tandem\"", &format!("slot = \"{}\"", self.name));
+        Config::parse("powerca.toml (test)", &text, &self.env()).unwrap()
+    }
+
+    /// A config with the given `[[tables]]` text.
+    pub fn config(&self, tables: &str) -> Result<Config, tandem::config::ConfigError> {
+        let text = format!(
+            "[desktop]\nurl = \"${{DESKTOP_URL}}\"\n[cloud]\nurl = \"${{CLOUD_URL}}\"\nslot = \"{}\"\n{tables}",
+            self.name
+        );
+        Config::parse("test config", &text, &self.env())
+    }
+}
+
+/// Everything a database's catalogs say about objects outside the system schemas, as sorted text:
+/// compared before `init` and after `uninstall`.
+pub async fn catalog_snapshot(client: &Client) -> Vec<String> {
+    let rows = client
+        .query(
+            "SELECT 'schema ' || nspname || ' acl ' || coalesce(nspacl::text, '')
+               FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+             UNION ALL
+             SELECT 'relation ' || n.nspname || '.' || c.relname || ' kind ' || c.relkind::text || ' identity '
+                    || c.relreplident::text || ' acl ' || coalesce(c.relacl::text, '')
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+             UNION ALL
+             SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND a.attnum > 0 AND NOT a.attisdropped
+             UNION ALL
+             SELECT 'trigger ' || t.tgrelid::regclass::text || ' ' || t.tgname || ' ' || t.tgenabled::text
+               FROM pg_trigger t WHERE NOT t.tgisinternal
+             UNION ALL
+             SELECT 'function ' || p.oid::regprocedure::text
+               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+             UNION ALL
+             SELECT 'publication ' || pubname FROM pg_publication
+             UNION ALL
+             SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE database = current_database()
+             UNION ALL
+             SELECT 'default acl ' || defaclrole::regrole::text || ' ' || defaclobjtype::text || ' ' || defaclacl::text
+               FROM pg_default_acl
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("reading the catalog snapshot");
+    rows.into_iter().map(|r| r.get(0)).collect()
+}
+
+pub async fn count(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
