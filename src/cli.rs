@@ -58,9 +58,10 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Stream changes in both directions until stopped (not built yet).
+    /// Stream changes until stopped (ctrl-c or SIGTERM let the batch in flight finish). Today: the
+    /// forward direction, desktop → cloud; the reverse direction is not built yet.
     Run {
-        /// Process everything pending, then exit.
+        /// Apply everything committed before the start, then exit.
         #[arg(long)]
         once: bool,
     },
@@ -75,10 +76,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List and retry rows the target refused (not built yet).
+    /// List the rows a target refused (foreign key, NOT NULL, too long, ...), with the error; retry them.
     DeadLetters {
+        /// Print them as JSON.
         #[arg(long)]
         json: bool,
+        /// Include the resolved ones.
+        #[arg(long)]
+        all: bool,
+        /// Queue the open forward dead letters again (their current desktop rows are applied anew).
+        #[arg(long)]
+        retry: bool,
     },
     /// Create the PowerCA sample tables (with --schema) and fill the desktop with a seeds-sized data set.
     Seed {

@@ -5,6 +5,7 @@
 //! schemas and checks the config against them, [`setup`] installs and removes what tandem needs in each
 //! database.
 
+pub mod apply;
 pub mod capture;
 pub mod catalog;
 pub mod change;
@@ -13,6 +14,10 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod db;
+pub mod deadletters;
 pub mod demo;
+pub mod pipeline;
+pub mod retry;
 pub mod sample;
 pub mod setup;
+pub mod transform;

@@ -8,8 +8,10 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use tandem::cli::{Cli, Command, LogFormat};
 use tandem::config::Config;
+use tandem::pipeline::{self, RunOptions};
 use tandem::setup::{self, Step};
-use tandem::{check, db, demo, sample};
+use tandem::{check, db, deadletters, demo, sample};
+use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -89,12 +91,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo::run(scale).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { .. } => {
-            not_built("run", "#3 (forward streaming) and #4 (reverse streaming)")
-        }
+        Command::Run { once } => run_command(&load()?, once).await,
         Command::Reconcile { .. } => not_built("reconcile", "a later issue (reconcile)"),
         Command::Status { .. } => not_built("status", "a later issue (operator surface)"),
-        Command::DeadLetters { .. } => not_built("dead-letters", "#3 (forward streaming)"),
+        Command::DeadLetters { json, all, retry } => dead_letters(&load()?, json, all, retry).await,
     }
 }
 
@@ -161,6 +161,92 @@ async fn uninstall(config: &Config, yes: bool) -> anyhow::Result<ExitCode> {
     println!(
         "uninstall: {} change(s) made",
         plan.desktop.len() + plan.cloud.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `token` on ctrl-c or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down after the batch in flight");
+        token.cancel();
+    });
+}
+
+async fn run_command(config: &Config, once: bool) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    tracing::info!(desktop = %config.desktop.url, cloud = %config.cloud.url, once, "forward direction starting");
+    let stats = pipeline::run_forward(config, RunOptions { once }, shutdown).await?;
+    let o = stats.outcome;
+    println!(
+        "run: {} batch(es), {} outbox row(s); {} row(s) written, {} deleted, {} conflict(s), {} dead letter(s), {} reconnect(s)",
+        stats.batches,
+        stats.outbox_rows,
+        o.written,
+        o.deleted,
+        o.conflicts,
+        o.dead_letters,
+        stats.retries
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dead_letters(
+    config: &Config,
+    json: bool,
+    all: bool,
+    retry: bool,
+) -> anyhow::Result<ExitCode> {
+    if retry {
+        let n = deadletters::retry_forward(config).await?;
+        println!(
+            "dead-letters: {n} forward dead letter(s) queued again; `tandem run` applies them"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let letters = deadletters::list(config, all).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&letters)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for d in &letters {
+        let key = d
+            .row_key
+            .as_ref()
+            .map(|k| k.to_string())
+            .unwrap_or_default();
+        let state = match (&d.resolved_at, &d.retried_at) {
+            (Some(at), _) => format!("resolved {at}"),
+            (None, Some(at)) => format!("open, retried {at}"),
+            (None, None) => "open".to_string(),
+        };
+        println!(
+            "#{} {} {} {key}: SQLSTATE {} {} ({} attempt(s), last {}, {state})",
+            d.id, d.direction, d.table, d.sqlstate, d.message, d.attempts, d.failed_at
+        );
+    }
+    let open = letters.iter().filter(|d| d.resolved_at.is_none()).count();
+    println!(
+        "dead-letters: {open} open{}",
+        if all {
+            format!(", {} in all", letters.len())
+        } else {
+            String::new()
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -18,6 +18,11 @@ pub struct ColumnInfo {
     /// `format_type` of the column: `integer`, `character varying(120)`, ...
     pub type_name: String,
     pub type_oid: u32,
+    /// `format_type` without the modifier: `character varying`, `numeric`. Casting to it never
+    /// truncates or rounds.
+    pub base_type: String,
+    /// Whether the type is one of PostgreSQL's own (schema pg_catalog), so it exists on both sides.
+    pub builtin: bool,
     pub not_null: bool,
     pub has_default: bool,
     /// `GENERATED ... AS IDENTITY`.
@@ -60,6 +65,8 @@ pub struct TableInfo {
     pub indexes: Vec<IndexInfo>,
     /// `relreplident`: `d` default, `n` nothing, `f` full, `i` index.
     pub replica_identity: char,
+    /// The tables this one's foreign keys reference (itself excluded).
+    pub parents: Vec<QualifiedName>,
 }
 
 impl TableInfo {
@@ -118,6 +125,7 @@ impl Catalog {
                     oid,
                     columns: Vec::new(),
                     indexes: Vec::new(),
+                    parents: Vec::new(),
                     replica_identity: ident.chars().next().unwrap_or('d'),
                 },
             );
@@ -126,8 +134,10 @@ impl Catalog {
         let columns = client
             .query(
                 "SELECT a.attrelid, a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid,
-                        a.attnotnull, a.atthasdef, a.attidentity <> '', a.attgenerated <> ''
+                        a.attnotnull, a.atthasdef, a.attidentity <> '', a.attgenerated <> '',
+                        format_type(a.atttypid, NULL), t.typnamespace = 'pg_catalog'::regnamespace
                    FROM pg_attribute a
+                   JOIN pg_type t ON t.oid = a.atttypid
                   WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
                   ORDER BY a.attrelid, a.attnum",
                 &[&oids],
@@ -146,6 +156,8 @@ impl Catalog {
                 has_default: row.get(5),
                 identity: row.get(6),
                 generated: row.get(7),
+                base_type: row.get(8),
+                builtin: row.get(9),
             });
         }
         let indexes = client
@@ -172,6 +184,26 @@ impl Catalog {
                 partial: row.get(3),
                 columns: row.get(4),
             });
+        }
+        let parents = client
+            .query(
+                "SELECT DISTINCT c.conrelid, n.nspname::text, p.relname::text
+                   FROM pg_constraint c
+                   JOIN pg_class p ON p.oid = c.confrelid
+                   JOIN pg_namespace n ON n.oid = p.relnamespace
+                  WHERE c.contype = 'f' AND c.conrelid = ANY($1::oid[]) AND c.confrelid <> c.conrelid",
+                &[&oids],
+            )
+            .await
+            .ctx(side, "reading the configured tables' foreign keys from pg_constraint")?;
+        for row in parents {
+            let table = by_oid
+                .get_mut(&row.get::<_, u32>(0))
+                .expect("oid selected above");
+            table.parents.push(QualifiedName::new(
+                row.get::<_, String>(1),
+                row.get::<_, String>(2),
+            ));
         }
         Ok(Catalog {
             side,

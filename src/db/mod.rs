@@ -8,6 +8,8 @@
 mod tls;
 mod url;
 
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -40,7 +42,8 @@ pub fn classify(code: Option<&SqlState>) -> ErrorKind {
         _ if c.starts_with("08") || c.starts_with("53") || c.starts_with("58") => {
             ErrorKind::Transient
         }
-        _ if c.starts_with("22") || c.starts_with("23") => ErrorKind::BadRow,
+        // Data refused: a data exception, a constraint, or a user trigger raising an error.
+        _ if c.starts_with("22") || c.starts_with("23") || c == "P0001" => ErrorKind::BadRow,
         _ => ErrorKind::Fatal,
     }
 }
@@ -169,15 +172,42 @@ impl<T> Context<T> for Result<T, tokio_postgres::Error> {
 
 /// Opens a connection; its driver task runs in the background until the client is dropped.
 pub async fn connect(side: Side, url: &ConnUrl) -> Result<Client, DbError> {
+    connect_with(side, url, None).await
+}
+
+/// A notification received on a connection made by [`connect_listener`].
+pub type Notifications = mpsc::UnboundedReceiver<tokio_postgres::Notification>;
+
+/// Opens a connection whose NOTIFY messages arrive on the returned channel; the channel closes when the
+/// connection is lost.
+pub async fn connect_listener(
+    side: Side,
+    url: &ConnUrl,
+) -> Result<(Client, Notifications), DbError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = connect_with(side, url, Some(tx)).await?;
+    Ok((client, rx))
+}
+
+async fn connect_with(
+    side: Side,
+    url: &ConnUrl,
+    notify: Option<mpsc::UnboundedSender<tokio_postgres::Notification>>,
+) -> Result<Client, DbError> {
     let target = ConnectTarget::parse(url.expose()).map_err(|message| DbError::BadUrl {
         side,
         url: url.redacted(),
         message,
     })?;
-    connect_target(side, &target, url.expose()).await
+    connect_target(side, &target, url.expose(), notify).await
 }
 
-async fn connect_target(side: Side, target: &ConnectTarget, raw: &str) -> Result<Client, DbError> {
+async fn connect_target(
+    side: Side,
+    target: &ConnectTarget,
+    raw: &str,
+    notify: Option<mpsc::UnboundedSender<tokio_postgres::Notification>>,
+) -> Result<Client, DbError> {
     let redacted = redact_url(raw);
     let connect_err = |source| DbError::Connect {
         side,
@@ -190,7 +220,7 @@ async fn connect_target(side: Side, target: &ConnectTarget, raw: &str) -> Result
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(connect_err)?;
-        spawn_driver(side, connection);
+        spawn_driver(side, connection, notify);
         return Ok(client);
     }
     let tls = tls::make_connector(target).map_err(|message| DbError::Tls {
@@ -199,18 +229,36 @@ async fn connect_target(side: Side, target: &ConnectTarget, raw: &str) -> Result
         message,
     })?;
     let (client, connection) = target.config.connect(tls).await.map_err(connect_err)?;
-    spawn_driver(side, connection);
+    spawn_driver(side, connection, notify);
     Ok(client)
 }
 
-fn spawn_driver<S, T>(side: Side, connection: tokio_postgres::Connection<S, T>)
-where
+fn spawn_driver<S, T>(
+    side: Side,
+    mut connection: tokio_postgres::Connection<S, T>,
+    notify: Option<mpsc::UnboundedSender<tokio_postgres::Notification>>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(%side, error = %describe(&e), "connection closed");
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if let Some(tx) = &notify {
+                        let _ = tx.send(n);
+                    }
+                }
+                Ok(tokio_postgres::AsyncMessage::Notice(notice)) => {
+                    tracing::debug!(%side, notice = %notice.message(), "server notice");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(%side, error = %describe(&e), "connection closed");
+                    break;
+                }
+            }
         }
     });
 }

@@ -2,7 +2,9 @@
 
 mod check;
 mod cli;
+mod forward;
 mod init;
+mod property;
 mod seed;
 mod support;
 mod uninstall;

@@ -55,7 +55,14 @@ fn pair() -> &'static Ports {
                 ..Default::default()
             },
         ),
-        cloud: start("cloud", &ClusterOptions::default()),
+        // Every test's init creates a slot of its own.
+        cloud: start(
+            "cloud",
+            &ClusterOptions {
+                settings: vec![("max_replication_slots".into(), "400".into())],
+                ..Default::default()
+            },
+        ),
     })
 }
 
@@ -76,8 +83,11 @@ fn url(port: u16, db: &str) -> String {
     format!("postgresql://postgres@127.0.0.1:{port}/{db}?sslmode=disable")
 }
 
+/// A connection of the test's own (application_name tandem-test, so tests can tell tandem's sessions
+/// apart from theirs).
 pub async fn connect(url: &str) -> Client {
-    tandem::db::connect(Side::Desktop, &ConnUrl::new(url))
+    let url = format!("{url}&application_name=tandem-test");
+    tandem::db::connect(Side::Desktop, &ConnUrl::new(&url))
         .await
         .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
 }
@@ -139,6 +149,23 @@ impl TestDb {
             .await
             .unwrap();
         db
+    }
+
+    /// Drops this test's slot and databases (tests that make many, like the property test).
+    pub async fn remove(self) {
+        let cloud = self.cloud().await;
+        cloud
+            .execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database()", &[])
+            .await
+            .unwrap();
+        drop(cloud);
+        for url in [&self.desktop_url, &self.cloud_url] {
+            let admin = connect(&url.replace(&format!("/{}?", self.name), "/postgres?")).await;
+            admin
+                .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+                .await
+                .unwrap();
+        }
     }
 
     pub async fn desktop(&self) -> Client {
@@ -220,4 +247,16 @@ pub async fn count(client: &Client, sql: &str) -> i64 {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .get(0)
+}
+
+/// The rows of `table` as sorted texts of `columns`, optionally filtered: a multiset to compare sides.
+pub async fn rows(client: &Client, table: &str, columns: &str, filter: &str) -> Vec<String> {
+    let sql = format!("SELECT ROW({columns})::text FROM {table} WHERE {filter} ORDER BY 1");
+    client
+        .query(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect()
 }
