@@ -147,7 +147,10 @@ pub struct CloudConfig {
     pub publication: String,
 }
 
-/// Micro-batch bounds: a batch closes at whichever comes first.
+/// Micro-batch bounds. tandem never holds a change back to fill a batch: an idle worker sends a lone
+/// change at once, and batches grow only while it is busy, up to `batch_max_rows` outbox rows. A batch
+/// that stages more than `batch_max_bytes` or runs longer than `batch_max_wait_ms` halves the next one,
+/// so a change arriving in a flood waits about that long at most behind the batch in flight.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncConfig {
@@ -159,9 +162,9 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
-            batch_max_rows: 10_000,
+            batch_max_rows: 50_000,
             batch_max_bytes: 32 * 1024 * 1024,
-            batch_max_wait_ms: 20,
+            batch_max_wait_ms: 500,
         }
     }
 }

@@ -10,16 +10,16 @@
 //! it reconnects with backoff and goes on. A refused row makes the batch run again in careful mode,
 //! which sets the row aside as a dead letter. Shutdown lets the batch in flight finish.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, BatchOutcome, ForwardApplier};
+use crate::apply::{self, BatchOutcome, CloudSession, ForwardApplier};
 use crate::capture::outbox::{self, NOTIFY_CHANNEL, ReadSql};
 use crate::change::Side;
-use crate::config::Config;
-use crate::db::{self, Context, DbError, ErrorKind, Notifications};
+use crate::config::{Config, SyncConfig};
+use crate::db::{self, Context, DbError, ErrorKind, Notifications, StatementCache};
 use crate::retry;
 use crate::transform::{Mapping, MappingError};
 
@@ -104,6 +104,14 @@ pub async fn run_forward(
     }
 }
 
+/// The connections of one session, with what each holds.
+struct Connections {
+    desktop: Client,
+    desktop_statements: StatementCache,
+    cloud: Client,
+    cloud_session: CloudSession,
+}
+
 /// What is built once from the live schemas.
 struct Prepared {
     mapping: Mapping,
@@ -128,10 +136,10 @@ impl Forward<'_> {
 
     /// One connected stretch: connect, drain, wait for notifications, drain again...
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
-        let mut desktop = db::connect(Side::Desktop, &self.config.desktop.url).await?;
+        let desktop = db::connect(Side::Desktop, &self.config.desktop.url).await?;
         let (listener, mut notifications) =
             db::connect_listener(Side::Desktop, &self.config.desktop.url).await?;
-        let mut cloud = db::connect(Side::Cloud, &self.config.cloud.url).await?;
+        let cloud = db::connect(Side::Cloud, &self.config.cloud.url).await?;
         if self.state.is_none() {
             let mapping = Mapping::load(self.config, &desktop, &cloud).await?;
             let read = (0..mapping.tables.len())
@@ -145,7 +153,11 @@ impl Forward<'_> {
             });
         }
         let state = self.state.as_ref().expect("prepared above");
-        state.applier.prepare(&cloud).await?;
+        let cloud_session = state.applier.prepare(&cloud).await?;
+        desktop
+            .batch_execute("SET plan_cache_mode = force_custom_plan")
+            .await
+            .ctx(Side::Desktop, "setting plan_cache_mode")?;
         listener
             .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
             .await
@@ -157,7 +169,13 @@ impl Forward<'_> {
                 .ctx(Side::Desktop, "reading the current snapshot")?;
             self.snapshot = Some(row.get(0));
         }
-        let limit = i64::try_from(self.config.sync.batch_max_rows).unwrap_or(i64::MAX);
+        let mut conn = Connections {
+            desktop,
+            desktop_statements: StatementCache::new(Side::Desktop),
+            cloud,
+            cloud_session,
+        };
+        let mut size = BatchSize::new(&self.config.sync);
         loop {
             // Drain: batch after batch until the outbox is empty.
             loop {
@@ -165,23 +183,21 @@ impl Forward<'_> {
                     return Ok(());
                 }
                 let started = Instant::now();
-                let Some((rows, outcome)) = one_batch(
-                    state,
-                    &mut desktop,
-                    &mut cloud,
-                    limit,
-                    self.snapshot.as_deref(),
-                )
-                .await?
+                let limit = size.limit();
+                let Some((rows, outcome)) =
+                    one_batch(state, &mut conn, limit, self.snapshot.as_deref()).await?
                 else {
                     break;
                 };
+                size.observe(rows, outcome.staged_bytes, started.elapsed());
                 self.stats.batches += 1;
                 self.stats.outbox_rows += rows;
                 self.stats.outcome.add(&outcome);
                 tracing::debug!(
                     outbox_rows = rows,
                     staged = outcome.staged_rows,
+                    staged_bytes = outcome.staged_bytes,
+                    next_limit = size.limit(),
                     written = outcome.written,
                     deleted = outcome.deleted,
                     conflicts = outcome.conflicts,
@@ -189,6 +205,10 @@ impl Forward<'_> {
                     elapsed = ?started.elapsed(),
                     "forward batch applied"
                 );
+                // A partial batch took everything visible: whatever commits later sends a NOTIFY.
+                if (rows as i64) < limit {
+                    break;
+                }
             }
             if self.options.once {
                 return Ok(());
@@ -197,6 +217,45 @@ impl Forward<'_> {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// How many outbox rows the next batch takes. A batch that staged more than `batch_max_bytes` or took
+/// longer than `batch_max_wait_ms` halves the next one (so a change arriving in a flood never waits
+/// long behind the batch in flight); otherwise batches grow back, doubling, to `batch_max_rows`.
+#[derive(Debug, Clone)]
+pub struct BatchSize {
+    max_rows: i64,
+    max_bytes: u64,
+    max_time: Duration,
+    limit: i64,
+}
+
+impl BatchSize {
+    pub fn new(sync: &SyncConfig) -> Self {
+        let max_rows = i64::try_from(sync.batch_max_rows)
+            .unwrap_or(i64::MAX)
+            .max(1);
+        BatchSize {
+            max_rows,
+            max_bytes: sync.batch_max_bytes as u64,
+            max_time: Duration::from_millis(sync.batch_max_wait_ms),
+            limit: max_rows,
+        }
+    }
+
+    pub fn limit(&self) -> i64 {
+        self.limit
+    }
+
+    /// Adjusts the limit after a batch of `rows` outbox rows that staged `bytes` in `elapsed`.
+    pub fn observe(&mut self, rows: u64, bytes: u64, elapsed: Duration) {
+        let full = rows as i64 >= self.limit;
+        if bytes > self.max_bytes || elapsed > self.max_time {
+            self.limit = (rows as i64 / 2).max(1);
+        } else if full {
+            self.limit = self.limit.saturating_mul(2).min(self.max_rows);
         }
     }
 }
@@ -223,24 +282,21 @@ async fn wait_for_changes(
 /// One batch; `None` when the outbox had nothing to take.
 async fn one_batch(
     state: &Prepared,
-    desktop: &mut Client,
-    cloud: &mut Client,
+    conn: &mut Connections,
     limit: i64,
     snapshot: Option<&str>,
 ) -> Result<Option<(u64, BatchOutcome)>, RunError> {
     let mapping = &state.mapping;
-    let dtx = desktop
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .ctx(Side::Desktop, "beginning the batch snapshot")?;
-    let batch = outbox::take_batch(&dtx, mapping, limit, snapshot).await?;
+    let batch = outbox::begin_batch(
+        &conn.desktop,
+        &mut conn.desktop_statements,
+        mapping,
+        limit,
+        snapshot,
+    )
+    .await?;
     if batch.is_empty() {
-        dtx.commit()
-            .await
-            .ctx(Side::Desktop, "ending the batch snapshot")?;
+        outbox::finish_batch(&conn.desktop, &mut conn.desktop_statements, &[]).await?;
         return Ok(None);
     }
     if !batch.unconfigured.is_empty() {
@@ -254,40 +310,90 @@ async fn one_batch(
     let batch_id = format!("forward {first}..{last}");
     let mut careful = false;
     let outcome = loop {
-        let ctx = cloud
-            .transaction()
-            .await
-            .ctx(Side::Cloud, "beginning the batch transaction")?;
-        let mut staged = 0;
-        for &i in &tables {
-            staged += state.applier.stage(i, &state.read[i], &dtx, &ctx).await?;
-        }
-        match state
+        state
             .applier
-            .commit(&ctx, mapping, &tables, &batch.truncated, &batch_id, careful)
-            .await
-        {
+            .begin(&conn.cloud, &mut conn.cloud_session, &tables)
+            .await?;
+        let (mut rows, mut bytes) = (0, 0);
+        for &i in &tables {
+            let staged = state
+                .applier
+                .stage(
+                    i,
+                    &state.read[i],
+                    &conn.desktop,
+                    &mut conn.desktop_statements,
+                    &conn.cloud,
+                    &mut conn.cloud_session,
+                )
+                .await?;
+            rows += staged.rows;
+            bytes += staged.bytes;
+        }
+        let applied = state
+            .applier
+            .commit(
+                &conn.cloud,
+                &mut conn.cloud_session,
+                mapping,
+                &tables,
+                &batch.truncated,
+                &batch_id,
+                careful,
+            )
+            .await;
+        match applied {
             Ok(mut outcome) => {
-                ctx.commit()
+                conn.cloud
+                    .batch_execute("COMMIT")
                     .await
                     .ctx(Side::Cloud, "committing the batch")?;
-                outcome.staged_rows = staged;
+                outcome.staged_rows = rows;
+                outcome.staged_bytes = bytes;
                 break outcome;
             }
             Err(e) if !careful && apply::is_refused_row(&e) => {
                 tracing::debug!(error = %e, "a row was refused; applying the batch again, isolating refused rows");
-                ctx.rollback()
+                conn.cloud
+                    .batch_execute("ROLLBACK")
                     .await
                     .ctx(Side::Cloud, "rolling back the batch")?;
                 careful = true;
             }
+            // The session ends on this error; closing its connections rolls both transactions back.
             Err(e) => return Err(e.into()),
         }
     };
-    dtx.commit()
-        .await
-        .ctx(Side::Desktop, "ending the batch snapshot")?;
     failpoint("after-cloud-commit");
-    outbox::delete_batch(desktop, &batch.ids).await?;
+    outbox::finish_batch(&conn.desktop, &mut conn.desktop_statements, &batch.ids).await?;
     Ok(Some((batch.ids.len() as u64, outcome)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_shrink_when_too_big_or_slow_and_grow_back_when_full() {
+        let sync = SyncConfig {
+            batch_max_rows: 1000,
+            batch_max_bytes: 1_000_000,
+            batch_max_wait_ms: 100,
+        };
+        let mut size = BatchSize::new(&sync);
+        assert_eq!(size.limit(), 1000);
+        size.observe(1000, 5_000_000, Duration::from_millis(10));
+        assert_eq!(size.limit(), 500, "too many bytes");
+        size.observe(500, 1000, Duration::from_millis(400));
+        assert_eq!(size.limit(), 250, "too slow");
+        size.observe(3, 10, Duration::from_millis(1));
+        assert_eq!(size.limit(), 250, "a small batch says nothing about load");
+        size.observe(250, 10, Duration::from_millis(1));
+        assert_eq!(size.limit(), 500);
+        size.observe(500, 10, Duration::from_millis(1));
+        size.observe(1000, 10, Duration::from_millis(1));
+        assert_eq!(size.limit(), 1000, "never above batch_max_rows");
+        size.observe(1, 10_000_000, Duration::from_millis(1));
+        assert_eq!(size.limit(), 1, "never below one row");
+    }
 }

@@ -32,6 +32,11 @@ pub struct ForwardSql {
     pub keys: String,
     pub plan_table: Option<String>,
     pub create: String,
+    /// Empties this table's staging tables (they keep rows across commits; see `truncate`).
+    pub clear: String,
+    /// Empties them and gives back their space: DELETE leaves dead rows, and temp tables are never
+    /// vacuumed, so after many batches they are truncated instead.
+    pub truncate: String,
     pub copy_rows_in: String,
     pub copy_keys_in: String,
     /// Adds every desktop-owned key (or scope) of the cloud table to `K`: a TRUNCATE on the desktop.
@@ -84,6 +89,25 @@ const DESKTOP_OWNED: &str = "(c.\"source\" = 'D' OR c.\"source\" IS NULL)";
 
 impl ForwardSql {
     pub fn build(t: &TableMapping, i: usize) -> ForwardSql {
+        let mut sql = Self::statements(t, i);
+        let staging: Vec<&str> = [
+            Some(sql.rows.as_str()),
+            Some(sql.keys.as_str()),
+            sql.plan_table.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        sql.clear = staging
+            .iter()
+            .map(|t| format!("DELETE FROM {t};"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        sql.truncate = format!("TRUNCATE {};", staging.join(", "));
+        sql
+    }
+
+    fn statements(t: &TableMapping, i: usize) -> ForwardSql {
         let target = t.table.cloud.quoted();
         let rows = format!("pg_temp.tandem_s_{i}");
         let keys = format!("pg_temp.tandem_k_{i}");
@@ -101,8 +125,8 @@ impl ForwardSql {
             .map(|c| format!("{} {}", q(&c.name), c.wire_type))
             .collect();
         let mut create = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {rows} (_n bigint GENERATED ALWAYS AS IDENTITY, {}) ON COMMIT DELETE ROWS;\n\
-             CREATE TEMP TABLE IF NOT EXISTS {keys} (_n bigint GENERATED ALWAYS AS IDENTITY, {}) ON COMMIT DELETE ROWS;",
+            "CREATE TEMP TABLE IF NOT EXISTS {rows} (_n bigint GENERATED ALWAYS AS IDENTITY, {}) ON COMMIT PRESERVE ROWS;\n\
+             CREATE TEMP TABLE IF NOT EXISTS {keys} (_n bigint GENERATED ALWAYS AS IDENTITY, {}) ON COMMIT PRESERVE ROWS;",
             list(&col_defs),
             list(&key_defs)
         );
@@ -173,26 +197,23 @@ impl ForwardSql {
                 } else {
                     format!("({}) IS DISTINCT FROM ({})", list(&c_vals), list(&s_vals))
                 };
-                let conflicts = vec![
-                    format!(
-                        "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
-                         SELECT 'forward', $1, {kj}, to_jsonb(s) - '_n', to_jsonb(c), \
-                         'the cloud row is mobile-owned; the desktop change was not applied' \
-                         FROM {rows} s JOIN {target} c ON {eqcs} WHERE c.{source} = 'M' AND {differs}",
-                        kj = key_json("s", key),
-                        eqcs = eq("c", "s", key),
-                    ),
-                    format!(
-                        "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
-                         SELECT 'forward', $1, {kj}, NULL, to_jsonb(c), \
-                         'the desktop deleted this row, but the cloud row is mobile-owned; it was kept' \
-                         FROM {keys} k JOIN {target} c ON {eqck} WHERE c.{source} = 'M' \
-                         AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {eqsk})",
-                        kj = key_json("k", key),
-                        eqck = eq("c", "k", key),
-                        eqsk = eq("s", "k", key),
-                    ),
-                ];
+                // Blocked upserts and blocked deletes, in one statement.
+                let conflicts = vec![format!(
+                    "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
+                     SELECT 'forward', $1, {kjs}, to_jsonb(s) - '_n', to_jsonb(c), \
+                     'the cloud row is mobile-owned; the desktop change was not applied' \
+                     FROM {rows} s JOIN {target} c ON {eqcs} WHERE c.{source} = 'M' AND {differs} \
+                     UNION ALL \
+                     SELECT 'forward', $1, {kjk}, NULL, to_jsonb(c), \
+                     'the desktop deleted this row, but the cloud row is mobile-owned; it was kept' \
+                     FROM {keys} k JOIN {target} c ON {eqck} WHERE c.{source} = 'M' \
+                     AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {eqsk})",
+                    kjs = key_json("s", key),
+                    eqcs = eq("c", "s", key),
+                    kjk = key_json("k", key),
+                    eqck = eq("c", "k", key),
+                    eqsk = eq("s", "k", key),
+                )];
                 let delete = Ranged {
                     what: "delete",
                     numbered: Numbered::Keys,
@@ -254,6 +275,8 @@ impl ForwardSql {
                     key_json_of: vec![key_json("s", key), key_json("k", key)],
                     rows,
                     keys,
+                    clear: String::new(),
+                    truncate: String::new(),
                     create,
                     copy_rows_in,
                     copy_keys_in,
@@ -268,7 +291,7 @@ impl ForwardSql {
             } => {
                 let plan = format!("pg_temp.tandem_p_{i}");
                 create.push_str(&format!(
-                    "\nCREATE TEMP TABLE IF NOT EXISTS {plan} (_n bigint GENERATED ALWAYS AS IDENTITY, ck {cloud_key_type}, n bigint, csource text) ON COMMIT DELETE ROWS;"
+                    "\nCREATE TEMP TABLE IF NOT EXISTS {plan} (_n bigint GENERATED ALWAYS AS IDENTITY, ck {cloud_key_type}, n bigint, csource text) ON COMMIT PRESERVE ROWS;"
                 ));
                 let ck = q(cloud_key);
                 // Rows are matched on the text of all their desktop columns, as the cloud's types.
@@ -378,6 +401,8 @@ impl ForwardSql {
                     ],
                     rows,
                     keys,
+                    clear: String::new(),
+                    truncate: String::new(),
                     create,
                     copy_rows_in,
                     copy_keys_in,

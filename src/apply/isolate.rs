@@ -6,7 +6,7 @@
 //! alone; each becomes a dead letter (table, key, row, SQLSTATE, message, batch) and the rest commits.
 //! A dead letter already open for the same key is updated (attempts + 1) rather than repeated.
 
-use tokio_postgres::Transaction;
+use tokio_postgres::{Client, Statement};
 
 use crate::change::Side;
 use crate::db::{self, Context, DbError, ErrorKind};
@@ -33,9 +33,9 @@ pub struct RangeOutcome {
 
 /// Runs `sql` ($1, $2: the `_n` range) over all rows; with `careful`, isolates refused rows.
 pub async fn run_ranged(
-    tx: &Transaction<'_>,
+    tx: &Client,
     what: &str,
-    sql: &str,
+    sql: &Statement,
     site: &DeadLetterSite<'_>,
     careful: bool,
 ) -> Result<RangeOutcome, DbError> {
@@ -98,7 +98,7 @@ pub async fn run_ranged(
 
 /// Records staging row `n` as refused by the target with `error`.
 pub async fn write_dead_letter(
-    tx: &Transaction<'_>,
+    tx: &Client,
     site: &DeadLetterSite<'_>,
     n: i64,
     error: &tokio_postgres::Error,
@@ -110,7 +110,7 @@ pub async fn write_dead_letter(
 
 /// Records staging row `n` as a dead letter with the given SQLSTATE and message.
 pub async fn record_dead_letter(
-    tx: &Transaction<'_>,
+    tx: &Client,
     site: &DeadLetterSite<'_>,
     n: i64,
     sqlstate: &str,

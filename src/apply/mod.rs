@@ -14,19 +14,22 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, pin_mut};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
 
 use crate::capture::APPLYING_SETTING;
 use crate::change::Side;
-use crate::db::{self, Context, DbError};
+use crate::db::{self, Context, DbError, StatementCache};
 use crate::transform::Mapping;
-use forward_sql::ForwardSql;
+use forward_sql::{ForwardSql, Ranged};
 use isolate::{DeadLetterSite, run_ranged};
 
 /// What one batch did to the target.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchOutcome {
     pub staged_rows: u64,
+    /// Bytes of binary COPY data staged (keys and rows).
+    pub staged_bytes: u64,
     pub written: u64,
     pub deleted: u64,
     pub conflicts: u64,
@@ -36,6 +39,7 @@ pub struct BatchOutcome {
 impl BatchOutcome {
     pub fn add(&mut self, other: &BatchOutcome) {
         self.staged_rows += other.staged_rows;
+        self.staged_bytes += other.staged_bytes;
         self.written += other.written;
         self.deleted += other.deleted;
         self.conflicts += other.conflicts;
@@ -44,34 +48,73 @@ impl BatchOutcome {
 }
 
 /// Above this many staged rows, the staging tables are analyzed so the planner sizes its joins.
-const ANALYZE_ABOVE: u64 = 5_000;
+const ANALYZE_ABOVE: u64 = 100_000;
+/// After this many rows staged through a table since it was last truncated, it is truncated again.
+const TRUNCATE_AFTER: u64 = 50_000;
 
-/// Pipes one binary COPY from `from` (the desktop snapshot) into `to` (the cloud transaction).
-pub async fn pipe(
-    from: &Transaction<'_>,
-    out_sql: &str,
-    to: &Transaction<'_>,
-    in_sql: &str,
-) -> Result<u64, DbError> {
-    let source = from
-        .copy_out(out_sql)
-        .await
-        .ctx(Side::Desktop, "reading the batch (COPY TO STDOUT)")?;
-    let sink = to
-        .copy_in::<_, Bytes>(in_sql)
-        .await
-        .ctx(Side::Cloud, "staging the batch (COPY FROM STDIN)")?;
-    pin_mut!(source, sink);
-    while let Some(chunk) = source.next().await {
-        let chunk = chunk.ctx(Side::Desktop, "reading the batch (COPY TO STDOUT)")?;
-        sink.send(chunk)
-            .await
-            .ctx(Side::Cloud, "staging the batch (COPY FROM STDIN)")?;
-    }
-    sink.finish()
-        .await
-        .ctx(Side::Cloud, "staging the batch (COPY FROM STDIN)")
+/// Rows and bytes moved by one COPY.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Staged {
+    pub rows: u64,
+    pub bytes: u64,
 }
+
+/// Pipes one binary COPY from the desktop (the batch snapshot) into the cloud (the batch transaction).
+pub async fn pipe(
+    desktop: &Client,
+    out: &Statement,
+    cloud: &Client,
+    into: &Statement,
+) -> Result<Staged, DbError> {
+    let reading = "reading the batch (COPY TO STDOUT)";
+    let staging = "staging the batch (COPY FROM STDIN)";
+    let source = desktop.copy_out(out).await.ctx(Side::Desktop, reading)?;
+    let sink = cloud
+        .copy_in::<_, Bytes>(into)
+        .await
+        .ctx(Side::Cloud, staging)?;
+    pin_mut!(source, sink);
+    let mut bytes = 0;
+    while let Some(chunk) = source.next().await {
+        let chunk = chunk.ctx(Side::Desktop, reading)?;
+        bytes += chunk.len() as u64;
+        // feed, not send: send flushes every message, and COPY TO sends one message per row.
+        sink.feed(chunk).await.ctx(Side::Cloud, staging)?;
+    }
+    let rows = sink.finish().await.ctx(Side::Cloud, staging)?;
+    Ok(Staged { rows, bytes })
+}
+
+/// What one cloud connection holds for the forward direction: its prepared statements, and how much
+/// each staging table took since it was last truncated.
+#[derive(Debug)]
+pub struct CloudSession {
+    pub statements: StatementCache,
+    since_truncate: Vec<u64>,
+}
+
+/// How a statement's affected rows are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    Nothing,
+    Written,
+    Deleted,
+    Conflicts,
+}
+
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// One statement of a batch's commit.
+struct Op<'a> {
+    statement: Statement,
+    params: Vec<Param<'a>>,
+    count: Count,
+    /// For statements over a range of staging rows: the table and the statement, to isolate refused rows.
+    ranged: Option<(usize, &'a Ranged)>,
+}
+
+static WHOLE_LO: i64 = i64::MIN;
+static WHOLE_HI: i64 = i64::MAX;
 
 /// The cloud side of the forward direction: per-table statements, built once.
 #[derive(Debug, Clone)]
@@ -96,17 +139,47 @@ impl ForwardApplier {
     }
 
     /// Once per cloud connection: mark the session as tandem's (the ownership trigger leaves its
-    /// `source` alone) and create the staging tables.
-    pub async fn prepare(&self, cloud: &Client) -> Result<(), DbError> {
+    /// `source` alone), plan every execution for its own batch size, create the staging tables.
+    pub async fn prepare(&self, cloud: &Client) -> Result<CloudSession, DbError> {
         cloud
-            .execute("SELECT set_config($1, 'on', false)", &[&APPLYING_SETTING])
+            .execute(
+                "SELECT set_config($1, 'on', false), set_config('plan_cache_mode', 'force_custom_plan', false)",
+                &[&APPLYING_SETTING],
+            )
             .await
             .ctx(Side::Cloud, "marking the session as tandem's")?;
         let create: Vec<&str> = self.sql.iter().map(|s| s.create.as_str()).collect();
         cloud
             .batch_execute(&create.join("\n"))
             .await
-            .ctx(Side::Cloud, "creating the staging tables")
+            .ctx(Side::Cloud, "creating the staging tables")?;
+        Ok(CloudSession {
+            statements: StatementCache::new(Side::Cloud),
+            since_truncate: vec![0; self.sql.len()],
+        })
+    }
+
+    /// Begins the batch's cloud transaction and empties the staging tables of `tables`, in one round
+    /// trip (the staging tables keep their rows across commits, so only the ones in use are emptied).
+    pub async fn begin(
+        &self,
+        cloud: &Client,
+        session: &mut CloudSession,
+        tables: &BTreeSet<usize>,
+    ) -> Result<(), DbError> {
+        let mut sql = String::from("BEGIN;");
+        for &i in tables {
+            if session.since_truncate[i] > TRUNCATE_AFTER {
+                sql.push_str(&self.sql[i].truncate);
+                session.since_truncate[i] = 0;
+            } else {
+                sql.push_str(&self.sql[i].clear);
+            }
+        }
+        cloud
+            .batch_execute(&sql)
+            .await
+            .ctx(Side::Cloud, "beginning the batch transaction")
     }
 
     /// Stages table `i`'s keys and rows from the desktop snapshot.
@@ -114,26 +187,39 @@ impl ForwardApplier {
         &self,
         i: usize,
         read: &crate::capture::outbox::ReadSql,
-        desktop: &Transaction<'_>,
-        cloud: &Transaction<'_>,
-    ) -> Result<u64, DbError> {
+        desktop: &Client,
+        desktop_statements: &mut StatementCache,
+        cloud: &Client,
+        session: &mut CloudSession,
+    ) -> Result<Staged, DbError> {
         let sql = &self.sql[i];
-        let keys = pipe(desktop, &read.copy_keys, cloud, &sql.copy_keys_in).await?;
-        let rows = pipe(desktop, &read.copy_rows, cloud, &sql.copy_rows_in).await?;
-        if rows + keys > ANALYZE_ABOVE {
+        let keys_out = desktop_statements.get(desktop, &read.copy_keys).await?;
+        let rows_out = desktop_statements.get(desktop, &read.copy_rows).await?;
+        let keys_in = session.statements.get(cloud, &sql.copy_keys_in).await?;
+        let rows_in = session.statements.get(cloud, &sql.copy_rows_in).await?;
+        let keys = pipe(desktop, &keys_out, cloud, &keys_in).await?;
+        let rows = pipe(desktop, &rows_out, cloud, &rows_in).await?;
+        session.since_truncate[i] += keys.rows + rows.rows;
+        if rows.rows + keys.rows > ANALYZE_ABOVE {
             cloud
                 .batch_execute(&format!("ANALYZE {}, {}", sql.rows, sql.keys))
                 .await
                 .ctx(Side::Cloud, "analyzing the staging tables")?;
         }
-        Ok(rows)
+        Ok(Staged {
+            rows: rows.rows,
+            bytes: rows.bytes + keys.bytes,
+        })
     }
 
-    /// The statements of one batch, in the cloud transaction `tx`, after staging. `careful` isolates
-    /// refused rows into dead letters; without it the first refused row fails the batch.
+    /// The statements of one batch, in the open cloud transaction, after staging; the caller commits.
+    /// Normally they go as one pipeline (one round trip) and the first refused row fails the batch;
+    /// `careful` runs them one by one, isolating refused rows into dead letters.
+    #[allow(clippy::too_many_arguments)]
     pub async fn commit(
         &self,
-        tx: &Transaction<'_>,
+        cloud: &Client,
+        session: &mut CloudSession,
         mapping: &Mapping,
         tables: &BTreeSet<usize>,
         truncated: &BTreeSet<usize>,
@@ -152,97 +238,199 @@ impl ForwardApplier {
             .iter()
             .map(|t| t.table.cloud.to_string())
             .collect();
-        let cloud = Side::Cloud;
+        let statements = &mut session.statements;
 
+        // A TRUNCATE adds every desktop-owned key of its table to the batch's keys, before anything
+        // reads them; then what decides the rest: keys the desktop holds twice, scopes holding NULL.
+        // One round trip.
+        let mut truncates = Vec::new();
+        for &i in order.iter().filter(|i| truncated.contains(i)) {
+            truncates.push((i, statements.get(cloud, &self.sql[i].truncate_keys).await?));
+        }
+        let mut checks = Vec::new();
         for &i in &order {
-            let (t, sql, name) = (&mapping.tables[i], &self.sql[i], &names[i]);
-            if truncated.contains(&i) {
-                tx.execute(&sql.truncate_keys, &[])
-                    .await
-                    .ctx(cloud, format!("applying a TRUNCATE of {name}"))?;
+            let sql = &self.sql[i];
+            if let Some(find) = &sql.duplicate_rows {
+                checks.push((i, statements.get(cloud, find).await?));
+            } else if let Some(has_null) = &sql.keys_have_null {
+                checks.push((i, statements.get(cloud, has_null).await?));
             }
-            if let (Some(find), Some(drop)) = (&sql.duplicate_rows, &sql.drop_duplicates) {
-                let dups = tx
-                    .query(find, &[])
-                    .await
-                    .ctx(cloud, format!("looking for duplicate keys of {name}"))?;
-                if !dups.is_empty() {
-                    let image = sql.dead_letter_image(t, forward_sql::Numbered::Rows);
-                    let site = site(name, batch, &image, &sql.rows);
-                    let mut ns: Vec<i64> = Vec::new();
-                    for row in &dups {
-                        let (same_key, count): (Vec<i64>, i64) = (row.get(0), row.get(1));
-                        let message = format!(
-                            "the desktop holds {count} rows with this key, the cloud can hold one: remove the \
-                             duplicates on the desktop (the cloud row is left as it was)"
-                        );
-                        isolate::record_dead_letter(tx, &site, same_key[0], "21000", &message)
-                            .await?;
-                        ns.extend(same_key);
-                    }
-                    out.dead_letters += dups.len() as u64;
-                    for stmt in drop {
-                        tx.execute(stmt, &[&ns])
-                            .await
-                            .ctx(cloud, format!("setting aside duplicate keys of {name}"))?;
-                    }
+        }
+        let truncated_keys = db::pipelined(
+            truncates
+                .iter()
+                .map(|(_, s)| cloud.execute(s, &[]))
+                .collect(),
+        )
+        .await;
+        let results =
+            db::pipelined(checks.iter().map(|(_, s)| cloud.query(s, &[])).collect()).await;
+        for ((i, _), result) in truncates.iter().zip(truncated_keys) {
+            result.ctx(Side::Cloud, format!("applying a TRUNCATE of {}", names[*i]))?;
+        }
+        let mut null_scopes = BTreeSet::new();
+        for ((i, _), result) in checks.iter().zip(results) {
+            let rows = result.ctx(
+                Side::Cloud,
+                format!("reading the staged keys of {}", names[*i]),
+            )?;
+            if self.sql[*i].duplicate_rows.is_some() {
+                if !rows.is_empty() {
+                    out.dead_letters += self
+                        .set_aside_duplicates(cloud, mapping, *i, &names[*i], batch, &rows)
+                        .await?;
                 }
+            } else if rows[0].get::<_, bool>(0) {
+                null_scopes.insert(*i);
             }
-            if let (Some(has_null), Some((plain, with_null))) = (&sql.keys_have_null, &sql.plan) {
-                let null: bool = tx
-                    .query_one(has_null, &[])
-                    .await
-                    .ctx(cloud, format!("reading {name}'s scopes"))?
-                    .get(0);
-                let plan = if null { with_null } else { plain };
-                tx.execute(plan, &[]).await.ctx(
-                    cloud,
-                    format!("matching {name}'s rows in the touched scopes"),
-                )?;
+        }
+
+        let mut ops: Vec<Op> = Vec::new();
+        fn plain(statement: Statement, params: Vec<Param<'_>>, count: Count) -> Op<'_> {
+            Op {
+                statement,
+                params,
+                count,
+                ranged: None,
+            }
+        }
+        for &i in &order {
+            let sql = &self.sql[i];
+            if let Some((without_null, with_null)) = &sql.plan {
+                let plan = if null_scopes.contains(&i) {
+                    with_null
+                } else {
+                    without_null
+                };
+                ops.push(plain(
+                    statements.get(cloud, plan).await?,
+                    vec![],
+                    Count::Nothing,
+                ));
             }
             for conflict in &sql.conflicts {
-                out.conflicts += tx
-                    .execute(conflict, &[name])
-                    .await
-                    .ctx(cloud, format!("logging conflicts of {name}"))?;
+                ops.push(plain(
+                    statements.get(cloud, conflict).await?,
+                    vec![&names[i]],
+                    Count::Conflicts,
+                ));
             }
         }
+        let whole: Vec<Param<'_>> = vec![&WHOLE_LO, &WHOLE_HI];
         // Deletes children first, writes parents first.
         for &i in order.iter().rev() {
-            let sql = &self.sql[i];
-            let image = sql.dead_letter_image(&mapping.tables[i], sql.delete.numbered);
-            let site = site(
-                &names[i],
-                batch,
-                &image,
-                sql.numbered_table(sql.delete.numbered),
-            );
-            let done = run_ranged(tx, sql.delete.what, &sql.delete.sql, &site, careful).await?;
-            out.deleted += done.affected;
-            out.dead_letters += done.dead_letters;
+            let delete = &self.sql[i].delete;
+            ops.push(Op {
+                statement: statements.get(cloud, &delete.sql).await?,
+                params: whole.clone(),
+                count: Count::Deleted,
+                ranged: Some((i, delete)),
+            });
         }
         for &i in &order {
             let sql = &self.sql[i];
-            for stmt in std::iter::once(&sql.write).chain(sql.lookup_update.as_ref()) {
-                let image = sql.dead_letter_image(&mapping.tables[i], stmt.numbered);
-                let site = site(&names[i], batch, &image, sql.numbered_table(stmt.numbered));
-                let done = run_ranged(tx, stmt.what, &stmt.sql, &site, careful).await?;
-                out.written += done.affected;
-                out.dead_letters += done.dead_letters;
+            for write in std::iter::once(&sql.write).chain(sql.lookup_update.as_ref()) {
+                ops.push(Op {
+                    statement: statements.get(cloud, &write.sql).await?,
+                    params: whole.clone(),
+                    count: Count::Written,
+                    ranged: Some((i, write)),
+                });
             }
-            tx.execute(&sql.resolve, &[&names[i], &batch]).await.ctx(
-                cloud,
-                format!("resolving dead letters of {} that now applied", names[i]),
+            ops.push(plain(
+                statements.get(cloud, &sql.resolve).await?,
+                vec![&names[i], &batch],
+                Count::Nothing,
+            ));
+        }
+        ops.push(plain(
+            statements.get(cloud, PROGRESS_SQL).await?,
+            vec![],
+            Count::Nothing,
+        ));
+
+        if careful {
+            for op in &ops {
+                let affected = match op.ranged {
+                    Some((i, ranged)) => {
+                        let sql = &self.sql[i];
+                        let image = sql.dead_letter_image(&mapping.tables[i], ranged.numbered);
+                        let site = site(
+                            &names[i],
+                            batch,
+                            &image,
+                            sql.numbered_table(ranged.numbered),
+                        );
+                        let done =
+                            run_ranged(cloud, ranged.what, &op.statement, &site, true).await?;
+                        out.dead_letters += done.dead_letters;
+                        done.affected
+                    }
+                    None => cloud
+                        .execute(&op.statement, &op.params)
+                        .await
+                        .ctx(Side::Cloud, "applying the batch")?,
+                };
+                tally(&mut out, op.count, affected);
+            }
+        } else {
+            let results = db::pipelined(
+                ops.iter()
+                    .map(|op| cloud.execute(&op.statement, &op.params))
+                    .collect(),
+            )
+            .await;
+            for (op, result) in ops.iter().zip(results) {
+                let what = op.ranged.map_or("applying the batch", |(_, r)| r.what);
+                tally(&mut out, op.count, result.ctx(Side::Cloud, what)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keys the desktop holds more than once: one dead letter each, and out of the batch.
+    async fn set_aside_duplicates(
+        &self,
+        cloud: &Client,
+        mapping: &Mapping,
+        i: usize,
+        name: &str,
+        batch: &str,
+        duplicates: &[tokio_postgres::Row],
+    ) -> Result<u64, DbError> {
+        let sql = &self.sql[i];
+        let image = sql.dead_letter_image(&mapping.tables[i], forward_sql::Numbered::Rows);
+        let site = site(name, batch, &image, &sql.rows);
+        let mut all: Vec<i64> = Vec::new();
+        for row in duplicates {
+            let (same_key, count): (Vec<i64>, i64) = (row.get(0), row.get(1));
+            let message = format!(
+                "the desktop holds {count} rows with this key, the cloud can hold one: remove the duplicates on \
+                 the desktop (the cloud row is left as it was)"
+            );
+            isolate::record_dead_letter(cloud, &site, same_key[0], "21000", &message).await?;
+            all.extend(same_key);
+        }
+        for statement in sql.drop_duplicates.iter().flatten() {
+            cloud.execute(statement, &[&all]).await.ctx(
+                Side::Cloud,
+                format!("setting aside duplicate keys of {name}"),
             )?;
         }
-        tx.execute(
-            "INSERT INTO tandem.progress (direction, applied_at) VALUES ('forward', now())
-             ON CONFLICT (direction) DO UPDATE SET applied_at = EXCLUDED.applied_at",
-            &[],
-        )
-        .await
-        .ctx(cloud, "recording forward progress")?;
-        Ok(out)
+        Ok(duplicates.len() as u64)
+    }
+}
+
+const PROGRESS_SQL: &str =
+    "INSERT INTO tandem.progress (direction, applied_at) VALUES ('forward', now())
+     ON CONFLICT (direction) DO UPDATE SET applied_at = EXCLUDED.applied_at";
+
+fn tally(out: &mut BatchOutcome, count: Count, affected: u64) {
+    match count {
+        Count::Written => out.written += affected,
+        Count::Deleted => out.deleted += affected,
+        Count::Conflicts => out.conflicts += affected,
+        Count::Nothing => {}
     }
 }
 

@@ -9,6 +9,7 @@
 
 use tokio_postgres::Client;
 
+use crate::capture::APPLYING_SETTING;
 use crate::change::{QualifiedName, Side, quote_ident};
 use crate::config::{Config, SOURCE_COLUMN};
 use crate::db::{Context, DbError};
@@ -47,6 +48,10 @@ pub fn mark_triggers(config: &Config) -> Vec<TriggerSpec> {
             args: Vec::new(),
             old_table: None,
             new_table: None,
+            // tandem's own writes skip the function call altogether (it checks again, as a defence).
+            when: Some(format!(
+                "current_setting('{APPLYING_SETTING}', true) IS DISTINCT FROM 'on'"
+            )),
         })
         .collect()
 }

@@ -4,9 +4,15 @@
 //! a statement touched, old and new. The reader later re-reads the current rows for those keys, so the
 //! desktop application pays for one small insert per statement, and every apply is idempotent.
 
-use crate::change::Side;
+use std::collections::BTreeSet;
+
+use tokio_postgres::Client;
+
+use crate::change::{OutboxId, Side, quote_ident};
 use crate::config::Config;
-use crate::setup::triggers::{TriggerSpec, tgtype};
+use crate::db::{self, Context, DbError, StatementCache};
+use crate::setup::triggers::{TriggerSpec, quote_literal, tgtype};
+use crate::transform::{Mapping, TableMapping};
 
 /// tandem's objects on the desktop (schema, outbox, progress, conflicts, dead letters, capture function).
 pub const INSTALL_SQL: &str = concat!(
@@ -71,6 +77,7 @@ pub fn capture_triggers(config: &Config) -> Vec<TriggerSpec> {
                 },
                 old_table: old.map(str::to_string),
                 new_table: new.map(str::to_string),
+                when: None,
             });
         }
     }
@@ -79,15 +86,6 @@ pub fn capture_triggers(config: &Config) -> Vec<TriggerSpec> {
 
 // ---------------------------------------------------------------------------------------------------
 // Reading: batches of outbox rows, and the current desktop rows for their keys.
-
-use std::collections::BTreeSet;
-
-use tokio_postgres::GenericClient;
-
-use crate::change::{OutboxId, quote_ident};
-use crate::db::{Context, DbError};
-use crate::setup::triggers::quote_literal;
-use crate::transform::{Mapping, TableMapping};
 
 /// The outbox rows of one batch: all visible rows with the lowest ids, up to a limit. Read in a
 /// REPEATABLE READ snapshot, so "ids from `min` to `max` that pass the same filter" is exactly this set
@@ -124,25 +122,51 @@ const MIN_SETTING: &str = "tandem.batch_min_id";
 const MAX_SETTING: &str = "tandem.batch_max_id";
 const SNAPSHOT_SETTING: &str = "tandem.batch_snapshot";
 
-/// Takes up to `limit` outbox rows in the current (REPEATABLE READ) transaction. With `snapshot` (a
-/// `pg_snapshot` text), only rows of transactions that snapshot sees: `run --once` drains what was
-/// committed when it started and stops.
-pub async fn take_batch(
-    tx: &impl GenericClient,
+/// The oldest `$1` outbox rows (of transactions snapshot `$2` sees, unless `$2` is empty), and the batch
+/// bounds set for the snapshot's later queries, in one round trip.
+const BATCH_SQL: &str = "WITH batch AS (
+        SELECT id, table_schema, table_name, op::text AS op FROM tandem.outbox
+         WHERE ($2 = '' OR pg_visible_in_snapshot(xid, $2::pg_snapshot))
+         ORDER BY id LIMIT $1),
+     bounds AS (
+        SELECT set_config('tandem.batch_min_id', coalesce(min(id), 0)::text, true),
+               set_config('tandem.batch_max_id', coalesce(max(id), 0)::text, true),
+               set_config('tandem.batch_snapshot', $2, true)
+          FROM batch)
+     SELECT b.id, b.table_schema, b.table_name, b.op FROM batch b, bounds ORDER BY b.id";
+
+/// Begins the batch's REPEATABLE READ transaction on the desktop and takes up to `limit` outbox rows in
+/// it. With `snapshot` (a `pg_snapshot` text), only rows of transactions that snapshot sees: `run
+/// --once` drains what was committed when it started and stops. The transaction stays open (its
+/// snapshot is what the batch's rows are read from) until [`finish_batch`].
+pub async fn begin_batch(
+    client: &Client,
+    statements: &mut StatementCache,
     mapping: &Mapping,
     limit: i64,
     snapshot: Option<&str>,
 ) -> Result<OutboxBatch, DbError> {
     let snapshot = snapshot.unwrap_or("");
-    let rows = tx
-        .query(
-            "SELECT id, table_schema, table_name, op::text FROM tandem.outbox
-              WHERE ($2 = '' OR pg_visible_in_snapshot(xid, $2::pg_snapshot))
-              ORDER BY id LIMIT $1",
-            &[&limit, &snapshot],
-        )
-        .await
+    let statement = statements.get(client, BATCH_SQL).await?;
+    // One round trip: BEGIN and the batch query are pipelined.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&limit, &snapshot];
+    // One round trip: BEGIN and the batch query are pipelined.
+    let begin = statements
+        .get(client, "BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    let mut results = db::pipelined(vec![
+        client.query(&begin, &[]),
+        client.query(&statement, &params),
+    ])
+    .await;
+    let rows = results
+        .pop()
+        .expect("two results")
         .ctx(Side::Desktop, "reading a batch from tandem.outbox")?;
+    results
+        .pop()
+        .expect("two results")
+        .ctx(Side::Desktop, "beginning the batch snapshot")?;
     let mut batch = OutboxBatch::default();
     for row in &rows {
         batch.ids.push(OutboxId(row.get(0)));
@@ -157,31 +181,42 @@ pub async fn take_batch(
             None => batch.unconfigured.push(format!("{schema}.{name}")),
         }
     }
-    if let (Some(first), Some(last)) = (batch.ids.first(), batch.ids.last()) {
-        tx.execute(
-            "SELECT set_config($1, $2, true), set_config($3, $4, true), set_config($5, $6, true)",
-            &[
-                &MIN_SETTING,
-                &first.0.to_string(),
-                &MAX_SETTING,
-                &last.0.to_string(),
-                &SNAPSHOT_SETTING,
-                &snapshot,
-            ],
-        )
-        .await
-        .ctx(Side::Desktop, "setting the batch bounds")?;
-    }
     Ok(batch)
 }
 
-/// Deletes a batch's outbox rows, by id, once the cloud transaction that applied them committed.
-pub async fn delete_batch(client: &impl GenericClient, ids: &[OutboxId]) -> Result<u64, DbError> {
+/// Deletes a batch's outbox rows by id and ends the desktop transaction: called once the cloud
+/// transaction that applied them committed. An empty batch just ends the transaction.
+pub async fn finish_batch(
+    client: &Client,
+    statements: &mut StatementCache,
+    ids: &[OutboxId],
+) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return client
+            .batch_execute("COMMIT")
+            .await
+            .ctx(Side::Desktop, "ending the batch snapshot");
+    }
     let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
-    client
-        .execute("DELETE FROM tandem.outbox WHERE id = ANY($1)", &[&ids])
-        .await
-        .ctx(Side::Desktop, "deleting applied rows from tandem.outbox")
+    let statement = statements
+        .get(client, "DELETE FROM tandem.outbox WHERE id = ANY($1)")
+        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+    let commit = statements.get(client, "COMMIT").await?;
+    let mut results = db::pipelined(vec![
+        client.execute(&statement, &params),
+        client.execute(&commit, &[]),
+    ])
+    .await;
+    results
+        .pop()
+        .expect("two results")
+        .ctx(Side::Desktop, "committing the outbox delete")?;
+    results
+        .pop()
+        .expect("two results")
+        .ctx(Side::Desktop, "deleting applied rows from tandem.outbox")?;
+    Ok(())
 }
 
 /// The outbox rows of the current batch for one table; `truncate` selects its TRUNCATE rows instead.
@@ -302,6 +337,21 @@ impl ReadSql {
         ReadSql {
             copy_keys,
             copy_rows,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_query_sets_the_bounds_the_other_queries_read() {
+        for setting in [MIN_SETTING, MAX_SETTING, SNAPSHOT_SETTING] {
+            assert!(
+                BATCH_SQL.contains(&format!("set_config('{setting}'")),
+                "{setting}"
+            );
         }
     }
 }

@@ -9,9 +9,14 @@ mod tls;
 mod url;
 
 use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
+
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use crate::change::Side;
 use crate::config::{ConnUrl, redact_url};
@@ -153,6 +158,69 @@ fn connect_hint(e: &tokio_postgres::Error) -> &'static str {
         Some(_) => "",
         None => "; is the server running and the host and port in the URL right?",
     }
+}
+
+/// The prepared statements of one connection, by SQL text: each statement of the data path is parsed
+/// once per session and then costs one round trip per execution.
+#[derive(Debug)]
+pub struct StatementCache {
+    side: Side,
+    statements: HashMap<String, Statement>,
+}
+
+impl StatementCache {
+    pub fn new(side: Side) -> Self {
+        StatementCache {
+            side,
+            statements: HashMap::new(),
+        }
+    }
+
+    pub async fn get(
+        &mut self,
+        client: &impl GenericClient,
+        sql: &str,
+    ) -> Result<Statement, DbError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client
+            .prepare(sql)
+            .await
+            .ctx(self.side, format!("preparing {}", first_line(sql)))?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+}
+
+fn first_line(sql: &str) -> &str {
+    let line = sql.lines().next().unwrap_or(sql);
+    &line[..line.len().min(120)]
+}
+
+/// Runs `futures` as one pipeline: each is polled once, in order — which makes tokio-postgres send its
+/// request — and then all are awaited, in order. The server executes the requests in the order sent, so
+/// a sequence of statements costs one round trip instead of one each. (`join!` rotates which future it
+/// polls first, and `join_all` stops keeping order above 30 futures: neither fits.)
+pub async fn pipelined<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = Vec::with_capacity(futures.len());
+    for future in &mut futures {
+        let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+        outputs.push(match first {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        });
+    }
+    for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+        if output.is_none() {
+            *output = Some(future.await);
+        }
+    }
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
 }
 
 /// Adds which side and what was being done to a query error.

@@ -30,6 +30,8 @@ pub struct TriggerSpec {
     /// Transition table names (`REFERENCING OLD TABLE AS .. NEW TABLE AS ..`).
     pub old_table: Option<String>,
     pub new_table: Option<String>,
+    /// A `WHEN (...)` condition, evaluated before the function is called.
+    pub when: Option<String>,
 }
 
 impl TriggerSpec {
@@ -64,9 +66,14 @@ impl TriggerSpec {
         } else {
             "STATEMENT"
         };
+        let when = self
+            .when
+            .as_ref()
+            .map(|w| format!(" WHEN ({w})"))
+            .unwrap_or_default();
         let args: Vec<String> = self.args.iter().map(|a| quote_literal(a)).collect();
         format!(
-            "CREATE TRIGGER {} {timing} {} ON {}{referencing} FOR EACH {level} EXECUTE FUNCTION {}({})",
+            "CREATE TRIGGER {} {timing} {} ON {}{referencing} FOR EACH {level}{when} EXECUTE FUNCTION {}({})",
             quote_ident(&self.name),
             events.join(" OR "),
             self.table.quoted(),
@@ -102,6 +109,8 @@ pub struct InstalledTrigger {
     pub args: Vec<String>,
     pub old_table: Option<String>,
     pub new_table: Option<String>,
+    /// The trigger's definition as PostgreSQL prints it, when it has a WHEN condition.
+    pub when: Option<String>,
     pub enabled: bool,
 }
 
@@ -112,6 +121,7 @@ impl InstalledTrigger {
             && self.args == spec.args
             && self.old_table == spec.old_table
             && self.new_table == spec.new_table
+            && self.when.is_some() == spec.when.is_some()
     }
 }
 
@@ -125,7 +135,8 @@ pub async fn installed(
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, t.tgname::text, t.tgtype, t.tgargs, t.tgnargs,
-                    t.tgoldtable::text, t.tgnewtable::text, t.tgenabled <> 'D'
+                    t.tgoldtable::text, t.tgnewtable::text, t.tgenabled <> 'D',
+                    CASE WHEN t.tgqual IS NOT NULL THEN pg_get_triggerdef(t.oid) END
                FROM pg_trigger t
                JOIN pg_class c ON c.oid = t.tgrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -153,6 +164,7 @@ pub async fn installed(
                 old_table: row.get(6),
                 new_table: row.get(7),
                 enabled: row.get(8),
+                when: row.get(9),
             }
         })
         .collect())
@@ -260,6 +272,7 @@ mod tests {
             args: vec!["job_id".into(), "o'neil".into()],
             old_table: Some("tandem_old".into()),
             new_table: Some("tandem_new".into()),
+            when: None,
         }
     }
 
@@ -282,6 +295,7 @@ mod tests {
             args: s.args.clone(),
             old_table: s.old_table.clone(),
             new_table: s.new_table.clone(),
+            when: None,
             enabled: true,
         };
         assert!(

@@ -152,7 +152,7 @@ async fn both_sides(db: &TestDb) -> Vec<(Vec<String>, Vec<String>)> {
 async fn kill_9_between_the_cloud_commit_and_the_outbox_delete_loses_and_duplicates_nothing() {
     let db = TestDb::sample().await;
     let file = config_file_with(&db, |t| {
-        t.replace("batch_max_rows = 10000", "batch_max_rows = 700")
+        t.replace("batch_max_rows = 50000", "batch_max_rows = 700")
     });
     let config = db.sample_config();
     tandem::setup::init(&config, false).await.unwrap();

@@ -107,9 +107,23 @@ pub struct TestDb {
     pub cloud_url: String,
 }
 
+/// Logs to the test's output when RUST_LOG is set (e.g. RUST_LOG=tandem=debug).
+fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 impl TestDb {
     /// Empty databases on the shared clusters.
     pub async fn new() -> TestDb {
+        init_logging();
         let ports = tokio::task::spawn_blocking(|| {
             let p = pair();
             (p.desktop, p.cloud)
