@@ -7,10 +7,15 @@
 //! the setting and the fix, and all problems are reported at once.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+mod expand;
+mod secret;
+
+use expand::expand_env;
+pub use secret::{ConnUrl, redact_url};
 
 use crate::change::{QualifiedName, TableRef};
 
@@ -56,71 +61,6 @@ pub enum ConfigError {
         origin: String,
         problems: Vec<String>,
     },
-}
-
-/// A libpq connection URL. Holds a secret (the password may be in it), so `Debug` and `Display` redact.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ConnUrl(String);
-
-impl ConnUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        ConnUrl(url.into())
-    }
-
-    /// The URL with its password: only for handing to the connection code.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with any password replaced by `***`: safe for logs, status and errors.
-    pub fn redacted(&self) -> String {
-        redact_url(&self.0)
-    }
-}
-
-impl fmt::Debug for ConnUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConnUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for ConnUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-/// Replaces the password of `scheme://user:password@host` and of `password=` parameters with `***`.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                let start = rest_start + colon + 1;
-                out.replace_range(start..rest_start + at, "***");
-            }
-        }
-    }
-    // key=value forms, in the query string or a keyword/value connection string.
-    let mut result = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(pos) = rest.find("password=") {
-        let boundary_ok = pos == 0 || matches!(rest.as_bytes()[pos - 1], b'?' | b'&' | b' ');
-        result.push_str(&rest[..pos + "password=".len()]);
-        rest = &rest[pos + "password=".len()..];
-        if boundary_ok {
-            let end = rest.find(['&', ' ']).unwrap_or(rest.len());
-            result.push_str("***");
-            rest = &rest[end..];
-        }
-    }
-    result.push_str(rest);
-    result
 }
 
 #[derive(Debug, Clone)]
@@ -394,80 +334,6 @@ fn check_tables(tables: &[TableConfig], problems: &mut Vec<String>) {
             }
         }
     }
-}
-
-/// Expands `${VAR}` in every string of the document; `$$` is a literal `$`.
-fn expand_env(
-    value: &mut toml::Value,
-    at: &str,
-    origin: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
-    match value {
-        toml::Value::String(s) => *s = expand_string(s, at, origin, env)?,
-        toml::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                expand_env(item, &format!("{at}[{i}]"), origin, env)?;
-            }
-        }
-        toml::Value::Table(table) => {
-            for (k, v) in table.iter_mut() {
-                let path = if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                };
-                expand_env(v, &path, origin, env)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-fn expand_string(
-    s: &str,
-    at: &str,
-    origin: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
-    let bad = |message: &str| ConfigError::BadReference {
-        origin: origin.to_string(),
-        at: at.to_string(),
-        message: message.to_string(),
-    };
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix('{') {
-            let end = tail
-                .find('}')
-                .ok_or_else(|| bad("`${` without a closing `}`; write `$$` for a literal `$`"))?;
-            let var = &tail[..end];
-            let valid =
-                !var.is_empty() && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
-                return Err(bad(&format!("`${{{var}}}` is not a variable name")));
-            }
-            let value = env(var).ok_or_else(|| ConfigError::UnsetVariable {
-                origin: origin.to_string(),
-                at: at.to_string(),
-                var: var.to_string(),
-            })?;
-            out.push_str(&value);
-            rest = &tail[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]

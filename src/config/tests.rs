@@ -1,3 +1,4 @@
+use super::expand::expand_string;
 use super::*;
 
 fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {

@@ -259,3 +259,67 @@ async fn dead_letters_are_listed_and_retried() {
     assert!(text.contains("resolved"), "{text}");
     std::fs::remove_file(&file).unwrap();
 }
+
+#[tokio::test]
+async fn run_streams_until_sigterm_then_exits_cleanly() {
+    let db = TestDb::sample().await;
+    let file = config_file(&db);
+    tandem::setup::init(&db.sample_config(), false)
+        .await
+        .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("-c")
+        .arg(&file)
+        .arg("run")
+        .env_remove("TANDEM_DESKTOP_URL")
+        .env_remove("TANDEM_CLOUD_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    db.desktop()
+        .await
+        .batch_execute("INSERT INTO orgmaster (org_id, org_name) VALUES (1, 'Org')")
+        .await
+        .unwrap();
+    let cloud = db.cloud().await;
+    let arrived = tandem::cluster::wait_until(std::time::Duration::from_secs(30), || async {
+        crate::support::count(&cloud, "SELECT count(*) FROM orgmaster").await == 1
+    })
+    .await;
+    assert!(
+        arrived,
+        "the change did not arrive while tandem run was running"
+    );
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        child.wait().await.unwrap();
+        let mut text = String::new();
+        use tokio::io::AsyncReadExt;
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut text)
+            .await
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut text)
+            .await
+            .unwrap();
+        (child.try_wait().unwrap().unwrap(), text)
+    })
+    .await
+    .expect("tandem run stops after SIGTERM");
+    assert!(out.0.success(), "{}", out.1);
+    assert!(
+        out.1.contains("run: ") && out.1.contains("row(s) written"),
+        "{}",
+        out.1
+    );
+    std::fs::remove_file(&file).unwrap();
+}
