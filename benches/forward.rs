@@ -73,7 +73,7 @@ fn main() -> Result<()> {
     let options = ClusterOptions {
         wal_level: WalLevel::Logical,
         durable: false,
-        settings: Vec::new(),
+        ..Default::default()
     };
     let desktop =
         LocalCluster::start("bench-desktop", &options).context("starting the desktop cluster")?;

@@ -140,6 +140,99 @@ impl FromStr for Lsn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OutboxId(pub i64);
 
+/// One column's value in a logical replication row, as pgoutput sent it (text format: tandem never asks
+/// for binary). Nothing downstream guesses what a missing value means: an unchanged TOAST value says
+/// "keep what the target has", never NULL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Null,
+    /// `u`: a TOASTed value the update did not change; the message does not carry it.
+    UnchangedToast,
+    /// `t`: the value's text representation (the type's output function, in the server encoding).
+    Text(bytes::Bytes),
+}
+
+/// A row as pgoutput sent it: one value per column of its relation, in the relation's column order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RowImage(pub Vec<Value>);
+
+/// The old row of an update or delete: the replica-identity key only (`K`), or the whole row (`O`,
+/// REPLICA IDENTITY FULL, which tandem sets on every published table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OldImage {
+    Key(RowImage),
+    Full(RowImage),
+}
+
+/// A column of a relation as the Relation message describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationColumn {
+    pub name: String,
+    pub type_oid: u32,
+    pub type_modifier: i32,
+    /// Part of the replica identity.
+    pub key: bool,
+}
+
+/// A Relation message: what the rows of relation `id` look like from now on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub id: u32,
+    pub name: QualifiedName,
+    /// `relreplident`: `d`, `n`, `f` or `i`.
+    pub replica_identity: char,
+    pub columns: Vec<RelationColumn>,
+}
+
+/// One decoded pgoutput (protocol version 1) message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgOutput {
+    Begin {
+        final_lsn: Lsn,
+        commit_time_micros: i64,
+        xid: u32,
+    },
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time_micros: i64,
+    },
+    Origin {
+        lsn: Lsn,
+        name: String,
+    },
+    Relation(Relation),
+    Type {
+        id: u32,
+        namespace: String,
+        name: String,
+    },
+    Insert {
+        relation: u32,
+        new: RowImage,
+    },
+    Update {
+        relation: u32,
+        old: Option<OldImage>,
+        new: RowImage,
+    },
+    Delete {
+        relation: u32,
+        old: OldImage,
+    },
+    Truncate {
+        relations: Vec<u32>,
+        cascade: bool,
+        restart_identity: bool,
+    },
+    Message {
+        transactional: bool,
+        lsn: Lsn,
+        prefix: String,
+        content: bytes::Bytes,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

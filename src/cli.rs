@@ -58,8 +58,8 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Stream changes until stopped (ctrl-c or SIGTERM let the batch in flight finish). Today: the
-    /// forward direction, desktop → cloud; the reverse direction is not built yet.
+    /// Stream changes both ways until stopped (ctrl-c or SIGTERM let the batch in flight finish):
+    /// desktop changes to the cloud, mobile-owned cloud rows to the desktop.
     Run {
         /// Apply everything committed before the start, then exit.
         #[arg(long)]

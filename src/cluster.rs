@@ -136,6 +136,10 @@ pub struct ClusterOptions {
     pub durable: bool,
     /// Extra `postgresql.conf` settings, appended last.
     pub settings: Vec<(String, String)>,
+    /// Serve TLS with this certificate and key (PEM files; copied into the cluster).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The whole `pg_hba.conf`, instead of initdb's (trust on loopback).
+    pub hba: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -144,6 +148,8 @@ impl Default for ClusterOptions {
             wal_level: WalLevel::Logical,
             durable: false,
             settings: Vec::new(),
+            tls: None,
+            hba: None,
         }
     }
 }
@@ -306,6 +312,25 @@ impl LocalCluster {
              log_min_messages = warning\n",
             socket = self.dir.display(),
         );
+        if let Some((cert, key)) = &options.tls {
+            for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                let target = data.join(to);
+                fs::copy(from, &target).map_err(io_err(format!(
+                    "copying {} into the cluster",
+                    from.display()
+                )))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(0o600))
+                    .map_err(io_err(format!("chmod {}", target.display())))?;
+                if let Some(user) = self.run_as {
+                    chown(&target, user)?;
+                }
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        if let Some(hba) = &options.hba {
+            let path = data.join("pg_hba.conf");
+            fs::write(&path, hba).map_err(io_err(format!("writing {}", path.display())))?;
+        }
         for (k, v) in &options.settings {
             conf.push_str(&format!("{k} = {v}\n"));
         }

@@ -189,18 +189,28 @@ fn cancel_on_signal(token: CancellationToken) {
 async fn run_command(config: &Config, once: bool) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    tracing::info!(desktop = %config.desktop.url, cloud = %config.cloud.url, once, "forward direction starting");
-    let stats = pipeline::run_forward(config, RunOptions { once }, shutdown).await?;
-    let o = stats.outcome;
+    tracing::info!(desktop = %config.desktop.url, cloud = %config.cloud.url, once, "starting both directions");
+    let (forward, reverse) = pipeline::run(config, RunOptions { once }, shutdown).await?;
+    let (f, r) = (forward.outcome, reverse.outcome);
     println!(
-        "run: {} batch(es), {} outbox row(s); {} row(s) written, {} deleted, {} conflict(s), {} dead letter(s), {} reconnect(s)",
-        stats.batches,
-        stats.outbox_rows,
-        o.written,
-        o.deleted,
-        o.conflicts,
-        o.dead_letters,
-        stats.retries
+        "run: forward {} batch(es), {} outbox row(s); {} row(s) written, {} deleted, {} conflict(s), {} dead letter(s), {} reconnect(s)",
+        forward.batches,
+        forward.outbox_rows,
+        f.written,
+        f.deleted,
+        f.conflicts,
+        f.dead_letters,
+        forward.retries
+    );
+    println!(
+        "run: reverse {} group(s), {} cloud transaction(s); {} row(s) written, {} deleted, {} conflict(s), {} dead letter(s), {} reconnect(s)",
+        reverse.batches,
+        reverse.outbox_rows,
+        r.written,
+        r.deleted,
+        r.conflicts,
+        r.dead_letters,
+        reverse.retries
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -106,6 +106,8 @@ pub struct TableMapping {
     /// Desktop columns that go to the cloud, in desktop order (key and scope columns included).
     pub columns: Vec<MappedColumn>,
     pub lookups: Vec<LookupColumn>,
+    /// The columns mobile rows bring back to the desktop: the mapped columns not in `skip_to_desktop`.
+    pub reverse_columns: Vec<MappedColumn>,
     pub has_created_at: bool,
     pub has_updated_at: bool,
     pub reverse: bool,
@@ -218,9 +220,15 @@ impl Mapping {
                     }
                 })
                 .collect();
+            let reverse_columns = columns
+                .iter()
+                .filter(|c| !t.skip_to_desktop.contains(&c.name))
+                .cloned()
+                .collect();
             tables.push(TableMapping {
                 table: t.table.clone(),
                 kind,
+                reverse_columns,
                 columns,
                 lookups,
                 has_created_at: c.has_column(CREATED_AT_COLUMN),
@@ -262,6 +270,13 @@ impl Mapping {
             .enumerate()
             .filter(move |(_, t)| t.lookups.iter().any(|l| l.from == i))
             .map(|(j, _)| j)
+    }
+
+    /// The table whose cloud name is `schema.name`.
+    pub fn position_in_cloud(&self, schema: &str, name: &str) -> Option<usize> {
+        self.tables
+            .iter()
+            .position(|t| t.table.cloud.schema == schema && t.table.cloud.name == name)
     }
 
     pub fn position(&self, schema: &str, name: &str) -> Option<usize> {

@@ -9,6 +9,8 @@
 
 pub mod forward_sql;
 pub mod isolate;
+pub mod reverse;
+pub mod reverse_sql;
 
 use std::collections::BTreeSet;
 

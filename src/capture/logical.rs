@@ -10,7 +10,7 @@
 use tokio_postgres::Client;
 
 use crate::capture::APPLYING_SETTING;
-use crate::change::{QualifiedName, Side, quote_ident};
+use crate::change::{Lsn, QualifiedName, Side, quote_ident};
 use crate::config::{Config, SOURCE_COLUMN};
 use crate::db::{Context, DbError};
 use crate::setup::triggers::{TriggerSpec, tgtype};
@@ -31,6 +31,10 @@ pub const REQUIRED_RELATIONS: &[&str] = &[
 pub const MARK_FUNCTION: &str = "tandem.mark_mobile()";
 pub const REQUIRED_FUNCTIONS: &[&str] = &[MARK_FUNCTION];
 
+/// The prefix of the logical messages the ownership trigger emits when a phone takes over or deletes a
+/// desktop-owned row (payload: `{"op", "schema", "table", "old"}`).
+pub const CLAIM_PREFIX: &str = "tandem.claim";
+
 /// Supabase's API roles: they must get nothing in schema tandem.
 pub const API_ROLES: &[&str] = &["anon", "authenticated"];
 
@@ -44,7 +48,7 @@ pub fn mark_triggers(config: &Config) -> Vec<TriggerSpec> {
             table: t.table.cloud.clone(),
             name: "tandem_mark_mobile".to_string(),
             function: "\"tandem\".\"mark_mobile\"".to_string(),
-            tgtype: tgtype::ROW | tgtype::BEFORE | tgtype::INSERT | tgtype::UPDATE,
+            tgtype: tgtype::ROW | tgtype::BEFORE | tgtype::INSERT | tgtype::UPDATE | tgtype::DELETE,
             args: Vec::new(),
             old_table: None,
             new_table: None,
@@ -226,6 +230,99 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         active_pid: r.get(3),
         in_this_database: r.get::<_, Option<bool>>(4).unwrap_or(false),
     }))
+}
+
+/// Session settings of the replication connection, so values arrive as text the desktop parses the same
+/// way (ISO dates, the default interval style, exact floats).
+const STREAM_OPTIONS: &str =
+    "-c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=3";
+
+/// The replication connection for `config`'s cloud URL: same host, user, password and TLS settings as
+/// the ordinary connections, streaming from `start` (the slot's own position when zero) and reporting
+/// `ack` as already applied until the worker reports more.
+pub fn replication_config(
+    config: &crate::config::Config,
+    start: Lsn,
+    ack: Option<Lsn>,
+) -> Result<pgwire_replication::ReplicationConfig, DbError> {
+    use pgwire_replication::config::{SslMode as Mode, TlsConfig};
+    use tokio_postgres::config::Host;
+
+    let url = &config.cloud.url;
+    let bad = |message: String| DbError::BadUrl {
+        side: Side::Cloud,
+        url: url.redacted(),
+        message,
+    };
+    let target = crate::db::ConnectTarget::parse(url.expose()).map_err(bad)?;
+    let c = &target.config;
+    let user = c.get_user().unwrap_or("postgres").to_string();
+    let password = match c.get_password() {
+        Some(p) => {
+            String::from_utf8(p.to_vec()).map_err(|_| bad("the password is not UTF-8".into()))?
+        }
+        None => String::new(),
+    };
+    let database = c.get_dbname().map_or_else(|| user.clone(), str::to_string);
+    let slot = config.cloud.slot.clone();
+    let publication = config.cloud.publication.clone();
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    let mut rc = match c.get_hosts().first() {
+        Some(Host::Unix(dir)) => pgwire_replication::ReplicationConfig::unix(
+            dir.display().to_string(),
+            port,
+            user,
+            password,
+            database,
+            slot,
+            publication,
+        ),
+        Some(Host::Tcp(host)) => pgwire_replication::ReplicationConfig::new(
+            host.clone(),
+            user,
+            password,
+            database,
+            slot,
+            publication,
+        ),
+        None => pgwire_replication::ReplicationConfig::new(
+            "localhost",
+            user,
+            password,
+            database,
+            slot,
+            publication,
+        ),
+    }
+    .with_port(port);
+    let roots = match &target.root_certs {
+        Some(crate::db::RootCerts::File(path)) => Some(path.clone()),
+        // The crate's own trust store (Mozilla's roots) stands in for the system's.
+        Some(crate::db::RootCerts::System) | None => None,
+    };
+    let tls = match (target.ssl_mode, &target.root_certs) {
+        (crate::db::SslMode::Disable, _) => TlsConfig::disabled(),
+        (crate::db::SslMode::Prefer, _) => TlsConfig {
+            mode: Mode::Prefer,
+            ..TlsConfig::disabled()
+        },
+        (crate::db::SslMode::Require, None) => TlsConfig::require(),
+        (crate::db::SslMode::Require | crate::db::SslMode::VerifyCa, _) => {
+            TlsConfig::verify_ca(roots)
+        }
+        (crate::db::SslMode::VerifyFull, _) => TlsConfig::verify_full(roots),
+    };
+    rc = rc
+        .with_tls(tls)
+        .with_start_lsn(pgwire_replication::Lsn::from_u64(start.0))
+        .with_status_interval(std::time::Duration::from_millis(500))
+        .with_wakeup_interval(std::time::Duration::from_secs(1))
+        .with_options(STREAM_OPTIONS)
+        .with_application_name("tandem");
+    if let Some(ack) = ack {
+        rc = rc.with_ack_lsn(pgwire_replication::Lsn::from_u64(ack.0));
+    }
+    Ok(rc)
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 pub mod logical;
 pub mod outbox;
+pub mod pgoutput;
+pub mod rows;
 
 /// The session setting tandem's own sessions set to `on`: the desktop capture trigger skips their writes
 /// (nothing echoes back) and the cloud ownership trigger leaves their `source` as written.

@@ -21,7 +21,7 @@ use tokio_postgres::{Client, GenericClient, Statement};
 use crate::change::Side;
 use crate::config::{ConnUrl, redact_url};
 
-pub use url::{ConnectTarget, SslMode};
+pub use url::{ConnectTarget, RootCerts, SslMode};
 
 /// What to do about an error: decided once, here, for every caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +106,8 @@ impl DbError {
                 {
                     ErrorKind::Fatal
                 }
+                // Neither does a server certificate that fails verification.
+                None if is_certificate_error(&describe(source)) => ErrorKind::Fatal,
                 code => classify(code),
             },
             DbError::Query { source, .. } => classify(source.code()),
@@ -147,7 +149,18 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether an error without SQLSTATE is a TLS certificate verification failure (configuration, not
+/// an outage: retrying cannot help).
+pub fn is_certificate_error(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("certificate") || m.contains("unknownissuer") || m.contains("notvalidforname")
+}
+
 fn connect_hint(e: &tokio_postgres::Error) -> &'static str {
+    if e.code().is_none() && is_certificate_error(&describe(e)) {
+        return "; the server's certificate failed verification: check sslrootcert (the CA that signed it) and that \
+                the URL's host is a name the certificate holds (sslmode=verify-ca does not check the name)";
+    }
     match e.code() {
         Some(code) if code.code().starts_with("28") => {
             "; fix the user or password (URL, PGPASSWORD or the password file ~/.pgpass)"

@@ -323,3 +323,58 @@ async fn run_streams_until_sigterm_then_exits_cleanly() {
     );
     std::fs::remove_file(&file).unwrap();
 }
+
+#[tokio::test]
+async fn kill_9_mid_transaction_or_before_the_slot_is_told_loses_and_duplicates_nothing() {
+    let db = TestDb::sample().await;
+    // Small chunks, so a big cloud transaction is staged on the desktop in several pieces.
+    let file = config_file_with(&db, |t| {
+        t.replace("[sync]", "[sync]\nbatch_max_bytes = 65536")
+    });
+    tandem::setup::init(&db.sample_config(), false)
+        .await
+        .unwrap();
+    let cloud = db.cloud().await;
+    // A phone's big transaction on a table without a desktop key: a duplicate would show.
+    cloud
+        .batch_execute("INSERT INTO jobtasks (task_name, est_hours) SELECT 'Task ' || g, g % 100 FROM generate_series(1, 20000) g")
+        .await
+        .unwrap();
+    let run = |env: &'static [(&'static str, &'static str)]| {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || tandem_with(&["run", "--once"], Some(&file), env))
+    };
+    let desktop = db.desktop().await;
+    let tasks = "SELECT count(*) FROM jobtasks";
+
+    let (code, text) = run(&[("TANDEM_FAILPOINT", "reverse-mid-transaction")])
+        .await
+        .unwrap();
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("failpoint reverse-mid-transaction"), "{text}");
+    assert_eq!(
+        crate::support::count(&desktop, tasks).await,
+        0,
+        "half a transaction reached the desktop"
+    );
+
+    let (code, text) = run(&[("TANDEM_FAILPOINT", "reverse-after-commit")])
+        .await
+        .unwrap();
+    assert_ne!(code, 0, "{text}");
+    assert_eq!(crate::support::count(&desktop, tasks).await, 20_000);
+
+    // The slot was never told: the transaction streams again, and is recognised as applied.
+    cloud
+        .batch_execute("INSERT INTO jobtasks (task_name) VALUES ('one more')")
+        .await
+        .unwrap();
+    let (code, text) = run(&[]).await.unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(crate::support::count(&desktop, tasks).await, 20_001);
+    assert_eq!(
+        crate::support::count(&desktop, "SELECT count(*) FROM (SELECT task_name FROM jobtasks GROUP BY task_name HAVING count(*) > 1) d").await,
+        0
+    );
+    std::fs::remove_file(&file).unwrap();
+}

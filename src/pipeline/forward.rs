@@ -10,7 +10,7 @@
 //! it reconnects with backoff and goes on. A refused row makes the batch run again in careful mode,
 //! which sets the row aside as a dead letter. Shutdown lets the batch in flight finish.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -18,55 +18,12 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{self, BatchOutcome, CloudSession, ForwardApplier};
 use crate::capture::outbox::{self, NOTIFY_CHANNEL, ReadSql};
 use crate::change::Side;
-use crate::config::{Config, SyncConfig};
-use crate::db::{self, Context, DbError, ErrorKind, Notifications, StatementCache};
+use crate::config::Config;
+use crate::db::{self, Context, Notifications, StatementCache};
 use crate::retry;
-use crate::transform::{Mapping, MappingError};
+use crate::transform::Mapping;
 
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Mapping(#[from] MappingError),
-    #[error("desktop: the LISTEN connection was lost")]
-    ListenerLost,
-}
-
-impl RunError {
-    pub fn is_transient(&self) -> bool {
-        match self {
-            RunError::Db(e) | RunError::Mapping(MappingError::Db(e)) => {
-                e.kind() == ErrorKind::Transient
-            }
-            RunError::Mapping(MappingError::Invalid(_)) => false,
-            RunError::ListenerLost => true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions {
-    /// Apply what was committed on the desktop when the run started, then return.
-    pub once: bool,
-}
-
-/// Totals of a run.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RunStats {
-    pub batches: u64,
-    pub outbox_rows: u64,
-    pub outcome: BatchOutcome,
-    pub retries: u64,
-}
-
-/// A test hook: `TANDEM_FAILPOINT=<name>` makes the process abort at that point, like `kill -9`.
-fn failpoint(name: &str) {
-    if std::env::var("TANDEM_FAILPOINT").is_ok_and(|v| v == name) {
-        eprintln!("tandem: failpoint {name}: aborting");
-        std::process::abort();
-    }
-}
+use super::{BatchSize, RunError, RunOptions, RunStats, failpoint};
 
 /// The forward direction of `tandem run`. Returns when `shutdown` fires, or with `once` when the
 /// outbox holds nothing more from before the start; errors only on what retrying cannot fix.
@@ -221,45 +178,6 @@ impl Forward<'_> {
     }
 }
 
-/// How many outbox rows the next batch takes. A batch that staged more than `batch_max_bytes` or took
-/// longer than `batch_max_wait_ms` halves the next one (so a change arriving in a flood never waits
-/// long behind the batch in flight); otherwise batches grow back, doubling, to `batch_max_rows`.
-#[derive(Debug, Clone)]
-pub struct BatchSize {
-    max_rows: i64,
-    max_bytes: u64,
-    max_time: Duration,
-    limit: i64,
-}
-
-impl BatchSize {
-    pub fn new(sync: &SyncConfig) -> Self {
-        let max_rows = i64::try_from(sync.batch_max_rows)
-            .unwrap_or(i64::MAX)
-            .max(1);
-        BatchSize {
-            max_rows,
-            max_bytes: sync.batch_max_bytes as u64,
-            max_time: Duration::from_millis(sync.batch_max_wait_ms),
-            limit: max_rows,
-        }
-    }
-
-    pub fn limit(&self) -> i64 {
-        self.limit
-    }
-
-    /// Adjusts the limit after a batch of `rows` outbox rows that staged `bytes` in `elapsed`.
-    pub fn observe(&mut self, rows: u64, bytes: u64, elapsed: Duration) {
-        let full = rows as i64 >= self.limit;
-        if bytes > self.max_bytes || elapsed > self.max_time {
-            self.limit = (rows as i64 / 2).max(1);
-        } else if full {
-            self.limit = self.limit.saturating_mul(2).min(self.max_rows);
-        }
-    }
-}
-
 /// Sleeps until a notification (or shutdown); swallows the others already queued.
 async fn wait_for_changes(
     notifications: &mut Notifications,
@@ -367,33 +285,4 @@ async fn one_batch(
     failpoint("after-cloud-commit");
     outbox::finish_batch(&conn.desktop, &mut conn.desktop_statements, &batch.ids).await?;
     Ok(Some((batch.ids.len() as u64, outcome)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_shrink_when_too_big_or_slow_and_grow_back_when_full() {
-        let sync = SyncConfig {
-            batch_max_rows: 1000,
-            batch_max_bytes: 1_000_000,
-            batch_max_wait_ms: 100,
-        };
-        let mut size = BatchSize::new(&sync);
-        assert_eq!(size.limit(), 1000);
-        size.observe(1000, 5_000_000, Duration::from_millis(10));
-        assert_eq!(size.limit(), 500, "too many bytes");
-        size.observe(500, 1000, Duration::from_millis(400));
-        assert_eq!(size.limit(), 250, "too slow");
-        size.observe(3, 10, Duration::from_millis(1));
-        assert_eq!(size.limit(), 250, "a small batch says nothing about load");
-        size.observe(250, 10, Duration::from_millis(1));
-        assert_eq!(size.limit(), 500);
-        size.observe(500, 10, Duration::from_millis(1));
-        size.observe(1000, 10, Duration::from_millis(1));
-        assert_eq!(size.limit(), 1000, "never above batch_max_rows");
-        size.observe(1, 10_000_000, Duration::from_millis(1));
-        assert_eq!(size.limit(), 1, "never below one row");
-    }
 }

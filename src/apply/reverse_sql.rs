@@ -1,0 +1,294 @@
+//! The desktop statements of the reverse direction (mobile rows → desktop), built once per table.
+//!
+//! The stream stages every change as a row of `S` (`_seq` its order, `_op` I = the row's new version /
+//! D = deleted, `_old` the row before the change as jsonb, `_unchanged` the TOASTed columns the change
+//! did not carry, `_ck` the cloud key). `N` reduces them to one net change per key (desktop-key tables)
+//! or per cloud row (cloud-key tables): the last version, and the *first* old image. The desktop's row
+//! is then compared with that old image: equal means the desktop has what the phone started from, so
+//! the phone's change applies; different means both sides changed the row (or a phone created a key
+//! the desktop already holds), so nothing is changed and the incoming row goes to `tandem.conflicts`.
+
+use crate::change::quote_ident;
+use crate::transform::{Kind, MappedColumn, TableMapping};
+
+use super::forward_sql::{Numbered, Ranged};
+
+fn q(name: &str) -> String {
+    quote_ident(name)
+}
+
+fn lit(name: &str) -> String {
+    format!("'{}'", name.replace('\'', "''"))
+}
+
+fn join(parts: impl IntoIterator<Item = String>, sep: &str) -> String {
+    parts.into_iter().collect::<Vec<_>>().join(sep)
+}
+
+#[derive(Debug, Clone)]
+pub struct ReverseSql {
+    pub staged: String,
+    pub net: String,
+    pub plan_table: Option<String>,
+    pub create: String,
+    pub clear: String,
+    pub copy_in: String,
+    /// Fills `N` from `S`.
+    pub reduce: String,
+    /// Cloud-key tables: pairs each changed cloud row with the desktop row it started from.
+    pub plan: Option<String>,
+    /// Conflicts ($1: table name).
+    pub conflicts: String,
+    pub delete: Ranged,
+    pub update: Ranged,
+    pub insert: Ranged,
+    /// `(row_key, row_image)` of `N` row `$1`, for a dead letter.
+    pub dead_letter_image: String,
+}
+
+/// The columns of `S` before the table's own: `_seq, _op, _unchanged, _old, _ck`.
+pub const STAGED_PREFIX: [&str; 5] = ["_seq", "_op", "_unchanged", "_old", "_ck"];
+
+impl ReverseSql {
+    pub fn build(t: &TableMapping, i: usize) -> ReverseSql {
+        let target = t.table.desktop.quoted();
+        let staged = format!("pg_temp.tandem_r_{i}");
+        let net = format!("pg_temp.tandem_rn_{i}");
+        let cols = &t.reverse_columns;
+        let names: Vec<String> = cols.iter().map(|c| q(&c.name)).collect();
+        let defs = join(
+            cols.iter()
+                .map(|c| format!("{} {}", q(&c.name), c.desktop_base)),
+            ", ",
+        );
+        let mut create = format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {staged} (_seq bigint, _op \"char\", _unchanged text[], _old jsonb, _ck text, {defs}) ON COMMIT PRESERVE ROWS;\n\
+             CREATE TEMP TABLE IF NOT EXISTS {net} (_n bigint GENERATED ALWAYS AS IDENTITY, _op \"char\", _unchanged text[], _first_old jsonb, _ck text, {defs}) ON COMMIT PRESERVE ROWS;"
+        );
+        let copy_in = format!(
+            "COPY {staged} ({}, {}) FROM STDIN",
+            STAGED_PREFIX.join(", "),
+            names.join(", ")
+        );
+        let old =
+            |alias: &str| format!("jsonb_populate_record(NULL::{target}, {alias}._first_old)");
+        // Unchanged TOAST: keep the desktop's value (update), or the old image's (insert).
+        let value = |c: &MappedColumn, keep: &str| {
+            format!(
+                "CASE WHEN {} = ANY(n._unchanged) THEN {keep}.{col} ELSE n.{col} END",
+                lit(&c.name),
+                col = q(&c.name)
+            )
+        };
+        let same_new = join(
+            cols.iter().map(|c| {
+                // coalesce: `x = ANY(NULL)` is NULL, not false.
+                format!(
+                    "(coalesce({} = ANY(n._unchanged), false) OR d.{col} IS NOT DISTINCT FROM n.{col})",
+                    lit(&c.name),
+                    col = q(&c.name)
+                )
+            }),
+            " AND ",
+        );
+        let row_of = |alias: &str| join(names.iter().map(|n| format!("{alias}.{n}")), ", ");
+        let same_old = format!(
+            "(n._first_old IS NOT NULL AND ROW({}) IS NOT DISTINCT FROM ROW({}))",
+            row_of("d"),
+            row_of("o")
+        );
+        let incoming = "CASE WHEN n._op = 'D' THEN NULL ELSE to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' END";
+        let insert_cols = names.join(", ");
+        let sets = join(
+            cols.iter()
+                .map(|c| format!("{} = {}", q(&c.name), value(c, "d"))),
+            ", ",
+        );
+        let numbered = |what: &'static str, sql: String| Ranged {
+            what,
+            sql,
+            numbered: Numbered::Rows,
+        };
+
+        match &t.kind {
+            Kind::Key(key) => {
+                let kx = |alias: &str| {
+                    join(
+                        key.iter().enumerate().map(|(j, k)| {
+                            format!(
+                                "CASE WHEN {alias}._op = 'D' THEN (jsonb_populate_record(NULL::{target}, {alias}._old)).{col} ELSE {alias}.{col} END AS _k{j}",
+                                col = q(&k.name)
+                            )
+                        }),
+                        ", ",
+                    )
+                };
+                let kn = join((0..key.len()).map(|j| format!("_k{j}")), ", ");
+                let net_cols = join(
+                    cols.iter()
+                        .map(|c| match key.iter().position(|k| k.name == c.name) {
+                            Some(j) => format!("_k{j}"),
+                            None => q(&c.name),
+                        }),
+                    ", ",
+                );
+                let reduce = format!(
+                    "INSERT INTO {net} (_op, _unchanged, _first_old, _ck, {insert_cols}) \
+                     SELECT DISTINCT ON ({kn}) _op, _unchanged, _first_old, _ck, {net_cols} \
+                     FROM (SELECT x.*, first_value(x._old) OVER (PARTITION BY {kn} ORDER BY x._seq) AS _first_old \
+                           FROM (SELECT s.*, {} FROM {staged} s) x) y \
+                     ORDER BY {kn}, _seq DESC",
+                    kx("s")
+                );
+                let eq = join(
+                    key.iter().map(|k| format!("d.{0} = n.{0}", q(&k.name))),
+                    " AND ",
+                );
+                let key_json = format!(
+                    "jsonb_build_object({})",
+                    join(
+                        key.iter()
+                            .map(|k| format!("{}, n.{}", lit(&k.name), q(&k.name))),
+                        ", "
+                    )
+                );
+                let conflicts = format!(
+                    "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
+                     SELECT 'reverse', $1, {key_json}, {incoming}, to_jsonb(d), \
+                       CASE WHEN n._op = 'D' THEN 'the phone deleted this row, but the desktop''s row differs from what the phone had; the desktop row was kept' \
+                            WHEN n._first_old IS NULL THEN 'the phone created a row whose key the desktop already holds with other content (a key collision); neither side was changed' \
+                            ELSE 'the phone changed this row, and the desktop changed it too; the desktop''s version was kept' END \
+                     FROM {net} n JOIN {target} d ON {eq} LEFT JOIN LATERAL {} o ON true \
+                     WHERE (n._op = 'I' AND NOT ({same_new}) AND NOT {same_old}) OR (n._op = 'D' AND NOT {same_old})",
+                    old("n")
+                );
+                let delete = numbered(
+                    "reverse delete",
+                    format!(
+                        "DELETE FROM {target} d USING {net} n LEFT JOIN LATERAL {} o ON true \
+                         WHERE {eq} AND n._op = 'D' AND {same_old} AND n._n BETWEEN $1 AND $2",
+                        old("n")
+                    ),
+                );
+                let update = numbered(
+                    "reverse update",
+                    format!(
+                        "UPDATE {target} d SET {sets} FROM {net} n LEFT JOIN LATERAL {} o ON true \
+                         WHERE {eq} AND n._op = 'I' AND {same_old} AND NOT ({same_new}) AND n._n BETWEEN $1 AND $2",
+                        old("n")
+                    ),
+                );
+                let insert_vals = join(cols.iter().map(|c| value(c, "o")), ", ");
+                let insert = numbered(
+                    "reverse insert",
+                    format!(
+                        "INSERT INTO {target} ({insert_cols}) SELECT {insert_vals} FROM {net} n LEFT JOIN LATERAL {} o ON true \
+                         WHERE n._op = 'I' AND NOT EXISTS (SELECT 1 FROM {target} d WHERE {eq}) AND n._n BETWEEN $1 AND $2",
+                        old("n")
+                    ),
+                );
+                ReverseSql {
+                    clear: format!("DELETE FROM {staged}; DELETE FROM {net};"),
+                    dead_letter_image: format!(
+                        "SELECT {key_json}, to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' FROM {net} n WHERE n._n = $1"
+                    ),
+                    staged,
+                    net,
+                    plan_table: None,
+                    create,
+                    copy_in,
+                    reduce,
+                    plan: None,
+                    conflicts,
+                    delete,
+                    update,
+                    insert,
+                }
+            }
+            Kind::Scoped { scope, .. } => {
+                let plan = format!("pg_temp.tandem_rp_{i}");
+                create.push_str(&format!(
+                    "\nCREATE TEMP TABLE IF NOT EXISTS {plan} (ck text, tid tid) ON COMMIT PRESERVE ROWS;"
+                ));
+                let reduce = format!(
+                    "INSERT INTO {net} (_op, _unchanged, _first_old, _ck, {insert_cols}) \
+                     SELECT DISTINCT ON (_ck) _op, _unchanged, _first_old, _ck, {insert_cols} \
+                     FROM (SELECT s.*, first_value(s._old) OVER (PARTITION BY s._ck ORDER BY s._seq) AS _first_old FROM {staged} s) x \
+                     ORDER BY _ck, _seq DESC"
+                );
+                let scope_names: Vec<String> = scope.iter().map(|c| q(&c.name)).collect();
+                let hash = |alias: &str| format!("md5(ROW({})::text)", row_of(alias));
+                let o_scope = join(scope_names.iter().map(|s| format!("o.{s}")), ", ");
+                let d_scope = join(scope_names.iter().map(|s| format!("d.{s}")), ", ");
+                let any_null = |alias: &str| {
+                    join(
+                        scope_names.iter().map(|s| format!("{alias}.{s} IS NULL")),
+                        " OR ",
+                    )
+                };
+                let plan_sql = format!(
+                    "INSERT INTO {plan} (ck, tid) \
+                     WITH o AS (SELECT n._ck, {ho} AS h, {o_scope} FROM {net} n CROSS JOIN LATERAL {old_n} o WHERE n._first_old IS NOT NULL), \
+                          od AS (SELECT _ck, h, row_number() OVER (PARTITION BY h ORDER BY _ck) AS dup FROM o), \
+                          c AS (SELECT d.ctid AS tid, {hd} AS h FROM {target} d WHERE ({d_scope}) IN (SELECT {scope_list} FROM o) \
+                                UNION ALL \
+                                SELECT d.ctid, {hd} FROM {target} d WHERE EXISTS (SELECT 1 FROM o WHERE {o_null}) AND ({d_null})), \
+                          cd AS (SELECT tid, h, row_number() OVER (PARTITION BY h ORDER BY tid) AS dup FROM c) \
+                     SELECT od._ck, cd.tid FROM od LEFT JOIN cd ON cd.h = od.h AND cd.dup = od.dup",
+                    ho = hash("o"),
+                    hd = hash("d"),
+                    old_n = old("n"),
+                    scope_list = scope_names.join(", "),
+                    o_null = any_null("o"),
+                    d_null = any_null("d"),
+                );
+                let conflicts = format!(
+                    "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
+                     SELECT 'reverse', $1, jsonb_build_object('cloud_key', n._ck), {incoming}, n._first_old, \
+                       'the phone changed a row the desktop no longer holds as it was; the desktop was left as it is' \
+                     FROM {net} n JOIN {plan} p ON p.ck = n._ck WHERE n._op = 'I' AND p.tid IS NULL"
+                );
+                let delete = numbered(
+                    "reverse delete",
+                    format!(
+                        "DELETE FROM {target} d USING {plan} p JOIN {net} n ON n._ck = p.ck \
+                         WHERE d.ctid = p.tid AND n._op = 'D' AND n._n BETWEEN $1 AND $2"
+                    ),
+                );
+                let update = numbered(
+                    "reverse update",
+                    format!(
+                        "UPDATE {target} d SET {sets} FROM {plan} p JOIN {net} n ON n._ck = p.ck \
+                         WHERE d.ctid = p.tid AND n._op = 'I' AND n._n BETWEEN $1 AND $2"
+                    ),
+                );
+                let insert_vals = join(cols.iter().map(|c| value(c, "o")), ", ");
+                let insert = numbered(
+                    "reverse insert",
+                    format!(
+                        "INSERT INTO {target} ({insert_cols}) SELECT {insert_vals} FROM {net} n LEFT JOIN LATERAL {} o ON true \
+                         WHERE n._op = 'I' AND n._first_old IS NULL AND n._n BETWEEN $1 AND $2",
+                        old("n")
+                    ),
+                );
+                ReverseSql {
+                    clear: format!("DELETE FROM {staged}; DELETE FROM {net}; DELETE FROM {plan};"),
+                    dead_letter_image: format!(
+                        "SELECT jsonb_build_object('cloud_key', n._ck), to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' FROM {net} n WHERE n._n = $1"
+                    ),
+                    staged,
+                    net,
+                    plan_table: Some(plan),
+                    create,
+                    copy_in,
+                    reduce,
+                    plan: Some(plan_sql),
+                    conflicts,
+                    delete,
+                    update,
+                    insert,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Logical changes from the cloud, turned into rows of the desktop's staging tables (COPY text format).
+//!
+//! Each change of a mobile-owned row becomes one staged row: `_seq` (its order in the stream), `_op` (`I`
+//! the row's new version, `D` deleted), `_unchanged` (TOASTed columns the change did not carry: the
+//! desktop keeps its value), `_old` (the row before the change, as jsonb), `_ck` (the cloud key) and the
+//! columns that travel to the desktop. Rows that are not mobile-owned are dropped here as a second line of
+//! defence behind the publication's row filter. A claim (the ownership trigger's logical message when a
+//! phone takes over or deletes a desktop-owned row) gives the old row that the stream itself omits.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::{Map, Value as Json};
+
+use crate::change::{OldImage, Relation, RowImage, Value};
+use crate::config::SOURCE_COLUMN;
+use crate::transform::{Kind, Mapping};
+
+/// Where a relation's columns are, for one configured table.
+#[derive(Debug, Clone)]
+pub struct RelationMap {
+    pub table: usize,
+    /// Position in the relation of each of the table's reverse columns.
+    columns: Vec<Option<usize>>,
+    names: Vec<String>,
+    relation_columns: Vec<String>,
+    source: Option<usize>,
+    cloud_key: Option<usize>,
+    /// Positions of the desktop key columns (desktop-key tables).
+    key: Vec<usize>,
+}
+
+impl RelationMap {
+    /// Maps a Relation message onto configured table `table`.
+    pub fn new(mapping: &Mapping, table: usize, relation: &Relation) -> Self {
+        let t = &mapping.tables[table];
+        let position = |name: &str| relation.columns.iter().position(|c| c.name == name);
+        let cloud_key = match &t.kind {
+            Kind::Scoped { cloud_key, .. } => position(cloud_key),
+            Kind::Key(_) => None,
+        };
+        let key = match &t.kind {
+            Kind::Key(key) => key.iter().filter_map(|k| position(&k.name)).collect(),
+            Kind::Scoped { .. } => Vec::new(),
+        };
+        RelationMap {
+            table,
+            columns: t
+                .reverse_columns
+                .iter()
+                .map(|c| position(&c.name))
+                .collect(),
+            names: t.reverse_columns.iter().map(|c| c.name.clone()).collect(),
+            relation_columns: relation.columns.iter().map(|c| c.name.clone()).collect(),
+            source: position(SOURCE_COLUMN),
+            cloud_key,
+            key,
+        }
+    }
+
+    fn is_mobile(&self, row: &RowImage) -> bool {
+        matches!(self.source.and_then(|p| row.0.get(p)), Some(Value::Text(v)) if v.as_ref() == b"M")
+    }
+
+    /// The row as a JSON object of its columns' texts (unchanged TOAST values left out).
+    fn json(&self, row: &RowImage) -> String {
+        let mut map = Map::new();
+        for (name, value) in self.relation_columns.iter().zip(&row.0) {
+            match value {
+                Value::Null => {
+                    map.insert(name.clone(), Json::Null);
+                }
+                Value::Text(t) => {
+                    map.insert(
+                        name.clone(),
+                        Json::String(String::from_utf8_lossy(t).into_owned()),
+                    );
+                }
+                Value::UnchangedToast => {}
+            }
+        }
+        Json::Object(map).to_string()
+    }
+
+    fn text<'a>(&self, row: &'a RowImage, position: Option<usize>) -> Option<&'a [u8]> {
+        match position.and_then(|p| row.0.get(p)) {
+            Some(Value::Text(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn key_of<'a>(&self, row: &'a RowImage) -> Vec<Option<&'a [u8]>> {
+        self.key.iter().map(|&p| self.text(row, Some(p))).collect()
+    }
+}
+
+/// A claim: the row a phone took over (its update arrives next, as an insert) or deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub delete: bool,
+    pub schema: String,
+    pub table: String,
+    pub old: Json,
+}
+
+impl Claim {
+    /// Parses a claim message's content; `None` when it is not one of ours.
+    pub fn parse(content: &[u8]) -> Option<Claim> {
+        let v: Json = serde_json::from_slice(content).ok()?;
+        Some(Claim {
+            delete: v.get("op")?.as_str()? == "delete",
+            schema: v.get("schema")?.as_str()?.to_string(),
+            table: v.get("table")?.as_str()?.to_string(),
+            old: v.get("old")?.clone(),
+        })
+    }
+}
+
+/// Staged rows of one table, as COPY text, waiting to be sent.
+#[derive(Debug, Default)]
+pub struct Staging {
+    pub data: Vec<u8>,
+    pub rows: u64,
+}
+
+/// Builds staged rows from the changes of the stream, per configured table.
+#[derive(Debug)]
+pub struct Encoder {
+    seq: i64,
+    tables: HashMap<usize, Staging>,
+    /// Claimed old rows waiting for the insert that follows them, per table.
+    claims: HashMap<usize, VecDeque<String>>,
+    /// Per table: how many columns travel back, and the cloud key's name (cloud-key tables).
+    widths: Vec<usize>,
+    cloud_keys: Vec<Option<String>>,
+}
+
+impl Encoder {
+    pub fn new(mapping: &Mapping) -> Self {
+        Encoder {
+            seq: 0,
+            tables: HashMap::new(),
+            claims: HashMap::new(),
+            widths: mapping
+                .tables
+                .iter()
+                .map(|t| t.reverse_columns.len())
+                .collect(),
+            cloud_keys: mapping
+                .tables
+                .iter()
+                .map(|t| match &t.kind {
+                    Kind::Scoped { cloud_key, .. } => Some(cloud_key.clone()),
+                    Kind::Key(_) => None,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn staged_rows(&self) -> u64 {
+        self.tables.values().map(|s| s.rows).sum()
+    }
+
+    pub fn buffered_bytes(&self) -> usize {
+        self.tables.values().map(|s| s.data.len()).sum()
+    }
+
+    /// Takes what is buffered, per table.
+    pub fn take(&mut self) -> HashMap<usize, Staging> {
+        std::mem::take(&mut self.tables)
+    }
+
+    /// At a transaction's end: claims no change followed belong to tables that do not travel back.
+    pub fn end_transaction(&mut self) {
+        self.claims.clear();
+    }
+
+    /// A claim on configured table `table`.
+    pub fn claim(&mut self, table: usize, claim: Claim) {
+        if claim.delete {
+            let ck = self.cloud_keys[table]
+                .as_ref()
+                .and_then(|c| claim.old.get(c))
+                .and_then(json_text);
+            let old = claim.old.to_string();
+            self.push(
+                table,
+                'D',
+                &[],
+                Some(&old),
+                ck.as_deref().map(str::as_bytes),
+                &[],
+            );
+        } else {
+            self.claims
+                .entry(table)
+                .or_default()
+                .push_back(claim.old.to_string());
+        }
+    }
+
+    /// A change of a configured table. Returns false when it was dropped (not mobile-owned).
+    pub fn insert(&mut self, map: &RelationMap, new: &RowImage) -> bool {
+        if !map.is_mobile(new) {
+            return false;
+        }
+        let old = self
+            .claims
+            .get_mut(&map.table)
+            .and_then(VecDeque::pop_front);
+        self.push_new(map, new, old.as_deref());
+        true
+    }
+
+    pub fn update(&mut self, map: &RelationMap, old: Option<&OldImage>, new: &RowImage) -> bool {
+        if !map.is_mobile(new) {
+            return false;
+        }
+        let old = match old {
+            Some(OldImage::Full(row)) | Some(OldImage::Key(row)) => Some(row),
+            None => None,
+        };
+        match old {
+            // A desktop key that moves: the old key is deleted, the new one is a new row.
+            Some(o) if !map.key.is_empty() && map.key_of(o) != map.key_of(new) => {
+                self.push_deleted(map, o);
+                self.push_new(map, new, None);
+            }
+            Some(o) => {
+                let json = map.json(o);
+                self.push_new(map, new, Some(&json));
+            }
+            None => self.push_new(map, new, None),
+        }
+        true
+    }
+
+    pub fn delete(&mut self, map: &RelationMap, old: &OldImage) -> bool {
+        let row = match old {
+            OldImage::Full(row) | OldImage::Key(row) => row,
+        };
+        if !map.is_mobile(row) {
+            return false;
+        }
+        self.push_deleted(map, row);
+        true
+    }
+
+    fn push_deleted(&mut self, map: &RelationMap, old: &RowImage) {
+        let json = map.json(old);
+        let ck = map.text(old, map.cloud_key);
+        self.push(map.table, 'D', &[], Some(&json), ck, &[]);
+    }
+
+    fn push_new(&mut self, map: &RelationMap, new: &RowImage, old: Option<&str>) {
+        let mut unchanged = Vec::new();
+        let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(map.columns.len());
+        for (name, position) in map.names.iter().zip(&map.columns) {
+            match position.and_then(|p| new.0.get(p)) {
+                Some(Value::Text(t)) => values.push(Some(t)),
+                Some(Value::UnchangedToast) => {
+                    unchanged.push(name.as_str());
+                    values.push(None);
+                }
+                Some(Value::Null) | None => values.push(None),
+            }
+        }
+        let ck = map.text(new, map.cloud_key);
+        self.push(map.table, 'I', &unchanged, old, ck, &values);
+    }
+
+    fn push(
+        &mut self,
+        table: usize,
+        op: char,
+        unchanged: &[&str],
+        old: Option<&str>,
+        ck: Option<&[u8]>,
+        values: &[Option<&[u8]>],
+    ) {
+        self.seq += 1;
+        let width = self.widths[table];
+        let staging = self.tables.entry(table).or_default();
+        let out = &mut staging.data;
+        out.extend_from_slice(self.seq.to_string().as_bytes());
+        out.push(b'\t');
+        out.push(op as u8);
+        out.push(b'\t');
+        if unchanged.is_empty() {
+            out.extend_from_slice(b"\\N");
+        } else {
+            copy_escape(out, array_literal(unchanged).as_bytes());
+        }
+        out.push(b'\t');
+        field(out, old.map(str::as_bytes));
+        out.push(b'\t');
+        field(out, ck);
+        if values.is_empty() {
+            // A deleted row: its columns come from `_old`; one NULL per column.
+            for _ in 0..width {
+                out.extend_from_slice(b"\t\\N");
+            }
+        } else {
+            for v in values {
+                out.push(b'\t');
+                field(out, *v);
+            }
+        }
+        out.push(b'\n');
+        staging.rows += 1;
+    }
+}
+
+fn json_text(v: &Json) -> Option<String> {
+    match v {
+        Json::Null => None,
+        Json::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        Some(v) => copy_escape(out, v),
+        None => out.extend_from_slice(b"\\N"),
+    }
+}
+
+/// COPY text escaping: backslash, tab, newline and carriage return.
+pub fn copy_escape(out: &mut Vec<u8>, value: &[u8]) {
+    for &b in value {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// A text[] literal: `{"a","b"}`, each element quoted with `"` and `\` escaped.
+fn array_literal(items: &[&str]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", quoted.join(","))
+}

@@ -1,0 +1,181 @@
+//! The two workers of `tandem run`: [`forward`] (desktop outbox → cloud) and [`reverse`] (cloud logical
+//! replication → desktop), each in its own task, sharing the shutdown signal and the retry policy.
+
+pub mod forward;
+pub mod reverse;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::BatchOutcome;
+use crate::config::{Config, SyncConfig};
+use crate::db::{DbError, ErrorKind};
+use crate::transform::MappingError;
+
+pub use forward::run_forward;
+pub use reverse::run_reverse;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error("desktop: the LISTEN connection was lost")]
+    ListenerLost,
+    #[error("cloud: replication stream: {0}")]
+    Stream(String),
+}
+
+impl RunError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Db(e) | RunError::Mapping(MappingError::Db(e)) => {
+                e.kind() == ErrorKind::Transient
+            }
+            RunError::Mapping(MappingError::Invalid(_)) => false,
+            RunError::ListenerLost => true,
+            RunError::Stream(message) => stream_error_is_transient(message),
+        }
+    }
+}
+
+/// Server errors reach us from the replication crate as text ending in `(SQLSTATE xxxxx)`; anything
+/// else (I/O, a closed connection, the stream ending) is transient.
+fn stream_error_is_transient(message: &str) -> bool {
+    let code = message
+        .rsplit_once("SQLSTATE ")
+        .map(|(_, rest)| rest.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+        .filter(|c| c.len() == 5);
+    match code {
+        // Authentication, a missing or invalidated slot, a missing publication: retrying cannot help.
+        Some(c) if c.starts_with("28") || c == "42704" || c == "55000" || c == "3D000" => false,
+        // The slot is in use by another process: it may stop.
+        Some("55006") => true,
+        Some(c) => {
+            crate::db::classify(Some(&tokio_postgres::error::SqlState::from_code(c)))
+                == ErrorKind::Transient
+        }
+        None => !crate::db::is_certificate_error(message),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Apply what was committed on the desktop when the run started, then return.
+    pub once: bool,
+}
+
+/// Totals of a run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunStats {
+    pub batches: u64,
+    /// Forward: outbox rows taken. Reverse: cloud transactions received.
+    pub outbox_rows: u64,
+    pub outcome: BatchOutcome,
+    pub retries: u64,
+}
+
+/// A test hook: `TANDEM_FAILPOINT=<name>` makes the process abort at that point, like `kill -9`.
+pub(crate) fn failpoint(name: &str) {
+    if std::env::var("TANDEM_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("tandem: failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
+/// How many outbox rows the next batch takes. A batch that staged more than `batch_max_bytes` or took
+/// longer than `batch_max_wait_ms` halves the next one (so a change arriving in a flood never waits
+/// long behind the batch in flight); otherwise batches grow back, doubling, to `batch_max_rows`.
+#[derive(Debug, Clone)]
+pub struct BatchSize {
+    max_rows: i64,
+    max_bytes: u64,
+    max_time: Duration,
+    limit: i64,
+}
+
+impl BatchSize {
+    pub fn new(sync: &SyncConfig) -> Self {
+        let max_rows = i64::try_from(sync.batch_max_rows)
+            .unwrap_or(i64::MAX)
+            .max(1);
+        BatchSize {
+            max_rows,
+            max_bytes: sync.batch_max_bytes as u64,
+            max_time: Duration::from_millis(sync.batch_max_wait_ms),
+            limit: max_rows,
+        }
+    }
+
+    pub fn limit(&self) -> i64 {
+        self.limit
+    }
+
+    /// Adjusts the limit after a batch of `rows` outbox rows that staged `bytes` in `elapsed`.
+    pub fn observe(&mut self, rows: u64, bytes: u64, elapsed: Duration) {
+        let full = rows as i64 >= self.limit;
+        if bytes > self.max_bytes || elapsed > self.max_time {
+            self.limit = (rows as i64 / 2).max(1);
+        } else if full {
+            self.limit = self.limit.saturating_mul(2).min(self.max_rows);
+        }
+    }
+}
+
+/// Both directions until `shutdown` (or, with `once`, until both have applied what was committed when
+/// they started). A direction that fails for good stops the other and returns its error.
+pub async fn run(
+    config: &Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(RunStats, RunStats), RunError> {
+    let stop = shutdown.child_token();
+    let forward = run_forward(config, options, stop.clone());
+    let reverse = run_reverse(config, options, stop.clone());
+    tokio::pin!(forward, reverse);
+    let (mut f, mut r) = (None, None);
+    while f.is_none() || r.is_none() {
+        tokio::select! {
+            result = &mut forward, if f.is_none() => {
+                if result.is_err() { stop.cancel(); }
+                f = Some(result);
+            }
+            result = &mut reverse, if r.is_none() => {
+                if result.is_err() { stop.cancel(); }
+                r = Some(result);
+            }
+        }
+    }
+    Ok((f.expect("done")?, r.expect("done")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_shrink_when_too_big_or_slow_and_grow_back_when_full() {
+        let sync = SyncConfig {
+            batch_max_rows: 1000,
+            batch_max_bytes: 1_000_000,
+            batch_max_wait_ms: 100,
+        };
+        let mut size = BatchSize::new(&sync);
+        assert_eq!(size.limit(), 1000);
+        size.observe(1000, 5_000_000, Duration::from_millis(10));
+        assert_eq!(size.limit(), 500, "too many bytes");
+        size.observe(500, 1000, Duration::from_millis(400));
+        assert_eq!(size.limit(), 250, "too slow");
+        size.observe(3, 10, Duration::from_millis(1));
+        assert_eq!(size.limit(), 250, "a small batch says nothing about load");
+        size.observe(250, 10, Duration::from_millis(1));
+        assert_eq!(size.limit(), 500);
+        size.observe(500, 10, Duration::from_millis(1));
+        size.observe(1000, 10, Duration::from_millis(1));
+        assert_eq!(size.limit(), 1000, "never above batch_max_rows");
+        size.observe(1, 10_000_000, Duration::from_millis(1));
+        assert_eq!(size.limit(), 1, "never below one row");
+    }
+}

@@ -1,0 +1,354 @@
+//! The reverse worker: mobile-owned cloud rows → desktop, through the logical replication slot.
+//!
+//! Events arrive in commit order. Each change of a configured table is encoded into that table's
+//! staging buffer; buffers go to the desktop in chunks (so a transaction of any size never sits in
+//! memory). At a commit, if the next event is already waiting and the group is small, the next
+//! transaction joins the same desktop transaction; otherwise the group is applied, its last end LSN is
+//! recorded in `tandem.progress` in the same desktop transaction, and only then is the slot told. A
+//! transaction at or below the stored position is skipped (the slot may replay after a restart). When no
+//! transaction is open and nothing is pending, a keepalive's position is acknowledged, so a quiet
+//! publication never pins the cloud's WAL.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::reverse::{self, DesktopSession, ReverseApplier};
+use crate::capture::logical::{self, CLAIM_PREFIX};
+use crate::capture::pgoutput::{self, RelationCache};
+use crate::capture::rows::{Claim, Encoder, RelationMap};
+use crate::change::{Lsn, PgOutput, Side};
+use crate::config::Config;
+use crate::db::{self, Context};
+use crate::retry;
+use crate::transform::Mapping;
+
+use super::{RunError, RunOptions, RunStats, failpoint};
+
+/// The prefix of the marker `run --once` emits to know when it has seen everything before its start.
+const ONCE_PREFIX: &str = "tandem.once";
+
+/// The reverse direction of `tandem run`.
+pub async fn run_reverse(
+    config: &Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<RunStats, RunError> {
+    let mut worker = Reverse {
+        config,
+        options,
+        prepared: None,
+        stats: RunStats::default(),
+        once_token: None,
+    };
+    let mut delays = retry::backoff();
+    loop {
+        let before = worker.stats.batches;
+        match worker.session(&shutdown).await {
+            Ok(()) => return Ok(worker.stats),
+            Err(e) if e.is_transient() => {
+                worker.stats.retries += 1;
+                if worker.stats.batches > before {
+                    delays = retry::backoff();
+                }
+                let delay = delays.next().expect("the backoff never ends");
+                tracing::warn!(error = %e, retry_in = ?delay, "reverse: transient error; reconnecting");
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(worker.stats),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct Prepared {
+    mapping: Mapping,
+    applier: ReverseApplier,
+}
+
+struct Reverse<'a> {
+    config: &'a Config,
+    options: RunOptions,
+    prepared: Option<Prepared>,
+    stats: RunStats,
+    /// With `once`: the marker this run emitted; reaching it means everything before the start is here.
+    once_token: Option<String>,
+}
+
+/// The state of one connected stretch.
+struct Stream<'a> {
+    mapping: &'a Mapping,
+    applier: &'a ReverseApplier,
+    desktop: tokio_postgres::Client,
+    session: DesktopSession,
+    replication: ReplicationClient,
+    relations: RelationCache,
+    maps: HashMap<u32, Option<RelationMap>>,
+    encoder: Encoder,
+    /// End LSN of the last transaction applied to the desktop.
+    stored: Option<Lsn>,
+    in_transaction: bool,
+    skip_transaction: bool,
+    /// End LSN of the last committed transaction of the group not yet applied, and when it began.
+    pending: Option<(Lsn, Instant)>,
+    flush_bytes: usize,
+    max_rows: u64,
+    max_time: std::time::Duration,
+}
+
+fn stream_error(e: pgwire_replication::error::PgWireError) -> RunError {
+    RunError::Stream(e.to_string())
+}
+
+impl Reverse<'_> {
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
+        let desktop = db::connect(Side::Desktop, &self.config.desktop.url).await?;
+        let cloud = db::connect(Side::Cloud, &self.config.cloud.url).await?;
+        if self.prepared.is_none() {
+            let mapping = Mapping::load(self.config, &desktop, &cloud).await?;
+            let applier = ReverseApplier::new(&mapping);
+            self.prepared = Some(Prepared { mapping, applier });
+        }
+        let prepared = self.prepared.as_ref().expect("prepared above");
+        let session = prepared.applier.prepare(&desktop).await?;
+        let stored = reverse::stored_position(&desktop).await?;
+        let replication_config =
+            logical::replication_config(self.config, stored.unwrap_or_default(), stored)?;
+        let replication = ReplicationClient::connect(replication_config)
+            .await
+            .map_err(stream_error)?;
+        if self.options.once && self.once_token.is_none() {
+            let since_epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let token = format!("{}-{}", std::process::id(), since_epoch.as_nanos());
+            cloud
+                .execute(
+                    "SELECT pg_logical_emit_message(false, $1, $2)",
+                    &[&ONCE_PREFIX, &token],
+                )
+                .await
+                .ctx(Side::Cloud, "marking the end of what run --once applies")?;
+            self.once_token = Some(token);
+        }
+        drop(cloud);
+        let sync = &self.config.sync;
+        let mut stream = Stream {
+            mapping: &prepared.mapping,
+            applier: &prepared.applier,
+            desktop,
+            session,
+            replication,
+            relations: RelationCache::new(),
+            maps: HashMap::new(),
+            encoder: Encoder::new(&prepared.mapping),
+            stored,
+            in_transaction: false,
+            skip_transaction: false,
+            pending: None,
+            flush_bytes: sync.batch_max_bytes.clamp(64 * 1024, 8 * 1024 * 1024),
+            max_rows: sync.batch_max_rows as u64,
+            max_time: std::time::Duration::from_millis(sync.batch_max_wait_ms),
+        };
+        let result = stream
+            .run(shutdown, self.once_token.as_deref(), &mut self.stats)
+            .await;
+        stream.replication.stop();
+        result
+    }
+}
+
+impl Stream<'_> {
+    async fn run(
+        &mut self,
+        shutdown: &CancellationToken,
+        once: Option<&str>,
+        stats: &mut RunStats,
+    ) -> Result<(), RunError> {
+        loop {
+            // At a commit boundary with a group staged, take the next event only if it is already here:
+            // otherwise apply the group now (latency first).
+            let event = if self.pending.is_some() && !self.in_transaction {
+                let (_, started) = self.pending.expect("checked");
+                let small =
+                    self.encoder.staged_rows() < self.max_rows && started.elapsed() < self.max_time;
+                match small
+                    .then(|| self.replication.recv().now_or_never())
+                    .flatten()
+                {
+                    Some(event) => event.map_err(stream_error)?,
+                    None => {
+                        self.apply(stats).await?;
+                        continue;
+                    }
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        // A transaction half received is replayed next time; a whole group is applied.
+                        if !self.in_transaction && self.pending.is_some() {
+                            self.apply(stats).await?;
+                        }
+                        return Ok(());
+                    }
+                    event = self.replication.recv() => event.map_err(stream_error)?,
+                }
+            };
+            let Some(event) = event else {
+                return Err(RunError::Stream("the replication stream ended".into()));
+            };
+            match event {
+                ReplicationEvent::Begin { final_lsn, .. } => {
+                    self.in_transaction = true;
+                    self.skip_transaction =
+                        self.stored.is_some_and(|s| Lsn(final_lsn.as_u64()) < s);
+                }
+                ReplicationEvent::XLogData { data, .. } => self.change(&data).await?,
+                ReplicationEvent::Message {
+                    prefix, content, ..
+                } => {
+                    if prefix == CLAIM_PREFIX && !self.skip_transaction {
+                        self.claim(&content);
+                    } else if prefix == ONCE_PREFIX
+                        && once.is_some_and(|t| t.as_bytes() == content.as_ref())
+                    {
+                        if self.pending.is_some() {
+                            self.apply(stats).await?;
+                        }
+                        return Ok(());
+                    }
+                }
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    self.in_transaction = false;
+                    self.encoder.end_transaction();
+                    if !self.skip_transaction {
+                        let started = self.pending.map_or_else(Instant::now, |(_, s)| s);
+                        self.pending = Some((Lsn(end_lsn.as_u64()), started));
+                        stats.outbox_rows += 1;
+                    }
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    // Everything before it is applied: let the slot move on (a quiet publication must
+                    // not pin WAL, and the cloud's fast shutdown waits for this).
+                    if !self.in_transaction && self.pending.is_none() {
+                        self.replication.update_applied_lsn(wal_end);
+                    }
+                }
+                ReplicationEvent::StoppedAt { .. } => return Ok(()),
+            }
+        }
+    }
+
+    async fn change(&mut self, data: &bytes::Bytes) -> Result<(), RunError> {
+        let message = pgoutput::decode_bytes(data).map_err(|e| RunError::Stream(e.to_string()))?;
+        let mapped = |maps: &HashMap<u32, Option<RelationMap>>, id: u32| {
+            maps.get(&id).and_then(Option::as_ref).cloned()
+        };
+        let kept = match message {
+            PgOutput::Relation(relation) => {
+                let map = self
+                    .mapping
+                    .position_in_cloud(&relation.name.schema, &relation.name.name)
+                    .filter(|&i| self.mapping.tables[i].reverse)
+                    .map(|i| RelationMap::new(self.mapping, i, &relation));
+                self.maps.insert(relation.id, map);
+                self.relations.update(relation);
+                return Ok(());
+            }
+            _ if self.skip_transaction => return Ok(()),
+            PgOutput::Insert { relation, new } => {
+                mapped(&self.maps, relation).map(|m| self.encoder.insert(&m, &new))
+            }
+            PgOutput::Update { relation, old, new } => {
+                mapped(&self.maps, relation).map(|m| self.encoder.update(&m, old.as_ref(), &new))
+            }
+            PgOutput::Delete { relation, old } => {
+                mapped(&self.maps, relation).map(|m| self.encoder.delete(&m, &old))
+            }
+            PgOutput::Truncate { relations, .. } => {
+                for id in relations {
+                    if let Some(r) = self.relations.get(id) {
+                        tracing::warn!(
+                            table = %r.name,
+                            "the cloud table was truncated; tandem never truncates a desktop table: its desktop rows were left as they are"
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        if kept == Some(false) {
+            tracing::debug!(
+                "a change of a row that is not mobile-owned was ignored (the publication's row filter should not send it)"
+            );
+        }
+        if self.encoder.buffered_bytes() >= self.flush_bytes {
+            self.flush().await?;
+            failpoint("reverse-mid-transaction");
+        }
+        Ok(())
+    }
+
+    fn claim(&mut self, content: &[u8]) {
+        tracing::debug!(claim = %String::from_utf8_lossy(content), "claim received");
+        let Some(claim) = Claim::parse(content) else {
+            tracing::warn!("a tandem.claim message that is not valid JSON was ignored");
+            return;
+        };
+        let table = self
+            .mapping
+            .position_in_cloud(&claim.schema, &claim.table)
+            .filter(|&i| self.mapping.tables[i].reverse);
+        if let Some(i) = table {
+            self.encoder.claim(i, claim);
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), RunError> {
+        for (i, staging) in self.encoder.take() {
+            self.applier
+                .stage(&self.desktop, &mut self.session, i, staging.data)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, stats: &mut RunStats) -> Result<(), RunError> {
+        let Some((end, _)) = self.pending.take() else {
+            return Ok(());
+        };
+        let rows = self.encoder.staged_rows();
+        self.flush().await?;
+        let started = Instant::now();
+        let outcome = self
+            .applier
+            .commit(&self.desktop, &mut self.session, self.mapping, end)
+            .await?;
+        failpoint("reverse-after-commit");
+        self.replication
+            .update_applied_lsn(pgwire_replication::Lsn::from_u64(end.0));
+        self.stored = Some(end);
+        stats.batches += 1;
+        stats.outcome.add(&outcome);
+        stats.outcome.staged_rows += rows;
+        tracing::debug!(
+            position = %end,
+            staged = rows,
+            written = outcome.written,
+            deleted = outcome.deleted,
+            conflicts = outcome.conflicts,
+            dead_letters = outcome.dead_letters,
+            elapsed = ?started.elapsed(),
+            "reverse group applied"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,430 @@
+//! Reverse streaming: mobile rows reach the desktop through logical replication, with no echo and no
+//! holes. Tests are named after the seeds' bugs they guard against where there is one.
+
+use tandem::config::Config;
+use tandem::pipeline::{self, RunOptions, RunStats};
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::{forward_once, installed};
+use crate::support::{TestDb, count, rows};
+
+/// Applies everything the cloud committed before the call, like the reverse half of `run --once`.
+pub async fn reverse_once(config: &Config) -> RunStats {
+    pipeline::run_reverse(config, RunOptions { once: true }, CancellationToken::new())
+        .await
+        .expect("reverse run")
+}
+
+/// What the parents of the sample need, made on the desktop and sent to the cloud.
+async fn parents(db: &TestDb, config: &Config) {
+    db.desktop()
+        .await
+        .batch_execute(
+            "INSERT INTO orgmaster (org_id, org_name) VALUES (1, 'Org');
+             INSERT INTO climaster (client_id, org_id, client_name) VALUES (1, 1, 'Asha Traders'), (2, 1, 'Bala & Co');
+             INSERT INTO jobmaster (job_id, job_name) VALUES (1, 'GST return');
+             INSERT INTO mbstaff (staff_id, org_id, staff_name) VALUES (1, 1, 'Ravi'), (2, 1, 'Mala');
+             INSERT INTO taskmaster (task_id, task_name) VALUES (1, 'Collect'), (2, 'Prepare');
+             INSERT INTO jobshead (job_id, client_id, job_name, job_status) VALUES (100, 1, 'Audit', 'Open');",
+        )
+        .await
+        .unwrap();
+    forward_once(config).await;
+}
+
+async fn phone(db: &TestDb, sql: &str) {
+    db.cloud().await.batch_execute(sql).await.unwrap();
+}
+
+#[tokio::test]
+async fn mobile_inserts_updates_and_deletes_reach_the_desktop_for_every_table_kind_without_echo() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    phone(
+        &db,
+        "INSERT INTO reminder (rem_id, staff_id, client_id, rem_subject) VALUES (7, 1, 1, 'Call Asha');
+         INSERT INTO jobshead (job_id, client_id, job_name, job_status) VALUES (200, 2, 'Mobile job', 'Open');
+         INSERT INTO jobtasks (job_id, client_id, task_id, task_name) VALUES (100, 1, 1, 'Scan receipts'), (100, 1, 1, 'Scan receipts');
+         INSERT INTO workdiary (staff_id, wd_date, job_id, hours, narration) VALUES (2, '2025-06-01', 100, 1.5, 'Site visit');",
+    )
+    .await;
+    let stats = reverse_once(&config).await;
+    assert_eq!(stats.outcome.dead_letters, 0, "{stats:?}");
+    let desktop = db.desktop().await;
+    assert_eq!(
+        rows(
+            &desktop,
+            "mbreminder",
+            "rem_id, staff_id, client_id, rem_subject",
+            "true"
+        )
+        .await,
+        vec!["(7,1,1,\"Call Asha\")"]
+    );
+    assert_eq!(
+        rows(&desktop, "jobshead", "job_id, job_name", "job_id = 200").await,
+        vec!["(200,\"Mobile job\")"]
+    );
+    assert_eq!(
+        rows(&desktop, "jobtasks", "job_id, task_name", "true").await,
+        vec!["(100,\"Scan receipts\")"; 2]
+    );
+    assert_eq!(
+        rows(
+            &desktop,
+            "workdiary",
+            "staff_id, wd_date, hours, narration",
+            "true"
+        )
+        .await,
+        vec!["(2,2025-06-01,1.50,\"Site visit\")"]
+    );
+    assert_eq!(
+        count(&desktop, "SELECT count(*) FROM tandem.outbox").await,
+        0,
+        "tandem's writes were captured: echo"
+    );
+
+    phone(
+        &db,
+        "UPDATE reminder SET rem_subject = 'Call Asha again' WHERE rem_id = 7;
+         UPDATE jobshead SET job_status = 'Completed' WHERE job_id = 200;
+         UPDATE jobtasks SET task_name = 'Scan all receipts' WHERE jt_id = (SELECT min(jt_id) FROM jobtasks WHERE source = 'M');
+         UPDATE workdiary SET hours = 2 WHERE source = 'M';",
+    )
+    .await;
+    reverse_once(&config).await;
+    assert_eq!(
+        rows(&desktop, "mbreminder", "rem_subject", "true").await,
+        vec!["(\"Call Asha again\")"]
+    );
+    assert_eq!(
+        rows(&desktop, "jobshead", "job_status", "job_id = 200").await,
+        vec!["(Completed)"]
+    );
+    assert_eq!(
+        rows(&desktop, "jobtasks", "task_name", "true").await,
+        vec!["(\"Scan all receipts\")", "(\"Scan receipts\")"]
+    );
+    assert_eq!(
+        rows(&desktop, "workdiary", "hours", "true").await,
+        vec!["(2.00)"]
+    );
+
+    // The desktop changes the same scopes: the forward scoped replace must not send the phone's rows
+    // back as desktop-owned copies.
+    desktop
+        .batch_execute("INSERT INTO jobtasks (job_id, task_id, task_name) VALUES (100, 2, 'Prepare'); INSERT INTO workdiary (staff_id, wd_date, hours) VALUES (2, '2025-06-01', 3)")
+        .await
+        .unwrap();
+    forward_once(&config).await;
+    let cloud = db.cloud().await;
+    assert_eq!(
+        rows(&cloud, "jobtasks", "task_name, source", "true").await,
+        vec![
+            "(\"Scan all receipts\",M)",
+            "(\"Scan receipts\",M)",
+            "(Prepare,D)"
+        ]
+    );
+    assert_eq!(
+        rows(&cloud, "workdiary", "hours, source", "true").await,
+        vec!["(2.00,M)", "(3.00,D)"]
+    );
+    assert_eq!(
+        count(&cloud, "SELECT count(*) FROM tandem.conflicts").await,
+        0
+    );
+
+    phone(&db, "DELETE FROM reminder; DELETE FROM jobtasks WHERE source = 'M'; DELETE FROM workdiary WHERE source = 'M'; DELETE FROM jobshead WHERE job_id = 200").await;
+    reverse_once(&config).await;
+    assert_eq!(count(&desktop, "SELECT count(*) FROM mbreminder").await, 0);
+    assert_eq!(
+        count(&desktop, "SELECT count(*) FROM jobshead WHERE job_id = 200").await,
+        0
+    );
+    assert_eq!(
+        rows(&desktop, "jobtasks", "task_name", "true").await,
+        vec!["(Prepare)"]
+    );
+    assert_eq!(
+        rows(&desktop, "workdiary", "hours", "true").await,
+        vec!["(3.00)"]
+    );
+    assert_eq!(
+        count(&desktop, "SELECT count(*) FROM tandem.outbox").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn seeds_003_scenario_2_a_phone_marking_job_100_complete_is_not_reverted() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    // The mobile user marks job #100 complete.
+    phone(&db, "UPDATE jobshead SET job_status = 'Completed', completed_date = '2025-11-01' WHERE job_id = 100").await;
+    reverse_once(&config).await;
+    let desktop = db.desktop().await;
+    assert_eq!(
+        rows(
+            &desktop,
+            "jobshead",
+            "job_status, completed_date",
+            "job_id = 100"
+        )
+        .await,
+        vec!["(Completed,2025-11-01)"]
+    );
+    // The desktop then edits another column of job 100: the forward sync must not revert the phone's work.
+    desktop
+        .batch_execute("UPDATE jobshead SET remarks = 'Invoice sent' WHERE job_id = 100")
+        .await
+        .unwrap();
+    forward_once(&config).await;
+    let cloud = db.cloud().await;
+    assert_eq!(
+        rows(&cloud, "jobshead", "job_status, source", "job_id = 100").await,
+        vec!["(Completed,M)"]
+    );
+    let conflict = cloud
+        .query_one(
+            "SELECT incoming->>'remarks', reason FROM tandem.conflicts",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(conflict.get::<_, String>(0), "Invoice sent");
+    // The phone's edit of a desktop-made task (no key on the desktop) replaces that task, not a copy.
+    desktop.batch_execute("INSERT INTO jobtasks (job_id, task_id, task_name) VALUES (100, 1, 'Collect'), (100, 2, 'Prepare')").await.unwrap();
+    forward_once(&config).await;
+    phone(
+        &db,
+        "UPDATE jobtasks SET task_status = 'Done' WHERE task_id = 2",
+    )
+    .await;
+    reverse_once(&config).await;
+    assert_eq!(
+        rows(&desktop, "jobtasks", "task_name, task_status", "true").await,
+        vec!["(Collect,)", "(Prepare,Done)"]
+    );
+    forward_once(&config).await;
+    assert_eq!(
+        rows(&cloud, "jobtasks", "task_name, task_status, source", "true").await,
+        vec!["(Collect,,D)", "(Prepare,Done,M)"]
+    );
+}
+
+#[tokio::test]
+async fn a_phone_deleting_a_desktop_row_deletes_it_on_the_desktop() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    db.desktop().await.batch_execute("INSERT INTO jobtasks (job_id, task_id, task_name) VALUES (100, 1, 'Collect'), (100, 2, 'Prepare')").await.unwrap();
+    forward_once(&config).await;
+    phone(
+        &db,
+        "DELETE FROM jobtasks WHERE task_id = 1; DELETE FROM learequest",
+    )
+    .await;
+    reverse_once(&config).await;
+    let desktop = db.desktop().await;
+    assert_eq!(
+        rows(&desktop, "jobtasks", "task_name", "true").await,
+        vec!["(Prepare)"]
+    );
+    forward_once(&config).await;
+    assert_eq!(
+        rows(&db.cloud().await, "jobtasks", "task_name", "true").await,
+        vec!["(Prepare)"]
+    );
+}
+
+#[tokio::test]
+async fn a_100_kb_text_survives_an_update_of_another_column() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    // Incompressible, so PostgreSQL stores it out of line (TOAST).
+    phone(
+        &db,
+        "INSERT INTO jobshead (job_id, client_id, job_name, remarks)
+         SELECT 300, 1, 'Big', string_agg(md5(g::text), '') FROM generate_series(1, 3200) g",
+    )
+    .await;
+    reverse_once(&config).await;
+    phone(
+        &db,
+        "UPDATE jobshead SET job_status = 'Billed' WHERE job_id = 300",
+    )
+    .await;
+    reverse_once(&config).await;
+    let desktop = db.desktop().await;
+    let row = desktop
+        .query_one(
+            "SELECT job_status, length(remarks), md5(remarks) FROM jobshead WHERE job_id = 300",
+            &[],
+        )
+        .await
+        .unwrap();
+    let expected: String = db
+        .cloud()
+        .await
+        .query_one("SELECT md5(remarks) FROM jobshead WHERE job_id = 300", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(row.get::<_, String>(0), "Billed");
+    assert_eq!(row.get::<_, i32>(1), 102_400);
+    assert_eq!(row.get::<_, String>(2), expected);
+}
+
+#[tokio::test]
+async fn a_key_collision_is_a_conflict_and_both_sides_keep_their_data() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    // The desktop creates reminder 5; before it is sent, a phone creates reminder 5 too.
+    db.desktop()
+        .await
+        .batch_execute("INSERT INTO mbreminder (rem_id, rem_subject) VALUES (5, 'Desk')")
+        .await
+        .unwrap();
+    phone(
+        &db,
+        "INSERT INTO reminder (rem_id, rem_subject) VALUES (5, 'Phone')",
+    )
+    .await;
+    reverse_once(&config).await;
+    let desktop = db.desktop().await;
+    assert_eq!(
+        rows(&desktop, "mbreminder", "rem_id, rem_subject", "true").await,
+        vec!["(5,Desk)"]
+    );
+    let reason: String = desktop
+        .query_one("SELECT reason FROM tandem.conflicts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("key collision"), "{reason}");
+    forward_once(&config).await;
+    let cloud = db.cloud().await;
+    assert_eq!(
+        rows(&cloud, "reminder", "rem_id, rem_subject, source", "true").await,
+        vec!["(5,Phone,M)"]
+    );
+    assert_eq!(
+        count(&cloud, "SELECT count(*) FROM tandem.conflicts").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn rows_the_desktop_refuses_are_dead_letters() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    db.desktop()
+        .await
+        .batch_execute("ALTER TABLE learequest ALTER leave_type TYPE varchar(2)")
+        .await
+        .unwrap();
+    phone(&db, "INSERT INTO learequest (lea_id, staff_id, leave_type) VALUES (1, 1, 'Sick leave'), (2, 1, 'CL')").await;
+    let stats = reverse_once(&config).await;
+    assert_eq!(stats.outcome.dead_letters, 1, "{stats:?}");
+    let desktop = db.desktop().await;
+    assert_eq!(
+        rows(&desktop, "learequest", "lea_id", "true").await,
+        vec!["(2)"]
+    );
+    assert_eq!(
+        rows(
+            &desktop,
+            "tandem.dead_letters",
+            "direction, table_name, row_key, sqlstate",
+            "true"
+        )
+        .await,
+        vec![r#"(reverse,learequest,"{""lea_id"": 1}",22001)"#]
+    );
+}
+
+#[tokio::test]
+async fn seeds_004_all_24562_mobile_jobs_arrive_whatever_their_age() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    // No 10k LIMIT, no 7-day window: rows dated years ago arrive too.
+    phone(
+        &db,
+        "INSERT INTO jobshead (job_id, client_id, job_name, created_at, updated_at)
+         SELECT 1000 + g, 1 + g % 2, 'Job ' || g, '2019-04-01', '2019-04-01' FROM generate_series(1, 24562) g",
+    )
+    .await;
+    reverse_once(&config).await;
+    assert_eq!(
+        count(
+            &db.desktop().await,
+            "SELECT count(*) FROM jobshead WHERE job_id > 1000"
+        )
+        .await,
+        24_562
+    );
+}
+
+#[tokio::test]
+async fn a_million_row_transaction_arrives_whole() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    phone(
+        &db,
+        "INSERT INTO learequest (lea_id, staff_id, from_date, leave_type, reason)
+         SELECT g, 1 + g % 2, date '2025-01-01' + g % 365, 'CL', 'Reason ' || g FROM generate_series(1, 1000000) g",
+    )
+    .await;
+    let stats = reverse_once(&config).await;
+    assert_eq!(stats.outcome.written, 1_000_000, "{stats:?}");
+    let desktop = db.desktop().await;
+    assert_eq!(
+        count(&desktop, "SELECT count(*) FROM learequest").await,
+        1_000_000
+    );
+    assert_eq!(
+        count(&desktop, "SELECT count(DISTINCT lea_id) FROM learequest").await,
+        1_000_000
+    );
+}
+
+#[tokio::test]
+async fn the_slot_moves_on_while_only_tables_outside_the_publication_are_written() {
+    let (db, config) = installed().await;
+    let cloud = db.cloud().await;
+    cloud
+        .batch_execute("CREATE TABLE busy (id serial PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let worker = {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            pipeline::run_reverse(&config, RunOptions { once: false }, shutdown).await
+        })
+    };
+    cloud
+        .batch_execute(
+            "INSERT INTO busy (v) SELECT repeat('x', 100) FROM generate_series(1, 20000)",
+        )
+        .await
+        .unwrap();
+    let target: String = cloud
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let slot = db.name.clone();
+    let moved = tandem::cluster::wait_until(std::time::Duration::from_secs(30), || async {
+        cloud
+            .query_one("SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2", &[&target, &slot])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+    })
+    .await;
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    assert!(moved, "the slot's confirmed position did not pass {target}");
+}
