@@ -111,6 +111,10 @@ pub struct TableMapping {
     pub has_created_at: bool,
     pub has_updated_at: bool,
     pub reverse: bool,
+    /// Whether the desktop has an index leading with the key (or scope): lookups by key can probe it.
+    pub desktop_key_indexed: bool,
+    /// Whether the desktop has a unique index on exactly the key: inserts can use ON CONFLICT.
+    pub desktop_key_unique: bool,
 }
 
 impl TableMapping {
@@ -234,6 +238,8 @@ impl Mapping {
                 has_created_at: c.has_column(CREATED_AT_COLUMN),
                 has_updated_at: c.has_column(UPDATED_AT_COLUMN),
                 reverse: t.reverse,
+                desktop_key_indexed: d.has_index_leading_with(t.identity.capture_columns()),
+                desktop_key_unique: matches!(&t.identity, Identity::Key(k) if d.has_unique_key(k)),
             });
         }
         let cloud_index: HashMap<&QualifiedName, usize> = config

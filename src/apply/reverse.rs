@@ -8,11 +8,12 @@
 //! the group's last commit; only after the desktop commit is the slot told, so a crash at any point
 //! replays at most what the desktop does not have yet.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, CopyInSink, Statement};
 
 use crate::capture::APPLYING_SETTING;
 use crate::change::{Lsn, Side};
@@ -20,16 +21,40 @@ use crate::db::{self, Context, DbError, StatementCache};
 use crate::transform::Mapping;
 
 use super::BatchOutcome;
+use super::forward_sql::Ranged;
 use super::isolate::{self, DeadLetterSite};
 use super::reverse_sql::ReverseSql;
 
+/// Above this many staged rows, a staging table is analyzed before the statements that read it.
+const ANALYZE_ABOVE: u64 = 10_000;
+/// After this many rows staged through a table since it was last truncated, it is truncated again.
+const TRUNCATE_AFTER: u64 = 50_000;
+/// Fewer new rows than this are looked up on the desktop by index probes, whatever the table's size.
+const PROBE_BELOW: u64 = 1_000;
+const NESTLOOP_OFF: &str = "SET LOCAL enable_nestloop = off";
+const NESTLOOP_ON: &str = "SET LOCAL enable_nestloop = on";
+
 /// What one desktop connection holds for the reverse direction.
-#[derive(Debug)]
 pub struct DesktopSession {
     statements: StatementCache,
-    /// Whether a desktop transaction is open, and which staging tables it emptied.
+    /// Whether a desktop transaction is open, and rows staged per table in it.
     open: bool,
-    staged: BTreeSet<usize>,
+    staged: BTreeMap<usize, u64>,
+    /// The COPY in progress (one per connection at a time): its table and sink. Kept open while that
+    /// table's rows keep coming, so the connection sends them while the stream is read.
+    copy: Option<(usize, Pin<Box<CopyInSink<Bytes>>>)>,
+    /// Rows staged per table since its staging tables were last truncated.
+    since_truncate: HashMap<usize, u64>,
+}
+
+impl std::fmt::Debug for DesktopSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesktopSession")
+            .field("open", &self.open)
+            .field("staged", &self.staged)
+            .field("copying", &self.copy.as_ref().map(|(i, _)| *i))
+            .finish()
+    }
 }
 
 impl DesktopSession {
@@ -68,6 +93,22 @@ pub async fn stored_position(desktop: &Client) -> Result<Option<Lsn>, DbError> {
     }
 }
 
+/// How a statement's parameters are filled.
+#[derive(Debug, Clone, Copy)]
+enum Params {
+    None,
+    TableName,
+    WholeRange,
+}
+
+struct Op<'a> {
+    table: usize,
+    statement: Statement,
+    params: Params,
+    count: Count,
+    ranged: Option<&'a Ranged>,
+}
+
 impl ReverseApplier {
     pub fn new(mapping: &Mapping) -> Self {
         ReverseApplier {
@@ -104,66 +145,188 @@ impl ReverseApplier {
         Ok(DesktopSession {
             statements: StatementCache::new(Side::Desktop),
             open: false,
-            staged: BTreeSet::new(),
+            staged: BTreeMap::new(),
+            copy: None,
+            since_truncate: HashMap::new(),
         })
     }
 
-    /// Sends table `i`'s buffered rows into its staging table, beginning the transaction if needed.
+    /// Sends `rows` staged rows of table `i` (COPY text) towards its staging table, beginning the
+    /// transaction if needed. Returns without waiting for the desktop to take them.
     pub async fn stage(
         &self,
         desktop: &Client,
         session: &mut DesktopSession,
         i: usize,
         data: Vec<u8>,
+        rows: u64,
+    ) -> Result<(), DbError> {
+        let side = Side::Desktop;
+        if session.copy.as_ref().is_some_and(|(t, _)| *t != i) {
+            finish_copy(session).await?;
+        }
+        if session.copy.is_none() {
+            let mut begin = String::new();
+            if !session.open {
+                begin.push_str("BEGIN;");
+                session.open = true;
+            }
+            if !session.staged.contains_key(&i) {
+                let dirty = session.since_truncate.entry(i).or_default();
+                if *dirty > TRUNCATE_AFTER {
+                    begin.push_str(&self.sql[i].truncate);
+                    *dirty = 0;
+                } else {
+                    begin.push_str(&self.sql[i].clear);
+                }
+            }
+            if !begin.is_empty() {
+                desktop
+                    .batch_execute(&begin)
+                    .await
+                    .ctx(side, "beginning the reverse transaction")?;
+            }
+            let copy = session
+                .statements
+                .get(desktop, &self.sql[i].copy_in)
+                .await?;
+            let sink = desktop
+                .copy_in::<_, Bytes>(&copy)
+                .await
+                .ctx(side, "staging mobile rows (COPY)")?;
+            session.copy = Some((i, Box::pin(sink)));
+        }
+        let (_, sink) = session.copy.as_mut().expect("opened above");
+        sink.as_mut()
+            .feed(Bytes::from(data))
+            .await
+            .ctx(side, "staging mobile rows (COPY)")?;
+        *session.staged.entry(i).or_default() += rows;
+        *session.since_truncate.entry(i).or_default() += rows;
+        Ok(())
+    }
+
+    /// The statements that apply table `i`'s staged new rows directly: probing the desktop key's index
+    /// for a few rows, or a hash join (nested loops off) for many — never a plan that reads the whole
+    /// desktop table once per row.
+    async fn direct_ops(
+        &self,
+        desktop: &Client,
+        session: &mut DesktopSession,
+        i: usize,
+        ops: &mut Vec<Op<'_>>,
     ) -> Result<(), DbError> {
         let sql = &self.sql[i];
-        let mut begin = String::new();
-        if !session.open {
-            begin.push_str("BEGIN;");
-            session.open = true;
+        let rows = session.staged.get(&i).copied().unwrap_or(0);
+        let probe = match &sql.direct_probe {
+            Some(probe) if rows < PROBE_BELOW => Some(probe),
+            Some(probe) => {
+                // Many rows: probing still wins against a table ten times bigger (a hash join reads
+                // all of it), by the catalog's estimate.
+                let size: f32 = desktop
+                    .query_one("SELECT greatest(reltuples, 0)::real FROM pg_class WHERE oid = to_regclass($1)", &[&sql.target])
+                    .await
+                    .ctx(Side::Desktop, "reading the desktop table's size")?
+                    .get(0);
+                (rows as f64 * 10.0 < size as f64).then_some(probe)
+            }
+            None => None,
+        };
+        let (direct, hash) = match probe {
+            Some(probe) => (probe, false),
+            // Cloud-key tables insert without looking anything up: no join to plan.
+            None => (&sql.direct_hash, !sql.direct_hash.conflicts.is_empty()),
+        };
+        let statements = &mut session.statements;
+        if hash {
+            let off = statements.get(desktop, NESTLOOP_OFF).await?;
+            ops.push(Op {
+                table: i,
+                statement: off,
+                params: Params::None,
+                count: Count::Nothing,
+                ranged: None,
+            });
         }
-        if session.staged.insert(i) {
-            begin.push_str(&sql.clear);
+        if !direct.conflicts.is_empty() {
+            let statement = statements.get(desktop, &direct.conflicts).await?;
+            ops.push(Op {
+                table: i,
+                statement,
+                params: Params::TableName,
+                count: Count::Conflicts,
+                ranged: None,
+            });
         }
-        if !begin.is_empty() {
-            desktop
-                .batch_execute(&begin)
-                .await
-                .ctx(Side::Desktop, "beginning the reverse transaction")?;
+        let statement = statements.get(desktop, &direct.insert).await?;
+        ops.push(Op {
+            table: i,
+            statement,
+            params: Params::None,
+            count: Count::Written,
+            ranged: None,
+        });
+        if hash {
+            let on = statements.get(desktop, NESTLOOP_ON).await?;
+            ops.push(Op {
+                table: i,
+                statement: on,
+                params: Params::None,
+                count: Count::Nothing,
+                ranged: None,
+            });
         }
-        let copy = session.statements.get(desktop, &sql.copy_in).await?;
-        let sink = desktop
-            .copy_in::<_, Bytes>(&copy)
-            .await
-            .ctx(Side::Desktop, "staging mobile rows (COPY)")?;
-        futures_util::pin_mut!(sink);
-        sink.send(Bytes::from(data))
-            .await
-            .ctx(Side::Desktop, "staging mobile rows (COPY)")?;
-        sink.finish()
-            .await
-            .ctx(Side::Desktop, "staging mobile rows (COPY)")?;
+        Ok(())
+    }
+
+    async fn reduce(
+        &self,
+        desktop: &Client,
+        session: &mut DesktopSession,
+        tables: &[usize],
+    ) -> Result<(), DbError> {
+        let mut statements = Vec::new();
+        for &i in tables {
+            let sql = &self.sql[i];
+            statements.push(session.statements.get(desktop, &sql.reduce).await?);
+            if session.staged.get(&i).copied().unwrap_or(0) > ANALYZE_ABOVE {
+                statements.push(session.statements.get(desktop, &sql.analyze_net).await?);
+            }
+            if let Some(plan) = &sql.plan {
+                statements.push(session.statements.get(desktop, plan).await?);
+            }
+        }
+        for result in
+            db::pipelined(statements.iter().map(|s| desktop.execute(s, &[])).collect()).await
+        {
+            result.ctx(Side::Desktop, "reducing the staged mobile changes")?;
+        }
         Ok(())
     }
 
     /// Applies everything staged in the open transaction, records `end` as the reverse position and
-    /// commits. Does nothing (and records nothing) when nothing was staged.
+    /// commits. Tables in `complex` had more than new rows (updates, deletes, claims, unchanged TOAST)
+    /// and go through the reduction; the others are inserted straight from staging. Does nothing (and
+    /// records nothing) when nothing was staged.
     pub async fn commit(
         &self,
         desktop: &Client,
         session: &mut DesktopSession,
         mapping: &Mapping,
         end: Lsn,
+        complex: &HashSet<usize>,
     ) -> Result<BatchOutcome, DbError> {
         let mut out = BatchOutcome::default();
         if !session.open {
             return Ok(out);
         }
+        finish_copy(session).await?;
+        let side = Side::Desktop;
         let tables: Vec<usize> = mapping
             .parents_first
             .iter()
             .copied()
-            .filter(|i| session.staged.contains(i))
+            .filter(|i| session.staged.contains_key(i))
             .collect();
         let names: Vec<String> = mapping
             .tables
@@ -171,81 +334,31 @@ impl ReverseApplier {
             .map(|t| t.table.desktop.to_string())
             .collect();
         let batch = format!("reverse {end}");
-        let side = Side::Desktop;
-
-        let mut prepare = Vec::new();
-        for &i in &tables {
-            let sql = &self.sql[i];
-            prepare.push(session.statements.get(desktop, &sql.reduce).await?);
-            if let Some(plan) = &sql.plan {
-                prepare.push(session.statements.get(desktop, plan).await?);
-            }
-        }
-        for result in db::pipelined(prepare.iter().map(|s| desktop.execute(s, &[])).collect()).await
-        {
-            result.ctx(side, "reducing the staged mobile changes")?;
-        }
-        if tracing::enabled!(tracing::Level::TRACE) {
-            for &i in &tables {
-                for r in desktop
-                    .query(
-                        &format!("SELECT to_jsonb(n)::text FROM {} n", self.sql[i].net),
-                        &[],
-                    )
-                    .await
-                    .ctx(side, "trace")?
-                {
-                    tracing::trace!(net = %r.get::<_, String>(0), "staged net change");
-                }
-            }
-        }
+        let (reduced, direct): (Vec<usize>, Vec<usize>) =
+            tables.iter().partition(|i| complex.contains(i));
+        self.reduce(desktop, session, &reduced).await?;
         desktop
             .batch_execute("SAVEPOINT tandem_apply")
             .await
             .ctx(side, "SAVEPOINT")?;
 
-        // Conflicts first (they compare with the desktop as it is), deletes children first, then
-        // updates and inserts parents first.
-        let mut ops: Vec<(usize, Option<&super::forward_sql::Ranged>, Statement, Count)> =
-            Vec::new();
-        for &i in &tables {
-            ops.push((
-                i,
-                None,
-                session
-                    .statements
-                    .get(desktop, &self.sql[i].conflicts)
-                    .await?,
-                Count::Conflicts,
-            ));
-        }
-        for &i in tables.iter().rev() {
-            let r = &self.sql[i].delete;
-            ops.push((
-                i,
-                Some(r),
-                session.statements.get(desktop, &r.sql).await?,
-                Count::Deleted,
-            ));
-        }
-        for &i in &tables {
-            for r in [&self.sql[i].update, &self.sql[i].insert] {
-                ops.push((
-                    i,
-                    Some(r),
-                    session.statements.get(desktop, &r.sql).await?,
-                    Count::Written,
-                ));
-            }
-        }
+        let normal = self.operations(desktop, session, &tables, &direct).await?;
         let whole = (i64::MIN, i64::MAX);
         let names = &names;
-        let normal = db::pipelined(
-            ops.iter()
-                .map(|(i, ranged, statement, _)| async move {
-                    match ranged {
-                        Some(_) => desktop.execute(statement, &[&whole.0, &whole.1]).await,
-                        None => desktop.execute(statement, &[&names[*i]]).await,
+        let results = db::pipelined(
+            normal
+                .iter()
+                .map(|op| async move {
+                    match op.params {
+                        Params::None => desktop.execute(&op.statement, &[]).await.map(|n| (n, 0)),
+                        Params::TableName => desktop
+                            .execute(&op.statement, &[&names[op.table]])
+                            .await
+                            .map(|n| (n, 0)),
+                        Params::WholeRange => desktop
+                            .execute(&op.statement, &[&whole.0, &whole.1])
+                            .await
+                            .map(|n| (n, 0)),
                     }
                 })
                 .collect(),
@@ -253,15 +366,21 @@ impl ReverseApplier {
         .await;
         // The first error is the cause; the statements after it only say the transaction is aborted.
         let mut refused = None;
-        for ((_, ranged, _, count), result) in ops.iter().zip(normal) {
+        for (op, result) in normal.iter().zip(results) {
             match result {
-                Ok(n) => tally(&mut out, *count, n),
+                Ok((n, conflicts)) => {
+                    tally(&mut out, op.count, n);
+                    out.conflicts += conflicts;
+                }
                 Err(e) if db::classify(e.code()) == db::ErrorKind::BadRow => {
                     refused = Some(e);
                     break;
                 }
                 Err(e) => {
-                    return Err(e).ctx(side, ranged.map_or("logging reverse conflicts", |r| r.what));
+                    return Err(e).ctx(
+                        side,
+                        op.ranged.map_or("applying mobile changes", |r| r.what),
+                    );
                 }
             }
         }
@@ -272,29 +391,34 @@ impl ReverseApplier {
                 .batch_execute("ROLLBACK TO SAVEPOINT tandem_apply")
                 .await
                 .ctx(side, "ROLLBACK TO SAVEPOINT")?;
-            for (i, ranged, statement, count) in &ops {
-                let n = match ranged {
+            self.reduce(desktop, session, &direct).await?;
+            for op in self.operations(desktop, session, &tables, &[]).await? {
+                let n = match op.ranged {
+                    None if matches!(op.params, Params::None) => desktop
+                        .execute(&op.statement, &[])
+                        .await
+                        .ctx(side, "applying mobile changes")?,
                     None => desktop
-                        .execute(statement, &[&names[*i]])
+                        .execute(&op.statement, &[&names[op.table]])
                         .await
                         .ctx(side, "logging reverse conflicts")?,
                     Some(r) => {
-                        let sql = &self.sql[*i];
+                        let sql = &self.sql[op.table];
                         let site = DeadLetterSite {
                             side,
                             direction: "reverse",
-                            table_name: &names[*i],
+                            table_name: &names[op.table],
                             batch: &batch,
                             image_sql: &sql.dead_letter_image,
                             numbered_table: &sql.net,
                         };
-                        let done =
-                            isolate::run_ranged(desktop, r.what, statement, &site, true).await?;
+                        let done = isolate::run_ranged(desktop, r.what, &op.statement, &site, true)
+                            .await?;
                         out.dead_letters += done.dead_letters;
                         done.affected
                     }
                 };
-                tally(&mut out, *count, n);
+                tally(&mut out, op.count, n);
             }
         }
         let progress = session.statements.get(desktop, PROGRESS_SQL).await?;
@@ -315,10 +439,103 @@ impl ReverseApplier {
         session.staged.clear();
         Ok(out)
     }
+
+    /// The statements of a commit, in order: conflicts first (they compare with the desktop as it is),
+    /// deletes children first, then updates and inserts parents first. Tables in `direct` use the
+    /// statements that read staging directly.
+    async fn operations<'a>(
+        &'a self,
+        desktop: &Client,
+        session: &mut DesktopSession,
+        tables: &[usize],
+        direct: &[usize],
+    ) -> Result<Vec<Op<'a>>, DbError> {
+        let mut ops = Vec::new();
+        for &i in tables {
+            if direct.contains(&i) {
+                self.direct_ops(desktop, session, i, &mut ops).await?;
+            } else {
+                let statement = session
+                    .statements
+                    .get(desktop, &self.sql[i].conflicts)
+                    .await?;
+                ops.push(Op {
+                    table: i,
+                    statement,
+                    params: Params::TableName,
+                    count: Count::Conflicts,
+                    ranged: None,
+                });
+            }
+        }
+        let statements = &mut session.statements;
+        for &i in tables.iter().rev().filter(|i| !direct.contains(i)) {
+            let r = &self.sql[i].delete;
+            let statement = statements.get(desktop, &r.sql).await?;
+            ops.push(Op {
+                table: i,
+                statement,
+                params: Params::WholeRange,
+                count: Count::Deleted,
+                ranged: Some(r),
+            });
+        }
+        for &i in tables {
+            let sql = &self.sql[i];
+            if direct.contains(&i) {
+                continue; // with its conflicts, above
+            }
+            for r in [&sql.update, &sql.insert] {
+                let guard = sql.no_key_index && std::ptr::eq(r, &sql.insert);
+                let nested_loops = |on: bool| if on { NESTLOOP_ON } else { NESTLOOP_OFF };
+                if guard {
+                    let off = statements.get(desktop, nested_loops(false)).await?;
+                    ops.push(Op {
+                        table: i,
+                        statement: off,
+                        params: Params::None,
+                        count: Count::Nothing,
+                        ranged: None,
+                    });
+                }
+                let statement = statements.get(desktop, &r.sql).await?;
+                ops.push(Op {
+                    table: i,
+                    statement,
+                    params: Params::WholeRange,
+                    count: Count::Written,
+                    ranged: Some(r),
+                });
+                if guard {
+                    let on = statements.get(desktop, nested_loops(true)).await?;
+                    ops.push(Op {
+                        table: i,
+                        statement: on,
+                        params: Params::None,
+                        count: Count::Nothing,
+                        ranged: None,
+                    });
+                }
+            }
+        }
+        Ok(ops)
+    }
+}
+
+/// Ends the COPY in progress, if any.
+async fn finish_copy(session: &mut DesktopSession) -> Result<(), DbError> {
+    if let Some((_, mut sink)) = session.copy.take() {
+        sink.as_mut()
+            .finish()
+            .await
+            .ctx(Side::Desktop, "staging mobile rows (COPY)")?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Count {
+    Nothing,
     Written,
     Deleted,
     Conflicts,
@@ -329,5 +546,6 @@ fn tally(out: &mut BatchOutcome, count: Count, n: u64) {
         Count::Written => out.written += n,
         Count::Deleted => out.deleted += n,
         Count::Conflicts => out.conflicts += n,
+        Count::Nothing => {}
     }
 }

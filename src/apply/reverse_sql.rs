@@ -25,8 +25,17 @@ fn join(parts: impl IntoIterator<Item = String>, sep: &str) -> String {
     parts.into_iter().collect::<Vec<_>>().join(sep)
 }
 
+/// The statements of a group that only inserted new rows.
+#[derive(Debug, Clone)]
+pub struct DirectSql {
+    pub conflicts: String,
+    pub insert: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct ReverseSql {
+    /// The desktop table, quoted.
+    pub target: String,
     pub staged: String,
     pub net: String,
     pub plan_table: Option<String>,
@@ -44,6 +53,18 @@ pub struct ReverseSql {
     pub insert: Ranged,
     /// `(row_key, row_image)` of `N` row `$1`, for a dead letter.
     pub dead_letter_image: String,
+    /// A group that only inserted new rows needs no reduction: conflicts ($1: table name; empty for
+    /// cloud-key tables) and inserts straight from `S`, probing the desktop key's index (when it has
+    /// one) or by hash join.
+    pub direct_probe: Option<DirectSql>,
+    pub direct_hash: DirectSql,
+    /// The desktop key (or scope) has no index: statements that look rows up by it must not run as
+    /// nested loops.
+    pub no_key_index: bool,
+    /// Like `clear`, giving the space back (temp tables are never vacuumed: DELETE leaves dead rows
+    /// every later statement reads again): after big groups.
+    pub truncate: String,
+    pub analyze_net: String,
 }
 
 /// The columns of `S` before the table's own: `_seq, _op, _unchanged, _old, _ck`.
@@ -158,14 +179,14 @@ impl ReverseSql {
                        CASE WHEN n._op = 'D' THEN 'the phone deleted this row, but the desktop''s row differs from what the phone had; the desktop row was kept' \
                             WHEN n._first_old IS NULL THEN 'the phone created a row whose key the desktop already holds with other content (a key collision); neither side was changed' \
                             ELSE 'the phone changed this row, and the desktop changed it too; the desktop''s version was kept' END \
-                     FROM {net} n JOIN {target} d ON {eq} LEFT JOIN LATERAL {} o ON true \
+                     FROM {net} n JOIN {target} d ON {eq} LEFT JOIN LATERAL {} o ON n._first_old IS NOT NULL \
                      WHERE (n._op = 'I' AND NOT ({same_new}) AND NOT {same_old}) OR (n._op = 'D' AND NOT {same_old})",
                     old("n")
                 );
                 let delete = numbered(
                     "reverse delete",
                     format!(
-                        "DELETE FROM {target} d USING {net} n LEFT JOIN LATERAL {} o ON true \
+                        "DELETE FROM {target} d USING {net} n LEFT JOIN LATERAL {} o ON n._first_old IS NOT NULL \
                          WHERE {eq} AND n._op = 'D' AND {same_old} AND n._n BETWEEN $1 AND $2",
                         old("n")
                     ),
@@ -173,7 +194,7 @@ impl ReverseSql {
                 let update = numbered(
                     "reverse update",
                     format!(
-                        "UPDATE {target} d SET {sets} FROM {net} n LEFT JOIN LATERAL {} o ON true \
+                        "UPDATE {target} d SET {sets} FROM {net} n LEFT JOIN LATERAL {} o ON n._first_old IS NOT NULL \
                          WHERE {eq} AND n._op = 'I' AND {same_old} AND NOT ({same_new}) AND n._n BETWEEN $1 AND $2",
                         old("n")
                     ),
@@ -182,12 +203,74 @@ impl ReverseSql {
                 let insert = numbered(
                     "reverse insert",
                     format!(
-                        "INSERT INTO {target} ({insert_cols}) SELECT {insert_vals} FROM {net} n LEFT JOIN LATERAL {} o ON true \
-                         WHERE n._op = 'I' AND NOT EXISTS (SELECT 1 FROM {target} d WHERE {eq}) AND n._n BETWEEN $1 AND $2",
-                        old("n")
+                        "INSERT INTO {target} ({insert_cols}) SELECT {insert_vals} FROM {net} n LEFT JOIN LATERAL {} o ON n._unchanged IS NOT NULL \
+                         {absent} AND n._op = 'I' AND n._n BETWEEN $1 AND $2",
+                        old("n"),
+                        // Probe the key's index row by row when there is one (see the direct path below).
+                        absent = if t.desktop_key_indexed {
+                            format!(
+                                "LEFT JOIN LATERAL (SELECT 1 AS found FROM {target} d WHERE {eq} LIMIT 1) x ON true WHERE x.found IS NULL"
+                            )
+                        } else {
+                            format!("WHERE NOT EXISTS (SELECT 1 FROM {target} d WHERE {eq})")
+                        }
                     ),
                 );
+                let eq_s = join(
+                    key.iter().map(|k| format!("d.{0} = s.{0}", q(&k.name))),
+                    " AND ",
+                );
+                let key_json_s = format!(
+                    "jsonb_build_object({})",
+                    join(
+                        key.iter()
+                            .map(|k| format!("{}, s.{}", lit(&k.name), q(&k.name))),
+                        ", "
+                    )
+                );
+                // How new rows find desktop rows with the same key. Never a plan that reads the whole
+                // desktop table per row: an empty, never-analyzed desktop table (a first sync) makes the
+                // planner think it holds nothing. Two forms: probing the key's index row by row (a
+                // LATERAL subquery stays a nested loop: cheap for a few rows into a big table), and a
+                // hash join (nested loops turned off by the caller: for many rows, or without an index).
+                let reason = "'the phone created a row whose key the desktop already holds with other content (a key collision); neither side was changed'";
+                let incoming_s = "to_jsonb(s) - '_seq' - '_op' - '_unchanged' - '_old' - '_ck'";
+                let conflicts_via = |matching: String| {
+                    format!(
+                        "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
+                         SELECT 'reverse', $1, {key_json_s}, {incoming_s}, to_jsonb(d), {reason} \
+                         FROM {staged} s {matching} WHERE ROW({}) IS DISTINCT FROM ROW({})",
+                        row_of("d"),
+                        row_of("s")
+                    )
+                };
+                let insert_via = |absent: String| {
+                    format!(
+                        "INSERT INTO {target} ({insert_cols}) SELECT {} FROM {staged} s {absent}",
+                        row_of("s")
+                    )
+                };
+                let probe = DirectSql {
+                    conflicts: conflicts_via(format!(
+                        "CROSS JOIN LATERAL (SELECT * FROM {target} d WHERE {eq_s} OFFSET 0) d"
+                    )),
+                    insert: insert_via(format!(
+                        "LEFT JOIN LATERAL (SELECT 1 AS found FROM {target} d WHERE {eq_s} LIMIT 1) x ON true WHERE x.found IS NULL"
+                    )),
+                };
+                let hash = DirectSql {
+                    conflicts: conflicts_via(format!("JOIN {target} d ON {eq_s}")),
+                    insert: insert_via(format!(
+                        "WHERE NOT EXISTS (SELECT 1 FROM {target} d WHERE {eq_s})"
+                    )),
+                };
                 ReverseSql {
+                    target: target.clone(),
+                    direct_probe: t.desktop_key_indexed.then_some(probe),
+                    direct_hash: hash,
+                    no_key_index: !t.desktop_key_indexed,
+                    truncate: format!("TRUNCATE {staged}, {net};"),
+                    analyze_net: format!("ANALYZE {net}"),
                     clear: format!("DELETE FROM {staged}; DELETE FROM {net};"),
                     dead_letter_image: format!(
                         "SELECT {key_json}, to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' FROM {net} n WHERE n._n = $1"
@@ -266,12 +349,24 @@ impl ReverseSql {
                 let insert = numbered(
                     "reverse insert",
                     format!(
-                        "INSERT INTO {target} ({insert_cols}) SELECT {insert_vals} FROM {net} n LEFT JOIN LATERAL {} o ON true \
+                        "INSERT INTO {target} ({insert_cols}) SELECT {insert_vals} FROM {net} n LEFT JOIN LATERAL {} o ON n._unchanged IS NOT NULL \
                          WHERE n._op = 'I' AND n._first_old IS NULL AND n._n BETWEEN $1 AND $2",
                         old("n")
                     ),
                 );
                 ReverseSql {
+                    target: target.clone(),
+                    direct_probe: None,
+                    no_key_index: !t.desktop_key_indexed,
+                    direct_hash: DirectSql {
+                        conflicts: String::new(),
+                        insert: format!(
+                            "INSERT INTO {target} ({insert_cols}) SELECT {} FROM {staged} s",
+                            row_of("s")
+                        ),
+                    },
+                    analyze_net: format!("ANALYZE {net}"),
+                    truncate: format!("TRUNCATE {staged}, {net}, {plan};"),
                     clear: format!("DELETE FROM {staged}; DELETE FROM {net}; DELETE FROM {plan};"),
                     dead_letter_image: format!(
                         "SELECT jsonb_build_object('cloud_key', n._ck), to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' FROM {net} n WHERE n._n = $1"

@@ -7,7 +7,7 @@
 //! defence behind the publication's row filter. A claim (the ownership trigger's logical message when a
 //! phone takes over or deletes a desktop-owned row) gives the old row that the stream itself omits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value as Json};
 
@@ -132,6 +132,9 @@ pub struct Encoder {
     /// Per table: how many columns travel back, and the cloud key's name (cloud-key tables).
     widths: Vec<usize>,
     cloud_keys: Vec<Option<String>>,
+    /// Tables that staged more than new rows since `take_complex`: updates, deletes, claims, unchanged
+    /// TOAST values. The others can skip the reduction to net changes.
+    complex: HashSet<usize>,
 }
 
 impl Encoder {
@@ -140,6 +143,7 @@ impl Encoder {
             seq: 0,
             tables: HashMap::new(),
             claims: HashMap::new(),
+            complex: HashSet::new(),
             widths: mapping
                 .tables
                 .iter()
@@ -167,6 +171,11 @@ impl Encoder {
     /// Takes what is buffered, per table.
     pub fn take(&mut self) -> HashMap<usize, Staging> {
         std::mem::take(&mut self.tables)
+    }
+
+    /// The tables that staged more than new rows since the last call.
+    pub fn take_complex(&mut self) -> HashSet<usize> {
+        std::mem::take(&mut self.complex)
     }
 
     /// At a transaction's end: claims no change followed belong to tables that do not travel back.
@@ -278,6 +287,9 @@ impl Encoder {
         values: &[Option<&[u8]>],
     ) {
         self.seq += 1;
+        if op == 'D' || old.is_some() || !unchanged.is_empty() {
+            self.complex.insert(table);
+        }
         let width = self.widths[table];
         let staging = self.tables.entry(table).or_default();
         let out = &mut staging.data;

@@ -97,6 +97,10 @@ struct Stream<'a> {
     skip_transaction: bool,
     /// End LSN of the last committed transaction of the group not yet applied, and when it began.
     pending: Option<(Lsn, Instant)>,
+    /// Rows staged for the group not yet applied (sent to the desktop already, or still buffered).
+    group_rows: u64,
+    /// When the first transaction of the group began to arrive.
+    group_began: Option<Instant>,
     flush_bytes: usize,
     max_rows: u64,
     max_time: std::time::Duration,
@@ -152,7 +156,10 @@ impl Reverse<'_> {
             in_transaction: false,
             skip_transaction: false,
             pending: None,
-            flush_bytes: sync.batch_max_bytes.clamp(64 * 1024, 8 * 1024 * 1024),
+            group_rows: 0,
+            group_began: None,
+            // Small enough that the desktop takes rows while the stream is read, large enough to be cheap.
+            flush_bytes: sync.batch_max_bytes.clamp(64 * 1024, 1024 * 1024),
             max_rows: sync.batch_max_rows as u64,
             max_time: std::time::Duration::from_millis(sync.batch_max_wait_ms),
         };
@@ -160,6 +167,11 @@ impl Reverse<'_> {
             .run(shutdown, self.once_token.as_deref(), &mut self.stats)
             .await;
         stream.replication.stop();
+        // Let the replication worker end the stream cleanly (briefly: it is only politeness).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Ok(Some(_)) = stream.replication.recv().await {}
+        })
+        .await;
         result
     }
 }
@@ -176,8 +188,8 @@ impl Stream<'_> {
             // otherwise apply the group now (latency first).
             let event = if self.pending.is_some() && !self.in_transaction {
                 let (_, started) = self.pending.expect("checked");
-                let small =
-                    self.encoder.staged_rows() < self.max_rows && started.elapsed() < self.max_time;
+                let rows = self.group_rows + self.encoder.staged_rows();
+                let small = rows < self.max_rows && started.elapsed() < self.max_time;
                 match small
                     .then(|| self.replication.recv().now_or_never())
                     .flatten()
@@ -207,6 +219,7 @@ impl Stream<'_> {
             match event {
                 ReplicationEvent::Begin { final_lsn, .. } => {
                     self.in_transaction = true;
+                    self.group_began.get_or_insert_with(Instant::now);
                     self.skip_transaction =
                         self.stored.is_some_and(|s| Lsn(final_lsn.as_u64()) < s);
                 }
@@ -312,10 +325,19 @@ impl Stream<'_> {
         }
     }
 
+    /// Sends the buffered rows towards the desktop's staging tables (the COPY goes on in the
+    /// background while the stream is read).
     async fn flush(&mut self) -> Result<(), RunError> {
         for (i, staging) in self.encoder.take() {
+            self.group_rows += staging.rows;
             self.applier
-                .stage(&self.desktop, &mut self.session, i, staging.data)
+                .stage(
+                    &self.desktop,
+                    &mut self.session,
+                    i,
+                    staging.data,
+                    staging.rows,
+                )
                 .await?;
         }
         Ok(())
@@ -325,12 +347,19 @@ impl Stream<'_> {
         let Some((end, _)) = self.pending.take() else {
             return Ok(());
         };
-        let rows = self.encoder.staged_rows();
         self.flush().await?;
+        let rows = std::mem::take(&mut self.group_rows);
+        let complex = self.encoder.take_complex();
         let started = Instant::now();
         let outcome = self
             .applier
-            .commit(&self.desktop, &mut self.session, self.mapping, end)
+            .commit(
+                &self.desktop,
+                &mut self.session,
+                self.mapping,
+                end,
+                &complex,
+            )
             .await?;
         failpoint("reverse-after-commit");
         self.replication
@@ -339,8 +368,10 @@ impl Stream<'_> {
         stats.batches += 1;
         stats.outcome.add(&outcome);
         stats.outcome.staged_rows += rows;
+        let received = self.group_began.take().map(|b| started.duration_since(b));
         tracing::debug!(
             position = %end,
+            received = ?received,
             staged = rows,
             written = outcome.written,
             deleted = outcome.deleted,

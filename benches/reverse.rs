@@ -1,0 +1,1204 @@
+//! Reverse (cloud → desktop) benchmark: `cargo bench --bench reverse`.
+//!
+//! Starts two throwaway clusters (both `wal_level = logical`, fsync off; the cloud with
+//! `wal_sender_timeout = '10s'`) and measures how fast rows a phone makes in the cloud (plain INSERTs,
+//! which tandem's ownership trigger marks `source = 'M'`) reach the desktop through tandem's reverse
+//! worker: commit → visible latency for paced single-row commits, and one 100k-row transaction. In the
+//! same run, on the same clusters, PostgreSQL's own logical replication (a subscription on the desktop to
+//! a publication in the cloud) does the same. Last, the peak RSS of `tandem run --once`, run as a
+//! separate process, through one 1M-row cloud transaction.
+//!
+//! `RUST_LOG=tandem=debug` prints the reverse worker's per-group timings on stderr (the `run --once`
+//! child inherits it).
+
+use std::future::{Future, poll_fn};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use tandem::change::Side;
+use tandem::cluster::{ClusterOptions, LocalCluster, WalLevel};
+use tandem::config::{Config, ConnUrl};
+use tandem::pipeline::{RunError, RunOptions, RunStats, run_reverse};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// Rows of the one-transaction throughput figure, and the first id they take.
+const BULK_ROWS: i32 = 100_000;
+const BULK_FIRST_ID: i32 = 1_000_001;
+/// Rows of the one-transaction memory figure (`tandem run --once` in its own process).
+const RSS_ROWS: i32 = 1_000_000;
+/// (commits per second, commits) of the latency figures.
+const LATENCY_RUNS: [(u32, usize); 2] = [(1_000, 5_000), (200, 2_000)];
+/// How often visibility is polled in the throughput figure, and for how long at most.
+const POLL_EVERY: Duration = Duration::from_millis(2);
+const POLL_DEADLINE: Duration = Duration::from_secs(120);
+/// How long after the last commit of a latency run its notifications may still arrive.
+const ARRIVAL_DEADLINE: Duration = Duration::from_secs(30);
+/// How long `tandem run --once` may take before it is killed.
+const CHILD_DEADLINE: Duration = Duration::from_secs(150);
+
+const GOAL_P50_MS: f64 = 5.0;
+const GOAL_P99_MS: f64 = 10.0;
+/// tandem's 100k-row transaction rate divided by native replication's, at least.
+const GOAL_BULK_RATIO: f64 = 1.0;
+const GOAL_RSS_MB: f64 = 128.0;
+
+const DESKTOP_TABLE: &str = "(id int PRIMARY KEY, name text, qty int, note text)";
+const CLOUD_TABLE: &str = "(id int PRIMARY KEY, name text, qty int, note text, source char(1), \
+     created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())";
+/// The columns the desktop has; native replication publishes only these (see `native`).
+const DESKTOP_COLUMNS: &str = "id, name, qty, note";
+const ARRIVAL_CHANNEL: &str = "rev_arrived";
+const ARRIVAL_FUNCTION: &str = "CREATE FUNCTION rev_arrived() RETURNS trigger LANGUAGE plpgsql AS $$ \
+     BEGIN PERFORM pg_notify('rev_arrived', NEW.id::text); RETURN NULL; END $$";
+const ARRIVAL_TRIGGER: &str = "rev_arrived";
+/// tandem's slot for the in-process figures, and the one of the memory figure's own databases (slots
+/// belong to the cluster, not to a database).
+const SLOT: &str = "bench_rev";
+const RSS_SLOT: &str = "bench_rev_rss";
+const NATIVE_PUB: &str = "native_pub";
+const NATIVE_SUB: &str = "native_sub";
+
+fn main() -> Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let started = Instant::now();
+    let options = |settings: Vec<(String, String)>| ClusterOptions {
+        wal_level: WalLevel::Logical,
+        durable: false,
+        settings,
+        ..ClusterOptions::default()
+    };
+    let desktop = LocalCluster::start("bench-rev-desktop", &options(Vec::new()))
+        .context("starting the desktop cluster")?;
+    let cloud = LocalCluster::start(
+        "bench-rev-cloud",
+        &options(vec![("wal_sender_timeout".into(), "'10s'".into())]),
+    )
+    .context("starting the cloud cluster")?;
+    println!(
+        "clusters started in {:.2} s (desktop port {}, cloud port {}; wal_level = logical, fsync and \
+         synchronous_commit off, cloud wal_sender_timeout = 10s; the bench's cloud writer sessions SET \
+         synchronous_commit = on)",
+        started.elapsed().as_secs_f64(),
+        desktop.port(),
+        cloud.port()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let result = runtime.block_on(bench(&desktop, &cloud));
+    // Tasks, connections and the child process go first, then the servers (dropping a cluster stops
+    // and removes it).
+    drop(runtime);
+    drop(cloud);
+    drop(desktop);
+    println!(
+        "\nwhole bench: {:.1} s (clusters created and removed)",
+        started.elapsed().as_secs_f64()
+    );
+    result
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Results
+
+#[derive(Debug, Clone, Copy)]
+struct Throughput {
+    rows: i32,
+    /// From the cloud COMMIT returning to all rows visible on the desktop.
+    elapsed: Duration,
+    /// Time the cloud spent writing (INSERT … SELECT + COMMIT).
+    cloud_write: Duration,
+    stats: Option<RunStats>,
+}
+
+impl Throughput {
+    fn rows_per_s(&self) -> f64 {
+        f64::from(self.rows) / self.elapsed.as_secs_f64()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Latency {
+    target_rate: u32,
+    commits: usize,
+    arrived: usize,
+    achieved_rate: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    /// Cloud INSERT (autocommit) round trip, p50.
+    commit_p50: Duration,
+    stats: Option<RunStats>,
+}
+
+/// `tandem run --once` through one big transaction, in its own process.
+#[derive(Debug, Clone)]
+struct RssRun {
+    rows: i32,
+    /// The cloud's INSERT … SELECT + COMMIT, before tandem started.
+    cloud_write: Duration,
+    /// From spawning `tandem run --once` to its exit.
+    elapsed: Duration,
+    /// tandem's own peak RSS in kB: ru_maxrss of the rusage wait4() returned for its pid.
+    maxrss_kb: i64,
+    /// getrusage(RUSAGE_CHILDREN) ru_maxrss in kB, before spawning tandem and after waiting for it: the
+    /// largest of all children waited for so far, initdb's included.
+    children_before_kb: i64,
+    children_after_kb: i64,
+    desktop_rows: i64,
+    /// What `run --once` printed.
+    stdout: String,
+}
+
+impl RssRun {
+    fn rows_per_s(&self) -> f64 {
+        f64::from(self.rows) / self.elapsed.as_secs_f64()
+    }
+
+    fn peak_mb(&self) -> f64 {
+        self.maxrss_kb as f64 / 1024.0
+    }
+
+    fn complete(&self) -> bool {
+        self.desktop_rows == i64::from(self.rows)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Results {
+    latency: Vec<Latency>,
+    bulk: Option<Throughput>,
+    native_latency: Vec<Latency>,
+    native_bulk: Option<Throughput>,
+    rss: Option<RssRun>,
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The bench
+
+async fn bench(desktop: &LocalCluster, cloud: &LocalCluster) -> Result<()> {
+    let version: String = connect(&desktop.url("postgres"))
+        .await?
+        .query_one("SHOW server_version", &[])
+        .await?
+        .get(0);
+    println!(
+        "PostgreSQL {version}; {} CPU(s); tandem's reverse worker runs in this process (tokio multi-thread \
+         runtime) except for the memory figure",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut env = Env {
+        desktop,
+        cloud,
+        next: 0,
+    };
+    let mut results = Results::default();
+
+    section(&format!(
+        "tandem reverse worker (run_reverse), one database pair, slot {SLOT}, tandem's defaults; a fresh \
+         worker per figure, each warmed up by one row"
+    ));
+    println!(
+        "  latency: single-row autocommit INSERTs in the cloud, cloud commit → desktop commit (NOTIFY from an \
+         AFTER INSERT trigger, read by a LISTEN connection on the desktop); paced by tokio::time::interval \
+         with MissedTickBehavior::Burst"
+    );
+    tandem_figures(&mut env, &mut results).await?;
+
+    section(&format!(
+        "reference: PostgreSQL native logical replication (publication {NATIVE_PUB} in the cloud, \
+         subscription {NATIVE_SUB} on the desktop, table native_m, no row filter, arrival trigger ENABLE \
+         ALWAYS), same clusters, same measurements"
+    ));
+    native(&mut env, &mut results).await?;
+
+    section("tandem / native, same run");
+    print_ratios(&results);
+
+    section(&format!(
+        "memory: tandem run --once as its own process through one {}-row cloud transaction (fresh \
+         databases, slot {RSS_SLOT}); peak RSS = ru_maxrss of the rusage wait4() returns for its pid",
+        thousands(f64::from(RSS_ROWS))
+    ));
+    let rss = rss_figure(&mut env).await?;
+    print_rss(&rss);
+    results.rss = Some(rss);
+
+    let own = peak_rss();
+    section("summary");
+    print_summary(&results);
+    println!(
+        "\npeak RSS of the bench process (VmHWM; includes the in-process reverse workers and the bench's \
+         own bookkeeping): {own}"
+    );
+    println!("\n{}", one_line_summary(&results));
+    Ok(())
+}
+
+/// Where the bench makes its databases.
+struct Env<'a> {
+    desktop: &'a LocalCluster,
+    cloud: &'a LocalCluster,
+    next: u32,
+}
+
+/// A desktop + cloud database pair of the same name.
+struct Pair {
+    name: String,
+    desktop_url: String,
+    desktop: Client,
+    /// The bench's cloud writer (the "phone").
+    cloud: Client,
+}
+
+impl Env<'_> {
+    /// Fresh, empty databases on both clusters.
+    async fn pair(&mut self, label: &str) -> Result<Pair> {
+        self.next += 1;
+        let name = format!("r{}_{label}", self.next);
+        for cluster in [self.desktop, self.cloud] {
+            connect(&cluster.url("postgres"))
+                .await?
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .with_context(|| {
+                    format!("CREATE DATABASE {name} on the {} cluster", cluster.name())
+                })?;
+        }
+        let desktop_url = self.desktop.url(&name);
+        let cloud = connect(&self.cloud.url(&name)).await?;
+        // fsync stays off, so this costs a write(), not a disk flush. With it off, a walsender sends
+        // WAL only once the WAL writer flushed it (wal_writer_delay, 200 ms): both tandem's slot and
+        // the native subscription would measure that delay, not replication.
+        cloud.batch_execute("SET synchronous_commit = on").await?;
+        Ok(Pair {
+            desktop: connect(&desktop_url).await?,
+            cloud,
+            name,
+            desktop_url,
+        })
+    }
+
+    /// Fresh databases holding `bench_m` on both sides (on the desktop with the arrival trigger,
+    /// disabled, when asked), tandem installed with `slot`. Returns the config and its text.
+    async fn tandem(
+        &mut self,
+        label: &str,
+        slot: &str,
+        arrival_trigger: bool,
+    ) -> Result<(Pair, Config, String)> {
+        let pair = self.pair(label).await?;
+        pair.cloud
+            .batch_execute(&format!("CREATE TABLE bench_m {CLOUD_TABLE}"))
+            .await?;
+        pair.desktop
+            .batch_execute(&format!("CREATE TABLE bench_m {DESKTOP_TABLE}"))
+            .await?;
+        if arrival_trigger {
+            pair.desktop
+                .batch_execute(&format!(
+                    "{ARRIVAL_FUNCTION}; CREATE TRIGGER {ARRIVAL_TRIGGER} AFTER INSERT ON bench_m FOR EACH ROW \
+                     EXECUTE FUNCTION rev_arrived(); ALTER TABLE bench_m DISABLE TRIGGER {ARRIVAL_TRIGGER}"
+                ))
+                .await?;
+        }
+        let text = format!(
+            "[desktop]\nurl = \"{}\"\n[cloud]\nurl = \"{}\"\nslot = \"{slot}\"\n\
+             [[tables]]\ndesktop = \"bench_m\"\nkey = [\"id\"]\n",
+            pair.desktop_url,
+            self.cloud.url(&pair.name)
+        );
+        let config = Config::parse(&format!("bench config {}", pair.name), &text, &|_| None)?;
+        tandem::setup::init(&config, false)
+            .await
+            .with_context(|| format!("tandem init on {}", pair.name))?;
+        Ok((pair, config, text))
+    }
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    tandem::db::connect(Side::Desktop, &ConnUrl::new(url))
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// tandem's reverse worker, in a spawned task.
+struct Worker {
+    token: CancellationToken,
+    handle: JoinHandle<Result<RunStats, RunError>>,
+}
+
+impl Worker {
+    /// Starts the worker once the slot is free (the previous worker's walsender may still hold it),
+    /// and waits until one row (`warm_up_id`) went through: it connected, loaded the mapping, made its
+    /// staging tables and streams.
+    async fn start(config: &Config, pair: &Pair, table: &str, warm_up_id: i32) -> Result<Worker> {
+        wait_slot_free(&pair.cloud, &config.cloud.slot).await?;
+        let token = CancellationToken::new();
+        let shutdown = token.clone();
+        let config = config.clone();
+        let handle = tokio::spawn(async move {
+            run_reverse(&config, RunOptions { once: false }, shutdown).await
+        });
+        let worker = Worker { token, handle };
+        let warm_up = async {
+            pair.cloud
+                .execute(
+                    &format!(
+                        "INSERT INTO {table} (id, name, qty, note, source) VALUES ($1, 'warm-up', 0, 'warm-up', 'M')"
+                    ),
+                    &[&warm_up_id],
+                )
+                .await?;
+            wait_row(&pair.desktop, table, warm_up_id)
+                .await
+                .context("the warm-up row")
+        };
+        Ok(worker.during(warm_up).await?.1)
+    }
+
+    /// Runs `measure` while the worker runs; fails at once with the worker's error if it stops first.
+    async fn during<T>(mut self, measure: impl Future<Output = Result<T>>) -> Result<(T, Worker)> {
+        let stopped = tokio::select! {
+            measured = measure => match measured {
+                Ok(value) => return Ok((value, self)),
+                Err(e) => {
+                    self.token.cancel();
+                    return Err(e);
+                }
+            },
+            stopped = &mut self.handle => stopped,
+        };
+        Err(match stopped {
+            Ok(Ok(_)) => anyhow!("the tandem reverse worker stopped on its own"),
+            Ok(Err(e)) => anyhow::Error::new(e).context("the tandem reverse worker failed"),
+            Err(e) => anyhow::Error::new(e).context("the tandem reverse worker panicked"),
+        })
+    }
+
+    async fn stop(self) -> Result<RunStats> {
+        self.token.cancel();
+        let stats = self
+            .handle
+            .await
+            .context("the tandem reverse worker panicked")??;
+        Ok(stats)
+    }
+}
+
+/// Waits until no walsender holds `slot`.
+async fn wait_slot_free(cloud: &Client, slot: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: Option<bool> = cloud
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if active != Some(true) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("replication slot {slot} is still in use after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls until the desktop has the row `id`.
+async fn wait_row(desktop: &Client, table: &str, id: i32) -> Result<()> {
+    let stmt = desktop
+        .prepare(&format!("SELECT count(*) FROM {table} WHERE id = $1"))
+        .await?;
+    let deadline = Instant::now() + POLL_DEADLINE;
+    loop {
+        let n: i64 = desktop.query_one(&stmt, &[&id]).await?.get(0);
+        if n > 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("row {id} of {table} did not reach the desktop in {POLL_DEADLINE:?}");
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+async fn count(client: &Client, table: &str) -> Result<i64> {
+    Ok(client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await?
+        .get(0))
+}
+
+/// Polls `SELECT count(*)` every 2 ms until it reaches `target`; returns when it saw it.
+async fn wait_count(desktop: &Client, table: &str, target: i64) -> Result<Instant> {
+    let stmt = desktop
+        .prepare(&format!("SELECT count(*) FROM {table}"))
+        .await?;
+    let deadline = Instant::now() + POLL_DEADLINE;
+    loop {
+        let n: i64 = desktop.query_one(&stmt, &[]).await?.get(0);
+        let seen = Instant::now();
+        if n >= target {
+            return Ok(seen);
+        }
+        if seen > deadline {
+            bail!("{table} on the desktop holds {n} of {target} rows after {POLL_DEADLINE:?}");
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// The phone's rows. `source` is written as 'M' for native_m too (tandem's ownership trigger sets it
+/// on bench_m anyway), so both tables hold the same rows.
+fn bulk_insert(table: &str, first: i32, last: i32) -> String {
+    format!(
+        "INSERT INTO {table} (id, name, qty, note, source) SELECT g, 'name '||g, g % 100, repeat('x', 40), 'M' \
+         FROM generate_series({first}, {last}) g"
+    )
+}
+
+/// One cloud transaction of `BULK_ROWS` rows; the desktop already holds `baseline` rows.
+async fn one_tx(
+    cloud: &mut Client,
+    desktop: &Client,
+    table: &str,
+    baseline: i64,
+) -> Result<Throughput> {
+    let started = Instant::now();
+    let tx = cloud.transaction().await?;
+    tx.execute(
+        &bulk_insert(table, BULK_FIRST_ID, BULK_FIRST_ID + BULK_ROWS - 1),
+        &[],
+    )
+    .await?;
+    tx.commit().await?;
+    let committed = Instant::now();
+    let visible = wait_count(desktop, table, baseline + i64::from(BULK_ROWS)).await?;
+    Ok(Throughput {
+        rows: BULK_ROWS,
+        elapsed: visible - committed,
+        cloud_write: committed - started,
+        stats: None,
+    })
+}
+
+/// The in-process figures on one pair: the latency runs, then the 100k-row transaction (arrival
+/// trigger off), each with a fresh worker.
+async fn tandem_figures(env: &mut Env<'_>, results: &mut Results) -> Result<()> {
+    let (mut pair, config, _) = env.tandem("tandem", SLOT, true).await?;
+    pair.desktop
+        .batch_execute(&format!(
+            "ALTER TABLE bench_m ENABLE TRIGGER {ARRIVAL_TRIGGER}"
+        ))
+        .await?;
+    let mut warm_up_id = 0;
+    let mut first_id = 1;
+    for (rate, commits) in LATENCY_RUNS {
+        warm_up_id -= 1;
+        let worker = Worker::start(&config, &pair, "bench_m", warm_up_id).await?;
+        let (mut l, worker) = worker
+            .during(latency(
+                &pair.cloud,
+                &pair.desktop_url,
+                "bench_m",
+                rate,
+                commits,
+                first_id,
+            ))
+            .await?;
+        l.stats = Some(worker.stop().await?);
+        print_latency("tandem", &l);
+        results.latency.push(l);
+        first_id += commits as i32;
+    }
+
+    pair.desktop
+        .batch_execute(&format!(
+            "ALTER TABLE bench_m DISABLE TRIGGER {ARRIVAL_TRIGGER}"
+        ))
+        .await?;
+    warm_up_id -= 1;
+    let worker = Worker::start(&config, &pair, "bench_m", warm_up_id).await?;
+    let baseline = count(&pair.desktop, "bench_m").await?;
+    let (mut t, worker) = worker
+        .during(one_tx(&mut pair.cloud, &pair.desktop, "bench_m", baseline))
+        .await?;
+    t.stats = Some(worker.stop().await?);
+    print_throughput("tandem", &t);
+    results.bulk = Some(t);
+    Ok(())
+}
+
+/// `commits` single-row autocommit INSERTs into `table` in the cloud, paced at `rate` per second; each
+/// row's arrival is the desktop trigger's NOTIFY, delivered when the transaction that wrote the row
+/// into the desktop commits.
+async fn latency(
+    cloud: &Client,
+    desktop_url: &str,
+    table: &str,
+    rate: u32,
+    commits: usize,
+    first_id: i32,
+) -> Result<Latency> {
+    let (listener, mut connection) = tokio_postgres::connect(desktop_url, NoTls)
+        .await
+        .context("connecting the desktop listener")?;
+    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<(i32, Instant)>();
+    // The arrival time is taken in the task driving the connection, as each message is read.
+    let driver = tokio::spawn(async move {
+        while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = message? {
+                let at = Instant::now();
+                if let Ok(id) = n.payload().parse::<i32>() {
+                    let _ = arrivals_tx.send((id, at));
+                }
+            }
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    });
+    listener
+        .batch_execute(&format!("LISTEN {ARRIVAL_CHANNEL}"))
+        .await?;
+
+    let insert = cloud
+        .prepare(&format!(
+            "INSERT INTO {table} (id, name, qty, note, source) \
+             VALUES ($1::int, 'name ' || $1::int, $1::int % 100, repeat('x', 40), 'M')"
+        ))
+        .await?;
+    let mut committed: Vec<Instant> = Vec::with_capacity(commits);
+    let mut round_trips: Vec<Duration> = Vec::with_capacity(commits);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    for k in 0..commits {
+        ticker.tick().await;
+        let id = first_id + k as i32;
+        let sent = Instant::now();
+        cloud.execute(&insert, &[&id]).await?;
+        let done = Instant::now();
+        committed.push(done);
+        round_trips.push(done - sent);
+    }
+    let last_commit = *committed.last().expect("commits > 0");
+
+    let mut arrived: Vec<Option<Instant>> = vec![None; commits];
+    let mut count = 0;
+    let deadline = tokio::time::Instant::from_std(last_commit + ARRIVAL_DEADLINE);
+    while count < commits {
+        match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+            Ok(Some((id, at))) => {
+                let index = usize::try_from(id - first_id).ok();
+                if let Some(slot) = index.and_then(|i| arrived.get_mut(i))
+                    && slot.is_none()
+                {
+                    *slot = Some(at);
+                    count += 1;
+                }
+            }
+            Ok(None) => bail!("the desktop listener connection ended"),
+            Err(_) => break,
+        }
+    }
+    drop(listener);
+    driver.await??;
+
+    // A notification read before the bench's writer task recorded its commit counts as 0.
+    let mut latencies: Vec<Duration> = committed
+        .iter()
+        .zip(&arrived)
+        .filter_map(|(c, a)| a.map(|a| a.saturating_duration_since(*c)))
+        .collect();
+    if latencies.is_empty() {
+        bail!("no row of {table} arrived on the desktop within {ARRIVAL_DEADLINE:?}");
+    }
+    latencies.sort();
+    round_trips.sort();
+    let span = (last_commit - committed[0]).as_secs_f64();
+    Ok(Latency {
+        target_rate: rate,
+        commits,
+        arrived: count,
+        achieved_rate: (commits - 1) as f64 / span,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        max: *latencies.last().expect("not empty"),
+        commit_p50: percentile(&round_trips, 0.50),
+        stats: None,
+    })
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// PostgreSQL's own logical replication over `native_m`, cloud → desktop: the latency runs, then one
+/// 100k-row transaction. The subscription and its slot are removed whatever happens.
+///
+/// The publication has no row filter (every row of native_m is the phone's anyway) but a column list:
+/// the desktop table lacks `source`, `created_at` and `updated_at`, and a subscriber refuses a
+/// publication that sends columns its table does not have. tandem receives all seven columns and drops
+/// the three itself.
+async fn native(env: &mut Env<'_>, results: &mut Results) -> Result<()> {
+    let mut pair = env.pair("native").await?;
+    pair.cloud
+        .batch_execute(&format!(
+            "CREATE TABLE native_m {CLOUD_TABLE}; \
+             CREATE PUBLICATION {NATIVE_PUB} FOR TABLE native_m ({DESKTOP_COLUMNS})"
+        ))
+        .await?;
+    // The subscription's apply worker runs with session_replication_role = replica: only an ALWAYS
+    // trigger fires there.
+    pair.desktop
+        .batch_execute(&format!(
+            "CREATE TABLE native_m {DESKTOP_TABLE}; {ARRIVAL_FUNCTION}; \
+             CREATE TRIGGER {ARRIVAL_TRIGGER} AFTER INSERT ON native_m FOR EACH ROW EXECUTE FUNCTION rev_arrived(); \
+             ALTER TABLE native_m ENABLE ALWAYS TRIGGER {ARRIVAL_TRIGGER}"
+        ))
+        .await?;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} dbname={} user=postgres",
+        env.cloud.port(),
+        pair.name
+    );
+    pair.desktop
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION {NATIVE_SUB} CONNECTION '{conninfo}' PUBLICATION {NATIVE_PUB} \
+             WITH (copy_data = false)"
+        ))
+        .await
+        .context("CREATE SUBSCRIPTION")?;
+    let measured = native_measure(&mut pair, results).await;
+    let dropped = drop_subscription(&pair).await;
+    measured?;
+    dropped
+}
+
+async fn native_measure(pair: &mut Pair, results: &mut Results) -> Result<()> {
+    // Ready: the table's sync state is 'r' and a warm-up row went through.
+    let deadline = Instant::now() + POLL_DEADLINE;
+    loop {
+        let ready: bool = pair
+            .desktop
+            .query_one(
+                "SELECT count(*) > 0 AND bool_and(srsubstate = 'r') FROM pg_subscription_rel",
+                &[],
+            )
+            .await?
+            .get(0);
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the subscription's table did not become ready in {POLL_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pair.cloud
+        .batch_execute(
+            "INSERT INTO native_m (id, name, qty, note, source) VALUES (0, 'warm-up', 0, 'warm-up', 'M')",
+        )
+        .await?;
+    wait_row(&pair.desktop, "native_m", 0)
+        .await
+        .context("the warm-up row")?;
+
+    let mut first_id = 1;
+    for (rate, commits) in LATENCY_RUNS {
+        let l = latency(
+            &pair.cloud,
+            &pair.desktop_url,
+            "native_m",
+            rate,
+            commits,
+            first_id,
+        )
+        .await?;
+        print_latency("native", &l);
+        results.native_latency.push(l);
+        first_id += commits as i32;
+    }
+
+    // The arrival trigger is off during the throughput figure, as it is for tandem's.
+    pair.desktop
+        .batch_execute(&format!(
+            "ALTER TABLE native_m DISABLE TRIGGER {ARRIVAL_TRIGGER}"
+        ))
+        .await?;
+    let baseline = count(&pair.desktop, "native_m").await?;
+    let t = one_tx(&mut pair.cloud, &pair.desktop, "native_m", baseline).await?;
+    print_throughput("native", &t);
+    results.native_bulk = Some(t);
+    Ok(())
+}
+
+async fn drop_subscription(pair: &Pair) -> Result<()> {
+    for sql in [
+        format!("ALTER SUBSCRIPTION {NATIVE_SUB} DISABLE"),
+        format!("ALTER SUBSCRIPTION {NATIVE_SUB} SET (slot_name = NONE)"),
+        format!("DROP SUBSCRIPTION {NATIVE_SUB}"),
+    ] {
+        pair.desktop
+            .batch_execute(&sql)
+            .await
+            .with_context(|| sql.clone())?;
+    }
+    // The cloud's walsender lets go of the slot shortly after the apply worker stops.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match pair
+            .cloud
+            .execute("SELECT pg_drop_replication_slot($1)", &[&NATIVE_SUB])
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the native slot is still in use; retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                return Err(e).context("dropping the native subscription's slot in the cloud");
+            }
+        }
+    }
+}
+
+/// Fresh databases, tandem installed, one `RSS_ROWS`-row transaction committed in the cloud; then
+/// `tandem run --once` as a child process, alone.
+async fn rss_figure(env: &mut Env<'_>) -> Result<RssRun> {
+    let (mut pair, _, text) = env.tandem("rss", RSS_SLOT, false).await?;
+    let started = Instant::now();
+    let tx = pair.cloud.transaction().await?;
+    tx.execute(&bulk_insert("bench_m", 1, RSS_ROWS), &[])
+        .await?;
+    tx.commit().await?;
+    let cloud_write = started.elapsed();
+
+    let path = std::env::temp_dir().join(format!(
+        "tandem-bench-reverse-{}-{}.toml",
+        std::process::id(),
+        pair.name
+    ));
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    let ran = run_once(&path).await;
+    let _ = std::fs::remove_file(&path);
+    let child = ran?;
+    let desktop_rows = count(&pair.desktop, "bench_m").await?;
+    Ok(RssRun {
+        rows: RSS_ROWS,
+        cloud_write,
+        elapsed: child.elapsed,
+        maxrss_kb: child.maxrss_kb,
+        children_before_kb: child.children_before_kb,
+        children_after_kb: child.children_after_kb,
+        desktop_rows,
+        stdout: child.stdout,
+    })
+}
+
+/// What `run_once` saw of the child.
+struct ChildRun {
+    elapsed: Duration,
+    maxrss_kb: i64,
+    children_before_kb: i64,
+    children_after_kb: i64,
+    stdout: String,
+}
+
+/// Runs the release binary `tandem -c <config> run --once` and reaps it with wait4(), which gives the
+/// rusage of that one process (killed after `CHILD_DEADLINE`). getrusage(RUSAGE_CHILDREN) alone cannot
+/// tell it apart: its ru_maxrss is the largest of every child waited for, and LocalCluster::start's
+/// initdb (whose bootstrap backends it waited for) is one of them.
+async fn run_once(config: &Path) -> Result<ChildRun> {
+    let out_path = config.with_extension("out");
+    let out = std::fs::File::create(&out_path)
+        .with_context(|| format!("creating {}", out_path.display()))?;
+    // Its log lines (stderr) show only with RUST_LOG set, or when it fails.
+    let log_path = config.with_extension("log");
+    let log: Stdio = if std::env::var_os("RUST_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?
+            .into()
+    };
+    let children_before_kb = children_maxrss_kb()?;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("-c")
+        .arg(config)
+        .args(["run", "--once"])
+        // The config file names the databases; these would override it.
+        .env_remove("TANDEM_CONFIG")
+        .env_remove("TANDEM_DESKTOP_URL")
+        .env_remove("TANDEM_CLOUD_URL")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(log)
+        .spawn()
+        .context("starting tandem run --once")?;
+    let pid = libc::pid_t::try_from(child.id()).context("the child's pid")?;
+    let deadline = started + CHILD_DEADLINE;
+    let mut killed = false;
+    let (status, usage) = loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: rusage is plain old data; wait4 only writes into it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our own child, not reaped yet (std's Child is never waited on); valid pointers.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == pid {
+            break (status, usage);
+        }
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            // ECHILD: it is not ours to kill any more.
+            return Err(e).context("wait4 on tandem run --once");
+        }
+        if !killed && Instant::now() > deadline {
+            child.kill().context("killing tandem run --once")?;
+            killed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let elapsed = started.elapsed();
+    let children_after_kb = children_maxrss_kb()?;
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&log_path);
+    if killed {
+        bail!(
+            "tandem run --once did not finish in {CHILD_DEADLINE:?}; it printed:\n{stdout}{stderr}"
+        );
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("tandem run --once failed (wait status {status:#x}); it printed:\n{stdout}{stderr}");
+    }
+    Ok(ChildRun {
+        elapsed,
+        maxrss_kb: usage.ru_maxrss,
+        children_before_kb,
+        children_after_kb,
+        stdout,
+    })
+}
+
+/// getrusage(RUSAGE_CHILDREN) ru_maxrss: the largest peak RSS (kB) of the children waited for so far.
+fn children_maxrss_kb() -> Result<i64> {
+    // SAFETY: rusage is plain old data; getrusage only writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid `who` and a valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrusage(RUSAGE_CHILDREN)");
+    }
+    Ok(usage.ru_maxrss)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Printing
+
+fn section(title: &str) {
+    println!("\n== {title}");
+}
+
+/// 123456.7 → "123,457".
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn print_stats(s: &RunStats) -> String {
+    format!(
+        "worker: {} group(s) for {} cloud transaction(s) = {:.2} tx/group, {} rows written, {} conflicts, \
+         {} dead letters, {} retries (warm-up row included)",
+        s.batches,
+        thousands(s.outbox_rows as f64),
+        s.outbox_rows as f64 / s.batches.max(1) as f64,
+        thousands(s.outcome.written as f64),
+        s.outcome.conflicts,
+        s.outcome.dead_letters,
+        s.retries
+    )
+}
+
+fn print_throughput(who: &str, t: &Throughput) {
+    println!(
+        "  {who}, one {}-row transaction, cloud commit → all rows visible on the desktop (SELECT count(*) \
+         every 2 ms): {:.3} s → {} rows/s",
+        thousands(f64::from(t.rows)),
+        t.elapsed.as_secs_f64(),
+        thousands(t.rows_per_s()),
+    );
+    let mut detail = format!(
+        "      cloud write (INSERT … SELECT + COMMIT{}) {:.3} s",
+        if t.stats.is_some() {
+            ", incl. tandem's ownership trigger"
+        } else {
+            ", no triggers"
+        },
+        t.cloud_write.as_secs_f64()
+    );
+    if let Some(s) = &t.stats {
+        detail.push_str("; ");
+        detail.push_str(&print_stats(s));
+    }
+    println!("{detail}");
+}
+
+fn print_latency(who: &str, l: &Latency) {
+    println!(
+        "  {who} at {}/s: {} commits, achieved {:.0} commits/s, {} of {} arrived: p50 {:.2} ms [goal ≤ {GOAL_P50_MS} ms: {}], \
+         p99 {:.2} ms [goal ≤ {GOAL_P99_MS} ms: {}], max {:.2} ms",
+        thousands(f64::from(l.target_rate)),
+        thousands(l.commits as f64),
+        l.achieved_rate,
+        l.arrived,
+        l.commits,
+        ms(l.p50),
+        verdict(ms(l.p50) <= GOAL_P50_MS),
+        ms(l.p99),
+        verdict(ms(l.p99) <= GOAL_P99_MS),
+        ms(l.max),
+    );
+    let mut detail = format!(
+        "      cloud INSERT round trip (autocommit, synchronous_commit on) p50 {:.2} ms",
+        ms(l.commit_p50)
+    );
+    if let Some(s) = &l.stats {
+        detail.push_str("; ");
+        detail.push_str(&print_stats(s));
+    }
+    println!("{detail}");
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "-".to_string()
+    }
+}
+
+fn bulk_ratio(r: &Results) -> Option<f64> {
+    match (&r.bulk, &r.native_bulk) {
+        (Some(t), Some(n)) => Some(t.rows_per_s() / n.rows_per_s()),
+        _ => None,
+    }
+}
+
+fn print_ratios(r: &Results) {
+    for l in &r.latency {
+        let Some(n) = r
+            .native_latency
+            .iter()
+            .find(|n| n.target_rate == l.target_rate)
+        else {
+            continue;
+        };
+        println!(
+            "  latency at {}/s, tandem / native (> 1 = tandem slower): p50 {}, p99 {}, max {}",
+            thousands(f64::from(l.target_rate)),
+            ratio(ms(l.p50), ms(n.p50)),
+            ratio(ms(l.p99), ms(n.p99)),
+            ratio(ms(l.max), ms(n.max)),
+        );
+    }
+    if let Some(q) = bulk_ratio(r) {
+        println!(
+            "  one {}-row transaction, tandem rows/s / native rows/s (> 1 = tandem faster): {q:.2}× \
+             [goal ≥ {GOAL_BULK_RATIO:.1}×: {}]",
+            thousands(f64::from(BULK_ROWS)),
+            verdict(q >= GOAL_BULK_RATIO)
+        );
+    }
+}
+
+fn print_rss(r: &RssRun) {
+    println!(
+        "  cloud: one {}-row INSERT … SELECT + COMMIT (through tandem's ownership trigger) {:.2} s, \
+         before tandem started",
+        thousands(f64::from(r.rows)),
+        r.cloud_write.as_secs_f64()
+    );
+    println!(
+        "  tandem run --once: {:.2} s from spawn to exit → {} rows/s; peak RSS {:.1} MB ({} kB, ru_maxrss of \
+         wait4 on its pid) [goal ≤ {GOAL_RSS_MB} MB: {}]",
+        r.elapsed.as_secs_f64(),
+        thousands(r.rows_per_s()),
+        r.peak_mb(),
+        thousands(r.maxrss_kb as f64),
+        verdict(r.peak_mb() <= GOAL_RSS_MB),
+    );
+    println!(
+        "      getrusage(RUSAGE_CHILDREN) ru_maxrss, the largest of all children waited for: {} kB before \
+         spawning tandem (initdb's bootstrap backends), {} kB after reaping it",
+        thousands(r.children_before_kb as f64),
+        thousands(r.children_after_kb as f64)
+    );
+    println!(
+        "      desktop bench_m afterwards: {} rows [{} {}]",
+        thousands(r.desktop_rows as f64),
+        if r.complete() { "ok, =" } else { "WRONG, ≠" },
+        thousands(f64::from(r.rows))
+    );
+    for line in r.stdout.lines() {
+        println!("      tandem: {line}");
+    }
+}
+
+fn latency_cell(ls: &[Latency], target: u32) -> String {
+    ls.iter()
+        .find(|l| l.target_rate == target)
+        .map_or("-".to_string(), |l| {
+            format!("{:.2} / {:.2} / {:.1}", ms(l.p50), ms(l.p99), ms(l.max))
+        })
+}
+
+fn latency_ratio_cell(r: &Results, target: u32) -> String {
+    let find = |ls: &[Latency]| ls.iter().find(|l| l.target_rate == target).cloned();
+    match (find(&r.latency), find(&r.native_latency)) {
+        (Some(t), Some(n)) => format!(
+            "{} / {} / {}",
+            ratio(ms(t.p50), ms(n.p50)),
+            ratio(ms(t.p99), ms(n.p99)),
+            ratio(ms(t.max), ms(n.max))
+        ),
+        _ => "-".to_string(),
+    }
+}
+
+fn print_summary(r: &Results) {
+    let rate = |t: Option<&Throughput>| t.map_or("-".to_string(), |t| thousands(t.rows_per_s()));
+    let row = |label: &str, a: &str, b: &str, c: &str| {
+        println!("  {label:<40} {a:>24} {b:>24} {c:>16}");
+    };
+    row(
+        "",
+        "1,000/s p50/p99/max",
+        "200/s p50/p99/max",
+        "100k × 1 tx",
+    );
+    row("", "ms", "ms", "rows/s");
+    row(
+        "tandem reverse worker",
+        &latency_cell(&r.latency, 1_000),
+        &latency_cell(&r.latency, 200),
+        &rate(r.bulk.as_ref()),
+    );
+    row(
+        "PostgreSQL native logical replication",
+        &latency_cell(&r.native_latency, 1_000),
+        &latency_cell(&r.native_latency, 200),
+        &rate(r.native_bulk.as_ref()),
+    );
+    row(
+        "tandem / native",
+        &latency_ratio_cell(r, 1_000),
+        &latency_ratio_cell(r, 200),
+        &bulk_ratio(r).map_or("-".to_string(), |q| format!("{q:.2}×")),
+    );
+    let goal_latency = format!("≤ {GOAL_P50_MS} / ≤ {GOAL_P99_MS} / -");
+    row(
+        "goal",
+        &goal_latency,
+        &goal_latency,
+        &format!("≥ {GOAL_BULK_RATIO:.1}× native"),
+    );
+    if let Some(m) = &r.rss {
+        println!(
+            "\n  tandem run --once, one {}-row transaction, own process: peak RSS {:.1} MB [goal ≤ {GOAL_RSS_MB} MB: {}], \
+             {:.2} s = {} rows/s, desktop count {}",
+            thousands(f64::from(m.rows)),
+            m.peak_mb(),
+            verdict(m.peak_mb() <= GOAL_RSS_MB),
+            m.elapsed.as_secs_f64(),
+            thousands(m.rows_per_s()),
+            if m.complete() { "ok" } else { "WRONG" }
+        );
+    }
+}
+
+fn one_line_summary(r: &Results) -> String {
+    let lat = |ls: &[Latency]| {
+        ls.iter()
+            .map(|l| {
+                format!(
+                    "@{}/s p50 {:.2} p99 {:.2} ms",
+                    l.target_rate,
+                    ms(l.p50),
+                    ms(l.p99)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rss = r.rss.as_ref().map_or("-".to_string(), |m| {
+        format!(
+            "1M×1tx run --once peak RSS {:.1} MB, {:.1} s = {} rows/s{}",
+            m.peak_mb(),
+            m.elapsed.as_secs_f64(),
+            thousands(m.rows_per_s()),
+            if m.complete() {
+                ""
+            } else {
+                " (desktop count WRONG)"
+            }
+        )
+    });
+    format!(
+        "SUMMARY reverse: tandem {}; 100k×1tx {} rows/s | native {}; 100k×1tx {} rows/s | bulk tandem/native {} | {rss}",
+        lat(&r.latency),
+        r.bulk
+            .map_or("-".to_string(), |t| thousands(t.rows_per_s())),
+        lat(&r.native_latency),
+        r.native_bulk
+            .map_or("-".to_string(), |t| thousands(t.rows_per_s())),
+        bulk_ratio(r).map_or("-".to_string(), |q| format!("{q:.2}×")),
+    )
+}
+
+/// VmHWM from /proc/self/status.
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown (no /proc/self/status)".to_string())
+}
