@@ -358,3 +358,145 @@ fn array_literal(items: &[&str]) -> String {
         .collect();
     format!("{{{}}}", quoted.join(","))
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::change::{QualifiedName, RelationColumn};
+
+    fn text(s: &str) -> Value {
+        Value::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    /// A mapping of one desktop-key table `t (id, note)` and its cloud relation `(id, note, source)`.
+    fn setup() -> (Mapping, RelationMap) {
+        let col = |name: &str| crate::transform::MappedColumn {
+            name: name.into(),
+            desktop_base: "text".into(),
+            cloud_type: "text".into(),
+            wire_type: "text".into(),
+            explicit_cast: false,
+        };
+        let table = crate::transform::TableMapping {
+            table: crate::change::TableRef {
+                desktop: QualifiedName::new("public", "t"),
+                cloud: QualifiedName::new("public", "t"),
+            },
+            kind: Kind::Key(vec![col("id")]),
+            columns: vec![col("id"), col("note")],
+            lookups: Vec::new(),
+            reverse_columns: vec![col("id"), col("note")],
+            has_created_at: false,
+            has_updated_at: false,
+            reverse: true,
+            desktop_key_indexed: true,
+            desktop_key_unique: true,
+        };
+        let mapping = Mapping {
+            tables: vec![table],
+            parents_first: vec![0],
+        };
+        let relation = Relation {
+            id: 7,
+            name: QualifiedName::new("public", "t"),
+            replica_identity: 'f',
+            columns: ["id", "note", "source"]
+                .iter()
+                .map(|n| RelationColumn {
+                    name: n.to_string(),
+                    type_oid: 25,
+                    type_modifier: -1,
+                    key: true,
+                })
+                .collect(),
+        };
+        let map = RelationMap::new(&mapping, 0, &relation);
+        (mapping, map)
+    }
+
+    fn lines(encoder: &mut Encoder) -> Vec<String> {
+        let staged = encoder.take();
+        staged
+            .get(&0)
+            .map(|s| {
+                String::from_utf8(s.data.clone())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn only_mobile_rows_are_staged() {
+        let (mapping, map) = setup();
+        let mut encoder = Encoder::new(&mapping);
+        assert!(!encoder.insert(&map, &RowImage(vec![text("1"), text("a"), text("D")])));
+        assert!(!encoder.insert(&map, &RowImage(vec![text("1"), text("a"), Value::Null])));
+        assert!(encoder.insert(&map, &RowImage(vec![text("2"), text("b"), text("M")])));
+        assert_eq!(lines(&mut encoder), vec!["1\tI\t\\N\t\\N\t\\N\t2\tb"]);
+    }
+
+    #[test]
+    fn values_are_escaped_for_copy_and_unchanged_toast_is_listed() {
+        let (mapping, map) = setup();
+        let mut encoder = Encoder::new(&mapping);
+        encoder.insert(
+            &map,
+            &RowImage(vec![text("1"), text("tab\there\nnew\\line"), text("M")]),
+        );
+        let old = OldImage::Full(RowImage(vec![text("1"), text("x"), text("M")]));
+        encoder.update(
+            &map,
+            Some(&old),
+            &RowImage(vec![text("1"), Value::UnchangedToast, text("M")]),
+        );
+        assert!(encoder.take_complex().contains(&0));
+        let got = lines(&mut encoder);
+        assert_eq!(got[0], "1\tI\t\\N\t\\N\t\\N\t1\ttab\\there\\nnew\\\\line");
+        assert_eq!(
+            got[1],
+            "2\tI\t{\"note\"}\t{\"id\":\"1\",\"note\":\"x\",\"source\":\"M\"}\t\\N\t1\t\\N"
+        );
+    }
+
+    #[test]
+    fn a_moved_key_is_a_delete_and_a_new_row() {
+        let (mapping, map) = setup();
+        let mut encoder = Encoder::new(&mapping);
+        let old = OldImage::Full(RowImage(vec![text("1"), text("a"), text("M")]));
+        encoder.update(
+            &map,
+            Some(&old),
+            &RowImage(vec![text("2"), text("a"), text("M")]),
+        );
+        let got = lines(&mut encoder);
+        assert_eq!(got.len(), 2);
+        assert!(got[0].starts_with("1\tD\t\\N\t{\"id\":\"1\""), "{got:?}");
+        assert_eq!(got[1], "2\tI\t\\N\t\\N\t\\N\t2\ta");
+    }
+
+    #[test]
+    fn claims_give_the_old_row_to_the_insert_that_follows() {
+        let (mapping, map) = setup();
+        let mut encoder = Encoder::new(&mapping);
+        let claim = Claim::parse(br#"{"op": "update", "schema": "public", "table": "t", "old": {"id": 1, "note": "a", "source": "D"}}"#).unwrap();
+        encoder.claim(0, claim);
+        encoder.insert(&map, &RowImage(vec![text("1"), text("b"), text("M")]));
+        let deleted = Claim::parse(br#"{"op": "delete", "schema": "public", "table": "t", "old": {"id": 3, "note": "c", "source": "D"}}"#).unwrap();
+        encoder.claim(0, deleted);
+        let got = lines(&mut encoder);
+        assert_eq!(
+            got[0],
+            "1\tI\t\\N\t{\"id\":1,\"note\":\"a\",\"source\":\"D\"}\t\\N\t1\tb"
+        );
+        assert_eq!(
+            got[1],
+            "2\tD\t\\N\t{\"id\":3,\"note\":\"c\",\"source\":\"D\"}\t\\N\t\\N\t\\N"
+        );
+        assert!(Claim::parse(b"not json").is_none());
+    }
+}

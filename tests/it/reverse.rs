@@ -428,3 +428,72 @@ async fn the_slot_moves_on_while_only_tables_outside_the_publication_are_written
     worker.await.unwrap().unwrap();
     assert!(moved, "the slot's confirmed position did not pass {target}");
 }
+
+#[tokio::test]
+async fn the_clouds_fast_shutdown_is_not_blocked_by_a_connected_worker() {
+    // A cloud of its own: this test stops it.
+    let mut cluster = tokio::task::spawn_blocking(|| {
+        tandem::cluster::LocalCluster::start(
+            "cloud-stop",
+            &tandem::cluster::ClusterOptions::default(),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let db = TestDb::new().await;
+    let admin = crate::support::connect(&cluster.url("postgres")).await;
+    admin.batch_execute("CREATE DATABASE stop").await.unwrap();
+    drop(admin);
+    let cloud_url = cluster.url("stop");
+    let cloud = crate::support::connect(&cloud_url).await;
+    tandem::sample::create_schemas(&db.desktop().await, &cloud)
+        .await
+        .unwrap();
+    let text =
+        tandem::sample::CONFIG.replace("slot = \"tandem\"", &format!("slot = \"{}\"", db.name));
+    let env = |var: &str| match var {
+        "DESKTOP_URL" => Some(db.desktop_url.clone()),
+        "CLOUD_URL" => Some(cloud_url.clone()),
+        _ => None,
+    };
+    let config = tandem::config::Config::parse("stop", &text, &env).unwrap();
+    tandem::setup::init(&config, false).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let worker = {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            pipeline::run_reverse(&config, RunOptions { once: false }, shutdown).await
+        })
+    };
+    // Something to stream, and the worker connected.
+    cloud
+        .batch_execute("INSERT INTO mbstaff (staff_id, staff_name) VALUES (1, 'Ravi')")
+        .await
+        .unwrap();
+    let desktop = db.desktop().await;
+    let arrived = tandem::cluster::wait_until(std::time::Duration::from_secs(30), || async {
+        count(&desktop, "SELECT count(*) FROM mbstaff").await == 1
+    })
+    .await;
+    assert!(arrived);
+    drop(cloud);
+    let started = std::time::Instant::now();
+    let (stopped, cluster) = tokio::task::spawn_blocking(move || {
+        let result = cluster.stop();
+        (result, cluster)
+    })
+    .await
+    .unwrap();
+    stopped.expect("pg_ctl stop -m fast");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "fast shutdown took {:?}",
+        started.elapsed()
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
