@@ -8,20 +8,20 @@
 //!
 //! `RUST_LOG=tandem=debug` prints tandem's per-batch timings on stderr.
 
-use std::future::{Future, poll_fn};
+mod support;
+
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, pin_mut};
-use tandem::change::Side;
+use support::{Latency, connect, ms, peak_rss, section, thousands, verdict};
 use tandem::cluster::{ClusterOptions, LocalCluster, WalLevel};
-use tandem::config::{Config, ConnUrl};
+use tandem::config::Config;
 use tandem::pipeline::{RunError, RunOptions, RunStats, run_forward};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 /// Rows of the one-transaction throughput figures.
@@ -38,8 +38,6 @@ const LATENCY_RUNS: [(u32, usize); 2] = [(1_000, 5_000), (200, 2_000)];
 /// How often visibility is polled in the throughput figures, and for how long at most.
 const POLL_EVERY: Duration = Duration::from_millis(2);
 const POLL_DEADLINE: Duration = Duration::from_secs(120);
-/// How long after the last commit of a latency run its notifications may still arrive.
-const ARRIVAL_DEADLINE: Duration = Duration::from_secs(30);
 /// COPY floor repetitions (the median is reported).
 const FLOOR_RUNS: usize = 3;
 
@@ -119,20 +117,6 @@ impl Throughput {
     fn rows_per_s(&self) -> f64 {
         f64::from(self.rows) / self.elapsed.as_secs_f64()
     }
-}
-
-#[derive(Debug, Clone)]
-struct Latency {
-    target_rate: u32,
-    commits: usize,
-    arrived: usize,
-    achieved_rate: f64,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-    /// Desktop INSERT (autocommit) round trip, p50.
-    commit_p50: Duration,
-    stats: Option<RunStats>,
 }
 
 /// One move of the COPY floor.
@@ -365,12 +349,6 @@ impl Env<'_> {
     }
 }
 
-async fn connect(url: &str) -> Result<Client> {
-    tandem::db::connect(Side::Desktop, &ConnUrl::new(url))
-        .await
-        .with_context(|| format!("connecting to {url}"))
-}
-
 /// tandem's forward worker, in a spawned task.
 struct Worker {
     token: CancellationToken,
@@ -549,110 +527,6 @@ async fn tandem_latency(
         .await?;
     l.stats = Some(worker.stop().await?);
     Ok(l)
-}
-
-/// `commits` single-row autocommit INSERTs into `table` on the desktop, paced at `rate` per second;
-/// each row's arrival is the cloud trigger's NOTIFY, delivered when the transaction that wrote the row
-/// into the cloud commits.
-async fn latency(
-    desktop: &Client,
-    cloud_url: &str,
-    table: &str,
-    rate: u32,
-    commits: usize,
-    first_id: i32,
-) -> Result<Latency> {
-    let (listener, mut connection) = tokio_postgres::connect(cloud_url, NoTls)
-        .await
-        .context("connecting the cloud listener")?;
-    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<(i32, Instant)>();
-    // The arrival time is taken in the task driving the connection, as each message is read.
-    let driver = tokio::spawn(async move {
-        while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
-            if let AsyncMessage::Notification(n) = message? {
-                let at = Instant::now();
-                if let Ok(id) = n.payload().parse::<i32>() {
-                    let _ = arrivals_tx.send((id, at));
-                }
-            }
-        }
-        Ok::<(), tokio_postgres::Error>(())
-    });
-    listener
-        .batch_execute(&format!("LISTEN {ARRIVAL_CHANNEL}"))
-        .await?;
-
-    let insert = desktop
-        .prepare(&format!(
-            "INSERT INTO {table} (id, name, qty, note) \
-             VALUES ($1::int, 'name ' || $1::int, $1::int % 100, repeat('x', 40))"
-        ))
-        .await?;
-    let mut committed: Vec<Instant> = Vec::with_capacity(commits);
-    let mut round_trips: Vec<Duration> = Vec::with_capacity(commits);
-    let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    for k in 0..commits {
-        ticker.tick().await;
-        let id = first_id + k as i32;
-        let sent = Instant::now();
-        desktop.execute(&insert, &[&id]).await?;
-        let done = Instant::now();
-        committed.push(done);
-        round_trips.push(done - sent);
-    }
-    let last_commit = *committed.last().expect("commits > 0");
-
-    let mut arrived: Vec<Option<Instant>> = vec![None; commits];
-    let mut count = 0;
-    let deadline = tokio::time::Instant::from_std(last_commit + ARRIVAL_DEADLINE);
-    while count < commits {
-        match tokio::time::timeout_at(deadline, arrivals.recv()).await {
-            Ok(Some((id, at))) => {
-                let index = usize::try_from(id - first_id).ok();
-                if let Some(slot) = index.and_then(|i| arrived.get_mut(i))
-                    && slot.is_none()
-                {
-                    *slot = Some(at);
-                    count += 1;
-                }
-            }
-            Ok(None) => bail!("the cloud listener connection ended"),
-            Err(_) => break,
-        }
-    }
-    drop(listener);
-    driver.await??;
-
-    // A notification read before the bench's writer task recorded its commit counts as 0.
-    let mut latencies: Vec<Duration> = committed
-        .iter()
-        .zip(&arrived)
-        .filter_map(|(c, a)| a.map(|a| a.saturating_duration_since(*c)))
-        .collect();
-    if latencies.is_empty() {
-        bail!("no row of {table} arrived in the cloud within {ARRIVAL_DEADLINE:?}");
-    }
-    latencies.sort();
-    round_trips.sort();
-    let span = (last_commit - committed[0]).as_secs_f64();
-    Ok(Latency {
-        target_rate: rate,
-        commits,
-        arrived: count,
-        achieved_rate: (commits - 1) as f64 / span,
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        max: *latencies.last().expect("not empty"),
-        commit_p50: percentile(&round_trips, 0.50),
-        stats: None,
-    })
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn median_floor(runs: &[FloorRun]) -> FloorRun {
@@ -848,31 +722,6 @@ async fn drop_subscription(pair: &Pair, name: &str) -> Result<()> {
 // ---------------------------------------------------------------------------------------------------
 // Printing
 
-fn section(title: &str) {
-    println!("\n== {title}");
-}
-
-/// 123456.7 → "123,457".
-fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "MISSED" }
-}
-
 fn print_throughput(what: &str, t: &Throughput) {
     let rate = t.rows_per_s();
     println!(
@@ -1050,14 +899,28 @@ fn one_line_summary(r: &Results, rss: &str) -> String {
     )
 }
 
-/// VmHWM from /proc/self/status.
-fn peak_rss() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown (no /proc/self/status)".to_string())
+/// Latency of desktop INSERTs reaching the cloud (see [`support::latency`]).
+async fn latency(
+    desktop: &Client,
+    cloud_url: &str,
+    table: &str,
+    rate: u32,
+    commits: usize,
+    first_id: i32,
+) -> Result<Latency> {
+    let insert = format!(
+        "INSERT INTO {table} (id, name, qty, note) VALUES ($1::int, 'name ' || $1::int, $1::int % 100, repeat('x', 40))"
+    );
+    support::latency(support::LatencyRun {
+        writer: desktop,
+        listen_url: cloud_url,
+        there: "in the cloud",
+        channel: ARRIVAL_CHANNEL,
+        insert: &insert,
+        table,
+        rate,
+        commits,
+        first_id,
+    })
+    .await
 }

@@ -11,20 +11,20 @@
 //! `RUST_LOG=tandem=debug` prints the reverse worker's per-group timings on stderr (the `run --once`
 //! child inherits it).
 
-use std::future::{Future, poll_fn};
+mod support;
+
+use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use tandem::change::Side;
+use support::{Latency, connect, ms, peak_rss, section, thousands, verdict};
 use tandem::cluster::{ClusterOptions, LocalCluster, WalLevel};
-use tandem::config::{Config, ConnUrl};
+use tandem::config::Config;
 use tandem::pipeline::{RunError, RunOptions, RunStats, run_reverse};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 /// Rows of the one-transaction throughput figure, and the first id they take.
@@ -37,8 +37,6 @@ const LATENCY_RUNS: [(u32, usize); 2] = [(1_000, 5_000), (200, 2_000)];
 /// How often visibility is polled in the throughput figure, and for how long at most.
 const POLL_EVERY: Duration = Duration::from_millis(2);
 const POLL_DEADLINE: Duration = Duration::from_secs(120);
-/// How long after the last commit of a latency run its notifications may still arrive.
-const ARRIVAL_DEADLINE: Duration = Duration::from_secs(30);
 /// How long `tandem run --once` may take before it is killed.
 const CHILD_DEADLINE: Duration = Duration::from_secs(150);
 
@@ -127,20 +125,6 @@ impl Throughput {
     fn rows_per_s(&self) -> f64 {
         f64::from(self.rows) / self.elapsed.as_secs_f64()
     }
-}
-
-#[derive(Debug, Clone)]
-struct Latency {
-    target_rate: u32,
-    commits: usize,
-    arrived: usize,
-    achieved_rate: f64,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-    /// Cloud INSERT (autocommit) round trip, p50.
-    commit_p50: Duration,
-    stats: Option<RunStats>,
 }
 
 /// `tandem run --once` through one big transaction, in its own process.
@@ -326,12 +310,6 @@ impl Env<'_> {
             .with_context(|| format!("tandem init on {}", pair.name))?;
         Ok((pair, config, text))
     }
-}
-
-async fn connect(url: &str) -> Result<Client> {
-    tandem::db::connect(Side::Desktop, &ConnUrl::new(url))
-        .await
-        .with_context(|| format!("connecting to {url}"))
 }
 
 /// tandem's reverse worker, in a spawned task.
@@ -542,110 +520,6 @@ async fn tandem_figures(env: &mut Env<'_>, results: &mut Results) -> Result<()> 
     print_throughput("tandem", &t);
     results.bulk = Some(t);
     Ok(())
-}
-
-/// `commits` single-row autocommit INSERTs into `table` in the cloud, paced at `rate` per second; each
-/// row's arrival is the desktop trigger's NOTIFY, delivered when the transaction that wrote the row
-/// into the desktop commits.
-async fn latency(
-    cloud: &Client,
-    desktop_url: &str,
-    table: &str,
-    rate: u32,
-    commits: usize,
-    first_id: i32,
-) -> Result<Latency> {
-    let (listener, mut connection) = tokio_postgres::connect(desktop_url, NoTls)
-        .await
-        .context("connecting the desktop listener")?;
-    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<(i32, Instant)>();
-    // The arrival time is taken in the task driving the connection, as each message is read.
-    let driver = tokio::spawn(async move {
-        while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
-            if let AsyncMessage::Notification(n) = message? {
-                let at = Instant::now();
-                if let Ok(id) = n.payload().parse::<i32>() {
-                    let _ = arrivals_tx.send((id, at));
-                }
-            }
-        }
-        Ok::<(), tokio_postgres::Error>(())
-    });
-    listener
-        .batch_execute(&format!("LISTEN {ARRIVAL_CHANNEL}"))
-        .await?;
-
-    let insert = cloud
-        .prepare(&format!(
-            "INSERT INTO {table} (id, name, qty, note, source) \
-             VALUES ($1::int, 'name ' || $1::int, $1::int % 100, repeat('x', 40), 'M')"
-        ))
-        .await?;
-    let mut committed: Vec<Instant> = Vec::with_capacity(commits);
-    let mut round_trips: Vec<Duration> = Vec::with_capacity(commits);
-    let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    for k in 0..commits {
-        ticker.tick().await;
-        let id = first_id + k as i32;
-        let sent = Instant::now();
-        cloud.execute(&insert, &[&id]).await?;
-        let done = Instant::now();
-        committed.push(done);
-        round_trips.push(done - sent);
-    }
-    let last_commit = *committed.last().expect("commits > 0");
-
-    let mut arrived: Vec<Option<Instant>> = vec![None; commits];
-    let mut count = 0;
-    let deadline = tokio::time::Instant::from_std(last_commit + ARRIVAL_DEADLINE);
-    while count < commits {
-        match tokio::time::timeout_at(deadline, arrivals.recv()).await {
-            Ok(Some((id, at))) => {
-                let index = usize::try_from(id - first_id).ok();
-                if let Some(slot) = index.and_then(|i| arrived.get_mut(i))
-                    && slot.is_none()
-                {
-                    *slot = Some(at);
-                    count += 1;
-                }
-            }
-            Ok(None) => bail!("the desktop listener connection ended"),
-            Err(_) => break,
-        }
-    }
-    drop(listener);
-    driver.await??;
-
-    // A notification read before the bench's writer task recorded its commit counts as 0.
-    let mut latencies: Vec<Duration> = committed
-        .iter()
-        .zip(&arrived)
-        .filter_map(|(c, a)| a.map(|a| a.saturating_duration_since(*c)))
-        .collect();
-    if latencies.is_empty() {
-        bail!("no row of {table} arrived on the desktop within {ARRIVAL_DEADLINE:?}");
-    }
-    latencies.sort();
-    round_trips.sort();
-    let span = (last_commit - committed[0]).as_secs_f64();
-    Ok(Latency {
-        target_rate: rate,
-        commits,
-        arrived: count,
-        achieved_rate: (commits - 1) as f64 / span,
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        max: *latencies.last().expect("not empty"),
-        commit_p50: percentile(&round_trips, 0.50),
-        stats: None,
-    })
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// PostgreSQL's own logical replication over `native_m`, cloud → desktop: the latency runs, then one
@@ -916,31 +790,6 @@ fn children_maxrss_kb() -> Result<i64> {
 // ---------------------------------------------------------------------------------------------------
 // Printing
 
-fn section(title: &str) {
-    println!("\n== {title}");
-}
-
-/// 123456.7 → "123,457".
-fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "MISSED" }
-}
-
 fn print_stats(s: &RunStats) -> String {
     format!(
         "worker: {} group(s) for {} cloud transaction(s) = {:.2} tx/group, {} rows written, {} conflicts, \
@@ -1191,14 +1040,29 @@ fn one_line_summary(r: &Results) -> String {
     )
 }
 
-/// VmHWM from /proc/self/status.
-fn peak_rss() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown (no /proc/self/status)".to_string())
+/// Latency of cloud INSERTs (a phone's) reaching the desktop (see [`support::latency`]).
+async fn latency(
+    cloud: &Client,
+    desktop_url: &str,
+    table: &str,
+    rate: u32,
+    commits: usize,
+    first_id: i32,
+) -> Result<Latency> {
+    let insert = format!(
+        "INSERT INTO {table} (id, name, qty, note, source) \
+         VALUES ($1::int, 'name ' || $1::int, $1::int % 100, repeat('x', 40), 'M')"
+    );
+    support::latency(support::LatencyRun {
+        writer: cloud,
+        listen_url: desktop_url,
+        there: "on the desktop",
+        channel: ARRIVAL_CHANNEL,
+        insert: &insert,
+        table,
+        rate,
+        commits,
+        first_id,
+    })
+    .await
 }

@@ -109,6 +109,19 @@ struct Op<'a> {
     ranged: Option<&'a Ranged>,
 }
 
+impl Op<'_> {
+    /// A statement over all of a table's staged rows at once (not one to isolate refused rows in).
+    fn plain(table: usize, statement: Statement, params: Params, count: Count) -> Self {
+        Op {
+            table,
+            statement,
+            params,
+            count,
+            ranged: None,
+        }
+    }
+}
+
 impl ReverseApplier {
     pub fn new(mapping: &Mapping) -> Self {
         ReverseApplier {
@@ -240,41 +253,17 @@ impl ReverseApplier {
         let statements = &mut session.statements;
         if hash {
             let off = statements.get(desktop, NESTLOOP_OFF).await?;
-            ops.push(Op {
-                table: i,
-                statement: off,
-                params: Params::None,
-                count: Count::Nothing,
-                ranged: None,
-            });
+            ops.push(Op::plain(i, off, Params::None, Count::Nothing));
         }
         if !direct.conflicts.is_empty() {
             let statement = statements.get(desktop, &direct.conflicts).await?;
-            ops.push(Op {
-                table: i,
-                statement,
-                params: Params::TableName,
-                count: Count::Conflicts,
-                ranged: None,
-            });
+            ops.push(Op::plain(i, statement, Params::TableName, Count::Conflicts));
         }
         let statement = statements.get(desktop, &direct.insert).await?;
-        ops.push(Op {
-            table: i,
-            statement,
-            params: Params::None,
-            count: Count::Written,
-            ranged: None,
-        });
+        ops.push(Op::plain(i, statement, Params::None, Count::Written));
         if hash {
             let on = statements.get(desktop, NESTLOOP_ON).await?;
-            ops.push(Op {
-                table: i,
-                statement: on,
-                params: Params::None,
-                count: Count::Nothing,
-                ranged: None,
-            });
+            ops.push(Op::plain(i, on, Params::None, Count::Nothing));
         }
         Ok(())
     }
@@ -459,13 +448,7 @@ impl ReverseApplier {
                     .statements
                     .get(desktop, &self.sql[i].conflicts)
                     .await?;
-                ops.push(Op {
-                    table: i,
-                    statement,
-                    params: Params::TableName,
-                    count: Count::Conflicts,
-                    ranged: None,
-                });
+                ops.push(Op::plain(i, statement, Params::TableName, Count::Conflicts));
             }
         }
         let statements = &mut session.statements;
@@ -490,13 +473,7 @@ impl ReverseApplier {
                 let nested_loops = |on: bool| if on { NESTLOOP_ON } else { NESTLOOP_OFF };
                 if guard {
                     let off = statements.get(desktop, nested_loops(false)).await?;
-                    ops.push(Op {
-                        table: i,
-                        statement: off,
-                        params: Params::None,
-                        count: Count::Nothing,
-                        ranged: None,
-                    });
+                    ops.push(Op::plain(i, off, Params::None, Count::Nothing));
                 }
                 let statement = statements.get(desktop, &r.sql).await?;
                 ops.push(Op {
@@ -508,13 +485,7 @@ impl ReverseApplier {
                 });
                 if guard {
                     let on = statements.get(desktop, nested_loops(true)).await?;
-                    ops.push(Op {
-                        table: i,
-                        statement: on,
-                        params: Params::None,
-                        count: Count::Nothing,
-                        ranged: None,
-                    });
+                    ops.push(Op::plain(i, on, Params::None, Count::Nothing));
                 }
             }
         }
