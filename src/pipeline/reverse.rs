@@ -261,9 +261,10 @@ impl Stream<'_> {
 
     async fn change(&mut self, data: &bytes::Bytes) -> Result<(), RunError> {
         let message = pgoutput::decode_bytes(data).map_err(|e| RunError::Stream(e.to_string()))?;
-        let mapped = |maps: &HashMap<u32, Option<RelationMap>>, id: u32| {
-            maps.get(&id).and_then(Option::as_ref).cloned()
-        };
+        // Borrowed, not cloned: this runs for every row.
+        let maps = &self.maps;
+        let encoder = &mut self.encoder;
+        let mapped = |id: u32| maps.get(&id).and_then(Option::as_ref);
         let kept = match message {
             PgOutput::Relation(relation) => {
                 let map = self
@@ -276,15 +277,11 @@ impl Stream<'_> {
                 return Ok(());
             }
             _ if self.skip_transaction => return Ok(()),
-            PgOutput::Insert { relation, new } => {
-                mapped(&self.maps, relation).map(|m| self.encoder.insert(&m, &new))
-            }
+            PgOutput::Insert { relation, new } => mapped(relation).map(|m| encoder.insert(m, &new)),
             PgOutput::Update { relation, old, new } => {
-                mapped(&self.maps, relation).map(|m| self.encoder.update(&m, old.as_ref(), &new))
+                mapped(relation).map(|m| encoder.update(m, old.as_ref(), &new))
             }
-            PgOutput::Delete { relation, old } => {
-                mapped(&self.maps, relation).map(|m| self.encoder.delete(&m, &old))
-            }
+            PgOutput::Delete { relation, old } => mapped(relation).map(|m| encoder.delete(m, &old)),
             PgOutput::Truncate { relations, .. } => {
                 for id in relations {
                     if let Some(r) = self.relations.get(id) {
