@@ -26,6 +26,8 @@ pub enum RunError {
     ListenerLost,
     #[error("cloud: replication stream: {0}")]
     Stream(String),
+    #[error("tandem is not set up for this config:\n{}\nfix: run `tandem init` (and `tandem check`)", .0.iter().map(|m| format!("  - {m}")).collect::<Vec<_>>().join("\n"))]
+    NotInstalled(Vec<String>),
 }
 
 impl RunError {
@@ -37,6 +39,7 @@ impl RunError {
             RunError::Mapping(MappingError::Invalid(_)) => false,
             RunError::ListenerLost => true,
             RunError::Stream(message) => stream_error_is_transient(message),
+            RunError::NotInstalled(_) => false,
         }
     }
 }
@@ -131,6 +134,7 @@ pub async fn run(
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<(RunStats, RunStats), RunError> {
+    preflight(config).await?;
     let stop = shutdown.child_token();
     let forward = run_forward(config, options, stop.clone());
     let reverse = run_reverse(config, options, stop.clone());
@@ -149,6 +153,39 @@ pub async fn run(
         }
     }
     Ok((f.expect("done")?, r.expect("done")?))
+}
+
+/// Before streaming: is everything `init` installs in place for this config? A missing outbox, trigger
+/// or slot would otherwise surface as a bare "does not exist" from deep inside a worker.
+async fn preflight(config: &Config) -> Result<(), RunError> {
+    use crate::change::Side;
+    let desktop = crate::db::connect(Side::Desktop, &config.desktop.url).await?;
+    let cloud = crate::db::connect(Side::Cloud, &config.cloud.url).await?;
+    let desktop_plan = crate::setup::plan_desktop(&desktop, config).await?;
+    let cloud_plan = crate::setup::plan_cloud(&cloud, config).await?;
+    let mut missing: Vec<String> = desktop_plan
+        .steps
+        .iter()
+        .map(|s| format!("desktop: missing: {s}"))
+        .chain(
+            cloud_plan
+                .steps
+                .iter()
+                .map(|s| format!("cloud: missing: {s}")),
+        )
+        .collect();
+    missing.extend(
+        cloud_plan
+            .blockers
+            .iter()
+            .chain(&desktop_plan.blockers)
+            .map(|b| b.to_string()),
+    );
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::NotInstalled(missing))
+    }
 }
 
 #[cfg(test)]

@@ -378,3 +378,23 @@ async fn kill_9_mid_transaction_or_before_the_slot_is_told_loses_and_duplicates_
     );
     std::fs::remove_file(&file).unwrap();
 }
+
+#[tokio::test]
+async fn run_before_init_says_to_run_init() {
+    let db = TestDb::sample().await;
+    let file = config_file(&db);
+    let (code, text) = tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || tandem(&["run", "--once"], Some(&file))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("tandem is not set up for this config"),
+        "{text}"
+    );
+    assert!(text.contains("create logical replication slot"), "{text}");
+    assert!(text.contains("fix: run `tandem init`"), "{text}");
+    std::fs::remove_file(&file).unwrap();
+}
