@@ -90,14 +90,7 @@ pub struct TableRef {
     pub cloud: QualifiedName,
 }
 
-impl TableRef {
-    pub fn name_on(&self, side: Side) -> &QualifiedName {
-        match side {
-            Side::Desktop => &self.desktop,
-            Side::Cloud => &self.cloud,
-        }
-    }
-}
+impl TableRef {}
 
 impl fmt::Display for TableRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -125,10 +125,6 @@ impl TableMapping {
             Kind::Scoped { scope, .. } => scope,
         }
     }
-
-    pub fn is_scoped(&self) -> bool {
-        matches!(self.kind, Kind::Scoped { .. })
-    }
 }
 
 /// Every configured table, resolved, with the order foreign keys impose.

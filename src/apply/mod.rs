@@ -136,10 +136,6 @@ impl ForwardApplier {
         }
     }
 
-    pub fn sql(&self, i: usize) -> &ForwardSql {
-        &self.sql[i]
-    }
-
     /// Once per cloud connection: mark the session as tandem's (the ownership trigger leaves its
     /// `source` alone), plan every execution for its own batch size, create the staging tables.
     pub async fn prepare(&self, cloud: &Client) -> Result<CloudSession, DbError> {

@@ -57,12 +57,6 @@ impl std::fmt::Debug for DesktopSession {
     }
 }
 
-impl DesktopSession {
-    pub fn is_open(&self) -> bool {
-        self.open
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct ReverseApplier {
     sql: Vec<ReverseSql>,
@@ -132,10 +126,6 @@ impl ReverseApplier {
                 .map(|(i, t)| ReverseSql::build(t, i))
                 .collect(),
         }
-    }
-
-    pub fn sql(&self, i: usize) -> &ReverseSql {
-        &self.sql[i]
     }
 
     /// Once per desktop connection: tandem's writes are not captured (no echo), values from the stream

@@ -155,14 +155,7 @@ async fn check_fails_when_the_role_lacks_privileges() {
         .await
         .unwrap();
     let as_reader = db.desktop_url.replace("postgres@", &format!("{role}@"));
-    let text =
-        tandem::sample::CONFIG.replace("slot = \"tandem\"", &format!("slot = \"{}\"", db.name));
-    let env = |var: &str| match var {
-        "DESKTOP_URL" => Some(as_reader.clone()),
-        "CLOUD_URL" => Some(db.cloud_url.clone()),
-        _ => None,
-    };
-    let limited = tandem::config::Config::parse("t", &text, &env).unwrap();
+    let limited = db.sample_config_at(&as_reader, &db.cloud_url);
     let report = check(&limited).await;
     let item = failure_with(
         &report,

@@ -450,14 +450,7 @@ async fn the_clouds_fast_shutdown_is_not_blocked_by_a_connected_worker() {
     tandem::sample::create_schemas(&db.desktop().await, &cloud)
         .await
         .unwrap();
-    let text =
-        tandem::sample::CONFIG.replace("slot = \"tandem\"", &format!("slot = \"{}\"", db.name));
-    let env = |var: &str| match var {
-        "DESKTOP_URL" => Some(db.desktop_url.clone()),
-        "CLOUD_URL" => Some(cloud_url.clone()),
-        _ => None,
-    };
-    let config = tandem::config::Config::parse("stop", &text, &env).unwrap();
+    let config = db.sample_config_at(&db.desktop_url, &cloud_url);
     tandem::setup::init(&config, false).await.unwrap();
     let shutdown = CancellationToken::new();
     let worker = {

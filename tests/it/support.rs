@@ -202,9 +202,19 @@ impl TestDb {
     /// `config/powerca.toml` pointed at this test's databases, with a slot of its own (slots are
     /// per cluster).
     pub fn sample_config(&self) -> Config {
+        self.sample_config_at(&self.desktop_url, &self.cloud_url)
+    }
+
+    /// The same, pointed at other URLs (another role, another cluster, TLS settings).
+    pub fn sample_config_at(&self, desktop_url: &str, cloud_url: &str) -> Config {
         let text =
             sample::CONFIG.replace("slot = \"tandem\"", &format!("slot = \"{}\"", self.name));
-        Config::parse("powerca.toml (test)", &text, &self.env()).unwrap()
+        let env = |var: &str| match var {
+            "DESKTOP_URL" => Some(desktop_url.to_string()),
+            "CLOUD_URL" => Some(cloud_url.to_string()),
+            _ => None,
+        };
+        Config::parse("powerca.toml (test)", &text, &env).unwrap()
     }
 
     /// A config with the given `[[tables]]` text.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tandem::change::Side;
 use tandem::cluster::{ClusterOptions, LocalCluster};
-use tandem::config::{Config, ConnUrl};
+use tandem::config::ConnUrl;
 
 use crate::reverse::reverse_once;
 use crate::support::{TestDb, count, rows};
@@ -126,14 +126,7 @@ async fn the_cloud_over_tls_verify_full_with_a_ca_file_for_every_connection_and_
     tandem::sample::create_schemas(&desktop, &cloud)
         .await
         .unwrap();
-    let text =
-        tandem::sample::CONFIG.replace("slot = \"tandem\"", &format!("slot = \"{}\"", db.name));
-    let env = |var: &str| match var {
-        "DESKTOP_URL" => Some(db.desktop_url.clone()),
-        "CLOUD_URL" => Some(verify_full.clone()),
-        _ => None,
-    };
-    let config = Config::parse("tls config", &text, &env).unwrap();
+    let config = db.sample_config_at(&db.desktop_url, &verify_full);
     tandem::setup::init(&config, false).await.unwrap();
     let report = tandem::check::check(&config).await;
     assert!(report.passed(), "{:#?}", report.items);
@@ -149,12 +142,7 @@ async fn the_cloud_over_tls_verify_full_with_a_ca_file_for_every_connection_and_
     assert_eq!(count(&desktop, "SELECT count(*) FROM mbstaff").await, 1);
 
     // The stream with a CA that did not sign the certificate: a clear, final error, not endless retries.
-    let wrong_config = Config::parse("wrong CA", &text, &|var| match var {
-        "DESKTOP_URL" => Some(db.desktop_url.clone()),
-        "CLOUD_URL" => Some(wrong.clone()),
-        _ => None,
-    })
-    .unwrap();
+    let wrong_config = db.sample_config_at(&db.desktop_url, &wrong);
     let err = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         tandem::pipeline::run_reverse(
