@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, pin_mut};
 use support::{Latency, connect, ms, peak_rss, section, thousands, verdict};
-use tandem::cluster::{ClusterOptions, LocalCluster, WalLevel};
+use tandem::cluster::LocalCluster;
 use tandem::config::Config;
 use tandem::pipeline::{RunError, RunOptions, RunStats, run_forward};
 use tokio::task::JoinHandle;
@@ -61,43 +61,12 @@ const BUCARDO: [&str; 4] = [
 ];
 
 fn main() -> Result<()> {
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let started = Instant::now();
-    let options = ClusterOptions {
-        wal_level: WalLevel::Logical,
-        durable: false,
-        ..Default::default()
-    };
-    let desktop =
-        LocalCluster::start("bench-desktop", &options).context("starting the desktop cluster")?;
-    let cloud =
-        LocalCluster::start("bench-cloud", &options).context("starting the cloud cluster")?;
-    println!(
-        "clusters started in {:.2} s (desktop port {}, cloud port {}; wal_level = logical, fsync and \
-         synchronous_commit off; the bench's desktop writer sessions SET synchronous_commit = on)",
-        started.elapsed().as_secs_f64(),
-        desktop.port(),
-        cloud.port()
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
-    let result = runtime.block_on(bench(&desktop, &cloud));
-    // Tasks and connections go first, then the servers (dropping a cluster stops and removes it).
-    drop(runtime);
-    drop(cloud);
-    drop(desktop);
-    println!(
-        "\nwhole bench: {:.1} s (clusters created and removed)",
-        started.elapsed().as_secs_f64()
-    );
-    result
+    support::with_clusters(
+        "bench",
+        Vec::new(),
+        "; the bench's desktop writer sessions SET synchronous_commit = on",
+        |desktop, cloud| Box::pin(bench(desktop, cloud)),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use support::{Latency, connect, ms, peak_rss, section, thousands, verdict};
-use tandem::cluster::{ClusterOptions, LocalCluster, WalLevel};
+use tandem::cluster::LocalCluster;
 use tandem::config::Config;
 use tandem::pipeline::{RunError, RunOptions, RunStats, run_reverse};
 use tokio::task::JoinHandle;
@@ -63,49 +63,12 @@ const NATIVE_PUB: &str = "native_pub";
 const NATIVE_SUB: &str = "native_sub";
 
 fn main() -> Result<()> {
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let started = Instant::now();
-    let options = |settings: Vec<(String, String)>| ClusterOptions {
-        wal_level: WalLevel::Logical,
-        durable: false,
-        settings,
-        ..ClusterOptions::default()
-    };
-    let desktop = LocalCluster::start("bench-rev-desktop", &options(Vec::new()))
-        .context("starting the desktop cluster")?;
-    let cloud = LocalCluster::start(
-        "bench-rev-cloud",
-        &options(vec![("wal_sender_timeout".into(), "'10s'".into())]),
+    support::with_clusters(
+        "bench-rev",
+        vec![("wal_sender_timeout".into(), "'10s'".into())],
+        ", cloud wal_sender_timeout = 10s; the bench's cloud writer sessions SET synchronous_commit = on",
+        |desktop, cloud| Box::pin(bench(desktop, cloud)),
     )
-    .context("starting the cloud cluster")?;
-    println!(
-        "clusters started in {:.2} s (desktop port {}, cloud port {}; wal_level = logical, fsync and \
-         synchronous_commit off, cloud wal_sender_timeout = 10s; the bench's cloud writer sessions SET \
-         synchronous_commit = on)",
-        started.elapsed().as_secs_f64(),
-        desktop.port(),
-        cloud.port()
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
-    let result = runtime.block_on(bench(&desktop, &cloud));
-    // Tasks, connections and the child process go first, then the servers (dropping a cluster stops
-    // and removes it).
-    drop(runtime);
-    drop(cloud);
-    drop(desktop);
-    println!(
-        "\nwhole bench: {:.1} s (clusters created and removed)",
-        started.elapsed().as_secs_f64()
-    );
-    result
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -1,15 +1,73 @@
 //! Helpers both benchmarks use: connections, percentiles, number formatting, peak RSS.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tandem::change::Side;
+use tandem::cluster::{ClusterOptions, LocalCluster, WalLevel};
 use tandem::config::ConnUrl;
 use tandem::pipeline::RunStats;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// A bench body: given the desktop and cloud clusters.
+pub type Body = for<'a> fn(
+    &'a LocalCluster,
+    &'a LocalCluster,
+) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
+
+/// Starts a desktop and a cloud cluster (both `wal_level = logical`, fsync off; the cloud gets
+/// `cloud_settings` too), runs `body` on a tokio runtime, then stops and removes both on every path.
+/// `note` completes the line that reports the clusters.
+pub fn with_clusters(
+    name: &str,
+    cloud_settings: Vec<(String, String)>,
+    note: &str,
+    body: Body,
+) -> Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let started = Instant::now();
+    let options = |settings: Vec<(String, String)>| ClusterOptions {
+        wal_level: WalLevel::Logical,
+        durable: false,
+        settings,
+        ..ClusterOptions::default()
+    };
+    let desktop = LocalCluster::start(&format!("{name}-desktop"), &options(Vec::new()))
+        .context("starting the desktop cluster")?;
+    let cloud = LocalCluster::start(&format!("{name}-cloud"), &options(cloud_settings))
+        .context("starting the cloud cluster")?;
+    println!(
+        "clusters started in {:.2} s (desktop port {}, cloud port {}; wal_level = logical, fsync and \
+         synchronous_commit off{note})",
+        started.elapsed().as_secs_f64(),
+        desktop.port(),
+        cloud.port()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let result = runtime.block_on(body(&desktop, &cloud));
+    // Tasks, connections and child processes go first, then the servers (dropping a cluster stops
+    // and removes it).
+    drop(runtime);
+    drop(cloud);
+    drop(desktop);
+    println!(
+        "\nwhole bench: {:.1} s (clusters created and removed)",
+        started.elapsed().as_secs_f64()
+    );
+    result
+}
 
 /// How long the last row of a latency run may take to arrive before the run fails.
 pub const ARRIVAL_DEADLINE: Duration = Duration::from_secs(30);
