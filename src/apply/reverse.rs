@@ -16,6 +16,7 @@ use futures_util::SinkExt;
 use tokio_postgres::{Client, CopyInSink, Statement};
 
 use crate::capture::APPLYING_SETTING;
+use crate::capture::rows::Dest;
 use crate::change::{Lsn, Side};
 use crate::db::{self, Context, DbError, StatementCache};
 use crate::transform::Mapping;
@@ -40,11 +41,30 @@ pub struct DesktopSession {
     /// Whether a desktop transaction is open, and rows staged per table in it.
     open: bool,
     staged: BTreeMap<usize, u64>,
-    /// The COPY in progress (one per connection at a time): its table and sink. Kept open while that
-    /// table's rows keep coming, so the connection sends them while the stream is read.
-    copy: Option<(usize, Pin<Box<CopyInSink<Bytes>>>)>,
+    /// The COPY in progress (one per connection at a time): its table, destination and sink. Kept open
+    /// while that table's rows keep coming, so the connection sends them while the stream is read.
+    copy: Option<OpenCopy>,
+    /// Rows written straight into desktop tables in the open transaction (sent, and confirmed by
+    /// finished COPYs).
+    direct_sent: u64,
+    direct_written: u64,
     /// Rows staged per table since its staging tables were last truncated.
     since_truncate: HashMap<usize, u64>,
+}
+
+/// A COPY in progress on the desktop connection.
+struct OpenCopy {
+    table: usize,
+    dest: Dest,
+    sink: Pin<Box<CopyInSink<Bytes>>>,
+}
+
+impl DesktopSession {
+    /// Whether the open transaction wrote rows straight into desktop tables: a row the desktop refused
+    /// there can only be handled by receiving the group again with everything staged.
+    pub fn wrote_direct(&self) -> bool {
+        self.direct_sent > 0 || self.copy.as_ref().is_some_and(|c| c.dest == Dest::Direct)
+    }
 }
 
 impl std::fmt::Debug for DesktopSession {
@@ -52,7 +72,8 @@ impl std::fmt::Debug for DesktopSession {
         f.debug_struct("DesktopSession")
             .field("open", &self.open)
             .field("staged", &self.staged)
-            .field("copying", &self.copy.as_ref().map(|(i, _)| *i))
+            .field("copying", &self.copy.as_ref().map(|c| (c.table, c.dest)))
+            .field("direct_sent", &self.direct_sent)
             .finish()
     }
 }
@@ -150,23 +171,31 @@ impl ReverseApplier {
             open: false,
             staged: BTreeMap::new(),
             copy: None,
+            direct_sent: 0,
+            direct_written: 0,
             since_truncate: HashMap::new(),
         })
     }
 
-    /// Sends `rows` staged rows of table `i` (COPY text) towards its staging table, beginning the
-    /// transaction if needed. Returns without waiting for the desktop to take them.
+    /// Sends `rows` rows of table `i` (COPY text) towards its staging table or, for `Dest::Direct`,
+    /// straight into the desktop table, beginning the transaction if needed. Returns without waiting
+    /// for the desktop to take them.
     pub async fn stage(
         &self,
         desktop: &Client,
         session: &mut DesktopSession,
         i: usize,
+        dest: Dest,
         data: Vec<u8>,
         rows: u64,
     ) -> Result<(), DbError> {
         let side = Side::Desktop;
-        if session.copy.as_ref().is_some_and(|(t, _)| *t != i) {
-            finish_copy(session).await?;
+        if session
+            .copy
+            .as_ref()
+            .is_some_and(|c| (c.table, c.dest) != (i, dest))
+        {
+            self.finish_copy(session).await?;
         }
         if session.copy.is_none() {
             let mut begin = String::new();
@@ -174,7 +203,7 @@ impl ReverseApplier {
                 begin.push_str("BEGIN;");
                 session.open = true;
             }
-            if !session.staged.contains_key(&i) {
+            if dest == Dest::Staging && !session.staged.contains_key(&i) {
                 let dirty = session.since_truncate.entry(i).or_default();
                 if *dirty > TRUNCATE_AFTER {
                     begin.push_str(&self.sql[i].truncate);
@@ -189,23 +218,57 @@ impl ReverseApplier {
                     .await
                     .ctx(side, "beginning the reverse transaction")?;
             }
-            let copy = session
-                .statements
-                .get(desktop, &self.sql[i].copy_in)
-                .await?;
+            let sql = match dest {
+                Dest::Staging => &self.sql[i].copy_in,
+                Dest::Direct => &self.sql[i].copy_direct,
+            };
+            let copy = session.statements.get(desktop, sql).await?;
             let sink = desktop
                 .copy_in::<_, Bytes>(&copy)
                 .await
-                .ctx(side, "staging mobile rows (COPY)")?;
-            session.copy = Some((i, Box::pin(sink)));
+                .ctx(side, self.copy_what(i, dest))?;
+            session.copy = Some(OpenCopy {
+                table: i,
+                dest,
+                sink: Box::pin(sink),
+            });
         }
-        let (_, sink) = session.copy.as_mut().expect("opened above");
-        sink.as_mut()
+        let open = session.copy.as_mut().expect("opened above");
+        open.sink
+            .as_mut()
             .feed(Bytes::from(data))
             .await
-            .ctx(side, "staging mobile rows (COPY)")?;
-        *session.staged.entry(i).or_default() += rows;
-        *session.since_truncate.entry(i).or_default() += rows;
+            .ctx(side, self.copy_what(i, dest))?;
+        match dest {
+            Dest::Staging => {
+                *session.staged.entry(i).or_default() += rows;
+                *session.since_truncate.entry(i).or_default() += rows;
+            }
+            Dest::Direct => session.direct_sent += rows,
+        }
+        Ok(())
+    }
+
+    fn copy_what(&self, i: usize, dest: Dest) -> String {
+        match dest {
+            Dest::Staging => format!("staging mobile rows of {} (COPY)", self.sql[i].target),
+            Dest::Direct => format!("writing new mobile rows into {} (COPY)", self.sql[i].target),
+        }
+    }
+
+    /// Ends the COPY in progress, if any.
+    async fn finish_copy(&self, session: &mut DesktopSession) -> Result<(), DbError> {
+        if let Some(mut open) = session.copy.take() {
+            let n = open
+                .sink
+                .as_mut()
+                .finish()
+                .await
+                .ctx(Side::Desktop, self.copy_what(open.table, open.dest))?;
+            if open.dest == Dest::Direct {
+                session.direct_written += n;
+            }
+        }
         Ok(())
     }
 
@@ -285,8 +348,9 @@ impl ReverseApplier {
 
     /// Applies everything staged in the open transaction, records `end` as the reverse position and
     /// commits. Tables in `complex` had more than new rows (updates, deletes, claims, unchanged TOAST)
-    /// and go through the reduction; the others are inserted straight from staging. Does nothing (and
-    /// records nothing) when nothing was staged.
+    /// and go through the reduction; the others are inserted straight from staging. Rows written
+    /// straight into desktop tables are already there. Does nothing (and records nothing) when no
+    /// transaction is open.
     pub async fn commit(
         &self,
         desktop: &Client,
@@ -299,8 +363,7 @@ impl ReverseApplier {
         if !session.open {
             return Ok(out);
         }
-        finish_copy(session).await?;
-        let side = Side::Desktop;
+        self.finish_copy(session).await?;
         let tables: Vec<usize> = mapping
             .parents_first
             .iter()
@@ -312,6 +375,29 @@ impl ReverseApplier {
             .iter()
             .map(|t| t.table.desktop.to_string())
             .collect();
+        if !tables.is_empty() {
+            self.apply_staged(desktop, session, &tables, &names, end, complex, &mut out)
+                .await?;
+        }
+        out.written += std::mem::take(&mut session.direct_written);
+        session.direct_sent = 0;
+        self.record_and_commit(desktop, session, end).await?;
+        Ok(out)
+    }
+
+    /// Applies what is staged for `tables` (in parents-first order) in the open transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_staged(
+        &self,
+        desktop: &Client,
+        session: &mut DesktopSession,
+        tables: &[usize],
+        names: &[String],
+        end: Lsn,
+        complex: &HashSet<usize>,
+        out: &mut BatchOutcome,
+    ) -> Result<(), DbError> {
+        let side = Side::Desktop;
         let batch = format!("reverse {end}");
         let (reduced, direct): (Vec<usize>, Vec<usize>) =
             tables.iter().partition(|i| complex.contains(i));
@@ -321,9 +407,8 @@ impl ReverseApplier {
             .await
             .ctx(side, "SAVEPOINT")?;
 
-        let normal = self.operations(desktop, session, &tables, &direct).await?;
+        let normal = self.operations(desktop, session, tables, &direct).await?;
         let whole = (i64::MIN, i64::MAX);
-        let names = &names;
         let results = db::pipelined(
             normal
                 .iter()
@@ -348,7 +433,7 @@ impl ReverseApplier {
         for (op, result) in normal.iter().zip(results) {
             match result {
                 Ok((n, conflicts)) => {
-                    tally(&mut out, op.count, n);
+                    tally(out, op.count, n);
                     out.conflicts += conflicts;
                 }
                 Err(e) if db::classify(e.code()) == db::ErrorKind::BadRow => {
@@ -365,13 +450,13 @@ impl ReverseApplier {
         }
         if let Some(e) = refused {
             tracing::debug!(error = %db::describe(&e), "a mobile row was refused; applying again, isolating refused rows");
-            out = BatchOutcome::default();
+            *out = BatchOutcome::default();
             desktop
                 .batch_execute("ROLLBACK TO SAVEPOINT tandem_apply")
                 .await
                 .ctx(side, "ROLLBACK TO SAVEPOINT")?;
             self.reduce(desktop, session, &direct).await?;
-            for op in self.operations(desktop, session, &tables, &[]).await? {
+            for op in self.operations(desktop, session, tables, &[]).await? {
                 let n = match op.ranged {
                     None if matches!(op.params, Params::None) => desktop
                         .execute(&op.statement, &[])
@@ -397,9 +482,20 @@ impl ReverseApplier {
                         done.affected
                     }
                 };
-                tally(&mut out, op.count, n);
+                tally(out, op.count, n);
             }
         }
+        Ok(())
+    }
+
+    /// Records `end` as the reverse position and commits the open transaction.
+    async fn record_and_commit(
+        &self,
+        desktop: &Client,
+        session: &mut DesktopSession,
+        end: Lsn,
+    ) -> Result<(), DbError> {
+        let side = Side::Desktop;
         let progress = session.statements.get(desktop, PROGRESS_SQL).await?;
         let end_text = end.to_string();
         let commit = session.statements.get(desktop, "COMMIT").await?;
@@ -416,7 +512,7 @@ impl ReverseApplier {
             .ctx(side, "recording the reverse position")?;
         session.open = false;
         session.staged.clear();
-        Ok(out)
+        Ok(())
     }
 
     /// The statements of a commit, in order: conflicts first (they compare with the desktop as it is),
@@ -481,17 +577,6 @@ impl ReverseApplier {
         }
         Ok(ops)
     }
-}
-
-/// Ends the COPY in progress, if any.
-async fn finish_copy(session: &mut DesktopSession) -> Result<(), DbError> {
-    if let Some((_, mut sink)) = session.copy.take() {
-        sink.as_mut()
-            .finish()
-            .await
-            .ctx(Side::Desktop, "staging mobile rows (COPY)")?;
-    }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -42,6 +42,8 @@ pub struct ReverseSql {
     pub create: String,
     pub clear: String,
     pub copy_in: String,
+    /// New rows straight into the desktop table (see `capture::rows::Dest::Direct`).
+    pub copy_direct: String,
     /// Fills `N` from `S`.
     pub reduce: String,
     /// Cloud-key tables: pairs each changed cloud row with the desktop row it started from.
@@ -91,6 +93,7 @@ impl ReverseSql {
             STAGED_PREFIX.join(", "),
             names.join(", ")
         );
+        let copy_direct = format!("COPY {target} ({}) FROM STDIN", names.join(", "));
         let old =
             |alias: &str| format!("jsonb_populate_record(NULL::{target}, {alias}._first_old)");
         // Unchanged TOAST: keep the desktop's value (update), or the old image's (insert).
@@ -280,6 +283,7 @@ impl ReverseSql {
                     plan_table: None,
                     create,
                     copy_in,
+                    copy_direct,
                     reduce,
                     plan: None,
                     conflicts,
@@ -376,6 +380,7 @@ impl ReverseSql {
                     plan_table: Some(plan),
                     create,
                     copy_in,
+                    copy_direct,
                     reduce,
                     plan: Some(plan_sql),
                     conflicts,

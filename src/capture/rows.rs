@@ -115,18 +115,38 @@ impl Claim {
     }
 }
 
-/// Staged rows of one table, as COPY text, waiting to be sent.
-#[derive(Debug, Default)]
-pub struct Staging {
+/// Where rows go on the desktop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dest {
+    /// Straight into the desktop table (COPY of its own columns): new rows of a table whose rows
+    /// can be told apart on the desktop (a unique index on the desktop key, or a cloud-key table), while
+    /// nothing else of that table is staged in the group. A row the desktop refuses (a key it already
+    /// holds, a constraint) fails the COPY; the group is then received again with everything staged.
+    Direct,
+    /// Into the table's staging table, applied set-based at the group's end.
+    Staging,
+}
+
+/// Rows of one table for one destination, as COPY text, waiting to be sent.
+#[derive(Debug)]
+pub struct Chunk {
+    pub table: usize,
+    pub dest: Dest,
     pub data: Vec<u8>,
     pub rows: u64,
+}
+
+#[derive(Debug, Default)]
+struct Buffer {
+    data: Vec<u8>,
+    rows: u64,
 }
 
 /// Builds staged rows from the changes of the stream, per configured table.
 #[derive(Debug)]
 pub struct Encoder {
     seq: i64,
-    tables: HashMap<usize, Staging>,
+    buffers: HashMap<(usize, Dest), Buffer>,
     /// Claimed old rows waiting for the insert that follows them, per table.
     claims: HashMap<usize, VecDeque<String>>,
     /// Per table: how many columns travel back, and the cloud key's name (cloud-key tables).
@@ -135,15 +155,39 @@ pub struct Encoder {
     /// Tables that staged more than new rows since `take_complex`: updates, deletes, claims, unchanged
     /// TOAST values. The others can skip the reduction to net changes.
     complex: HashSet<usize>,
+    /// Per table: whether its new rows may go straight into the desktop table.
+    direct: Vec<bool>,
+    /// Per table: its place in parents-first order (direct rows of parents are sent first).
+    rank: Vec<usize>,
+    /// Tables that staged anything in the group: their later rows are staged too, so that what is
+    /// staged is applied after what went straight in, in the stream's order.
+    staged_in_group: HashSet<usize>,
+    /// Everything is staged (a transaction received again after a direct write failed).
+    careful: bool,
 }
 
 impl Encoder {
     pub fn new(mapping: &Mapping) -> Self {
+        let mut rank = vec![0; mapping.tables.len()];
+        for (position, &table) in mapping.parents_first.iter().enumerate() {
+            rank[table] = position;
+        }
         Encoder {
             seq: 0,
-            tables: HashMap::new(),
+            buffers: HashMap::new(),
             claims: HashMap::new(),
             complex: HashSet::new(),
+            direct: mapping
+                .tables
+                .iter()
+                .map(|t| match &t.kind {
+                    Kind::Key(_) => t.desktop_key_unique,
+                    Kind::Scoped { .. } => true,
+                })
+                .collect(),
+            rank,
+            staged_in_group: HashSet::new(),
+            careful: false,
             widths: mapping
                 .tables
                 .iter()
@@ -161,20 +205,38 @@ impl Encoder {
     }
 
     pub fn staged_rows(&self) -> u64 {
-        self.tables.values().map(|s| s.rows).sum()
+        self.buffers.values().map(|s| s.rows).sum()
     }
 
     pub fn buffered_bytes(&self) -> usize {
-        self.tables.values().map(|s| s.data.len()).sum()
+        self.buffers.values().map(|s| s.data.len()).sum()
     }
 
-    /// Takes what is buffered, per table.
-    pub fn take(&mut self) -> HashMap<usize, Staging> {
-        std::mem::take(&mut self.tables)
+    /// Stages every row of the transactions that follow (`true`), or lets new rows go straight in.
+    pub fn set_careful(&mut self, careful: bool) {
+        self.careful = careful;
     }
 
-    /// The tables that staged more than new rows since the last call.
+    /// Takes what is buffered: parents first, and per table its direct rows before its staged ones.
+    pub fn take(&mut self) -> Vec<Chunk> {
+        let mut chunks: Vec<Chunk> = self
+            .buffers
+            .drain()
+            .map(|((table, dest), b)| Chunk {
+                table,
+                dest,
+                data: b.data,
+                rows: b.rows,
+            })
+            .collect();
+        chunks.sort_by_key(|c| (self.rank[c.table], c.dest));
+        chunks
+    }
+
+    /// At a group's end: the tables that staged more than new rows in it. The next group may send new
+    /// rows straight in again.
     pub fn take_complex(&mut self) -> HashSet<usize> {
+        self.staged_in_group.clear();
         std::mem::take(&mut self.complex)
     }
 
@@ -216,7 +278,7 @@ impl Encoder {
             .claims
             .get_mut(&map.table)
             .and_then(VecDeque::pop_front);
-        self.push_new(map, new, old.as_deref());
+        self.push_new(map, new, old.as_deref(), true);
         true
     }
 
@@ -232,13 +294,13 @@ impl Encoder {
             // A desktop key that moves: the old key is deleted, the new one is a new row.
             Some(o) if !map.key.is_empty() && map.key_of(o) != map.key_of(new) => {
                 self.push_deleted(map, o);
-                self.push_new(map, new, None);
+                self.push_new(map, new, None, false);
             }
             Some(o) => {
                 let json = map.json(o);
-                self.push_new(map, new, Some(&json));
+                self.push_new(map, new, Some(&json), false);
             }
-            None => self.push_new(map, new, None),
+            None => self.push_new(map, new, None, false),
         }
         true
     }
@@ -260,7 +322,8 @@ impl Encoder {
         self.push(map.table, 'D', &[], Some(&json), ck, &[]);
     }
 
-    fn push_new(&mut self, map: &RelationMap, new: &RowImage, old: Option<&str>) {
+    /// A row's new version; `inserted` when the stream sent it as an INSERT.
+    fn push_new(&mut self, map: &RelationMap, new: &RowImage, old: Option<&str>, inserted: bool) {
         let mut unchanged = Vec::new();
         let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(map.columns.len());
         for (name, position) in map.names.iter().zip(&map.columns) {
@@ -273,8 +336,28 @@ impl Encoder {
                 Some(Value::Null) | None => values.push(None),
             }
         }
+        let table = map.table;
+        let direct = inserted
+            && old.is_none()
+            && unchanged.is_empty()
+            && self.direct[table]
+            && !self.careful
+            && !self.staged_in_group.contains(&table);
+        if direct {
+            self.seq += 1;
+            let buffer = self.buffers.entry((table, Dest::Direct)).or_default();
+            for (j, v) in values.iter().enumerate() {
+                if j > 0 {
+                    buffer.data.push(b'\t');
+                }
+                field(&mut buffer.data, *v);
+            }
+            buffer.data.push(b'\n');
+            buffer.rows += 1;
+            return;
+        }
         let ck = map.text(new, map.cloud_key);
-        self.push(map.table, 'I', &unchanged, old, ck, &values);
+        self.push(table, 'I', &unchanged, old, ck, &values);
     }
 
     fn push(
@@ -290,8 +373,9 @@ impl Encoder {
         if op == 'D' || old.is_some() || !unchanged.is_empty() {
             self.complex.insert(table);
         }
+        self.staged_in_group.insert(table);
         let width = self.widths[table];
-        let staging = self.tables.entry(table).or_default();
+        let staging = self.buffers.entry((table, Dest::Staging)).or_default();
         let out = &mut staging.data;
         out.extend_from_slice(self.seq.to_string().as_bytes());
         out.push(b'\t');
@@ -339,15 +423,22 @@ fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
 
 /// COPY text escaping: backslash, tab, newline and carriage return.
 pub fn copy_escape(out: &mut Vec<u8>, value: &[u8]) {
-    for &b in value {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
-        }
+    // Runs of plain bytes are copied whole: most values have nothing to escape.
+    let mut rest = value;
+    while let Some(at) = rest
+        .iter()
+        .position(|&b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+    {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(match rest[at] {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            _ => b"\\r",
+        });
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
 }
 
 /// A text[] literal: `{"a","b"}`, each element quoted with `"` and `\` escaped.
@@ -416,24 +507,37 @@ mod tests {
         (mapping, map)
     }
 
-    fn lines(encoder: &mut Encoder) -> Vec<String> {
-        let staged = encoder.take();
-        staged
-            .get(&0)
-            .map(|s| {
-                String::from_utf8(s.data.clone())
+    /// The rows taken for table 0 and `dest`, one string each.
+    fn taken(encoder: &mut Encoder, dest: Dest) -> Vec<String> {
+        encoder
+            .take()
+            .into_iter()
+            .filter(|c| c.table == 0 && c.dest == dest)
+            .flat_map(|c| {
+                String::from_utf8(c.data)
                     .unwrap()
                     .lines()
                     .map(str::to_string)
-                    .collect()
+                    .collect::<Vec<_>>()
             })
-            .unwrap_or_default()
+            .collect()
+    }
+
+    fn lines(encoder: &mut Encoder) -> Vec<String> {
+        taken(encoder, Dest::Staging)
+    }
+
+    /// An encoder that stages everything (as after a refused direct write), so the staged format shows.
+    fn careful(mapping: &Mapping) -> Encoder {
+        let mut encoder = Encoder::new(mapping);
+        encoder.set_careful(true);
+        encoder
     }
 
     #[test]
     fn only_mobile_rows_are_staged() {
         let (mapping, map) = setup();
-        let mut encoder = Encoder::new(&mapping);
+        let mut encoder = careful(&mapping);
         assert!(!encoder.insert(&map, &RowImage(vec![text("1"), text("a"), text("D")])));
         assert!(!encoder.insert(&map, &RowImage(vec![text("1"), text("a"), Value::Null])));
         assert!(encoder.insert(&map, &RowImage(vec![text("2"), text("b"), text("M")])));
@@ -443,7 +547,7 @@ mod tests {
     #[test]
     fn values_are_escaped_for_copy_and_unchanged_toast_is_listed() {
         let (mapping, map) = setup();
-        let mut encoder = Encoder::new(&mapping);
+        let mut encoder = careful(&mapping);
         encoder.insert(
             &map,
             &RowImage(vec![text("1"), text("tab\there\nnew\\line"), text("M")]),
@@ -466,7 +570,7 @@ mod tests {
     #[test]
     fn a_moved_key_is_a_delete_and_a_new_row() {
         let (mapping, map) = setup();
-        let mut encoder = Encoder::new(&mapping);
+        let mut encoder = careful(&mapping);
         let old = OldImage::Full(RowImage(vec![text("1"), text("a"), text("M")]));
         encoder.update(
             &map,
@@ -482,7 +586,7 @@ mod tests {
     #[test]
     fn claims_give_the_old_row_to_the_insert_that_follows() {
         let (mapping, map) = setup();
-        let mut encoder = Encoder::new(&mapping);
+        let mut encoder = careful(&mapping);
         let claim = Claim::parse(br#"{"op": "update", "schema": "public", "table": "t", "old": {"id": 1, "note": "a", "source": "D"}}"#).unwrap();
         encoder.claim(0, claim);
         encoder.insert(&map, &RowImage(vec![text("1"), text("b"), text("M")]));
@@ -498,5 +602,92 @@ mod tests {
             "2\tD\t\\N\t{\"id\":3,\"note\":\"c\",\"source\":\"D\"}\t\\N\t\\N\t\\N"
         );
         assert!(Claim::parse(b"not json").is_none());
+    }
+
+    #[test]
+    fn new_rows_go_straight_in_until_the_table_stages_something_in_the_group() {
+        let (mapping, map) = setup();
+        let mut encoder = Encoder::new(&mapping);
+        encoder.insert(&map, &RowImage(vec![text("1"), text("a\tb"), text("M")]));
+        encoder.insert(&map, &RowImage(vec![text("2"), Value::Null, text("M")]));
+        assert_eq!(encoder.staged_rows(), 2);
+        // Only the desktop's columns, escaped for COPY, in stream order.
+        assert_eq!(
+            taken(&mut encoder, Dest::Direct),
+            vec!["1\ta\\tb", "2\t\\N"]
+        );
+
+        // An update stages; from then on the group's new rows of that table are staged too.
+        let old = OldImage::Full(RowImage(vec![text("1"), text("a"), text("M")]));
+        encoder.update(
+            &map,
+            Some(&old),
+            &RowImage(vec![text("1"), text("c"), text("M")]),
+        );
+        encoder.insert(&map, &RowImage(vec![text("3"), text("d"), text("M")]));
+        let chunks = encoder.take();
+        assert!(chunks.iter().all(|c| c.dest == Dest::Staging), "{chunks:?}");
+        assert_eq!(chunks.iter().map(|c| c.rows).sum::<u64>(), 2);
+
+        // A new group starts direct again.
+        assert!(encoder.take_complex().contains(&0));
+        encoder.insert(&map, &RowImage(vec![text("4"), text("e"), text("M")]));
+        assert_eq!(taken(&mut encoder, Dest::Direct), vec!["4\te"]);
+
+        // A careful transaction stages even new rows; a claimed row is staged with its old image.
+        encoder.set_careful(true);
+        encoder.insert(&map, &RowImage(vec![text("5"), text("f"), text("M")]));
+        assert_eq!(lines(&mut encoder).len(), 1);
+        encoder.take_complex();
+        encoder.set_careful(false);
+        let claim = Claim::parse(br#"{"op": "update", "schema": "public", "table": "t", "old": {"id": 6, "note": "g", "source": "D"}}"#).unwrap();
+        encoder.claim(0, claim);
+        encoder.insert(&map, &RowImage(vec![text("6"), text("h"), text("M")]));
+        assert_eq!(taken(&mut encoder, Dest::Staging).len(), 1);
+    }
+
+    #[test]
+    fn a_table_without_a_unique_desktop_key_always_stages() {
+        let (mut mapping, _) = setup();
+        mapping.tables[0].desktop_key_unique = false;
+        let (_, map) = setup();
+        let mut encoder = Encoder::new(&mapping);
+        encoder.insert(&map, &RowImage(vec![text("1"), text("a"), text("M")]));
+        assert_eq!(lines(&mut encoder), vec!["1\tI\t\\N\t\\N\t\\N\t1\ta"]);
+    }
+
+    #[test]
+    fn direct_rows_of_parents_are_taken_first() {
+        let (mut mapping, map) = setup();
+        let mut child = mapping.tables[0].clone();
+        child.table.desktop = QualifiedName::new("public", "child");
+        mapping.tables.push(child);
+        // Table 1 is the parent.
+        mapping.parents_first = vec![1, 0];
+        let mut child_map = map.clone();
+        child_map.table = 0;
+        let mut parent_map = map;
+        parent_map.table = 1;
+        let mut encoder = Encoder::new(&mapping);
+        encoder.insert(&child_map, &RowImage(vec![text("1"), text("a"), text("M")]));
+        encoder.insert(
+            &parent_map,
+            &RowImage(vec![text("1"), text("b"), text("M")]),
+        );
+        let order: Vec<usize> = encoder.take().iter().map(|c| c.table).collect();
+        assert_eq!(order, vec![1, 0]);
+    }
+
+    #[test]
+    fn copy_escape_escapes_the_four_special_bytes_and_copies_the_rest() {
+        let escaped = |v: &[u8]| {
+            let mut out = b"x".to_vec();
+            copy_escape(&mut out, v);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(escaped(b""), "x");
+        assert_eq!(escaped("plain ünïcode".as_bytes()), "xplain ünïcode");
+        assert_eq!(escaped(b"\\a\tb\nc\rd\\"), "x\\\\a\\tb\\nc\\rd\\\\");
+        assert_eq!(escaped(b"\t\t"), "x\\t\\t");
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::BatchOutcome;
+use crate::change::Lsn;
 use crate::config::{Config, SyncConfig};
 use crate::db::{DbError, ErrorKind};
 use crate::transform::MappingError;
@@ -26,6 +27,15 @@ pub enum RunError {
     ListenerLost,
     #[error("cloud: replication stream: {0}")]
     Stream(String),
+    #[error("{0}")]
+    Worker(String),
+    /// Reverse: the desktop refused a row written straight into its table (a key it already holds, a
+    /// constraint). The worker receives the transactions up to the given commit position again with
+    /// every row staged, where conflicts and dead letters are sorted out row by row.
+    #[error(
+        "a new mobile row written straight into a desktop table was refused ({0}); receiving the transactions up to {1} again, staged"
+    )]
+    Replay(DbError, Lsn),
     #[error("tandem is not set up for this config:\n{}\nfix: run `tandem init` (and `tandem check`)", .0.iter().map(|m| format!("  - {m}")).collect::<Vec<_>>().join("\n"))]
     NotInstalled(Vec<String>),
 }
@@ -40,6 +50,8 @@ impl RunError {
             RunError::ListenerLost => true,
             RunError::Stream(message) => stream_error_is_transient(message),
             RunError::NotInstalled(_) => false,
+            RunError::Replay(..) => true,
+            RunError::Worker(_) => false,
         }
     }
 }
@@ -78,6 +90,9 @@ pub struct RunStats {
     pub outbox_rows: u64,
     pub outcome: BatchOutcome,
     pub retries: u64,
+    /// Reverse: times a group was received again, staged, after the desktop refused a row written
+    /// straight into its table.
+    pub replays: u64,
 }
 
 /// A test hook: `TANDEM_FAILPOINT=<name>` makes the process abort at that point, like `kill -9`.

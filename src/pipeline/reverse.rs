@@ -32,7 +32,38 @@ use super::{RunError, RunOptions, RunStats, failpoint};
 const ONCE_PREFIX: &str = "tandem.once";
 
 /// The reverse direction of `tandem run`.
+///
+/// It runs on a thread of its own, on a single-threaded runtime: every row of the stream passes from
+/// the replication transport's task to the decoder and on to the desktop connection's task, and on one
+/// thread those hand-overs cost no cross-thread wake-ups (a third of the worker's CPU otherwise).
 pub async fn run_reverse(
+    config: &Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<RunStats, RunError> {
+    let config = config.clone();
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tandem-reverse".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(reverse_worker(&config, options, shutdown)),
+                Err(e) => Err(RunError::Worker(format!(
+                    "cannot start the reverse worker's runtime: {e}"
+                ))),
+            };
+            let _ = done.send(result);
+        })
+        .map_err(|e| RunError::Worker(format!("cannot start the reverse worker's thread: {e}")))?;
+    result
+        .await
+        .unwrap_or_else(|_| Err(RunError::Worker("the reverse worker panicked".into())))
+}
+
+async fn reverse_worker(
     config: &Config,
     options: RunOptions,
     shutdown: CancellationToken,
@@ -43,12 +74,19 @@ pub async fn run_reverse(
         prepared: None,
         stats: RunStats::default(),
         once_token: None,
+        careful_through: None,
     };
     let mut delays = retry::backoff();
     loop {
         let before = worker.stats.batches;
         match worker.session(&shutdown).await {
             Ok(()) => return Ok(worker.stats),
+            Err(RunError::Replay(cause, through)) => {
+                // Not a failure: the slot sends the group again (nothing of it was confirmed).
+                tracing::info!(%cause, through = %through, "reverse: a row written directly was refused; receiving the group again, staged");
+                worker.stats.replays += 1;
+                worker.careful_through = worker.careful_through.max(Some(through));
+            }
             Err(e) if e.is_transient() => {
                 worker.stats.retries += 1;
                 if worker.stats.batches > before {
@@ -79,6 +117,9 @@ struct Reverse<'a> {
     stats: RunStats,
     /// With `once`: the marker this run emitted; reaching it means everything before the start is here.
     once_token: Option<String>,
+    /// Transactions committed at or before this position stage every row (they are being received
+    /// again after the desktop refused a row written straight into its table).
+    careful_through: Option<Lsn>,
 }
 
 /// The state of one connected stretch.
@@ -93,6 +134,9 @@ struct Stream<'a> {
     encoder: Encoder,
     /// End LSN of the last transaction applied to the desktop.
     stored: Option<Lsn>,
+    careful_through: Option<Lsn>,
+    /// Commit position of the last transaction that began: where a replay must reach.
+    last_final: Lsn,
     in_transaction: bool,
     skip_transaction: bool,
     /// End LSN of the last committed transaction of the group not yet applied, and when it began.
@@ -153,6 +197,8 @@ impl Reverse<'_> {
             maps: HashMap::new(),
             encoder: Encoder::new(&prepared.mapping),
             stored,
+            careful_through: self.careful_through,
+            last_final: Lsn::default(),
             in_transaction: false,
             skip_transaction: false,
             pending: None,
@@ -218,10 +264,13 @@ impl Stream<'_> {
             };
             match event {
                 ReplicationEvent::Begin { final_lsn, .. } => {
+                    let final_lsn = Lsn(final_lsn.as_u64());
                     self.in_transaction = true;
                     self.group_began.get_or_insert_with(Instant::now);
-                    self.skip_transaction =
-                        self.stored.is_some_and(|s| Lsn(final_lsn.as_u64()) < s);
+                    self.skip_transaction = self.stored.is_some_and(|s| final_lsn < s);
+                    self.last_final = final_lsn;
+                    self.encoder
+                        .set_careful(self.careful_through.is_some_and(|c| final_lsn <= c));
                 }
                 ReplicationEvent::XLogData { data, .. } => self.change(&data).await?,
                 ReplicationEvent::Message {
@@ -322,22 +371,35 @@ impl Stream<'_> {
         }
     }
 
-    /// Sends the buffered rows towards the desktop's staging tables (the COPY goes on in the
-    /// background while the stream is read).
+    /// Sends the buffered rows towards the desktop (the COPY goes on in the background while the
+    /// stream is read).
     async fn flush(&mut self) -> Result<(), RunError> {
-        for (i, staging) in self.encoder.take() {
-            self.group_rows += staging.rows;
-            self.applier
+        for chunk in self.encoder.take() {
+            self.group_rows += chunk.rows;
+            let staged = self
+                .applier
                 .stage(
                     &self.desktop,
                     &mut self.session,
-                    i,
-                    staging.data,
-                    staging.rows,
+                    chunk.table,
+                    chunk.dest,
+                    chunk.data,
+                    chunk.rows,
                 )
-                .await?;
+                .await;
+            staged.map_err(|e| self.refused(e))?;
         }
         Ok(())
+    }
+
+    /// A desktop error while the group wrote rows straight into desktop tables: a refused row there
+    /// means receiving the group again, staged.
+    fn refused(&self, e: db::DbError) -> RunError {
+        if e.kind() == db::ErrorKind::BadRow && self.session.wrote_direct() {
+            RunError::Replay(e, self.last_final)
+        } else {
+            e.into()
+        }
     }
 
     async fn apply(&mut self, stats: &mut RunStats) -> Result<(), RunError> {
@@ -348,7 +410,7 @@ impl Stream<'_> {
         let rows = std::mem::take(&mut self.group_rows);
         let complex = self.encoder.take_complex();
         let started = Instant::now();
-        let outcome = self
+        let committed = self
             .applier
             .commit(
                 &self.desktop,
@@ -357,7 +419,8 @@ impl Stream<'_> {
                 end,
                 &complex,
             )
-            .await?;
+            .await;
+        let outcome = committed.map_err(|e| self.refused(e))?;
         failpoint("reverse-after-commit");
         self.replication
             .update_applied_lsn(pgwire_replication::Lsn::from_u64(end.0));

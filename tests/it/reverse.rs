@@ -291,7 +291,10 @@ async fn a_key_collision_is_a_conflict_and_both_sides_keep_their_data() {
         "INSERT INTO reminder (rem_id, rem_subject) VALUES (5, 'Phone')",
     )
     .await;
-    reverse_once(&config).await;
+    let stats = reverse_once(&config).await;
+    // mbreminder's id has no unique constraint on the desktop: its rows are always staged, never
+    // written straight in (see the next test for a table whose key is unique).
+    assert_eq!(stats.replays, 0, "{stats:?}");
     let desktop = db.desktop().await;
     assert_eq!(
         rows(&desktop, "mbreminder", "rem_id, rem_subject", "true").await,
@@ -327,6 +330,7 @@ async fn rows_the_desktop_refuses_are_dead_letters() {
     phone(&db, "INSERT INTO learequest (lea_id, staff_id, leave_type) VALUES (1, 1, 'Sick leave'), (2, 1, 'CL')").await;
     let stats = reverse_once(&config).await;
     assert_eq!(stats.outcome.dead_letters, 1, "{stats:?}");
+    assert_eq!(stats.replays, 1, "{stats:?}");
     let desktop = db.desktop().await;
     assert_eq!(
         rows(&desktop, "learequest", "lea_id", "true").await,
@@ -341,6 +345,83 @@ async fn rows_the_desktop_refuses_are_dead_letters() {
         )
         .await,
         vec![r#"(reverse,learequest,"{""lea_id"": 1}",22001)"#]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_direct_write_brings_the_group_again_staged_with_nothing_lost_or_doubled() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    // learequest's key is the desktop's primary key: new rows go straight into the desktop table.
+    db.desktop()
+        .await
+        .batch_execute(
+            "INSERT INTO learequest (lea_id, staff_id, leave_type, reason) VALUES (5, 1, 'CL', 'Desk')",
+        )
+        .await
+        .unwrap();
+    // One transaction with new rows of a parent and its child around a key the desktop already holds,
+    // then two more transactions: all arrive in one group.
+    phone(
+        &db,
+        "BEGIN;
+         INSERT INTO learequest (lea_id, staff_id, leave_type, reason) SELECT g, 1, 'CL', 'Phone ' || g FROM generate_series(1, 4) g;
+         INSERT INTO jobshead (job_id, client_id, job_name, job_status) VALUES (300, 2, 'Phone job', 'Open');
+         INSERT INTO jobtasks (job_id, client_id, task_id, task_name) VALUES (300, 2, 1, 'Phone task');
+         INSERT INTO learequest (lea_id, staff_id, leave_type, reason) VALUES (5, 2, 'SL', 'Phone');
+         INSERT INTO learequest (lea_id, staff_id, leave_type, reason) SELECT g, 1, 'CL', 'Phone ' || g FROM generate_series(6, 8) g;
+         COMMIT;
+         INSERT INTO learequest (lea_id, staff_id, leave_type, reason) VALUES (9, 1, 'CL', 'Phone 9');
+         INSERT INTO jobtasks (job_id, client_id, task_id, task_name) VALUES (300, 2, 2, 'Second task');",
+    )
+    .await;
+    let stats = reverse_once(&config).await;
+    // The desktop refused the direct write of request 5; the group came again, staged.
+    assert_eq!(stats.replays, 1, "{stats:?}");
+    assert_eq!(stats.outcome.conflicts, 1, "{stats:?}");
+    let desktop = db.desktop().await;
+    let mut expected: Vec<String> = (1..=9)
+        .map(|i| match i {
+            5 => "(5,1,Desk)".to_string(),
+            _ => format!("({i},1,\"Phone {i}\")"),
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(
+        rows(&desktop, "learequest", "lea_id, staff_id, reason", "true").await,
+        expected
+    );
+    assert_eq!(
+        rows(&desktop, "jobtasks", "job_id, task_name", "job_id = 300").await,
+        vec!["(300,\"Phone task\")", "(300,\"Second task\")"]
+    );
+    let reason: String = desktop
+        .query_one("SELECT reason FROM tandem.conflicts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("key collision"), "{reason}");
+    // Only the desktop's own request 5 waits to go to the cloud: nothing tandem wrote echoes.
+    assert_eq!(
+        rows(&desktop, "tandem.outbox", "table_name, op, row_key", "true").await,
+        vec![r#"(learequest,I,{5})"#]
+    );
+
+    // The next group goes straight in again.
+    phone(
+        &db,
+        "INSERT INTO learequest (lea_id, staff_id, leave_type, reason) VALUES (10, 1, 'CL', 'Phone 10')",
+    )
+    .await;
+    let stats = reverse_once(&config).await;
+    assert_eq!((stats.replays, stats.outcome.written), (0, 1), "{stats:?}");
+    assert_eq!(
+        count(
+            &desktop,
+            "SELECT count(*) FROM learequest WHERE lea_id = 10"
+        )
+        .await,
+        1
     );
 }
 
@@ -378,6 +459,7 @@ async fn a_million_row_transaction_arrives_whole() {
     .await;
     let stats = reverse_once(&config).await;
     assert_eq!(stats.outcome.written, 1_000_000, "{stats:?}");
+    assert_eq!(stats.replays, 0, "{stats:?}");
     let desktop = db.desktop().await;
     assert_eq!(
         count(&desktop, "SELECT count(*) FROM learequest").await,
