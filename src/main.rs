@@ -203,14 +203,15 @@ async fn run_command(config: &Config, once: bool) -> anyhow::Result<ExitCode> {
         forward.retries
     );
     println!(
-        "run: reverse {} group(s), {} cloud transaction(s); {} row(s) written, {} deleted, {} conflict(s), {} dead letter(s), {} reconnect(s)",
+        "run: reverse {} group(s), {} cloud transaction(s); {} row(s) written, {} deleted, {} conflict(s), {} dead letter(s), {} reconnect(s), {} group(s) received again staged",
         reverse.batches,
         reverse.outbox_rows,
         r.written,
         r.deleted,
         r.conflicts,
         r.dead_letters,
-        reverse.retries
+        reverse.retries,
+        reverse.replays
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@
 //! publication never pins the cloud's WAL.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
@@ -30,6 +30,10 @@ use super::{RunError, RunOptions, RunStats, failpoint};
 
 /// The prefix of the marker `run --once` emits to know when it has seen everything before its start.
 const ONCE_PREFIX: &str = "tandem.once";
+/// A transaction past this many changes is big: when the stream runs dry inside it, the worker naps
+/// (see `Stream::nap_if_dry`).
+const NAP_AFTER_CHANGES: u64 = 1_000;
+const NAP: Duration = Duration::from_micros(500);
 
 /// The reverse direction of `tandem run`.
 ///
@@ -138,6 +142,8 @@ struct Stream<'a> {
     /// Commit position of the last transaction that began: where a replay must reach.
     last_final: Lsn,
     in_transaction: bool,
+    /// Changes received in the transaction in progress.
+    tx_changes: u64,
     skip_transaction: bool,
     /// End LSN of the last committed transaction of the group not yet applied, and when it began.
     pending: Option<(Lsn, Instant)>,
@@ -200,6 +206,7 @@ impl Reverse<'_> {
             careful_through: self.careful_through,
             last_final: Lsn::default(),
             in_transaction: false,
+            tx_changes: 0,
             skip_transaction: false,
             pending: None,
             group_rows: 0,
@@ -223,6 +230,22 @@ impl Reverse<'_> {
 }
 
 impl Stream<'_> {
+    /// Inside a big transaction, when no event is waiting: the thread sleeps for a moment instead of
+    /// waking for every row the walsender sends (it sends and flushes each change on its own). The
+    /// socket meanwhile fills, and the next read takes hundreds of rows at once. Nothing of the
+    /// transaction can be applied before its commit arrives anyway, so latency loses at most one nap
+    /// per transaction; small transactions never nap.
+    ///
+    /// A blocking sleep on purpose: the reverse worker has its thread and its single-threaded runtime
+    /// to itself, and the point is that the replication transport's task does not run either.
+    fn nap_if_dry(&mut self) -> Option<pgwire_replication::Result<Option<ReplicationEvent>>> {
+        let waiting = self.replication.recv().now_or_never();
+        if waiting.is_none() {
+            std::thread::sleep(NAP);
+        }
+        waiting
+    }
+
     async fn run(
         &mut self,
         shutdown: &CancellationToken,
@@ -246,6 +269,12 @@ impl Stream<'_> {
                         continue;
                     }
                 }
+            } else if let Some(event) = (self.in_transaction
+                && self.tx_changes >= NAP_AFTER_CHANGES)
+                .then(|| self.nap_if_dry())
+                .flatten()
+            {
+                event.map_err(stream_error)?
             } else {
                 tokio::select! {
                     biased;
@@ -266,13 +295,17 @@ impl Stream<'_> {
                 ReplicationEvent::Begin { final_lsn, .. } => {
                     let final_lsn = Lsn(final_lsn.as_u64());
                     self.in_transaction = true;
+                    self.tx_changes = 0;
                     self.group_began.get_or_insert_with(Instant::now);
                     self.skip_transaction = self.stored.is_some_and(|s| final_lsn < s);
                     self.last_final = final_lsn;
                     self.encoder
                         .set_careful(self.careful_through.is_some_and(|c| final_lsn <= c));
                 }
-                ReplicationEvent::XLogData { data, .. } => self.change(&data).await?,
+                ReplicationEvent::XLogData { data, .. } => {
+                    self.tx_changes += 1;
+                    self.change(&data).await?
+                }
                 ReplicationEvent::Message {
                     prefix, content, ..
                 } => {
