@@ -3,7 +3,8 @@
 //! Starts two throwaway clusters (both `wal_level = logical`, fsync off; the cloud with
 //! `wal_sender_timeout = '10s'`) and measures how fast rows a phone makes in the cloud (plain INSERTs,
 //! which tandem's ownership trigger marks `source = 'M'`) reach the desktop through tandem's reverse
-//! worker: commit → visible latency for paced single-row commits, and one 100k-row transaction. In the
+//! worker: commit → visible latency for paced single-row commits, and 100k-row transactions (five, one
+//! after the other; their median counts). In the
 //! same run, on the same clusters, PostgreSQL's own logical replication (a subscription on the desktop to
 //! a publication in the cloud) does the same. Last, the peak RSS of `tandem run --once`, run as a
 //! separate process, through one 1M-row cloud transaction.
@@ -13,6 +14,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
@@ -27,9 +29,12 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-/// Rows of the one-transaction throughput figure, and the first id they take.
+/// Rows of the one-transaction throughput figure, the first id they take, and how many such
+/// transactions each side runs (one after the other; the figure is their median: on two shared cores a
+/// single run swings by ±20%).
 const BULK_ROWS: i32 = 100_000;
 const BULK_FIRST_ID: i32 = 1_000_001;
+const BULK_RUNS: i32 = 5;
 /// Rows of the one-transaction memory figure (`tandem run --once` in its own process).
 const RSS_ROWS: i32 = 1_000_000;
 /// (commits per second, commits) of the latency figures.
@@ -42,7 +47,7 @@ const CHILD_DEADLINE: Duration = Duration::from_secs(150);
 
 const GOAL_P50_MS: f64 = 5.0;
 const GOAL_P99_MS: f64 = 10.0;
-/// tandem's 100k-row transaction rate divided by native replication's, at least.
+/// tandem's median 100k-row transaction rate divided by native replication's, at least.
 const GOAL_BULK_RATIO: f64 = 1.0;
 const GOAL_RSS_MB: f64 = 128.0;
 
@@ -90,6 +95,13 @@ impl Throughput {
     }
 }
 
+/// The median run by rows/s.
+fn median(runs: &[Throughput]) -> Option<&Throughput> {
+    let mut sorted: Vec<&Throughput> = runs.iter().collect();
+    sorted.sort_by(|a, b| a.rows_per_s().total_cmp(&b.rows_per_s()));
+    sorted.get(sorted.len() / 2).copied()
+}
+
 /// `tandem run --once` through one big transaction, in its own process.
 #[derive(Debug, Clone)]
 struct RssRun {
@@ -126,9 +138,9 @@ impl RssRun {
 #[derive(Debug, Default)]
 struct Results {
     latency: Vec<Latency>,
-    bulk: Option<Throughput>,
+    bulk: Vec<Throughput>,
     native_latency: Vec<Latency>,
-    native_bulk: Option<Throughput>,
+    native_bulk: Vec<Throughput>,
     rss: Option<RssRun>,
 }
 
@@ -142,8 +154,8 @@ async fn bench(desktop: &LocalCluster, cloud: &LocalCluster) -> Result<()> {
         .await?
         .get(0);
     println!(
-        "PostgreSQL {version}; {} CPU(s); tandem's reverse worker runs in this process (tokio multi-thread \
-         runtime) except for the memory figure",
+        "PostgreSQL {version}; {} CPU(s); tandem's reverse worker runs in this process (on its own thread, \
+         as in `tandem run`) except for the memory figure",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let mut env = Env {
@@ -361,17 +373,19 @@ async fn wait_slot_free(cloud: &Client, slot: &str) -> Result<()> {
 }
 
 /// Polls until the desktop has the row `id`.
-async fn wait_row(desktop: &Client, table: &str, id: i32) -> Result<()> {
+/// Polls (an index probe) until row `id` is visible; returns when it was seen.
+async fn wait_row(desktop: &Client, table: &str, id: i32) -> Result<Instant> {
     let stmt = desktop
         .prepare(&format!("SELECT count(*) FROM {table} WHERE id = $1"))
         .await?;
     let deadline = Instant::now() + POLL_DEADLINE;
     loop {
         let n: i64 = desktop.query_one(&stmt, &[&id]).await?.get(0);
+        let seen = Instant::now();
         if n > 0 {
-            return Ok(());
+            return Ok(seen);
         }
-        if Instant::now() > deadline {
+        if seen > deadline {
             bail!("row {id} of {table} did not reach the desktop in {POLL_DEADLINE:?}");
         }
         tokio::time::sleep(POLL_EVERY).await;
@@ -385,25 +399,6 @@ async fn count(client: &Client, table: &str) -> Result<i64> {
         .get(0))
 }
 
-/// Polls `SELECT count(*)` every 2 ms until it reaches `target`; returns when it saw it.
-async fn wait_count(desktop: &Client, table: &str, target: i64) -> Result<Instant> {
-    let stmt = desktop
-        .prepare(&format!("SELECT count(*) FROM {table}"))
-        .await?;
-    let deadline = Instant::now() + POLL_DEADLINE;
-    loop {
-        let n: i64 = desktop.query_one(&stmt, &[]).await?.get(0);
-        let seen = Instant::now();
-        if n >= target {
-            return Ok(seen);
-        }
-        if seen > deadline {
-            bail!("{table} on the desktop holds {n} of {target} rows after {POLL_DEADLINE:?}");
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
-
 /// The phone's rows. `source` is written as 'M' for native_m too (tandem's ownership trigger sets it
 /// on bench_m anyway), so both tables hold the same rows.
 fn bulk_insert(table: &str, first: i32, last: i32) -> String {
@@ -413,23 +408,65 @@ fn bulk_insert(table: &str, first: i32, last: i32) -> String {
     )
 }
 
-/// One cloud transaction of `BULK_ROWS` rows; the desktop already holds `baseline` rows.
+/// `BULK_RUNS` cloud transactions of `BULK_ROWS` rows each, one after the other: each is timed from
+/// its commit to all its rows visible on the desktop before the next begins. Prints where the CPU
+/// went meanwhile.
+async fn bulk_runs(
+    clusters: (&LocalCluster, &LocalCluster),
+    cloud: &mut Client,
+    desktop: &Client,
+    table: &str,
+) -> Result<Vec<Throughput>> {
+    let cpu_before = CpuSample::take(clusters.0, clusters.1)?;
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for run in 0..BULK_RUNS {
+        let baseline = count(desktop, table).await?;
+        let first = BULK_FIRST_ID + run * BULK_ROWS;
+        let t = one_tx(cloud, desktop, table, first, baseline).await?;
+        println!(
+            "    run {}/{BULK_RUNS}: {:.3} s → {} rows/s",
+            run + 1,
+            t.elapsed.as_secs_f64(),
+            thousands(t.rows_per_s())
+        );
+        runs.push(t);
+    }
+    let wall = started.elapsed();
+    print_cpu(
+        &CpuSample::take(clusters.0, clusters.1)?.since(&cpu_before),
+        wall,
+    );
+    Ok(runs)
+}
+
+/// One cloud transaction of `BULK_ROWS` rows from id `first`; the desktop already holds `baseline`
+/// rows.
 async fn one_tx(
     cloud: &mut Client,
     desktop: &Client,
     table: &str,
+    first: i32,
     baseline: i64,
 ) -> Result<Throughput> {
     let started = Instant::now();
     let tx = cloud.transaction().await?;
-    tx.execute(
-        &bulk_insert(table, BULK_FIRST_ID, BULK_FIRST_ID + BULK_ROWS - 1),
-        &[],
-    )
-    .await?;
+    tx.execute(&bulk_insert(table, first, first + BULK_ROWS - 1), &[])
+        .await?;
     tx.commit().await?;
     let committed = Instant::now();
-    let visible = wait_count(desktop, table, baseline + i64::from(BULK_ROWS)).await?;
+    // The rows come in one desktop transaction (tandem's, or the subscription's apply of the cloud's
+    // one), so the last row visible means all are: polling for it is an index probe, where counting
+    // would cost the desktop a scan of a growing table every 2 ms. The count checks it afterwards.
+    let visible = wait_row(desktop, table, first + BULK_ROWS - 1).await?;
+    let n = count(desktop, table).await?;
+    let target = baseline + i64::from(BULK_ROWS);
+    if n != target {
+        bail!(
+            "{table} on the desktop holds {n} rows once row {} is there, not {target}",
+            first + BULK_ROWS - 1
+        );
+    }
     Ok(Throughput {
         rows: BULK_ROWS,
         elapsed: visible - committed,
@@ -438,7 +475,7 @@ async fn one_tx(
     })
 }
 
-/// The in-process figures on one pair: the latency runs, then the 100k-row transaction (arrival
+/// The in-process figures on one pair: the latency runs, then the 100k-row transactions (arrival
 /// trigger off), each with a fresh worker.
 async fn tandem_figures(env: &mut Env<'_>, results: &mut Results) -> Result<()> {
     let (mut pair, config, _) = env.tandem("tandem", SLOT, true).await?;
@@ -475,18 +512,25 @@ async fn tandem_figures(env: &mut Env<'_>, results: &mut Results) -> Result<()> 
         .await?;
     warm_up_id -= 1;
     let worker = Worker::start(&config, &pair, "bench_m", warm_up_id).await?;
-    let baseline = count(&pair.desktop, "bench_m").await?;
-    let (mut t, worker) = worker
-        .during(one_tx(&mut pair.cloud, &pair.desktop, "bench_m", baseline))
+    let (mut runs, worker) = worker
+        .during(bulk_runs(
+            (env.desktop, env.cloud),
+            &mut pair.cloud,
+            &pair.desktop,
+            "bench_m",
+        ))
         .await?;
-    t.stats = Some(worker.stop().await?);
-    print_throughput("tandem", &t);
-    results.bulk = Some(t);
+    let stats = worker.stop().await?;
+    if let Some(last) = runs.last_mut() {
+        last.stats = Some(stats);
+    }
+    print_throughput("tandem", &runs);
+    results.bulk = runs;
     Ok(())
 }
 
 /// PostgreSQL's own logical replication over `native_m`, cloud → desktop: the latency runs, then one
-/// 100k-row transaction. The subscription and its slot are removed whatever happens.
+/// 100k-row transactions. The subscription and its slot are removed whatever happens.
 ///
 /// The publication has no row filter (every row of native_m is the phone's anyway) but a column list:
 /// the desktop table lacks `source`, `created_at` and `updated_at`, and a subscriber refuses a
@@ -521,13 +565,17 @@ async fn native(env: &mut Env<'_>, results: &mut Results) -> Result<()> {
         ))
         .await
         .context("CREATE SUBSCRIPTION")?;
-    let measured = native_measure(&mut pair, results).await;
+    let measured = native_measure((env.desktop, env.cloud), &mut pair, results).await;
     let dropped = drop_subscription(&pair).await;
     measured?;
     dropped
 }
 
-async fn native_measure(pair: &mut Pair, results: &mut Results) -> Result<()> {
+async fn native_measure(
+    clusters: (&LocalCluster, &LocalCluster),
+    pair: &mut Pair,
+    results: &mut Results,
+) -> Result<()> {
     // Ready: the table's sync state is 'r' and a warm-up row went through.
     let deadline = Instant::now() + POLL_DEADLINE;
     loop {
@@ -578,10 +626,9 @@ async fn native_measure(pair: &mut Pair, results: &mut Results) -> Result<()> {
             "ALTER TABLE native_m DISABLE TRIGGER {ARRIVAL_TRIGGER}"
         ))
         .await?;
-    let baseline = count(&pair.desktop, "native_m").await?;
-    let t = one_tx(&mut pair.cloud, &pair.desktop, "native_m", baseline).await?;
-    print_throughput("native", &t);
-    results.native_bulk = Some(t);
+    let runs = bulk_runs(clusters, &mut pair.cloud, &pair.desktop, "native_m").await?;
+    print_throughput("native", &runs);
+    results.native_bulk = runs;
     Ok(())
 }
 
@@ -751,6 +798,137 @@ fn children_maxrss_kb() -> Result<i64> {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// CPU accounting (Linux /proc)
+
+/// CPU ticks (user + system) of every process of both clusters and of this process's threads, at one
+/// moment. Two of them give where the CPU went in between: the clusters' walsenders, backends, apply
+/// workers, and tandem's reverse thread.
+struct CpuSample {
+    /// pid → (what it is, ticks); processes of both clusters.
+    servers: HashMap<u32, (String, u64)>,
+    /// thread name → ticks, this process's threads.
+    threads: HashMap<String, u64>,
+}
+
+impl CpuSample {
+    fn take(desktop: &LocalCluster, cloud: &LocalCluster) -> Result<Self> {
+        let mut servers = HashMap::new();
+        let postmasters = [
+            (postmaster_pid(desktop)?, "desktop"),
+            (postmaster_pid(cloud)?, "cloud"),
+        ];
+        for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Some((ppid, ticks)) = read_stat(&format!("/proc/{pid}/stat")) else {
+                continue; // gone meanwhile
+            };
+            if let Some((_, side)) = postmasters.iter().find(|(pm, _)| *pm == ppid) {
+                let title =
+                    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                servers.insert(pid, (format!("{side} {}", server_role(&title)), ticks));
+            }
+        }
+        let mut threads = HashMap::new();
+        for entry in std::fs::read_dir("/proc/self/task").context("reading /proc/self/task")? {
+            let task = entry?.path();
+            let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+            if let Some((_, ticks)) = read_stat(&task.join("stat").to_string_lossy()) {
+                *threads.entry(name.trim().to_string()).or_default() += ticks;
+            }
+        }
+        Ok(CpuSample { servers, threads })
+    }
+
+    /// CPU seconds per kind of process since `before`, largest first. A server process that began and
+    /// ended in between is not seen.
+    fn since(&self, before: &CpuSample) -> Vec<(String, f64)> {
+        // SAFETY: sysconf only reads a constant.
+        let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut by_role: HashMap<String, u64> = HashMap::new();
+        for (pid, (role, ticks)) in &self.servers {
+            let start = before.servers.get(pid).map_or(0, |(_, t)| *t);
+            *by_role.entry(role.clone()).or_default() += ticks.saturating_sub(start);
+        }
+        let mut reverse = 0;
+        let mut rest = 0;
+        for (name, ticks) in &self.threads {
+            let spent = ticks.saturating_sub(before.threads.get(name).copied().unwrap_or(0));
+            if name == "tandem-reverse" {
+                reverse += spent;
+            } else {
+                rest += spent;
+            }
+        }
+        if reverse > 0 {
+            by_role.insert("tandem-reverse thread".into(), reverse);
+        }
+        by_role.insert("bench process, other threads".into(), rest);
+        let mut out: Vec<(String, f64)> = by_role
+            .into_iter()
+            .filter(|(_, t)| *t > 0)
+            .map(|(role, t)| (role, t as f64 / per_s))
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+}
+
+fn postmaster_pid(cluster: &LocalCluster) -> Result<u32> {
+    let path = cluster.dir().join("data").join("postmaster.pid");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow!("{} does not start with a pid", path.display()))
+}
+
+/// (parent pid, user + system ticks) from a /proc stat file.
+fn read_stat(path: &str) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is the first.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+/// What a server process is, from the title PostgreSQL gives it.
+fn server_role(title: &str) -> &'static str {
+    let title = title.replace('\0', " ");
+    if title.contains("walsender") {
+        "walsender"
+    } else if title.contains("logical replication") {
+        "apply worker"
+    } else if title.contains("autovacuum") {
+        "autovacuum"
+    } else if ["checkpointer", "background writer", "walwriter", "archiver"]
+        .iter()
+        .any(|p| title.contains(p))
+    {
+        "background writers"
+    } else {
+        "backends"
+    }
+}
+
+fn print_cpu(spent: &[(String, f64)], wall: Duration) {
+    let parts: Vec<String> = spent
+        .iter()
+        .map(|(role, s)| format!("{role} {s:.2} s"))
+        .collect();
+    let total: f64 = spent.iter().map(|(_, s)| s).sum();
+    println!(
+        "      CPU over these runs ({:.2} s of wall clock, {total:.2} CPU s in all): {}",
+        wall.as_secs_f64(),
+        parts.join(", ")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Printing
 
 fn print_stats(s: &RunStats) -> String {
@@ -767,24 +945,32 @@ fn print_stats(s: &RunStats) -> String {
     )
 }
 
-fn print_throughput(who: &str, t: &Throughput) {
+/// The median of the runs; the worker's counters (kept on the last run) cover them all.
+fn print_throughput(who: &str, runs: &[Throughput]) {
+    let (Some(t), Some(last)) = (median(runs), runs.last()) else {
+        return;
+    };
+    let rates: Vec<f64> = runs.iter().map(Throughput::rows_per_s).collect();
     println!(
-        "  {who}, one {}-row transaction, cloud commit → all rows visible on the desktop (SELECT count(*) \
-         every 2 ms): {:.3} s → {} rows/s",
+        "  {who}, {} transactions of {} rows one after the other, cloud commit → all rows visible on the \
+         desktop (its last row looked up every 2 ms): median {:.3} s → {} rows/s (runs from {} to {} rows/s)",
+        runs.len(),
         thousands(f64::from(t.rows)),
         t.elapsed.as_secs_f64(),
         thousands(t.rows_per_s()),
+        thousands(rates.iter().copied().fold(f64::INFINITY, f64::min)),
+        thousands(rates.iter().copied().fold(0.0, f64::max)),
     );
     let mut detail = format!(
         "      cloud write (INSERT … SELECT + COMMIT{}) {:.3} s",
-        if t.stats.is_some() {
+        if last.stats.is_some() {
             ", incl. tandem's ownership trigger"
         } else {
             ", no triggers"
         },
         t.cloud_write.as_secs_f64()
     );
-    if let Some(s) = &t.stats {
+    if let Some(s) = &last.stats {
         detail.push_str("; ");
         detail.push_str(&print_stats(s));
     }
@@ -825,8 +1011,9 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// Median rows/s over median rows/s.
 fn bulk_ratio(r: &Results) -> Option<f64> {
-    match (&r.bulk, &r.native_bulk) {
+    match (median(&r.bulk), median(&r.native_bulk)) {
         (Some(t), Some(n)) => Some(t.rows_per_s() / n.rows_per_s()),
         _ => None,
     }
@@ -851,7 +1038,7 @@ fn print_ratios(r: &Results) {
     }
     if let Some(q) = bulk_ratio(r) {
         println!(
-            "  one {}-row transaction, tandem rows/s / native rows/s (> 1 = tandem faster): {q:.2}× \
+            "  one {}-row transaction, tandem median rows/s / native median rows/s (> 1 = tandem faster): {q:.2}× \
              [goal ≥ {GOAL_BULK_RATIO:.1}×: {}]",
             thousands(f64::from(BULK_ROWS)),
             verdict(q >= GOAL_BULK_RATIO)
@@ -914,7 +1101,8 @@ fn latency_ratio_cell(r: &Results, target: u32) -> String {
 }
 
 fn print_summary(r: &Results) {
-    let rate = |t: Option<&Throughput>| t.map_or("-".to_string(), |t| thousands(t.rows_per_s()));
+    let rate =
+        |runs: &[Throughput]| median(runs).map_or("-".to_string(), |t| thousands(t.rows_per_s()));
     let row = |label: &str, a: &str, b: &str, c: &str| {
         println!("  {label:<40} {a:>24} {b:>24} {c:>16}");
     };
@@ -922,20 +1110,20 @@ fn print_summary(r: &Results) {
         "",
         "1,000/s p50/p99/max",
         "200/s p50/p99/max",
-        "100k × 1 tx",
+        "100k × 1 tx, median",
     );
     row("", "ms", "ms", "rows/s");
     row(
         "tandem reverse worker",
         &latency_cell(&r.latency, 1_000),
         &latency_cell(&r.latency, 200),
-        &rate(r.bulk.as_ref()),
+        &rate(&r.bulk),
     );
     row(
         "PostgreSQL native logical replication",
         &latency_cell(&r.native_latency, 1_000),
         &latency_cell(&r.native_latency, 200),
-        &rate(r.native_bulk.as_ref()),
+        &rate(&r.native_bulk),
     );
     row(
         "tandem / native",
@@ -992,13 +1180,11 @@ fn one_line_summary(r: &Results) -> String {
         )
     });
     format!(
-        "SUMMARY reverse: tandem {}; 100k×1tx {} rows/s | native {}; 100k×1tx {} rows/s | bulk tandem/native {} | {rss}",
+        "SUMMARY reverse: tandem {}; 100k×1tx median {} rows/s | native {}; 100k×1tx median {} rows/s | bulk tandem/native {} | {rss}",
         lat(&r.latency),
-        r.bulk
-            .map_or("-".to_string(), |t| thousands(t.rows_per_s())),
+        median(&r.bulk).map_or("-".to_string(), |t| thousands(t.rows_per_s())),
         lat(&r.native_latency),
-        r.native_bulk
-            .map_or("-".to_string(), |t| thousands(t.rows_per_s())),
+        median(&r.native_bulk).map_or("-".to_string(), |t| thousands(t.rows_per_s())),
         bulk_ratio(r).map_or("-".to_string(), |q| format!("{q:.2}×")),
     )
 }
