@@ -2,6 +2,7 @@
 //! replication → desktop), each in its own task, sharing the shutdown signal and the retry policy.
 
 pub mod forward;
+mod nap;
 pub mod reverse;
 
 use std::time::Duration;

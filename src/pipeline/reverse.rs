@@ -10,7 +10,7 @@
 //! publication never pins the cloud's WAL.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::FutureExt;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
@@ -26,6 +26,7 @@ use crate::db::{self, Context};
 use crate::retry;
 use crate::transform::Mapping;
 
+use super::nap::Nap;
 use super::{RunError, RunOptions, RunStats, failpoint};
 
 /// The prefix of the marker `run --once` emits to know when it has seen everything before its start.
@@ -33,7 +34,6 @@ const ONCE_PREFIX: &str = "tandem.once";
 /// A transaction past this many changes is big: when the stream runs dry inside it, the worker naps
 /// (see `Stream::nap_if_dry`).
 const NAP_AFTER_CHANGES: u64 = 1_000;
-const NAP: Duration = Duration::from_micros(500);
 
 /// The reverse direction of `tandem run`.
 ///
@@ -144,6 +144,7 @@ struct Stream<'a> {
     in_transaction: bool,
     /// Changes received in the transaction in progress.
     tx_changes: u64,
+    nap: Nap,
     skip_transaction: bool,
     /// End LSN of the last committed transaction of the group not yet applied, and when it began.
     pending: Option<(Lsn, Instant)>,
@@ -207,6 +208,7 @@ impl Reverse<'_> {
             last_final: Lsn::default(),
             in_transaction: false,
             tx_changes: 0,
+            nap: Nap::default(),
             skip_transaction: false,
             pending: None,
             group_rows: 0,
@@ -230,18 +232,17 @@ impl Reverse<'_> {
 }
 
 impl Stream<'_> {
-    /// Inside a big transaction, when no event is waiting: the thread sleeps for a moment instead of
-    /// waking for every row the walsender sends (it sends and flushes each change on its own). The
-    /// socket meanwhile fills, and the next read takes hundreds of rows at once. Nothing of the
-    /// transaction can be applied before its commit arrives anyway, so latency loses at most one nap
-    /// per transaction; small transactions never nap.
+    /// Inside a big transaction, when no event is waiting: the thread sleeps for a moment (see
+    /// [`Nap`]) instead of waking for every row. Nothing of the transaction can be applied before its
+    /// commit arrives anyway, so latency loses at most one nap per transaction; small transactions
+    /// never nap.
     ///
     /// A blocking sleep on purpose: the reverse worker has its thread and its single-threaded runtime
     /// to itself, and the point is that the replication transport's task does not run either.
     fn nap_if_dry(&mut self) -> Option<pgwire_replication::Result<Option<ReplicationEvent>>> {
         let waiting = self.replication.recv().now_or_never();
         if waiting.is_none() {
-            std::thread::sleep(NAP);
+            std::thread::sleep(self.nap.next());
         }
         waiting
     }
@@ -296,6 +297,7 @@ impl Stream<'_> {
                     let final_lsn = Lsn(final_lsn.as_u64());
                     self.in_transaction = true;
                     self.tx_changes = 0;
+                    self.nap.begin();
                     self.group_began.get_or_insert_with(Instant::now);
                     self.skip_transaction = self.stored.is_some_and(|s| final_lsn < s);
                     self.last_final = final_lsn;
@@ -304,6 +306,7 @@ impl Stream<'_> {
                 }
                 ReplicationEvent::XLogData { data, .. } => {
                     self.tx_changes += 1;
+                    self.nap.received(data.len());
                     self.change(&data).await?
                 }
                 ReplicationEvent::Message {
@@ -471,6 +474,7 @@ impl Stream<'_> {
             conflicts = outcome.conflicts,
             dead_letters = outcome.dead_letters,
             elapsed = ?started.elapsed(),
+            nap = ?self.nap.length(),
             "reverse group applied"
         );
         Ok(())
