@@ -30,8 +30,8 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 /// Rows of the one-transaction throughput figure, the first id they take, and how many such
-/// transactions each side runs (one after the other; the figure is their median: on two shared cores a
-/// single run swings by ±20%).
+/// transactions each side runs (in turn with the other side's; the figure is their median: on two
+/// shared cores a single run swings by ±20%, and the machine's speed drifts within a minute).
 const BULK_ROWS: i32 = 100_000;
 const BULK_FIRST_ID: i32 = 1_000_001;
 const BULK_RUNS: i32 = 5;
@@ -174,14 +174,14 @@ async fn bench(desktop: &LocalCluster, cloud: &LocalCluster) -> Result<()> {
          AFTER INSERT trigger, read by a LISTEN connection on the desktop); paced by tokio::time::interval \
          with MissedTickBehavior::Burst"
     );
-    tandem_figures(&mut env, &mut results).await?;
+    let mut tandem_side = tandem_latency(&mut env, &mut results).await?;
 
     section(&format!(
         "reference: PostgreSQL native logical replication (publication {NATIVE_PUB} in the cloud, \
          subscription {NATIVE_SUB} on the desktop, table native_m, no row filter, arrival trigger ENABLE \
-         ALWAYS), same clusters, same measurements"
+         ALWAYS), same clusters, same latency measurements; then the 100k-row transactions of both"
     ));
-    native(&mut env, &mut results).await?;
+    native(&mut env, &mut tandem_side, &mut results).await?;
 
     section("tandem / native, same run");
     print_ratios(&results);
@@ -408,38 +408,6 @@ fn bulk_insert(table: &str, first: i32, last: i32) -> String {
     )
 }
 
-/// `BULK_RUNS` cloud transactions of `BULK_ROWS` rows each, one after the other: each is timed from
-/// its commit to all its rows visible on the desktop before the next begins. Prints where the CPU
-/// went meanwhile.
-async fn bulk_runs(
-    clusters: (&LocalCluster, &LocalCluster),
-    cloud: &mut Client,
-    desktop: &Client,
-    table: &str,
-) -> Result<Vec<Throughput>> {
-    let cpu_before = CpuSample::take(clusters.0, clusters.1)?;
-    let started = Instant::now();
-    let mut runs = Vec::new();
-    for run in 0..BULK_RUNS {
-        let baseline = count(desktop, table).await?;
-        let first = BULK_FIRST_ID + run * BULK_ROWS;
-        let t = one_tx(cloud, desktop, table, first, baseline).await?;
-        println!(
-            "    run {}/{BULK_RUNS}: {:.3} s → {} rows/s",
-            run + 1,
-            t.elapsed.as_secs_f64(),
-            thousands(t.rows_per_s())
-        );
-        runs.push(t);
-    }
-    let wall = started.elapsed();
-    print_cpu(
-        &CpuSample::take(clusters.0, clusters.1)?.since(&cpu_before),
-        wall,
-    );
-    Ok(runs)
-}
-
 /// One cloud transaction of `BULK_ROWS` rows from id `first`; the desktop already holds `baseline`
 /// rows.
 async fn one_tx(
@@ -475,10 +443,17 @@ async fn one_tx(
     })
 }
 
-/// The in-process figures on one pair: the latency runs, then the 100k-row transactions (arrival
-/// trigger off), each with a fresh worker.
-async fn tandem_figures(env: &mut Env<'_>, results: &mut Results) -> Result<()> {
-    let (mut pair, config, _) = env.tandem("tandem", SLOT, true).await?;
+/// tandem's side of the bench: its databases, config, and the last warm-up id used.
+struct TandemSide {
+    pair: Pair,
+    config: Config,
+    warm_up_id: i32,
+}
+
+/// tandem's latency runs on one pair, each with a fresh worker. Returns the pair for the 100k-row
+/// transactions (see [`bulk`]).
+async fn tandem_latency(env: &mut Env<'_>, results: &mut Results) -> Result<TandemSide> {
+    let (pair, config, _) = env.tandem("tandem", SLOT, true).await?;
     pair.desktop
         .batch_execute(&format!(
             "ALTER TABLE bench_m ENABLE TRIGGER {ARRIVAL_TRIGGER}"
@@ -504,39 +479,22 @@ async fn tandem_figures(env: &mut Env<'_>, results: &mut Results) -> Result<()> 
         results.latency.push(l);
         first_id += commits as i32;
     }
-
-    pair.desktop
-        .batch_execute(&format!(
-            "ALTER TABLE bench_m DISABLE TRIGGER {ARRIVAL_TRIGGER}"
-        ))
-        .await?;
-    warm_up_id -= 1;
-    let worker = Worker::start(&config, &pair, "bench_m", warm_up_id).await?;
-    let (mut runs, worker) = worker
-        .during(bulk_runs(
-            (env.desktop, env.cloud),
-            &mut pair.cloud,
-            &pair.desktop,
-            "bench_m",
-        ))
-        .await?;
-    let stats = worker.stop().await?;
-    if let Some(last) = runs.last_mut() {
-        last.stats = Some(stats);
-    }
-    print_throughput("tandem", &runs);
-    results.bulk = runs;
-    Ok(())
+    Ok(TandemSide {
+        pair,
+        config,
+        warm_up_id,
+    })
 }
 
-/// PostgreSQL's own logical replication over `native_m`, cloud → desktop: the latency runs, then one
-/// 100k-row transactions. The subscription and its slot are removed whatever happens.
+/// PostgreSQL's own logical replication over `native_m`, cloud → desktop: the latency runs, then the
+/// 100k-row transactions of both sides in turn (see [`bulk`]). The subscription and its slot are
+/// removed whatever happens.
 ///
 /// The publication has no row filter (every row of native_m is the phone's anyway) but a column list:
 /// the desktop table lacks `source`, `created_at` and `updated_at`, and a subscriber refuses a
 /// publication that sends columns its table does not have. tandem receives all seven columns and drops
 /// the three itself.
-async fn native(env: &mut Env<'_>, results: &mut Results) -> Result<()> {
+async fn native(env: &mut Env<'_>, tandem: &mut TandemSide, results: &mut Results) -> Result<()> {
     let mut pair = env.pair("native").await?;
     pair.cloud
         .batch_execute(&format!(
@@ -565,17 +523,17 @@ async fn native(env: &mut Env<'_>, results: &mut Results) -> Result<()> {
         ))
         .await
         .context("CREATE SUBSCRIPTION")?;
-    let measured = native_measure((env.desktop, env.cloud), &mut pair, results).await;
+    let measured = async {
+        native_latency(&mut pair, results).await?;
+        bulk((env.desktop, env.cloud), tandem, &mut pair, results).await
+    }
+    .await;
     let dropped = drop_subscription(&pair).await;
     measured?;
     dropped
 }
 
-async fn native_measure(
-    clusters: (&LocalCluster, &LocalCluster),
-    pair: &mut Pair,
-    results: &mut Results,
-) -> Result<()> {
+async fn native_latency(pair: &mut Pair, results: &mut Results) -> Result<()> {
     // Ready: the table's sync state is 'r' and a warm-up row went through.
     let deadline = Instant::now() + POLL_DEADLINE;
     loop {
@@ -619,16 +577,121 @@ async fn native_measure(
         results.native_latency.push(l);
         first_id += commits as i32;
     }
+    Ok(())
+}
 
-    // The arrival trigger is off during the throughput figure, as it is for tandem's.
-    pair.desktop
+/// The 100k-row transactions: tandem's and native's in turn, `BULK_RUNS` each, so that the machine's
+/// drift over a minute (two shared cores) falls on both alike. Only one side replicates at a time: the
+/// other's worker is stopped (tandem) or its subscription disabled (native), and each turn begins by
+/// waiting for a warm-up row, so its walsender has caught up with the other side's transaction before
+/// the clock starts. Arrival triggers are off. Prints where the CPU went.
+async fn bulk(
+    clusters: (&LocalCluster, &LocalCluster),
+    tandem: &mut TandemSide,
+    native: &mut Pair,
+    results: &mut Results,
+) -> Result<()> {
+    section(&format!(
+        "{BULK_RUNS} transactions of {} rows each side, tandem's and native's in turn; each timed from the \
+         cloud COMMIT to its last row visible on the desktop (looked up every 2 ms; the count checked after)",
+        thousands(f64::from(BULK_ROWS))
+    ));
+    tandem
+        .pair
+        .desktop
+        .batch_execute(&format!(
+            "ALTER TABLE bench_m DISABLE TRIGGER {ARRIVAL_TRIGGER}"
+        ))
+        .await?;
+    native
+        .desktop
         .batch_execute(&format!(
             "ALTER TABLE native_m DISABLE TRIGGER {ARRIVAL_TRIGGER}"
         ))
         .await?;
-    let runs = bulk_runs(clusters, &mut pair.cloud, &pair.desktop, "native_m").await?;
-    print_throughput("native", &runs);
-    results.native_bulk = runs;
+    subscription(native, false).await?;
+    let mut cpu = [CpuTotals::default(), CpuTotals::default()];
+    for run in 0..BULK_RUNS {
+        let first = BULK_FIRST_ID + run * BULK_ROWS;
+
+        tandem.warm_up_id -= 1;
+        let worker =
+            Worker::start(&tandem.config, &tandem.pair, "bench_m", tandem.warm_up_id).await?;
+        let pair = &mut tandem.pair;
+        let baseline = count(&pair.desktop, "bench_m").await?;
+        let before = CpuSample::take(clusters.0, clusters.1)?;
+        let (mut t, worker) = worker
+            .during(one_tx(
+                &mut pair.cloud,
+                &pair.desktop,
+                "bench_m",
+                first,
+                baseline,
+            ))
+            .await?;
+        cpu[0].add(
+            &CpuSample::take(clusters.0, clusters.1)?.since(&before),
+            t.cloud_write + t.elapsed,
+        );
+        t.stats = Some(worker.stop().await?);
+        results.bulk.push(t);
+
+        subscription(native, true).await?;
+        let warm_up_id = -(run + 1);
+        native
+            .cloud
+            .execute(
+                "INSERT INTO native_m (id, name, qty, note, source) VALUES ($1, 'warm-up', 0, 'warm-up', 'M')",
+                &[&warm_up_id],
+            )
+            .await?;
+        wait_row(&native.desktop, "native_m", warm_up_id)
+            .await
+            .context("the warm-up row")?;
+        let baseline = count(&native.desktop, "native_m").await?;
+        let before = CpuSample::take(clusters.0, clusters.1)?;
+        let n = one_tx(
+            &mut native.cloud,
+            &native.desktop,
+            "native_m",
+            first,
+            baseline,
+        )
+        .await?;
+        cpu[1].add(
+            &CpuSample::take(clusters.0, clusters.1)?.since(&before),
+            n.cloud_write + n.elapsed,
+        );
+        subscription(native, false).await?;
+        results.native_bulk.push(n);
+
+        println!(
+            "  run {}/{BULK_RUNS}: tandem {:.3} s → {} rows/s; native {:.3} s → {} rows/s",
+            run + 1,
+            t.elapsed.as_secs_f64(),
+            thousands(t.rows_per_s()),
+            n.elapsed.as_secs_f64(),
+            thousands(n.rows_per_s()),
+        );
+    }
+    print_throughput("tandem", &results.bulk);
+    cpu[0].print();
+    print_throughput("native", &results.native_bulk);
+    cpu[1].print();
+    Ok(())
+}
+
+/// Enables or disables the native subscription; disabled, waits until its walsender let go of the
+/// slot (the apply worker stops shortly after).
+async fn subscription(pair: &Pair, enabled: bool) -> Result<()> {
+    let verb = if enabled { "ENABLE" } else { "DISABLE" };
+    pair.desktop
+        .batch_execute(&format!("ALTER SUBSCRIPTION {NATIVE_SUB} {verb}"))
+        .await
+        .with_context(|| format!("ALTER SUBSCRIPTION {NATIVE_SUB} {verb}"))?;
+    if !enabled {
+        wait_slot_free(&pair.cloud, NATIVE_SUB).await?;
+    }
     Ok(())
 }
 
@@ -915,17 +978,37 @@ fn server_role(title: &str) -> &'static str {
     }
 }
 
-fn print_cpu(spent: &[(String, f64)], wall: Duration) {
-    let parts: Vec<String> = spent
-        .iter()
-        .map(|(role, s)| format!("{role} {s:.2} s"))
-        .collect();
-    let total: f64 = spent.iter().map(|(_, s)| s).sum();
-    println!(
-        "      CPU over these runs ({:.2} s of wall clock, {total:.2} CPU s in all): {}",
-        wall.as_secs_f64(),
-        parts.join(", ")
-    );
+/// CPU seconds per kind of process, summed over the transactions (from the cloud's first INSERT to the
+/// last row visible on the desktop), and the wall clock they took.
+#[derive(Debug, Default)]
+struct CpuTotals {
+    spent: HashMap<String, f64>,
+    wall: Duration,
+}
+
+impl CpuTotals {
+    fn add(&mut self, spent: &[(String, f64)], wall: Duration) {
+        for (role, s) in spent {
+            *self.spent.entry(role.clone()).or_default() += s;
+        }
+        self.wall += wall;
+    }
+
+    fn print(&self) {
+        let mut spent: Vec<(&String, &f64)> = self.spent.iter().collect();
+        spent.sort_by(|a, b| b.1.total_cmp(a.1));
+        let parts: Vec<String> = spent
+            .iter()
+            .map(|(role, s)| format!("{role} {s:.2} s"))
+            .collect();
+        let total: f64 = self.spent.values().sum();
+        println!(
+            "      CPU from each cloud INSERT to its last row on the desktop ({:.2} s of wall clock in all, \
+             {total:.2} CPU s): {}",
+            self.wall.as_secs_f64(),
+            parts.join(", ")
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -945,15 +1028,14 @@ fn print_stats(s: &RunStats) -> String {
     )
 }
 
-/// The median of the runs; the worker's counters (kept on the last run) cover them all.
+/// The median of the runs, and tandem's worker counters of the last one.
 fn print_throughput(who: &str, runs: &[Throughput]) {
     let (Some(t), Some(last)) = (median(runs), runs.last()) else {
         return;
     };
     let rates: Vec<f64> = runs.iter().map(Throughput::rows_per_s).collect();
     println!(
-        "  {who}, {} transactions of {} rows one after the other, cloud commit → all rows visible on the \
-         desktop (its last row looked up every 2 ms): median {:.3} s → {} rows/s (runs from {} to {} rows/s)",
+        "  {who}, {} transactions of {} rows: median {:.3} s → {} rows/s (runs from {} to {} rows/s)",
         runs.len(),
         thousands(f64::from(t.rows)),
         t.elapsed.as_secs_f64(),
@@ -1042,6 +1124,16 @@ fn print_ratios(r: &Results) {
              [goal ≥ {GOAL_BULK_RATIO:.1}×: {}]",
             thousands(f64::from(BULK_ROWS)),
             verdict(q >= GOAL_BULK_RATIO)
+        );
+        let faster = r
+            .bulk
+            .iter()
+            .zip(&r.native_bulk)
+            .filter(|(t, n)| t.rows_per_s() > n.rows_per_s())
+            .count();
+        println!(
+            "      tandem was the faster in {faster} of {} turns",
+            r.bulk.len().min(r.native_bulk.len())
         );
     }
 }
