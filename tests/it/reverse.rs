@@ -17,23 +17,22 @@ pub async fn reverse_once(config: &Config) -> RunStats {
 
 /// What the parents of the sample need, made on the desktop and sent to the cloud.
 async fn parents(db: &TestDb, config: &Config) {
-    db.desktop()
-        .await
-        .batch_execute(
-            "INSERT INTO orgmaster (org_id, org_name) VALUES (1, 'Org');
+    desktop_app(db, "INSERT INTO orgmaster (org_id, org_name) VALUES (1, 'Org');
              INSERT INTO climaster (client_id, org_id, client_name) VALUES (1, 1, 'Asha Traders'), (2, 1, 'Bala & Co');
              INSERT INTO jobmaster (job_id, job_name) VALUES (1, 'GST return');
              INSERT INTO mbstaff (staff_id, org_id, staff_name) VALUES (1, 1, 'Ravi'), (2, 1, 'Mala');
              INSERT INTO taskmaster (task_id, task_name) VALUES (1, 'Collect'), (2, 'Prepare');
-             INSERT INTO jobshead (job_id, client_id, job_name, job_status) VALUES (100, 1, 'Audit', 'Open');",
-        )
-        .await
-        .unwrap();
+             INSERT INTO jobshead (job_id, client_id, job_name, job_status) VALUES (100, 1, 'Audit', 'Open');").await;
     forward_once(config).await;
 }
 
 async fn phone(db: &TestDb, sql: &str) {
     db.cloud().await.batch_execute(sql).await.unwrap();
+}
+
+/// The desktop application writes.
+async fn desktop_app(db: &TestDb, sql: &str) {
+    db.desktop().await.batch_execute(sql).await.unwrap();
 }
 
 #[tokio::test]
@@ -281,11 +280,11 @@ async fn a_key_collision_is_a_conflict_and_both_sides_keep_their_data() {
     let (db, config) = installed().await;
     parents(&db, &config).await;
     // The desktop creates reminder 5; before it is sent, a phone creates reminder 5 too.
-    db.desktop()
-        .await
-        .batch_execute("INSERT INTO mbreminder (rem_id, rem_subject) VALUES (5, 'Desk')")
-        .await
-        .unwrap();
+    desktop_app(
+        &db,
+        "INSERT INTO mbreminder (rem_id, rem_subject) VALUES (5, 'Desk')",
+    )
+    .await;
     phone(
         &db,
         "INSERT INTO reminder (rem_id, rem_subject) VALUES (5, 'Phone')",
@@ -322,11 +321,11 @@ async fn a_key_collision_is_a_conflict_and_both_sides_keep_their_data() {
 async fn rows_the_desktop_refuses_are_dead_letters() {
     let (db, config) = installed().await;
     parents(&db, &config).await;
-    db.desktop()
-        .await
-        .batch_execute("ALTER TABLE learequest ALTER leave_type TYPE varchar(2)")
-        .await
-        .unwrap();
+    desktop_app(
+        &db,
+        "ALTER TABLE learequest ALTER leave_type TYPE varchar(2)",
+    )
+    .await;
     phone(&db, "INSERT INTO learequest (lea_id, staff_id, leave_type) VALUES (1, 1, 'Sick leave'), (2, 1, 'CL')").await;
     let stats = reverse_once(&config).await;
     assert_eq!(stats.outcome.dead_letters, 1, "{stats:?}");
@@ -353,13 +352,11 @@ async fn a_refused_direct_write_brings_the_group_again_staged_with_nothing_lost_
     let (db, config) = installed().await;
     parents(&db, &config).await;
     // learequest's key is the desktop's primary key: new rows go straight into the desktop table.
-    db.desktop()
-        .await
-        .batch_execute(
-            "INSERT INTO learequest (lea_id, staff_id, leave_type, reason) VALUES (5, 1, 'CL', 'Desk')",
-        )
-        .await
-        .unwrap();
+    desktop_app(
+        &db,
+        "INSERT INTO learequest (lea_id, staff_id, leave_type, reason) VALUES (5, 1, 'CL', 'Desk')",
+    )
+    .await;
     // One transaction with new rows of a parent and its child around a key the desktop already holds,
     // then two more transactions: all arrive in one group.
     phone(
