@@ -66,6 +66,8 @@ const SLOT: &str = "bench_rev";
 const RSS_SLOT: &str = "bench_rev_rss";
 const NATIVE_PUB: &str = "native_pub";
 const NATIVE_SUB: &str = "native_sub";
+/// The second native reference: all seven columns, no column list (its slot is named after it).
+const NATIVE_FULL_SUB: &str = "native_full_sub";
 
 fn main() -> Result<()> {
     support::with_clusters(
@@ -141,6 +143,7 @@ struct Results {
     bulk: Vec<Throughput>,
     native_latency: Vec<Latency>,
     native_bulk: Vec<Throughput>,
+    native_full_bulk: Vec<Throughput>,
     rss: Option<RssRun>,
 }
 
@@ -486,27 +489,76 @@ async fn tandem_latency(env: &mut Env<'_>, results: &mut Results) -> Result<Tand
     })
 }
 
+/// One native reference: its databases and its subscription's name (also its slot's).
+struct Native {
+    pair: Pair,
+    sub: &'static str,
+}
+
 /// PostgreSQL's own logical replication over `native_m`, cloud → desktop: the latency runs, then the
-/// 100k-row transactions of both sides in turn (see [`bulk`]). The subscription and its slot are
-/// removed whatever happens.
+/// 100k-row transactions of tandem and two native references in turn (see [`bulk`]). The
+/// subscriptions and their slots are removed whatever happens.
 ///
-/// The publication has no row filter (every row of native_m is the phone's anyway) but a column list:
-/// the desktop table lacks `source`, `created_at` and `updated_at`, and a subscriber refuses a
-/// publication that sends columns its table does not have. tandem receives all seven columns and drops
-/// the three itself.
+/// The first reference is what a native user would set up for the desktop's table: the publication has
+/// no row filter (every row of native_m is the phone's anyway) but a column list, since the desktop
+/// table lacks `source`, `created_at` and `updated_at` and a subscriber refuses a publication that
+/// sends columns its table does not have. tandem cannot do that: its tables are REPLICA IDENTITY FULL
+/// (the phone's old row tells a conflict), and PostgreSQL refuses a column list without the identity
+/// columns, so tandem receives all seven columns and drops the three itself. The second reference
+/// receives the same seven columns as tandem (its desktop table has them all): the same stream.
 async fn native(env: &mut Env<'_>, tandem: &mut TandemSide, results: &mut Results) -> Result<()> {
-    let mut pair = env.pair("native").await?;
+    let mut columns = native_setup(env, "native", NATIVE_SUB, false).await?;
+    let mut full = match native_setup(env, "native_full", NATIVE_FULL_SUB, true).await {
+        Ok(full) => full,
+        Err(e) => {
+            let _ = drop_subscription(&columns).await;
+            return Err(e);
+        }
+    };
+    let measured = async {
+        native_latency(&mut columns.pair, results).await?;
+        bulk(
+            (env.desktop, env.cloud),
+            tandem,
+            [&mut columns, &mut full],
+            results,
+        )
+        .await
+    }
+    .await;
+    let dropped = drop_subscription(&columns).await;
+    let dropped_full = drop_subscription(&full).await;
+    measured?;
+    dropped?;
+    dropped_full
+}
+
+/// Fresh databases with `native_m`, a publication of it (with the desktop's columns, or all of them)
+/// and a subscription `sub` on the desktop (the seven-column one created disabled: it runs only in
+/// its bulk turns).
+async fn native_setup(
+    env: &mut Env<'_>,
+    label: &str,
+    sub: &'static str,
+    all_columns: bool,
+) -> Result<Native> {
+    let pair = env.pair(label).await?;
+    let (published, desktop_table, enabled) = if all_columns {
+        (String::new(), CLOUD_TABLE, false)
+    } else {
+        (format!(" ({DESKTOP_COLUMNS})"), DESKTOP_TABLE, true)
+    };
     pair.cloud
         .batch_execute(&format!(
             "CREATE TABLE native_m {CLOUD_TABLE}; \
-             CREATE PUBLICATION {NATIVE_PUB} FOR TABLE native_m ({DESKTOP_COLUMNS})"
+             CREATE PUBLICATION {NATIVE_PUB} FOR TABLE native_m{published}"
         ))
         .await?;
     // The subscription's apply worker runs with session_replication_role = replica: only an ALWAYS
     // trigger fires there.
     pair.desktop
         .batch_execute(&format!(
-            "CREATE TABLE native_m {DESKTOP_TABLE}; {ARRIVAL_FUNCTION}; \
+            "CREATE TABLE native_m {desktop_table}; {ARRIVAL_FUNCTION}; \
              CREATE TRIGGER {ARRIVAL_TRIGGER} AFTER INSERT ON native_m FOR EACH ROW EXECUTE FUNCTION rev_arrived(); \
              ALTER TABLE native_m ENABLE ALWAYS TRIGGER {ARRIVAL_TRIGGER}"
         ))
@@ -518,19 +570,12 @@ async fn native(env: &mut Env<'_>, tandem: &mut TandemSide, results: &mut Result
     );
     pair.desktop
         .batch_execute(&format!(
-            "CREATE SUBSCRIPTION {NATIVE_SUB} CONNECTION '{conninfo}' PUBLICATION {NATIVE_PUB} \
-             WITH (copy_data = false)"
+            "CREATE SUBSCRIPTION {sub} CONNECTION '{conninfo}' PUBLICATION {NATIVE_PUB} \
+             WITH (copy_data = false, enabled = {enabled})"
         ))
         .await
-        .context("CREATE SUBSCRIPTION")?;
-    let measured = async {
-        native_latency(&mut pair, results).await?;
-        bulk((env.desktop, env.cloud), tandem, &mut pair, results).await
-    }
-    .await;
-    let dropped = drop_subscription(&pair).await;
-    measured?;
-    dropped
+        .with_context(|| format!("CREATE SUBSCRIPTION {sub}"))?;
+    Ok(Native { pair, sub })
 }
 
 async fn native_latency(pair: &mut Pair, results: &mut Results) -> Result<()> {
@@ -580,20 +625,21 @@ async fn native_latency(pair: &mut Pair, results: &mut Results) -> Result<()> {
     Ok(())
 }
 
-/// The 100k-row transactions: tandem's and native's in turn, `BULK_RUNS` each, so that the machine's
-/// drift over a minute (two shared cores) falls on both alike. Only one side replicates at a time: the
-/// other's worker is stopped (tandem) or its subscription disabled (native), and each turn begins by
-/// waiting for a warm-up row, so its walsender has caught up with the other side's transaction before
-/// the clock starts. Arrival triggers are off. Prints where the CPU went.
+/// The 100k-row transactions: tandem's and the two native references' in turn, `BULK_RUNS` each, so
+/// that the machine's drift over a minute (two shared cores) falls on all alike. Only one side
+/// replicates at a time: the others' worker is stopped (tandem) or subscription disabled (native), and
+/// each turn begins by waiting for a warm-up row, so its walsender has caught up with the others'
+/// transactions before the clock starts. Arrival triggers are off. Prints where the CPU went.
 async fn bulk(
     clusters: (&LocalCluster, &LocalCluster),
     tandem: &mut TandemSide,
-    native: &mut Pair,
+    natives: [&mut Native; 2],
     results: &mut Results,
 ) -> Result<()> {
     section(&format!(
-        "{BULK_RUNS} transactions of {} rows each side, tandem's and native's in turn; each timed from the \
-         cloud COMMIT to its last row visible on the desktop (looked up every 2 ms; the count checked after)",
+        "{BULK_RUNS} transactions of {} rows each side, in turns: tandem, native (the desktop's four \
+         columns), native (all seven, as tandem receives them); each timed from the cloud COMMIT to its \
+         last row visible on the desktop (looked up every 2 ms; the count checked after)",
         thousands(f64::from(BULK_ROWS))
     ));
     tandem
@@ -603,14 +649,18 @@ async fn bulk(
             "ALTER TABLE bench_m DISABLE TRIGGER {ARRIVAL_TRIGGER}"
         ))
         .await?;
-    native
-        .desktop
-        .batch_execute(&format!(
-            "ALTER TABLE native_m DISABLE TRIGGER {ARRIVAL_TRIGGER}"
-        ))
-        .await?;
-    subscription(native, false).await?;
-    let mut cpu = [CpuTotals::default(), CpuTotals::default()];
+    for native in &natives {
+        native
+            .pair
+            .desktop
+            .batch_execute(&format!(
+                "ALTER TABLE native_m DISABLE TRIGGER {ARRIVAL_TRIGGER}"
+            ))
+            .await?;
+        subscription(native, false).await?;
+    }
+    let [columns, full] = natives;
+    let mut cpu: [CpuTotals; 3] = Default::default();
     for run in 0..BULK_RUNS {
         let first = BULK_FIRST_ID + run * BULK_ROWS;
 
@@ -636,70 +686,83 @@ async fn bulk(
         t.stats = Some(worker.stop().await?);
         results.bulk.push(t);
 
-        subscription(native, true).await?;
-        let warm_up_id = -(run + 1);
-        native
-            .cloud
-            .execute(
-                "INSERT INTO native_m (id, name, qty, note, source) VALUES ($1, 'warm-up', 0, 'warm-up', 'M')",
-                &[&warm_up_id],
-            )
-            .await?;
-        wait_row(&native.desktop, "native_m", warm_up_id)
-            .await
-            .context("the warm-up row")?;
-        let baseline = count(&native.desktop, "native_m").await?;
-        let before = CpuSample::take(clusters.0, clusters.1)?;
-        let n = one_tx(
-            &mut native.cloud,
-            &native.desktop,
-            "native_m",
-            first,
-            baseline,
-        )
-        .await?;
-        cpu[1].add(
-            &CpuSample::take(clusters.0, clusters.1)?.since(&before),
-            n.cloud_write + n.elapsed,
-        );
-        subscription(native, false).await?;
+        let n = native_turn(clusters, columns, first, -(run + 1), &mut cpu[1]).await?;
         results.native_bulk.push(n);
+        let f = native_turn(clusters, full, first, -(run + 1), &mut cpu[2]).await?;
+        results.native_full_bulk.push(f);
 
         println!(
-            "  run {}/{BULK_RUNS}: tandem {:.3} s → {} rows/s; native {:.3} s → {} rows/s",
+            "  run {}/{BULK_RUNS}: tandem {:.3} s → {} rows/s; native {:.3} s → {} rows/s; native, seven \
+             columns {:.3} s → {} rows/s",
             run + 1,
             t.elapsed.as_secs_f64(),
             thousands(t.rows_per_s()),
             n.elapsed.as_secs_f64(),
             thousands(n.rows_per_s()),
+            f.elapsed.as_secs_f64(),
+            thousands(f.rows_per_s()),
         );
     }
     print_throughput("tandem", &results.bulk);
     cpu[0].print();
     print_throughput("native", &results.native_bulk);
     cpu[1].print();
+    print_throughput("native, seven columns", &results.native_full_bulk);
+    cpu[2].print();
     Ok(())
+}
+
+/// One native turn: enable the subscription, wait for a warm-up row, time one transaction, disable.
+async fn native_turn(
+    clusters: (&LocalCluster, &LocalCluster),
+    native: &mut Native,
+    first: i32,
+    warm_up_id: i32,
+    cpu: &mut CpuTotals,
+) -> Result<Throughput> {
+    subscription(native, true).await?;
+    let pair = &mut native.pair;
+    pair.cloud
+        .execute(
+            "INSERT INTO native_m (id, name, qty, note, source) VALUES ($1, 'warm-up', 0, 'warm-up', 'M')",
+            &[&warm_up_id],
+        )
+        .await?;
+    wait_row(&pair.desktop, "native_m", warm_up_id)
+        .await
+        .with_context(|| format!("the warm-up row of {}", native.sub))?;
+    let baseline = count(&pair.desktop, "native_m").await?;
+    let before = CpuSample::take(clusters.0, clusters.1)?;
+    let n = one_tx(&mut pair.cloud, &pair.desktop, "native_m", first, baseline).await?;
+    cpu.add(
+        &CpuSample::take(clusters.0, clusters.1)?.since(&before),
+        n.cloud_write + n.elapsed,
+    );
+    subscription(native, false).await?;
+    Ok(n)
 }
 
 /// Enables or disables the native subscription; disabled, waits until its walsender let go of the
 /// slot (the apply worker stops shortly after).
-async fn subscription(pair: &Pair, enabled: bool) -> Result<()> {
+async fn subscription(native: &Native, enabled: bool) -> Result<()> {
+    let (pair, sub) = (&native.pair, native.sub);
     let verb = if enabled { "ENABLE" } else { "DISABLE" };
     pair.desktop
-        .batch_execute(&format!("ALTER SUBSCRIPTION {NATIVE_SUB} {verb}"))
+        .batch_execute(&format!("ALTER SUBSCRIPTION {sub} {verb}"))
         .await
-        .with_context(|| format!("ALTER SUBSCRIPTION {NATIVE_SUB} {verb}"))?;
+        .with_context(|| format!("ALTER SUBSCRIPTION {sub} {verb}"))?;
     if !enabled {
-        wait_slot_free(&pair.cloud, NATIVE_SUB).await?;
+        wait_slot_free(&pair.cloud, sub).await?;
     }
     Ok(())
 }
 
-async fn drop_subscription(pair: &Pair) -> Result<()> {
+async fn drop_subscription(native: &Native) -> Result<()> {
+    let (pair, sub) = (&native.pair, native.sub);
     for sql in [
-        format!("ALTER SUBSCRIPTION {NATIVE_SUB} DISABLE"),
-        format!("ALTER SUBSCRIPTION {NATIVE_SUB} SET (slot_name = NONE)"),
-        format!("DROP SUBSCRIPTION {NATIVE_SUB}"),
+        format!("ALTER SUBSCRIPTION {sub} DISABLE"),
+        format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"),
+        format!("DROP SUBSCRIPTION {sub}"),
     ] {
         pair.desktop
             .batch_execute(&sql)
@@ -711,7 +774,7 @@ async fn drop_subscription(pair: &Pair) -> Result<()> {
     loop {
         match pair
             .cloud
-            .execute("SELECT pg_drop_replication_slot($1)", &[&NATIVE_SUB])
+            .execute("SELECT pg_drop_replication_slot($1)", &[&sub])
             .await
         {
             Ok(_) => return Ok(()),
@@ -1093,12 +1156,28 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// Median rows/s over median rows/s.
-fn bulk_ratio(r: &Results) -> Option<f64> {
-    match (median(&r.bulk), median(&r.native_bulk)) {
+/// tandem's median rows/s over a native reference's.
+fn bulk_ratio_to(r: &Results, native: &[Throughput]) -> Option<f64> {
+    match (median(&r.bulk), median(native)) {
         (Some(t), Some(n)) => Some(t.rows_per_s() / n.rows_per_s()),
         _ => None,
     }
+}
+
+/// The goal's ratio: to native with the desktop's columns.
+fn bulk_ratio(r: &Results) -> Option<f64> {
+    bulk_ratio_to(r, &r.native_bulk)
+}
+
+/// In how many turns tandem was the faster.
+fn turns_won(r: &Results, native: &[Throughput]) -> String {
+    let won = r
+        .bulk
+        .iter()
+        .zip(native)
+        .filter(|(t, n)| t.rows_per_s() > n.rows_per_s())
+        .count();
+    format!("{won} of {}", r.bulk.len().min(native.len()))
 }
 
 fn print_ratios(r: &Results) {
@@ -1125,15 +1204,16 @@ fn print_ratios(r: &Results) {
             thousands(f64::from(BULK_ROWS)),
             verdict(q >= GOAL_BULK_RATIO)
         );
-        let faster = r
-            .bulk
-            .iter()
-            .zip(&r.native_bulk)
-            .filter(|(t, n)| t.rows_per_s() > n.rows_per_s())
-            .count();
         println!(
-            "      tandem was the faster in {faster} of {} turns",
-            r.bulk.len().min(r.native_bulk.len())
+            "      tandem was the faster in {} turns",
+            turns_won(r, &r.native_bulk)
+        );
+    }
+    if let Some(q) = bulk_ratio_to(r, &r.native_full_bulk) {
+        println!(
+            "  the same, to native receiving all seven columns as tandem does (the same stream): {q:.2}×; \
+             tandem the faster in {} turns",
+            turns_won(r, &r.native_full_bulk)
         );
     }
 }
@@ -1223,6 +1303,18 @@ fn print_summary(r: &Results) {
         &latency_ratio_cell(r, 200),
         &bulk_ratio(r).map_or("-".to_string(), |q| format!("{q:.2}×")),
     );
+    row(
+        "native, all seven columns",
+        "-",
+        "-",
+        &rate(&r.native_full_bulk),
+    );
+    row(
+        "tandem / native, all seven columns",
+        "-",
+        "-",
+        &bulk_ratio_to(r, &r.native_full_bulk).map_or("-".to_string(), |q| format!("{q:.2}×")),
+    );
     let goal_latency = format!("≤ {GOAL_P50_MS} / ≤ {GOAL_P99_MS} / -");
     row(
         "goal",
@@ -1272,12 +1364,15 @@ fn one_line_summary(r: &Results) -> String {
         )
     });
     format!(
-        "SUMMARY reverse: tandem {}; 100k×1tx median {} rows/s | native {}; 100k×1tx median {} rows/s | bulk tandem/native {} | {rss}",
+        "SUMMARY reverse: tandem {}; 100k×1tx median {} rows/s | native {}; 100k×1tx median {} rows/s \
+         (seven columns: {}) | bulk tandem/native {} (seven columns: {}) | {rss}",
         lat(&r.latency),
         median(&r.bulk).map_or("-".to_string(), |t| thousands(t.rows_per_s())),
         lat(&r.native_latency),
         median(&r.native_bulk).map_or("-".to_string(), |t| thousands(t.rows_per_s())),
+        median(&r.native_full_bulk).map_or("-".to_string(), |t| thousands(t.rows_per_s())),
         bulk_ratio(r).map_or("-".to_string(), |q| format!("{q:.2}×")),
+        bulk_ratio_to(r, &r.native_full_bulk).map_or("-".to_string(), |q| format!("{q:.2}×")),
     )
 }
 
