@@ -7,6 +7,7 @@
 //! tables get `REPLICA IDENTITY FULL` before the publication exists (which also gives updates and deletes
 //! their whole old row, what cloud-key tables need to find a row on the desktop).
 
+use serde_json::Value as Json;
 use tokio_postgres::Client;
 
 use crate::capture::APPLYING_SETTING;
@@ -34,6 +35,28 @@ pub const REQUIRED_FUNCTIONS: &[&str] = &[MARK_FUNCTION];
 /// The prefix of the logical messages the ownership trigger emits when a phone takes over or deletes a
 /// desktop-owned row (payload: `{"op", "schema", "table", "old"}`).
 pub const CLAIM_PREFIX: &str = "tandem.claim";
+
+/// A claim: the row a phone took over (its update arrives next, as an insert) or deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub delete: bool,
+    pub schema: String,
+    pub table: String,
+    pub old: Json,
+}
+
+impl Claim {
+    /// Parses a claim message's content; `None` when it is not one of ours.
+    pub fn parse(content: &[u8]) -> Option<Claim> {
+        let v: Json = serde_json::from_slice(content).ok()?;
+        Some(Claim {
+            delete: v.get("op")?.as_str()? == "delete",
+            schema: v.get("schema")?.as_str()?.to_string(),
+            table: v.get("table")?.as_str()?.to_string(),
+            old: v.get("old")?.clone(),
+        })
+    }
+}
 
 /// Supabase's API roles: they must get nothing in schema tandem.
 pub const API_ROLES: &[&str] = &["anon", "authenticated"];

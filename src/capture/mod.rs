@@ -4,6 +4,7 @@
 pub mod logical;
 pub mod outbox;
 pub mod pgoutput;
+mod relation_map;
 pub mod rows;
 
 /// The session setting tandem's own sessions set to `on`: the desktop capture trigger skips their writes

@@ -1,6 +1,8 @@
-//! Logical changes from the cloud, turned into rows of the desktop's staging tables (COPY text format).
+//! Logical changes from the cloud, turned into COPY text for the desktop: a new row of a table the
+//! desktop can check by key goes straight into that table ([`Dest::Direct`]); everything else goes to
+//! the table's staging table ([`Dest::Staging`]).
 //!
-//! Each change of a mobile-owned row becomes one staged row: `_seq` (its order in the stream), `_op` (`I`
+//! Each staged change of a mobile-owned row becomes one staged row: `_seq` (its order in the stream), `_op` (`I`
 //! the row's new version, `D` deleted), `_unchanged` (TOASTed columns the change did not carry: the
 //! desktop keeps its value), `_old` (the row before the change, as jsonb), `_ck` (the cloud key) and the
 //! columns that travel to the desktop. Rows that are not mobile-owned are dropped here as a second line of
@@ -9,111 +11,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
-use crate::change::{OldImage, Relation, RowImage, Value};
-use crate::config::SOURCE_COLUMN;
+use super::logical::Claim;
+pub use super::relation_map::RelationMap;
+use crate::change::{OldImage, RowImage, Value};
 use crate::transform::{Kind, Mapping};
-
-/// Where a relation's columns are, for one configured table.
-#[derive(Debug, Clone)]
-pub struct RelationMap {
-    pub table: usize,
-    /// Position in the relation of each of the table's reverse columns.
-    columns: Vec<Option<usize>>,
-    names: Vec<String>,
-    relation_columns: Vec<String>,
-    source: Option<usize>,
-    cloud_key: Option<usize>,
-    /// Positions of the desktop key columns (desktop-key tables).
-    key: Vec<usize>,
-}
-
-impl RelationMap {
-    /// Maps a Relation message onto configured table `table`.
-    pub fn new(mapping: &Mapping, table: usize, relation: &Relation) -> Self {
-        let t = &mapping.tables[table];
-        let position = |name: &str| relation.columns.iter().position(|c| c.name == name);
-        let cloud_key = match &t.kind {
-            Kind::Scoped { cloud_key, .. } => position(cloud_key),
-            Kind::Key(_) => None,
-        };
-        let key = match &t.kind {
-            Kind::Key(key) => key.iter().filter_map(|k| position(&k.name)).collect(),
-            Kind::Scoped { .. } => Vec::new(),
-        };
-        RelationMap {
-            table,
-            columns: t
-                .reverse_columns
-                .iter()
-                .map(|c| position(&c.name))
-                .collect(),
-            names: t.reverse_columns.iter().map(|c| c.name.clone()).collect(),
-            relation_columns: relation.columns.iter().map(|c| c.name.clone()).collect(),
-            source: position(SOURCE_COLUMN),
-            cloud_key,
-            key,
-        }
-    }
-
-    fn is_mobile(&self, row: &RowImage) -> bool {
-        matches!(self.source.and_then(|p| row.0.get(p)), Some(Value::Text(v)) if v.as_ref() == b"M")
-    }
-
-    /// The row as a JSON object of its columns' texts (unchanged TOAST values left out).
-    fn json(&self, row: &RowImage) -> String {
-        let mut map = Map::new();
-        for (name, value) in self.relation_columns.iter().zip(&row.0) {
-            match value {
-                Value::Null => {
-                    map.insert(name.clone(), Json::Null);
-                }
-                Value::Text(t) => {
-                    map.insert(
-                        name.clone(),
-                        Json::String(String::from_utf8_lossy(t).into_owned()),
-                    );
-                }
-                Value::UnchangedToast => {}
-            }
-        }
-        Json::Object(map).to_string()
-    }
-
-    fn text<'a>(&self, row: &'a RowImage, position: Option<usize>) -> Option<&'a [u8]> {
-        match position.and_then(|p| row.0.get(p)) {
-            Some(Value::Text(t)) => Some(t),
-            _ => None,
-        }
-    }
-
-    fn key_of<'a>(&self, row: &'a RowImage) -> Vec<Option<&'a [u8]>> {
-        self.key.iter().map(|&p| self.text(row, Some(p))).collect()
-    }
-}
-
-/// A claim: the row a phone took over (its update arrives next, as an insert) or deleted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Claim {
-    pub delete: bool,
-    pub schema: String,
-    pub table: String,
-    pub old: Json,
-}
-
-impl Claim {
-    /// Parses a claim message's content; `None` when it is not one of ours.
-    pub fn parse(content: &[u8]) -> Option<Claim> {
-        let v: Json = serde_json::from_slice(content).ok()?;
-        Some(Claim {
-            delete: v.get("op")?.as_str()? == "delete",
-            schema: v.get("schema")?.as_str()?.to_string(),
-            table: v.get("table")?.as_str()?.to_string(),
-            old: v.get("old")?.clone(),
-        })
-    }
-}
 
 /// Where rows go on the desktop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -455,7 +358,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::change::{QualifiedName, RelationColumn};
+    use crate::change::{QualifiedName, Relation, RelationColumn};
 
     fn text(s: &str) -> Value {
         Value::Text(Bytes::copy_from_slice(s.as_bytes()))

@@ -17,9 +17,9 @@ use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::reverse::{self, DesktopSession, ReverseApplier};
-use crate::capture::logical::{self, CLAIM_PREFIX};
+use crate::capture::logical::{self, CLAIM_PREFIX, Claim};
 use crate::capture::pgoutput::{self, RelationCache};
-use crate::capture::rows::{Claim, Encoder, RelationMap};
+use crate::capture::rows::{Encoder, RelationMap};
 use crate::change::{Lsn, PgOutput, Side};
 use crate::config::Config;
 use crate::db::{self, Context};
