@@ -8,17 +8,25 @@
 -- transactional logical message, just before the change itself: the row-filtered publication sends such
 -- an update as a bare INSERT of the new row (and such a delete not at all), and the reverse direction
 -- needs the old row to find the desktop's copy. The message costs nothing to keep: no table, no cleanup.
+--
+-- Every name in the body is schema-qualified (functions, operators, types), so a session's search_path
+-- cannot swap them. That is the safety a `SET search_path` clause would give, without its price: the
+-- clause saves and restores a setting on every call, which made a phone's 100k-row INSERT take ~40%
+-- longer (measured 2026-11-29: 0.39 s against 0.28 s through this body; 0.17 s with no trigger).
+-- `OPERATOR(pg_catalog.=)` instead of `IS DISTINCT FROM` and `IN`, which look `=` up by search_path.
 CREATE OR REPLACE FUNCTION tandem.mark_mobile() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql AS $fn$
 BEGIN
-    IF current_setting('tandem.applying', true) IS NOT DISTINCT FROM 'on' THEN
-        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+    IF pg_catalog.current_setting('tandem.applying', true) OPERATOR(pg_catalog.=) 'on' THEN
+        RETURN CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN OLD ELSE NEW END;
     END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.source IS DISTINCT FROM 'M' THEN
-        PERFORM pg_logical_emit_message(true, 'tandem.claim', jsonb_build_object(
-            'op', lower(TG_OP), 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME, 'old', to_jsonb(OLD))::text);
+    IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT'
+       AND (OLD.source::pg_catalog.text OPERATOR(pg_catalog.=) 'M') IS NOT TRUE THEN
+        PERFORM pg_catalog.pg_logical_emit_message(true, 'tandem.claim', pg_catalog.jsonb_build_object(
+            'op', pg_catalog.lower(TG_OP), 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME,
+            'old', pg_catalog.to_jsonb(OLD))::pg_catalog.text);
     END IF;
-    IF TG_OP = 'DELETE' THEN
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         RETURN OLD;
     END IF;
     NEW.source := 'M';

@@ -213,8 +213,10 @@ impl Reverse<'_> {
             pending: None,
             group_rows: 0,
             group_began: None,
-            // Small enough that the desktop takes rows while the stream is read, large enough to be cheap.
-            flush_bytes: sync.batch_max_bytes.clamp(64 * 1024, 1024 * 1024),
+            // Small enough that the desktop writes rows while the stream is read (what is still buffered
+            // when a big transaction's Commit arrives is written after it: at 1 MiB that was ~14k rows,
+            // 20-25 ms), large enough to be cheap.
+            flush_bytes: sync.batch_max_bytes.clamp(16 * 1024, 64 * 1024),
             max_rows: sync.batch_max_rows as u64,
             max_time: std::time::Duration::from_millis(sync.batch_max_wait_ms),
         };

@@ -284,6 +284,43 @@ async fn a_phone_write_is_always_mobile_owned() {
     );
 }
 
+/// The ownership function names everything by schema: a session whose search_path puts look-alike
+/// functions and operators ahead of pg_catalog still gets its writes marked, and its takeover of a
+/// desktop row still calls pg_catalog's claim function (the look-alike would fail the UPDATE).
+#[tokio::test]
+async fn a_phone_session_search_path_cannot_dodge_the_ownership_marking() {
+    let db = TestDb::sample().await;
+    setup::init(&db.sample_config(), false).await.unwrap();
+    let cloud = db.cloud().await;
+    cloud
+        .batch_execute("SET tandem.applying = on; INSERT INTO orgmaster (org_id, org_name, source) VALUES (1, 'Desk', 'D'); RESET tandem.applying")
+        .await
+        .unwrap();
+    cloud
+        .batch_execute(
+            "CREATE SCHEMA sly;
+             CREATE FUNCTION sly.current_setting(text, boolean) RETURNS text LANGUAGE sql AS $$ SELECT 'on' $$;
+             CREATE FUNCTION sly.texteq_always(text, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+             CREATE OPERATOR sly.= (LEFTARG = text, RIGHTARG = text, FUNCTION = sly.texteq_always);
+             CREATE FUNCTION sly.pg_logical_emit_message(boolean, text, text) RETURNS pg_lsn
+                 LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the look-alike was called'; END $$;
+             SET search_path = sly, pg_catalog, public;
+             INSERT INTO orgmaster (org_id, org_name, source) VALUES (2, 'Sly', 'D');
+             UPDATE orgmaster SET org_city = 'Pune' WHERE org_id = 1;
+             RESET search_path",
+        )
+        .await
+        .unwrap();
+    let rows = cloud
+        .query(
+            "SELECT org_id, source::text FROM orgmaster ORDER BY org_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let owners: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(owners, vec![(1, "M".into()), (2, "M".into())]);
+}
 #[tokio::test]
 async fn the_publication_carries_only_mobile_rows_of_full_identity_tables() {
     let db = TestDb::sample().await;
