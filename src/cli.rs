@@ -84,7 +84,8 @@ pub enum Command {
         /// Include the resolved ones.
         #[arg(long)]
         all: bool,
-        /// Queue the open forward dead letters again (their current desktop rows are applied anew).
+        /// Retry the open dead letters: forward ones are queued again (the desktop's current row is
+        /// applied anew), reverse ones re-sent from the cloud (its current row streams again).
         #[arg(long)]
         retry: bool,
     },

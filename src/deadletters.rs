@@ -3,15 +3,20 @@
 //! Forward dead letters live in the cloud's `tandem.dead_letters` (written in the same transaction as the
 //! batch), reverse ones in the desktop's. Retrying a forward dead letter puts its key back into the
 //! desktop outbox: the worker then applies the desktop's *current* row for it, and resolves the dead
-//! letter when that succeeds (or records the new error on it).
+//! letter when that succeeds (or records the new error on it). Retrying a reverse one re-saves the
+//! cloud's row as it is, by tandem's session, values unchanged: its current version streams to the
+//! desktop again, in order with every other change, and the worker applies it (as a new row where the
+//! desktop does not hold it) and resolves the dead letter, or records the new error on it. Any later
+//! version of a refused row (a phone's edit or delete) resolves its dead letter the same way.
 
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::Client;
 
+use crate::capture::APPLYING_SETTING;
 use crate::capture::outbox::NOTIFY_CHANNEL;
-use crate::change::Side;
-use crate::config::Config;
+use crate::change::{Side, quote_ident};
+use crate::config::{Config, Identity, SOURCE_COLUMN};
 use crate::db::{self, Context, DbError};
 
 #[derive(Debug, Clone, Serialize)]
@@ -147,4 +152,89 @@ pub async fn retry_forward(config: &Config) -> Result<usize, DbError> {
         .await
         .ctx(Side::Cloud, "marking dead letters as retried")?;
     Ok(retried.len())
+}
+
+/// What retrying the open reverse dead letters did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReverseRetry {
+    /// Rows re-saved in the cloud: `tandem run` brings them to the desktop.
+    pub resent: usize,
+    /// Dead letters left open: the cloud no longer holds their row as a mobile-owned row (it was
+    /// deleted, or a desktop version replaced it), or their table is no longer configured.
+    pub left: Vec<i64>,
+}
+
+/// Re-saves in the cloud the rows of the open reverse dead letters (see the module's documentation).
+pub async fn retry_reverse(config: &Config) -> Result<ReverseRetry, DbError> {
+    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+    let mut cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+    let open: Vec<DeadLetter> = read(&desktop, Side::Desktop, false)
+        .await?
+        .into_iter()
+        .filter(|d| d.direction == "reverse")
+        .collect();
+    let mut report = ReverseRetry::default();
+    let mut resent = Vec::new();
+    for dl in &open {
+        let table = config
+            .tables
+            .iter()
+            .find(|t| t.table.desktop.to_string() == dl.table);
+        let (Some(table), Some(Value::Object(key))) = (table, &dl.row_key) else {
+            tracing::warn!(table = %dl.table, id = dl.id, "dead letter of a table no longer configured; left as is");
+            report.left.push(dl.id);
+            continue;
+        };
+        // The cloud row's key, by cloud column: the desktop key's own columns, or the cloud key.
+        let (columns, cloud_key): (Vec<&String>, serde_json::Map<String, Value>) =
+            match &table.identity {
+                Identity::Key(columns) => (columns.iter().collect(), key.clone()),
+                Identity::CloudKey { column, .. } => {
+                    let value = key.get("cloud_key").cloned().unwrap_or(Value::Null);
+                    (
+                        vec![column],
+                        [(column.clone(), value)].into_iter().collect(),
+                    )
+                }
+            };
+        let cloud_table = table.table.cloud.quoted();
+        let source = quote_ident(SOURCE_COLUMN);
+        let matches = columns
+            .iter()
+            .map(|c| format!("t.{0} = k.{0}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let touch = format!(
+            "UPDATE {cloud_table} t SET {source} = t.{source} \
+             FROM jsonb_populate_record(NULL::{cloud_table}, $1) k WHERE {matches} AND t.{source} = 'M'"
+        );
+        let what = format!(
+            "re-saving the cloud row of dead letter {} ({})",
+            dl.id, table.table.cloud
+        );
+        let tx = cloud.transaction().await.ctx(Side::Cloud, &what)?;
+        tx.execute("SELECT set_config($1, 'on', true)", &[&APPLYING_SETTING])
+            .await
+            .ctx(Side::Cloud, &what)?;
+        let n = tx
+            .execute(&touch, &[&Value::Object(cloud_key)])
+            .await
+            .ctx(Side::Cloud, &what)?;
+        tx.commit().await.ctx(Side::Cloud, &what)?;
+        if n == 0 {
+            tracing::warn!(table = %dl.table, id = dl.id, "the cloud no longer holds this row as mobile-owned; dead letter left open");
+            report.left.push(dl.id);
+        } else {
+            resent.push(dl.id);
+        }
+    }
+    desktop
+        .execute(
+            "UPDATE tandem.dead_letters SET retried_at = now() WHERE id = ANY($1)",
+            &[&resent],
+        )
+        .await
+        .ctx(Side::Desktop, "marking dead letters as retried")?;
+    report.resent = resent.len();
+    Ok(report)
 }

@@ -224,9 +224,18 @@ async fn dead_letters(
 ) -> anyhow::Result<ExitCode> {
     if retry {
         let n = deadletters::retry_forward(config).await?;
+        let reverse = deadletters::retry_reverse(config).await?;
         println!(
-            "dead-letters: {n} forward dead letter(s) queued again; `tandem run` applies them"
+            "dead-letters: {n} forward dead letter(s) queued again, {} reverse one(s) re-sent from the cloud; `tandem run` applies them",
+            reverse.resent
         );
+        if !reverse.left.is_empty() {
+            println!(
+                "dead-letters: {} reverse dead letter(s) left open (ids {:?}): the cloud no longer holds their row as a mobile-owned row, or their table is no longer configured",
+                reverse.left.len(),
+                reverse.left
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let letters = deadletters::list(config, all).await?;

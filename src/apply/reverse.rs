@@ -333,6 +333,7 @@ impl ReverseApplier {
 
         let normal = self.operations(desktop, session, tables, &direct).await?;
         let whole = (i64::MIN, i64::MAX);
+        let batch_ref = &batch;
         let results = db::pipelined(
             normal
                 .iter()
@@ -341,6 +342,10 @@ impl ReverseApplier {
                         Params::None => desktop.execute(&op.statement, &[]).await.map(|n| (n, 0)),
                         Params::TableName => desktop
                             .execute(&op.statement, &[&names[op.table]])
+                            .await
+                            .map(|n| (n, 0)),
+                        Params::TableAndBatch => desktop
+                            .execute(&op.statement, &[&names[op.table], batch_ref])
                             .await
                             .map(|n| (n, 0)),
                         Params::WholeRange => desktop
@@ -386,6 +391,10 @@ impl ReverseApplier {
                         .execute(&op.statement, &[])
                         .await
                         .ctx(side, "applying mobile changes")?,
+                    None if matches!(op.params, Params::TableAndBatch) => desktop
+                        .execute(&op.statement, &[&names[op.table], &batch])
+                        .await
+                        .ctx(side, "resolving the dead letters of rows applied")?,
                     None => desktop
                         .execute(&op.statement, &[&names[op.table]])
                         .await

@@ -13,6 +13,11 @@ use crate::transform::{Kind, MappedColumn, TableMapping};
 
 use super::forward_sql::{Numbered, Ranged};
 
+/// The start of a `resolve` statement, and the dead letters it may resolve.
+const RESOLVE: &str = "UPDATE tandem.dead_letters d SET resolved_at = now()";
+const RESOLVE_OPEN: &str = "d.direction = 'reverse' AND d.table_name = $1 AND d.resolved_at IS NULL \
+     AND d.batch IS DISTINCT FROM $2";
+
 fn q(name: &str) -> String {
     quote_ident(name)
 }
@@ -55,6 +60,10 @@ pub struct ReverseSql {
     pub insert: Ranged,
     /// `(row_key, row_image)` of `N` row `$1`, for a dead letter.
     pub dead_letter_image: String,
+    /// Resolves the open dead letters of rows `N` holds a later version of ($1: table name, $2: the
+    /// group's batch, whose own dead letters stay open): that version was applied, or logged as a
+    /// conflict, or is a delete of a row the desktop never had.
+    pub resolve: String,
     /// A group that only inserted new rows needs no reduction: conflicts ($1: table name; empty for
     /// cloud-key tables) and inserts straight from `S`, probing the desktop key's index (when it has
     /// one) or by hash join.
@@ -94,8 +103,11 @@ impl ReverseSql {
             names.join(", ")
         );
         let copy_direct = format!("COPY {target} ({}) FROM STDIN", names.join(", "));
+        // Old images are read as staging rows (the desktop's base types, no length or precision
+        // limits): a phone's row the desktop refused for a value too long for it (a dead letter) must
+        // not stop every later change of that row from being read (its delete, its next version).
         let old =
-            |alias: &str| format!("jsonb_populate_record(NULL::{target}, {alias}._first_old)");
+            |alias: &str| format!("jsonb_populate_record(NULL::{staged}, {alias}._first_old)");
         // Unchanged TOAST: keep the desktop's value (update), or the old image's (insert).
         let value = |c: &MappedColumn, keep: &str| {
             format!(
@@ -140,7 +152,7 @@ impl ReverseSql {
                     join(
                         key.iter().enumerate().map(|(j, k)| {
                             format!(
-                                "CASE WHEN {alias}._op = 'D' THEN (jsonb_populate_record(NULL::{target}, {alias}._old)).{col} ELSE {alias}.{col} END AS _k{j}",
+                                "CASE WHEN {alias}._op = 'D' THEN (jsonb_populate_record(NULL::{staged}, {alias}._old)).{col} ELSE {alias}.{col} END AS _k{j}",
                                 col = q(&k.name)
                             )
                         }),
@@ -278,6 +290,9 @@ impl ReverseSql {
                     dead_letter_image: format!(
                         "SELECT {key_json}, to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' FROM {net} n WHERE n._n = $1"
                     ),
+                    resolve: format!(
+                        "{RESOLVE} FROM {net} n WHERE {RESOLVE_OPEN} AND d.row_key = {key_json}"
+                    ),
                     staged,
                     net,
                     plan_table: None,
@@ -329,11 +344,18 @@ impl ReverseSql {
                     o_null = any_null("o"),
                     d_null = any_null("d"),
                 );
+                // A row the desktop refused before (an open dead letter) arrives again as a change of a
+                // row the desktop does not hold: it is inserted, as the row it is now, not a conflict.
+                let refused = format!(
+                    "EXISTS (SELECT 1 FROM tandem.dead_letters dl WHERE dl.direction = 'reverse' AND dl.table_name = {} \
+                     AND dl.resolved_at IS NULL AND dl.row_key = jsonb_build_object('cloud_key', n._ck))",
+                    lit(&t.table.desktop.to_string())
+                );
                 let conflicts = format!(
                     "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
                      SELECT 'reverse', $1, jsonb_build_object('cloud_key', n._ck), {incoming}, n._first_old, \
                        'the phone changed a row the desktop no longer holds as it was; the desktop was left as it is' \
-                     FROM {net} n JOIN {plan} p ON p.ck = n._ck WHERE n._op = 'I' AND p.tid IS NULL"
+                     FROM {net} n JOIN {plan} p ON p.ck = n._ck WHERE n._op = 'I' AND p.tid IS NULL AND NOT {refused}"
                 );
                 let delete = numbered(
                     "reverse delete",
@@ -354,7 +376,9 @@ impl ReverseSql {
                     "reverse insert",
                     format!(
                         "INSERT INTO {target} ({insert_cols}) SELECT {insert_vals} FROM {net} n LEFT JOIN LATERAL {} o ON n._unchanged IS NOT NULL \
-                         WHERE n._op = 'I' AND n._first_old IS NULL AND n._n BETWEEN $1 AND $2",
+                         WHERE n._op = 'I' AND (n._first_old IS NULL \
+                           OR ({refused} AND NOT EXISTS (SELECT 1 FROM {plan} p WHERE p.ck = n._ck AND p.tid IS NOT NULL))) \
+                         AND n._n BETWEEN $1 AND $2",
                         old("n")
                     ),
                 );
@@ -374,6 +398,9 @@ impl ReverseSql {
                     clear: format!("DELETE FROM {staged}; DELETE FROM {net}; DELETE FROM {plan};"),
                     dead_letter_image: format!(
                         "SELECT jsonb_build_object('cloud_key', n._ck), to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' FROM {net} n WHERE n._n = $1"
+                    ),
+                    resolve: format!(
+                        "{RESOLVE} FROM {net} n WHERE {RESOLVE_OPEN} AND d.row_key = jsonb_build_object('cloud_key', n._ck)"
                     ),
                     staged,
                     net,

@@ -7,6 +7,7 @@ mod init;
 mod pgoutput;
 mod property;
 mod reverse;
+mod reverse_retry;
 mod seed;
 mod support;
 mod tls;

@@ -16,7 +16,7 @@ pub async fn reverse_once(config: &Config) -> RunStats {
 }
 
 /// What the parents of the sample need, made on the desktop and sent to the cloud.
-async fn parents(db: &TestDb, config: &Config) {
+pub async fn parents(db: &TestDb, config: &Config) {
     desktop_app(db, "INSERT INTO orgmaster (org_id, org_name) VALUES (1, 'Org');
              INSERT INTO climaster (client_id, org_id, client_name) VALUES (1, 1, 'Asha Traders'), (2, 1, 'Bala & Co');
              INSERT INTO jobmaster (job_id, job_name) VALUES (1, 'GST return');
@@ -26,12 +26,12 @@ async fn parents(db: &TestDb, config: &Config) {
     forward_once(config).await;
 }
 
-async fn phone(db: &TestDb, sql: &str) {
+pub async fn phone(db: &TestDb, sql: &str) {
     db.cloud().await.batch_execute(sql).await.unwrap();
 }
 
 /// The desktop application writes.
-async fn desktop_app(db: &TestDb, sql: &str) {
+pub async fn desktop_app(db: &TestDb, sql: &str) {
     db.desktop().await.batch_execute(sql).await.unwrap();
 }
 

@@ -14,6 +14,8 @@ use super::{DesktopSession, NESTLOOP_OFF, NESTLOOP_ON, PROBE_BELOW, ReverseAppli
 pub(super) enum Params {
     None,
     TableName,
+    /// The table's name and the group's batch.
+    TableAndBatch,
     WholeRange,
 }
 
@@ -147,6 +149,16 @@ impl ReverseApplier {
                     ops.push(Op::plain(i, on, Params::None, Count::Nothing));
                 }
             }
+        }
+        // Last: what was refused in this group is written by then, and stays open.
+        for &i in tables.iter().filter(|i| !direct.contains(i)) {
+            let statement = statements.get(desktop, &self.sql[i].resolve).await?;
+            ops.push(Op::plain(
+                i,
+                statement,
+                Params::TableAndBatch,
+                Count::Nothing,
+            ));
         }
         Ok(ops)
     }
