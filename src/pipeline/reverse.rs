@@ -164,7 +164,7 @@ struct Stream<'a> {
 /// big transaction the worker wakes thousands of times a second; where it shares cores with the cloud's
 /// walsender (the bench) or the desktop's own work (a desktop server), each preempting wake-up took the
 /// CPU from a process doing the real work. Measured on the bench: the 100k-row transaction's median
-/// went from 0.76-1.05x native to 1.02-1.06x, the worker's CPU through five of them from 0.48-0.57 s to
+/// went from 0.76-1.05x native to 1.02-1.15x, the worker's CPU through five of them from 0.48-0.57 s to
 /// 0.38 s, single-row latency unchanged (p50 ~0.5 ms). Returns whether the kernel took it.
 pub(crate) fn yield_on_wake_up() -> bool {
     #[cfg(target_os = "linux")]

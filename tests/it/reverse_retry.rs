@@ -5,7 +5,16 @@ use tandem::deadletters::{self, ReverseRetry};
 
 use crate::forward::{forward_once, installed};
 use crate::reverse::{desktop_app, parents, phone, reverse_once};
-use crate::support::{count, rows};
+use crate::support::{TestDb, count, rows};
+
+/// The desktop starts refusing work-diary narrations of 10 characters or more (rows it holds stay).
+async fn refuse_long_narrations(db: &TestDb) {
+    desktop_app(
+        db,
+        "ALTER TABLE workdiary ADD CONSTRAINT short_narration CHECK (length(narration) < 10) NOT VALID",
+    )
+    .await;
+}
 
 const OPEN_REVERSE: &str =
     "SELECT count(*) FROM tandem.dead_letters WHERE direction = 'reverse' AND resolved_at IS NULL";
@@ -94,11 +103,7 @@ async fn a_refused_mobile_row_of_a_keyed_table_arrives_once_retried_and_its_dead
 async fn a_refused_work_diary_entry_arrives_with_the_phones_next_edit_and_is_not_doubled() {
     let (db, config) = installed().await;
     parents(&db, &config).await;
-    desktop_app(
-        &db,
-        "ALTER TABLE workdiary ADD CONSTRAINT short_narration CHECK (length(narration) < 10)",
-    )
-    .await;
+    refuse_long_narrations(&db).await;
     phone(&db, "INSERT INTO workdiary (staff_id, wd_date, job_id, hours, narration) VALUES (2, '2025-06-01', 100, 1.5, 'Site visit at Asha Traders'), (2, '2025-06-01', 100, 2, 'Call')").await;
     let stats = reverse_once(&config).await;
     assert_eq!(stats.outcome.dead_letters, 1, "{stats:?}");
@@ -155,11 +160,7 @@ async fn a_refused_work_diary_entry_arrives_with_the_phones_next_edit_and_is_not
 async fn a_refused_work_diary_entry_retried_arrives_once() {
     let (db, config) = installed().await;
     parents(&db, &config).await;
-    desktop_app(
-        &db,
-        "ALTER TABLE workdiary ADD CONSTRAINT short_narration CHECK (length(narration) < 10)",
-    )
-    .await;
+    refuse_long_narrations(&db).await;
     phone(&db, "INSERT INTO workdiary (staff_id, wd_date, job_id, hours, narration) VALUES (2, '2025-06-01', 100, 1.5, 'Site visit at Asha Traders')").await;
     assert_eq!(reverse_once(&config).await.outcome.dead_letters, 1);
     desktop_app(&db, "ALTER TABLE workdiary DROP CONSTRAINT short_narration").await;
@@ -185,7 +186,7 @@ async fn a_refused_work_diary_entry_retried_arrives_once() {
     assert_eq!(count(&desktop, OPEN_REVERSE).await, 0);
 
     // A dead letter whose cloud row is gone is left open and reported.
-    desktop_app(&db, "ALTER TABLE workdiary ADD CONSTRAINT short_narration CHECK (length(narration) < 10) NOT VALID").await;
+    refuse_long_narrations(&db).await;
     phone(&db, "INSERT INTO workdiary (staff_id, wd_date, hours, narration) VALUES (1, '2025-06-02', 1, 'Long narration')").await;
     assert_eq!(reverse_once(&config).await.outcome.dead_letters, 1);
     let id: i64 = desktop
