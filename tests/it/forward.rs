@@ -166,6 +166,34 @@ async fn seeds_001_scenario_4_a_desktop_change_never_overwrites_a_mobile_row() {
     assert_eq!(conflict.get::<_, String>(2), "Completed");
     assert_eq!(conflict.get::<_, String>(3), "Active");
     assert!(conflict.get::<_, String>(4).contains("mobile-owned"));
+
+    // The same desktop row sent again (as a lookup's change or a retry does): the same conflict, not
+    // logged twice while it is open. A new desktop change of the row is a new conflict.
+    let desktop = db.desktop().await;
+    desktop
+        .batch_execute("INSERT INTO tandem.outbox (table_schema, table_name, op, row_key) VALUES ('public', 'jobshead', 'U', ARRAY['99999'])")
+        .await
+        .unwrap();
+    forward_once(&config).await;
+    let logged = "SELECT count(*) FROM tandem.conflicts";
+    assert_eq!(count(&cloud, logged).await, 1);
+    desktop
+        .batch_execute("UPDATE jobshead SET job_status = 'Closed' WHERE job_id = 99999")
+        .await
+        .unwrap();
+    forward_once(&config).await;
+    assert_eq!(count(&cloud, logged).await, 2);
+    // Once the first is resolved, seeing it again logs it again.
+    cloud
+        .batch_execute("UPDATE tandem.conflicts SET resolved_at = now()")
+        .await
+        .unwrap();
+    desktop
+        .batch_execute("INSERT INTO tandem.outbox (table_schema, table_name, op, row_key) VALUES ('public', 'jobshead', 'U', ARRAY['99999'])")
+        .await
+        .unwrap();
+    forward_once(&config).await;
+    assert_eq!(count(&cloud, logged).await, 3);
 }
 
 #[tokio::test]
