@@ -198,29 +198,21 @@ impl ForwardSql {
                     format!("({}) IS DISTINCT FROM ({})", list(&c_vals), list(&s_vals))
                 };
                 // Blocked upserts and blocked deletes, in one statement.
-                // The same conflict seen again (the same desktop row against the same cloud row: the
-                // desktop re-saving it unchanged, a lookup's change sending it again) is not logged twice
-                // while the first one is open.
-                let conflicts = vec![format!(
-                    "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
-                     SELECT 'forward', $1, x.row_key, x.incoming, x.current, x.reason FROM ( \
-                     SELECT {kjs} AS row_key, to_jsonb(s) - '_n' AS incoming, to_jsonb(c) AS current, \
-                     'the cloud row is mobile-owned; the desktop change was not applied' AS reason \
+                let conflicts = vec![super::log_conflicts(&format!(
+                    "SELECT 'forward', $1::text, {kjs}, to_jsonb(s) - '_n', to_jsonb(c), \
+                     'the cloud row is mobile-owned; the desktop change was not applied' \
                      FROM {rows} s JOIN {target} c ON {eqcs} WHERE c.{source} = 'M' AND {differs} \
                      UNION ALL \
-                     SELECT {kjk}, NULL, to_jsonb(c), \
+                     SELECT 'forward', $1::text, {kjk}, NULL, to_jsonb(c), \
                      'the desktop deleted this row, but the cloud row is mobile-owned; it was kept' \
                      FROM {keys} k JOIN {target} c ON {eqck} WHERE c.{source} = 'M' \
-                     AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {eqsk})) x \
-                     WHERE NOT EXISTS (SELECT 1 FROM tandem.conflicts o WHERE o.resolved_at IS NULL \
-                     AND o.direction = 'forward' AND o.table_name = $1 AND o.row_key = x.row_key \
-                     AND o.incoming IS NOT DISTINCT FROM x.incoming AND o.current IS NOT DISTINCT FROM x.current)",
+                     AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {eqsk})",
                     kjs = key_json("s", key),
                     eqcs = eq("c", "s", key),
                     kjk = key_json("k", key),
                     eqck = eq("c", "k", key),
                     eqsk = eq("s", "k", key),
-                )];
+                ))];
                 let delete = Ranged {
                     what: "delete",
                     numbered: Numbered::Keys,

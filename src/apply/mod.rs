@@ -448,6 +448,21 @@ fn site<'a>(
     }
 }
 
+/// The statement logging the conflicts `select` yields (direction, table name, row key, incoming row,
+/// current row, reason; `$1::text` where it takes the table's name), except those already logged and
+/// still open: the same row key, incoming and current rows seen again (the desktop re-saving a row
+/// unchanged, a lookup's change or a retry sending a row again, a phone re-saving) is one conflict.
+pub fn log_conflicts(select: &str) -> String {
+    format!(
+        "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
+         SELECT x.* FROM ({select}) AS x (direction, table_name, row_key, incoming, current, reason) \
+         WHERE NOT EXISTS (SELECT 1 FROM tandem.conflicts o WHERE o.resolved_at IS NULL \
+         AND o.direction = x.direction AND o.table_name = x.table_name \
+         AND o.row_key IS NOT DISTINCT FROM x.row_key AND o.incoming IS NOT DISTINCT FROM x.incoming \
+         AND o.current IS NOT DISTINCT FROM x.current)"
+    )
+}
+
 /// Whether a batch failure should be retried in careful mode (a row was refused).
 pub fn is_refused_row(e: &DbError) -> bool {
     e.kind() == db::ErrorKind::BadRow

@@ -188,16 +188,15 @@ impl ReverseSql {
                         ", "
                     )
                 );
-                let conflicts = format!(
-                    "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
-                     SELECT 'reverse', $1, {key_json}, {incoming}, to_jsonb(d), \
+                let conflicts = super::log_conflicts(&format!(
+                    "SELECT 'reverse', $1::text, {key_json}, {incoming}, to_jsonb(d), \
                        CASE WHEN n._op = 'D' THEN 'the phone deleted this row, but the desktop''s row differs from what the phone had; the desktop row was kept' \
                             WHEN n._first_old IS NULL THEN 'the phone created a row whose key the desktop already holds with other content (a key collision); neither side was changed' \
                             ELSE 'the phone changed this row, and the desktop changed it too; the desktop''s version was kept' END \
                      FROM {net} n JOIN {target} d ON {eq} LEFT JOIN LATERAL {} o ON n._first_old IS NOT NULL \
                      WHERE (n._op = 'I' AND NOT ({same_new}) AND NOT {same_old}) OR (n._op = 'D' AND NOT {same_old})",
                     old("n")
-                );
+                ));
                 let delete = numbered(
                     "reverse delete",
                     format!(
@@ -251,13 +250,12 @@ impl ReverseSql {
                 let reason = "'the phone created a row whose key the desktop already holds with other content (a key collision); neither side was changed'";
                 let incoming_s = "to_jsonb(s) - '_seq' - '_op' - '_unchanged' - '_old' - '_ck'";
                 let conflicts_via = |matching: String| {
-                    format!(
-                        "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
-                         SELECT 'reverse', $1, {key_json_s}, {incoming_s}, to_jsonb(d), {reason} \
+                    super::log_conflicts(&format!(
+                        "SELECT 'reverse', $1::text, {key_json_s}, {incoming_s}, to_jsonb(d), {reason} \
                          FROM {staged} s {matching} WHERE ROW({}) IS DISTINCT FROM ROW({})",
                         row_of("d"),
                         row_of("s")
-                    )
+                    ))
                 };
                 let insert_via = |absent: String| {
                     format!(
@@ -351,12 +349,11 @@ impl ReverseSql {
                      AND dl.resolved_at IS NULL AND dl.row_key = jsonb_build_object('cloud_key', n._ck))",
                     lit(&t.table.desktop.to_string())
                 );
-                let conflicts = format!(
-                    "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
-                     SELECT 'reverse', $1, jsonb_build_object('cloud_key', n._ck), {incoming}, n._first_old, \
+                let conflicts = super::log_conflicts(&format!(
+                    "SELECT 'reverse', $1::text, jsonb_build_object('cloud_key', n._ck), {incoming}, n._first_old, \
                        'the phone changed a row the desktop no longer holds as it was; the desktop was left as it is' \
                      FROM {net} n JOIN {plan} p ON p.ck = n._ck WHERE n._op = 'I' AND p.tid IS NULL AND NOT {refused}"
-                );
+                ));
                 let delete = numbered(
                     "reverse delete",
                     format!(

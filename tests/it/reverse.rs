@@ -305,11 +305,32 @@ async fn a_key_collision_is_a_conflict_and_both_sides_keep_their_data() {
         .unwrap()
         .get(0);
     assert!(reason.contains("key collision"), "{reason}");
+    // The phone saving its row again unchanged: the same conflict, not logged twice while it is open.
+    // Its next real edit is a new one.
+    let logged = "SELECT count(*) FROM tandem.conflicts";
+    phone(
+        &db,
+        "UPDATE reminder SET rem_subject = rem_subject WHERE rem_id = 5",
+    )
+    .await;
+    reverse_once(&config).await;
+    assert_eq!(count(&desktop, logged).await, 1);
+    phone(
+        &db,
+        "UPDATE reminder SET rem_subject = 'Phone, later' WHERE rem_id = 5",
+    )
+    .await;
+    reverse_once(&config).await;
+    assert_eq!(count(&desktop, logged).await, 2);
+    assert_eq!(
+        rows(&desktop, "mbreminder", "rem_id, rem_subject", "true").await,
+        vec!["(5,Desk)"]
+    );
     forward_once(&config).await;
     let cloud = db.cloud().await;
     assert_eq!(
         rows(&cloud, "reminder", "rem_id, rem_subject, source", "true").await,
-        vec!["(5,Phone,M)"]
+        vec!["(5,\"Phone, later\",M)"]
     );
     assert_eq!(
         count(&cloud, "SELECT count(*) FROM tandem.conflicts").await,
