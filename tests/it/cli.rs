@@ -244,7 +244,7 @@ async fn dead_letters_are_listed_and_retried() {
     let (code, text) = run(&["dead-letters", "--retry"]).await.unwrap();
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("1 forward dead letter(s) queued again"),
+        text.contains("1 forward dead letter(s) queued again, 0 reverse one(s) re-sent"),
         "{text}"
     );
     let (code, text) = run(&["run", "--once"]).await.unwrap();
