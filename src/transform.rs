@@ -22,6 +22,8 @@ pub struct MappedColumn {
     pub name: String,
     /// The desktop column's base type.
     pub desktop_base: String,
+    /// The desktop column's full type (`character varying(2)`, `numeric(5,2)`).
+    pub desktop_type: String,
     /// The cloud column's full type (`character varying(120)`).
     pub cloud_type: String,
     /// The type the value travels as between the two (in staging tables and binary COPY): the cloud's
@@ -41,6 +43,7 @@ impl MappedColumn {
         MappedColumn {
             name: name.to_string(),
             desktop_base: desktop.base_type.clone(),
+            desktop_type: desktop.type_name.clone(),
             cloud_type: cloud.type_name.clone(),
             wire_type,
             explicit_cast,

@@ -103,11 +103,26 @@ impl ReverseSql {
             names.join(", ")
         );
         let copy_direct = format!("COPY {target} ({}) FROM STDIN", names.join(", "));
-        // Old images are read as staging rows (the desktop's base types, no length or precision
-        // limits): a phone's row the desktop refused for a value too long for it (a dead letter) must
-        // not stop every later change of that row from being read (its delete, its next version).
-        let old =
-            |alias: &str| format!("jsonb_populate_record(NULL::{staged}, {alias}._first_old)");
+        // An old image as the desktop would hold it: read as a staging row (base types, so a value
+        // too long for the desktop's column does not fail the statement: a phone's row the desktop
+        // refused for one, a dead letter, must not stop its delete or its next version from applying),
+        // then cast to the desktop's column types, which truncates and rounds as the desktop would
+        // have stored it (a `numeric(5,2)` 1.5 is 1.50, as the desktop row it is compared with).
+        let as_desktop = join(
+            cols.iter().map(|c| {
+                format!(
+                    "CAST(r.{col} AS {}) AS {col}",
+                    c.desktop_type,
+                    col = q(&c.name)
+                )
+            }),
+            ", ",
+        );
+        let old = |alias: &str| {
+            format!(
+                "(SELECT {as_desktop} FROM jsonb_populate_record(NULL::{staged}, {alias}._first_old) r)"
+            )
+        };
         // Unchanged TOAST: keep the desktop's value (update), or the old image's (insert).
         let value = |c: &MappedColumn, keep: &str| {
             format!(

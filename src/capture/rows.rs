@@ -369,6 +369,7 @@ mod tests {
         let col = |name: &str| crate::transform::MappedColumn {
             name: name.into(),
             desktop_base: "text".into(),
+            desktop_type: "text".into(),
             cloud_type: "text".into(),
             wire_type: "text".into(),
             explicit_cast: false,

@@ -1,5 +1,6 @@
 //! Reverse dead letters: a mobile row the desktop refused comes again, by `tandem dead-letters --retry`
-//! or by the phone's next change of it, and its dead letter is resolved; nothing is doubled.
+//! or by the phone's next change of it, and its dead letter is resolved; nothing is doubled. And old
+//! images read as the desktop holds its rows, whatever the column types' limits on either side.
 
 use tandem::deadletters::{self, ReverseRetry};
 
@@ -212,5 +213,33 @@ async fn a_refused_work_diary_entry_retried_arrives_once() {
             resent: 0,
             left: vec![id]
         }
+    );
+}
+
+/// A cloud-key row is found on the desktop by its old image: read with the desktop's column types
+/// (`numeric(6,3)` here, the cloud's `numeric(5,2)`), it matches the row the desktop stored, so the
+/// phone's edit updates that row rather than being logged as a conflict.
+#[tokio::test]
+async fn an_old_image_is_compared_as_the_desktop_stored_it() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    desktop_app(&db, "ALTER TABLE workdiary ALTER hours TYPE numeric(6,3)").await;
+    phone(&db, "INSERT INTO workdiary (staff_id, wd_date, hours, narration) VALUES (2, '2025-06-01', 1.5, 'Call')").await;
+    reverse_once(&config).await;
+    let desktop = db.desktop().await;
+    assert_eq!(
+        rows(&desktop, "workdiary", "hours, narration", "true").await,
+        vec!["(1.500,Call)"]
+    );
+    phone(&db, "UPDATE workdiary SET narration = 'Call back'").await;
+    let stats = reverse_once(&config).await;
+    assert_eq!(
+        (stats.outcome.conflicts, stats.outcome.dead_letters),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        rows(&desktop, "workdiary", "hours, narration", "true").await,
+        vec!["(1.500,\"Call back\")"]
     );
 }
