@@ -170,10 +170,8 @@ async fn seeds_001_scenario_4_a_desktop_change_never_overwrites_a_mobile_row() {
     // The same desktop row sent again (as a lookup's change or a retry does): the same conflict, not
     // logged twice while it is open. A new desktop change of the row is a new conflict.
     let desktop = db.desktop().await;
-    desktop
-        .batch_execute("INSERT INTO tandem.outbox (table_schema, table_name, op, row_key) VALUES ('public', 'jobshead', 'U', ARRAY['99999'])")
-        .await
-        .unwrap();
+    let send_again = "INSERT INTO tandem.outbox (table_schema, table_name, op, row_key) VALUES ('public', 'jobshead', 'U', ARRAY['99999'])";
+    desktop.batch_execute(send_again).await.unwrap();
     forward_once(&config).await;
     let logged = "SELECT count(*) FROM tandem.conflicts";
     assert_eq!(count(&cloud, logged).await, 1);
@@ -188,10 +186,7 @@ async fn seeds_001_scenario_4_a_desktop_change_never_overwrites_a_mobile_row() {
         .batch_execute("UPDATE tandem.conflicts SET resolved_at = now()")
         .await
         .unwrap();
-    desktop
-        .batch_execute("INSERT INTO tandem.outbox (table_schema, table_name, op, row_key) VALUES ('public', 'jobshead', 'U', ARRAY['99999'])")
-        .await
-        .unwrap();
+    desktop.batch_execute(send_again).await.unwrap();
     forward_once(&config).await;
     assert_eq!(count(&cloud, logged).await, 3);
 }
