@@ -18,6 +18,34 @@ const RESOLVE: &str = "UPDATE tandem.dead_letters d SET resolved_at = now()";
 const RESOLVE_OPEN: &str = "d.direction = 'reverse' AND d.table_name = $1 AND d.resolved_at IS NULL \
      AND d.batch IS DISTINCT FROM $2";
 
+/// Column `c` of staging row `alias` cast to the desktop column's type, never failing: a cast to a
+/// length-limited type truncates, one to a precision-limited time rounds, and a `numeric(p,s)` value
+/// too big for it stays as it is (no desktop row can equal it anyway; the cast would fail the
+/// statement, and with it every later change of the row).
+fn as_desktop_type(c: &MappedColumn, alias: &str) -> String {
+    let col = format!("{alias}.{}", q(&c.name));
+    let cast = format!("CAST({col} AS {})", c.desktop_type);
+    match numeric_typmod(&c.desktop_type) {
+        Some((precision, scale)) => format!(
+            "CASE WHEN abs(round({col}, {scale})) < 1e{} THEN {cast} ELSE {col} END",
+            precision - scale
+        ),
+        None => cast,
+    }
+}
+
+/// `(precision, scale)` of `numeric(p,s)` / `numeric(p)`.
+fn numeric_typmod(type_name: &str) -> Option<(i32, i32)> {
+    let inner = type_name.strip_prefix("numeric(")?.strip_suffix(')')?;
+    let mut parts = inner.split(',').map(|p| p.trim().parse::<i32>());
+    let precision = parts.next()?.ok()?;
+    let scale = match parts.next() {
+        Some(s) => s.ok()?,
+        None => 0,
+    };
+    Some((precision, scale))
+}
+
 fn q(name: &str) -> String {
     quote_ident(name)
 }
@@ -109,13 +137,8 @@ impl ReverseSql {
         // then cast to the desktop's column types, which truncates and rounds as the desktop would
         // have stored it (a `numeric(5,2)` 1.5 is 1.50, as the desktop row it is compared with).
         let as_desktop = join(
-            cols.iter().map(|c| {
-                format!(
-                    "CAST(r.{col} AS {}) AS {col}",
-                    c.desktop_type,
-                    col = q(&c.name)
-                )
-            }),
+            cols.iter()
+                .map(|c| format!("{} AS {}", as_desktop_type(c, "r"), q(&c.name))),
             ", ",
         );
         let old = |alias: &str| {
@@ -429,5 +452,43 @@ impl ReverseSql {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(desktop_type: &str) -> MappedColumn {
+        MappedColumn {
+            name: "v".into(),
+            desktop_base: "numeric".into(),
+            desktop_type: desktop_type.into(),
+            cloud_type: "numeric".into(),
+            wire_type: "numeric".into(),
+            explicit_cast: false,
+        }
+    }
+
+    #[test]
+    fn numeric_typmods_are_read_from_the_type_name() {
+        assert_eq!(numeric_typmod("numeric(5,2)"), Some((5, 2)));
+        assert_eq!(numeric_typmod("numeric(7)"), Some((7, 0)));
+        assert_eq!(numeric_typmod("numeric(2,-3)"), Some((2, -3)));
+        assert_eq!(numeric_typmod("numeric"), None);
+        assert_eq!(numeric_typmod("numeric(5,2)[]"), None);
+        assert_eq!(numeric_typmod("character varying(5)"), None);
+    }
+
+    #[test]
+    fn a_cast_to_a_numeric_typmod_keeps_values_it_cannot_hold() {
+        assert_eq!(
+            as_desktop_type(&column("numeric(3,2)"), "r"),
+            "CASE WHEN abs(round(r.\"v\", 2)) < 1e1 THEN CAST(r.\"v\" AS numeric(3,2)) ELSE r.\"v\" END"
+        );
+        assert_eq!(
+            as_desktop_type(&column("character varying(2)"), "r"),
+            "CAST(r.\"v\" AS character varying(2))"
+        );
     }
 }

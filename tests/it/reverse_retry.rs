@@ -243,3 +243,45 @@ async fn an_old_image_is_compared_as_the_desktop_stored_it() {
         vec!["(1.500,\"Call back\")"]
     );
 }
+
+/// An old image the desktop's types cannot hold at all (12.50 in a `numeric(3,2)`) is compared as it
+/// is instead: the phone's next versions of a refused row still arrive, refused again while they do
+/// not fit, applied once they do; the worker never stops on it.
+#[tokio::test]
+async fn an_old_image_the_desktop_cannot_hold_does_not_stop_the_worker() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    desktop_app(&db, "ALTER TABLE workdiary ALTER hours TYPE numeric(3,2)").await;
+    phone(&db, "INSERT INTO workdiary (staff_id, wd_date, hours, narration) VALUES (2, '2025-06-01', 12.5, 'Audit')").await;
+    assert_eq!(reverse_once(&config).await.outcome.dead_letters, 1);
+    phone(&db, "UPDATE workdiary SET narration = 'Audit, day 2'").await;
+    let stats = reverse_once(&config).await;
+    assert_eq!(
+        (stats.outcome.conflicts, stats.outcome.dead_letters),
+        (0, 1),
+        "{stats:?}"
+    );
+    let desktop = db.desktop().await;
+    assert_eq!(
+        rows(
+            &desktop,
+            "tandem.dead_letters",
+            "attempts",
+            "resolved_at IS NULL"
+        )
+        .await,
+        vec!["(2)"]
+    );
+    phone(&db, "UPDATE workdiary SET hours = 9.5").await;
+    let stats = reverse_once(&config).await;
+    assert_eq!(
+        (stats.outcome.conflicts, stats.outcome.dead_letters),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        rows(&desktop, "workdiary", "hours, narration", "true").await,
+        vec!["(9.50,\"Audit, day 2\")"]
+    );
+    assert_eq!(count(&desktop, OPEN_REVERSE).await, 0);
+}
