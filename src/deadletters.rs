@@ -167,7 +167,13 @@ pub struct ReverseRetry {
 /// Re-saves in the cloud the rows of the open reverse dead letters (see the module's documentation).
 pub async fn retry_reverse(config: &Config) -> Result<ReverseRetry, DbError> {
     let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
-    let mut cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+    let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+    // tandem's session: the ownership trigger leaves the rows' `source` alone.
+    cloud
+        .execute("SELECT set_config($1, 'on', false)", &[&APPLYING_SETTING])
+        .await
+        .ctx(Side::Cloud, "marking the session as tandem's")?;
+    let source = quote_ident(SOURCE_COLUMN);
     let open: Vec<DeadLetter> = read(&desktop, Side::Desktop, false)
         .await?
         .into_iter()
@@ -198,7 +204,6 @@ pub async fn retry_reverse(config: &Config) -> Result<ReverseRetry, DbError> {
                 }
             };
         let cloud_table = table.table.cloud.quoted();
-        let source = quote_ident(SOURCE_COLUMN);
         let matches = columns
             .iter()
             .map(|c| format!("t.{0} = k.{0}", quote_ident(c)))
@@ -212,15 +217,10 @@ pub async fn retry_reverse(config: &Config) -> Result<ReverseRetry, DbError> {
             "re-saving the cloud row of dead letter {} ({})",
             dl.id, table.table.cloud
         );
-        let tx = cloud.transaction().await.ctx(Side::Cloud, &what)?;
-        tx.execute("SELECT set_config($1, 'on', true)", &[&APPLYING_SETTING])
-            .await
-            .ctx(Side::Cloud, &what)?;
-        let n = tx
+        let n = cloud
             .execute(&touch, &[&Value::Object(cloud_key)])
             .await
             .ctx(Side::Cloud, &what)?;
-        tx.commit().await.ctx(Side::Cloud, &what)?;
         if n == 0 {
             tracing::warn!(table = %dl.table, id = dl.id, "the cloud no longer holds this row as mobile-owned; dead letter left open");
             report.left.push(dl.id);
