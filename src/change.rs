@@ -27,6 +27,12 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Quotes a string as an SQL literal. Only for names written into DDL (trigger arguments, a table's
+/// name in a filter): values always travel as parameters or COPY data.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 /// A schema-qualified table name as written in the config (`jobshead` means `public.jobshead`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QualifiedName {

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::change::Side;
 use crate::cluster::{ClusterOptions, LocalCluster, WalLevel, wait_until};
 use crate::config::{Config, ConnUrl};
+use crate::ops::check;
 use crate::pipeline::{self, RunOptions};
-use crate::{check, db, sample, setup};
+use crate::{db, sample, setup};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 

@@ -8,9 +8,10 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use tandem::cli::{Cli, Command, LogFormat};
 use tandem::config::Config;
+use tandem::ops::{check, dead_letters as deadletters};
 use tandem::pipeline::{self, RunOptions};
 use tandem::setup::{self, Step};
-use tandem::{check, db, deadletters, demo, sample};
+use tandem::{db, demo, sample};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {

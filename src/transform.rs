@@ -14,7 +14,6 @@ use crate::catalog::{Catalog, ColumnInfo};
 use crate::change::{QualifiedName, TableRef, quote_ident};
 use crate::config::{CREATED_AT_COLUMN, Config, Identity, UPDATED_AT_COLUMN};
 use crate::db::DbError;
-use crate::setup;
 
 /// A column both sides have, by the same name.
 #[derive(Debug, Clone)]
@@ -153,7 +152,7 @@ impl Mapping {
         desktop: &Client,
         cloud: &Client,
     ) -> Result<Mapping, MappingError> {
-        let (dcat, ccat) = setup::load_catalogs(config, desktop, cloud).await?;
+        let (dcat, ccat) = crate::catalog::load_for(config, desktop, cloud).await?;
         let findings = crate::catalog::validate::validate(config, &dcat, &ccat);
         let errors: Vec<Finding> = findings
             .into_iter()

@@ -19,8 +19,8 @@ use futures_util::{SinkExt, StreamExt, pin_mut};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use crate::capture::APPLYING_SETTING;
 use crate::change::Side;
+use crate::db::APPLYING_SETTING;
 use crate::db::{self, Context, DbError, StatementCache};
 use crate::transform::Mapping;
 use forward_sql::{ForwardSql, Ranged};

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 
-use crate::capture::APPLYING_SETTING;
 use crate::capture::rows::Dest;
 use crate::change::{Lsn, Side};
+use crate::db::APPLYING_SETTING;
 use crate::db::{self, Context, DbError, StatementCache};
 use crate::transform::Mapping;
 

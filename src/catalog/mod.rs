@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 
 use crate::change::{QualifiedName, Side};
+use crate::config::Config;
 use crate::db::{Context, DbError};
 
 #[derive(Debug, Clone)]
@@ -214,4 +215,20 @@ impl Catalog {
     pub fn table(&self, name: &QualifiedName) -> Option<&TableInfo> {
         self.tables.get(name)
     }
+}
+
+/// Both sides' catalogs of the tables `config` names.
+pub async fn load_for(
+    config: &Config,
+    desktop: &Client,
+    cloud: &Client,
+) -> Result<(Catalog, Catalog), DbError> {
+    let mut desktop_names: Vec<&QualifiedName> =
+        config.tables.iter().map(|t| &t.table.desktop).collect();
+    // Lookups read other desktop tables; they are configured tables, so already listed.
+    desktop_names.dedup();
+    let cloud_names: Vec<&QualifiedName> = config.tables.iter().map(|t| &t.table.cloud).collect();
+    let d = Catalog::load(desktop, Side::Desktop, &desktop_names).await?;
+    let c = Catalog::load(cloud, Side::Cloud, &cloud_names).await?;
+    Ok((d, c))
 }

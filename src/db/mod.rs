@@ -23,6 +23,10 @@ use crate::config::{ConnUrl, redact_url};
 
 pub use url::{ConnectTarget, RootCerts, SslMode};
 
+/// The session setting tandem's own sessions set to `on`: the desktop capture trigger skips their writes
+/// (nothing echoes back) and the cloud ownership trigger leaves their `source` as written.
+pub const APPLYING_SETTING: &str = "tandem.applying";
+
 /// What to do about an error: decided once, here, for every caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

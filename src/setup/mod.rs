@@ -6,6 +6,8 @@
 //! reports the same plan as what is missing. Problems a step cannot fix (wal_level, a lost slot) are
 //! blockers: reported with their fix, nothing changed.
 
+pub mod cloud;
+pub mod desktop;
 mod plan;
 pub mod triggers;
 
@@ -13,7 +15,6 @@ use std::fmt;
 
 use tokio_postgres::{Client, GenericClient};
 
-use crate::catalog::Catalog;
 use crate::catalog::validate::{Finding, Severity, validate};
 use crate::change::{QualifiedName, Side, quote_ident};
 use crate::config::Config;
@@ -171,13 +172,10 @@ impl Step {
                     .ctx(side, format!("forgetting the replica identity of {table}"))?;
             }
             Step::CreatePublication { name, tables } => {
-                run(crate::capture::logical::create_publication_sql(
-                    name, tables,
-                ))
-                .await?;
+                run(cloud::create_publication_sql(name, tables)).await?;
             }
             Step::SetPublicationTables { name, tables } => {
-                for sql in crate::capture::logical::set_publication_tables_sql(name, tables) {
+                for sql in cloud::set_publication_tables_sql(name, tables) {
                     run(sql).await?;
                 }
             }
@@ -339,23 +337,8 @@ pub async fn load_and_validate(
     desktop: &Client,
     cloud: &Client,
 ) -> Result<Vec<Finding>, DbError> {
-    let (dcat, ccat) = load_catalogs(config, desktop, cloud).await?;
+    let (dcat, ccat) = crate::catalog::load_for(config, desktop, cloud).await?;
     Ok(validate(config, &dcat, &ccat))
-}
-
-pub async fn load_catalogs(
-    config: &Config,
-    desktop: &Client,
-    cloud: &Client,
-) -> Result<(Catalog, Catalog), DbError> {
-    let mut desktop_names: Vec<&QualifiedName> =
-        config.tables.iter().map(|t| &t.table.desktop).collect();
-    // Lookups read other desktop tables; they are configured tables, so already listed.
-    desktop_names.dedup();
-    let cloud_names: Vec<&QualifiedName> = config.tables.iter().map(|t| &t.table.cloud).collect();
-    let d = Catalog::load(desktop, Side::Desktop, &desktop_names).await?;
-    let c = Catalog::load(cloud, Side::Cloud, &cloud_names).await?;
-    Ok((d, c))
 }
 
 /// `tandem init`: validate, plan both sides, and (unless `dry_run`) apply.

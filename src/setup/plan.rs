@@ -2,7 +2,8 @@
 
 use tokio_postgres::Client;
 
-use crate::capture::{logical, outbox};
+use super::cloud as logical;
+use super::desktop as outbox;
 use crate::catalog::validate::{Finding, Severity};
 use crate::change::{QualifiedName, Side};
 use crate::config::Config;

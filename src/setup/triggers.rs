@@ -4,7 +4,7 @@ use std::fmt;
 
 use tokio_postgres::Client;
 
-use crate::change::{QualifiedName, Side, quote_ident};
+use crate::change::{QualifiedName, Side, quote_ident, quote_literal};
 use crate::db::{Context, DbError};
 
 /// `pg_trigger.tgtype` bits.
@@ -93,11 +93,6 @@ pub fn drop_trigger_sql(table: &QualifiedName, name: &str) -> String {
         quote_ident(name),
         table.quoted()
     )
-}
-
-/// A string literal for DDL where parameters cannot go (trigger arguments).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// A trigger as the catalog has it.

@@ -1,11 +1,11 @@
 //! `tandem check`: passes after init, and fails naming the fix when something is missing.
 
-use tandem::check::{CheckReport, Status, check};
+use tandem::ops::check::{CheckReport, Status, check};
 use tandem::setup::{self, SetupError};
 
 use crate::support::TestDb;
 
-fn failure_with<'a>(report: &'a CheckReport, needle: &str) -> &'a tandem::check::CheckItem {
+fn failure_with<'a>(report: &'a CheckReport, needle: &str) -> &'a tandem::ops::check::CheckItem {
     report
         .failures()
         .find(|i| i.message.contains(needle) || i.subject.contains(needle))

@@ -389,7 +389,11 @@ async fn supabase_api_roles_get_nothing_in_schema_tandem() {
         );
         assert_eq!(count(&cloud, &sql).await, 0, "{role} reaches schema tandem");
     }
-    assert!(tandem::check::check(&db.sample_config()).await.passed());
+    assert!(
+        tandem::ops::check::check(&db.sample_config())
+            .await
+            .passed()
+    );
 }
 
 #[tokio::test]
@@ -430,7 +434,7 @@ async fn init_follows_config_changes() {
         "{described:#?}"
     );
     assert!(setup::init(&changed, false).await.unwrap().is_empty());
-    assert!(tandem::check::check(&changed).await.passed());
+    assert!(tandem::ops::check::check(&changed).await.passed());
     let cloud = db.cloud().await;
     assert_eq!(count(&cloud, "SELECT count(*) FROM pg_class WHERE relname IN ('workdiary', 'learequest') AND relreplident = 'd'").await, 2);
 }

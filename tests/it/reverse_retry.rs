@@ -2,7 +2,7 @@
 //! or by the phone's next change of it, and its dead letter is resolved; nothing is doubled. And old
 //! images read as the desktop holds its rows, whatever the column types' limits on either side.
 
-use tandem::deadletters::{self, ReverseRetry};
+use tandem::ops::dead_letters::{self as deadletters, ReverseRetry};
 
 use crate::forward::{forward_once, installed};
 use crate::reverse::{desktop_app, parents, phone, reverse_once};

@@ -128,7 +128,7 @@ async fn the_cloud_over_tls_verify_full_with_a_ca_file_for_every_connection_and_
         .unwrap();
     let config = db.sample_config_at(&db.desktop_url, &verify_full);
     tandem::setup::init(&config, false).await.unwrap();
-    let report = tandem::check::check(&config).await;
+    let report = tandem::ops::check::check(&config).await;
     assert!(report.passed(), "{:#?}", report.items);
     cloud
         .batch_execute("INSERT INTO mbstaff (staff_id, staff_name) VALUES (1, 'Ravi'); INSERT INTO learequest (lea_id, staff_id, reason) VALUES (1, 1, 'Over TLS')")

@@ -9,11 +9,11 @@ use std::fmt;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::capture::logical;
 use crate::catalog::validate::Severity;
 use crate::change::{QualifiedName, Side};
 use crate::config::Config;
 use crate::db::{self, Context, DbError};
+use crate::setup::cloud as logical;
 use crate::setup::{self, Step};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -13,10 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use crate::capture::APPLYING_SETTING;
 use crate::capture::outbox::NOTIFY_CHANNEL;
 use crate::change::{Side, quote_ident};
 use crate::config::{Config, Identity, SOURCE_COLUMN};
+use crate::db::APPLYING_SETTING;
 use crate::db::{self, Context, DbError};
 
 #[derive(Debug, Clone, Serialize)]
