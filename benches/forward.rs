@@ -192,7 +192,7 @@ async fn bench(desktop: &LocalCluster, cloud: &LocalCluster) -> Result<()> {
     let flushed = copy_floor(&mut pair, true).await?;
     println!(
         "  diagnostic, the same with one flush per COPY chunk (SinkExt::send per chunk = per row; \
-         tandem's apply::pipe uses feed, which batches them): {:.3} s = {} rows/s; of which COPY {:.3} s",
+         tandem's commit::pipe uses feed, which batches them): {:.3} s = {} rows/s; of which COPY {:.3} s",
         flushed.total.as_secs_f64(),
         thousands(flushed.rows_per_s()),
         flushed.copy.as_secs_f64()

@@ -134,6 +134,41 @@ impl FromStr for Lsn {
     }
 }
 
+/// Where a transaction's commit record starts (`Begin.final_lsn`, `Commit.commit_lsn`): what orders
+/// transactions. Not a position to acknowledge: the commit record ends after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct CommitLsn(pub Lsn);
+
+/// Where a transaction's commit record ends (`Commit.end_lsn`): once the transaction is applied, the
+/// slot may be told everything before it is flushed, and a restart streams from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EndLsn(pub Lsn);
+
+/// The end of the WAL the server has sent, as a keepalive says: acknowledgeable only when nothing
+/// received is still unapplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct WalEnd(pub Lsn);
+
+impl CommitLsn {
+    /// Whether the transaction committing here was applied by the one that ended at `stored` or an
+    /// earlier one: its commit record starts before that end.
+    pub fn applied_by(self, stored: Option<EndLsn>) -> bool {
+        stored.is_some_and(|s| self.0 < s.0)
+    }
+}
+
+impl fmt::Display for CommitLsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for EndLsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// The id of a row of the desktop's `tandem.outbox`. Ids are taken at insert, not at commit: they say
 /// nothing about commit order, so they are never used as a high-water mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -187,13 +222,13 @@ pub struct Relation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PgOutput {
     Begin {
-        final_lsn: Lsn,
+        final_lsn: CommitLsn,
         commit_time_micros: i64,
         xid: u32,
     },
     Commit {
-        commit_lsn: Lsn,
-        end_lsn: Lsn,
+        commit_lsn: CommitLsn,
+        end_lsn: EndLsn,
         commit_time_micros: i64,
     },
     Origin {

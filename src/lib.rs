@@ -11,17 +11,17 @@
 //! | 3 | [`catalog`], [`sample`] | what the live schemas hold, and the config checked against them |
 //! | 4 | [`transform`] | the mapping resolved against both schemas: columns, types, order |
 //! | 5 | [`capture`] | sources only: the desktop outbox, the cloud's logical replication stream |
-//! | 6 | [`apply`], [`setup`] | the commit engine and its plan builders; what `init` installs |
+//! | 6 | [`commit`], [`setup`] | the commit engine and its plan builders; what `init` installs |
 //! | 7 | [`pipeline`] | the workers: batching, reconnecting, shutdown |
 //! | 8 | [`ops`] | what operators run: check, dead letters |
 //! | 9 | [`cli`], [`demo`] | the command line, the embedded demo |
 
-pub mod apply;
 pub mod capture;
 pub mod catalog;
 pub mod change;
 pub mod cli;
 pub mod cluster;
+pub mod commit;
 pub mod config;
 pub mod db;
 pub mod demo;
@@ -47,7 +47,7 @@ mod layers {
         ("sample", 3),
         ("transform", 4),
         ("capture", 5),
-        ("apply", 6),
+        ("commit", 6),
         ("setup", 6),
         ("pipeline", 7),
         ("ops", 8),

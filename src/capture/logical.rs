@@ -34,11 +34,6 @@ impl Claim {
     }
 }
 
-/// Session settings of the replication connection, so values arrive as text the desktop parses the same
-/// way (ISO dates, the default interval style, exact floats).
-const STREAM_OPTIONS: &str =
-    "-c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=3";
-
 /// The replication connection for `config`'s cloud URL: same host, user, password and TLS settings as
 /// the ordinary connections, streaming from `start` (the slot's own position when zero) and reporting
 /// `ack` as already applied until the worker reports more.
@@ -119,7 +114,9 @@ pub fn replication_config(
         .with_start_lsn(pgwire_replication::Lsn::from_u64(start.0))
         .with_status_interval(std::time::Duration::from_millis(500))
         .with_wakeup_interval(std::time::Duration::from_secs(1))
-        .with_options(STREAM_OPTIONS)
+        // tandem's session settings: values arrive as the same text a tandem session would print, which
+        // the desktop parses exactly (ISO dates, exact floats, money in the C locale, ...).
+        .with_options(crate::db::session_options())
         .with_application_name("tandem");
     if let Some(ack) = ack {
         rc = rc.with_ack_lsn(pgwire_replication::Lsn::from_u64(ack.0));

@@ -5,5 +5,3 @@
 pub mod logical;
 pub mod outbox;
 pub mod pgoutput;
-pub mod relation_map;
-pub mod rows;

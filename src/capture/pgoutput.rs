@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use crate::change::{
-    Lsn, OldImage, PgOutput, QualifiedName, Relation, RelationColumn, RowImage, Value,
+    CommitLsn, EndLsn, Lsn, OldImage, PgOutput, QualifiedName, Relation, RelationColumn, RowImage,
+    Value,
 };
 
 /// A pgoutput message that could not be decoded. Offsets count from the message's tag byte (0).
@@ -117,15 +118,15 @@ pub fn decode_bytes(data: &Bytes) -> Result<PgOutput, DecodeError> {
     };
     let decoded = match tag {
         b'B' => PgOutput::Begin {
-            final_lsn: r.lsn("the final LSN")?,
+            final_lsn: CommitLsn(r.lsn("the final LSN")?),
             commit_time_micros: r.i64("the commit timestamp")?,
             xid: r.u32("the transaction id")?,
         },
         b'C' => {
             r.u8("the flags")?;
             PgOutput::Commit {
-                commit_lsn: r.lsn("the commit LSN")?,
-                end_lsn: r.lsn("the end LSN")?,
+                commit_lsn: CommitLsn(r.lsn("the commit LSN")?),
+                end_lsn: EndLsn(r.lsn("the end LSN")?),
                 commit_time_micros: r.i64("the commit timestamp")?,
             }
         }

@@ -27,6 +27,30 @@ pub use url::{ConnectTarget, RootCerts, SslMode};
 /// (nothing echoes back) and the cloud ownership trigger leaves their `source` as written.
 pub const APPLYING_SETTING: &str = "tandem.applying";
 
+/// The settings every tandem session runs with, so a value's text is the same in every session of
+/// either side: it is what tandem compares and hashes values by (see `commit::sql`). Dates and times
+/// in ISO style at UTC, intervals in the `postgres` style, floats in their shortest exact form, bytea
+/// in hex, money in the C locale (its text depends on `lc_monetary`), XML parsed as content. Set in
+/// the startup packet: no round trip. (A user trigger that formats times runs with them too.)
+pub const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO,MDY"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+    ("xmloption", "content"),
+];
+
+/// [`SESSION_SETTINGS`] as a startup `options` string (`-c name=value ...`).
+pub fn session_options() -> String {
+    SESSION_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What to do about an error: decided once, here, for every caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -34,7 +58,10 @@ pub enum ErrorKind {
     Transient,
     /// The data was refused (constraint, type, length): set the row aside as a dead letter.
     BadRow,
-    /// Retrying cannot help (permissions, missing objects, bad config): stop and say why.
+    /// A statement does not fit the schema any more (a table, column or type missing or changed, a
+    /// privilege taken away): the table it concerns is parked until its schema fits again.
+    Schema,
+    /// Retrying cannot help (bad config, a lost slot): stop and say why.
     Fatal,
 }
 
@@ -53,6 +80,8 @@ pub fn classify(code: Option<&SqlState>) -> ErrorKind {
         }
         // Data refused: a data exception, a constraint, or a user trigger raising an error.
         _ if c.starts_with("22") || c.starts_with("23") || c == "P0001" => ErrorKind::BadRow,
+        // Undefined or changed objects, privileges, a cached plan whose table changed shape.
+        _ if c.starts_with("42") || c == "0A000" || c == "3F000" => ErrorKind::Schema,
         _ => ErrorKind::Fatal,
     }
 }
@@ -284,6 +313,12 @@ async fn connect_with(
         url: url.redacted(),
         message,
     })?;
+    let mut target = target;
+    let options = match target.config.get_options() {
+        Some(own) if !own.is_empty() => format!("{own} {}", session_options()),
+        _ => session_options(),
+    };
+    target.config.options(&options);
     connect_target(side, &target, url.expose(), notify).await
 }
 
@@ -365,7 +400,9 @@ mod tests {
         assert_eq!(kind("23502"), ErrorKind::BadRow);
         assert_eq!(kind("22001"), ErrorKind::BadRow);
         assert_eq!(kind("23514"), ErrorKind::BadRow);
-        assert_eq!(kind("42P01"), ErrorKind::Fatal);
-        assert_eq!(kind("42501"), ErrorKind::Fatal);
+        assert_eq!(kind("42P01"), ErrorKind::Schema);
+        assert_eq!(kind("42703"), ErrorKind::Schema);
+        assert_eq!(kind("42501"), ErrorKind::Schema);
+        assert_eq!(kind("55000"), ErrorKind::Fatal);
     }
 }

@@ -15,14 +15,15 @@ use std::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, BatchOutcome, CloudSession, ForwardApplier};
 use crate::capture::outbox::{self, NOTIFY_CHANNEL, ReadSql};
 use crate::change::Side;
+use crate::commit::forward::Forward;
+use crate::commit::{BatchOutcome, Direction, Progress, Target};
 use crate::config::Config;
 use crate::db::{self, Context, Notifications, StatementCache};
-use crate::retry;
 use crate::transform::Mapping;
 
+use super::session::{Worker, reconnecting};
 use super::{BatchSize, RunError, RunOptions, RunStats, failpoint};
 
 /// The forward direction of `tandem run`. Returns when `shutdown` fires, or with `once` when the
@@ -32,33 +33,15 @@ pub async fn run_forward(
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunStats, RunError> {
-    let mut worker = Forward {
+    let mut worker = ForwardWorker {
         config,
         options,
         state: None,
         snapshot: None,
         stats: RunStats::default(),
     };
-    let mut delays = retry::backoff();
-    loop {
-        match worker.session(&shutdown).await {
-            Ok(()) => return Ok(worker.stats),
-            Err(e) if e.is_transient() => {
-                worker.stats.retries += 1;
-                let delay = delays.next().expect("the backoff never ends");
-                tracing::warn!(error = %e, retry_in = ?delay, "forward: transient error; reconnecting");
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Ok(worker.stats),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        if worker.session_was_productive() {
-            delays = retry::backoff();
-        }
-    }
+    reconnecting(&mut worker, &shutdown).await?;
+    Ok(worker.stats)
 }
 
 /// The connections of one session, with what each holds.
@@ -66,17 +49,17 @@ struct Connections {
     desktop: Client,
     desktop_statements: StatementCache,
     cloud: Client,
-    cloud_session: CloudSession,
+    target: Target,
 }
 
 /// What is built once from the live schemas.
 struct Prepared {
     mapping: Mapping,
     read: Vec<ReadSql>,
-    applier: ForwardApplier,
+    plan: Forward,
 }
 
-struct Forward<'a> {
+struct ForwardWorker<'a> {
     config: &'a Config,
     options: RunOptions,
     state: Option<Prepared>,
@@ -85,14 +68,25 @@ struct Forward<'a> {
     stats: RunStats,
 }
 
-impl Forward<'_> {
-    fn session_was_productive(&self) -> bool {
-        // Reset the backoff after any progress; a session that fails at once keeps growing it.
-        self.stats.batches > 0
+impl Worker for ForwardWorker<'_> {
+    const NAME: &'static str = "forward";
+
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
+        self.connected(shutdown).await
     }
 
+    fn progress(&self) -> u64 {
+        self.stats.batches
+    }
+
+    fn retried(&mut self) {
+        self.stats.retries += 1;
+    }
+}
+
+impl ForwardWorker<'_> {
     /// One connected stretch: connect, drain, wait for notifications, drain again...
-    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
+    async fn connected(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
         let desktop = db::connect(Side::Desktop, &self.config.desktop.url).await?;
         let (listener, mut notifications) =
             db::connect_listener(Side::Desktop, &self.config.desktop.url).await?;
@@ -102,15 +96,15 @@ impl Forward<'_> {
             let read = (0..mapping.tables.len())
                 .map(|i| ReadSql::build(&mapping, i))
                 .collect();
-            let applier = ForwardApplier::new(&mapping);
+            let plan = Forward::new(&mapping);
             self.state = Some(Prepared {
                 mapping,
                 read,
-                applier,
+                plan,
             });
         }
         let state = self.state.as_ref().expect("prepared above");
-        let cloud_session = state.applier.prepare(&cloud).await?;
+        let target = Target::prepare(&cloud, Direction::Forward, state.plan.staging()).await?;
         desktop
             .batch_execute("SET plan_cache_mode = force_custom_plan")
             .await
@@ -130,7 +124,7 @@ impl Forward<'_> {
             desktop,
             desktop_statements: StatementCache::new(Side::Desktop),
             cloud,
-            cloud_session,
+            target,
         };
         let mut size = BatchSize::new(&self.config.sync);
         loop {
@@ -226,62 +220,32 @@ async fn one_batch(
     let tables = batch.tables(mapping);
     let (first, last) = (batch.ids[0].0, batch.ids[batch.ids.len() - 1].0);
     let batch_id = format!("forward {first}..{last}");
-    let mut careful = false;
-    let outcome = loop {
-        state
-            .applier
-            .begin(&conn.cloud, &mut conn.cloud_session, &tables)
-            .await?;
-        let (mut rows, mut bytes) = (0, 0);
-        for &i in &tables {
-            let staged = state
-                .applier
-                .stage(
-                    i,
-                    &state.read[i],
-                    &conn.desktop,
-                    &mut conn.desktop_statements,
-                    &conn.cloud,
-                    &mut conn.cloud_session,
-                )
-                .await?;
-            rows += staged.rows;
-            bytes += staged.bytes;
-        }
-        let applied = state
-            .applier
-            .commit(
-                &conn.cloud,
-                &mut conn.cloud_session,
-                mapping,
-                &tables,
-                &batch.truncated,
-                &batch_id,
-                careful,
+    let (cloud, target) = (&conn.cloud, &mut conn.target);
+    target.begin(cloud, tables.iter().copied()).await?;
+    let (mut rows, mut bytes) = (0, 0);
+    for &i in &tables {
+        let staged = state
+            .plan
+            .stage(
+                target,
+                i,
+                &state.read[i],
+                &conn.desktop,
+                &mut conn.desktop_statements,
+                cloud,
             )
-            .await;
-        match applied {
-            Ok(mut outcome) => {
-                conn.cloud
-                    .batch_execute("COMMIT")
-                    .await
-                    .ctx(Side::Cloud, "committing the batch")?;
-                outcome.staged_rows = rows;
-                outcome.staged_bytes = bytes;
-                break outcome;
-            }
-            Err(e) if !careful && apply::is_refused_row(&e) => {
-                tracing::debug!(error = %e, "a row was refused; applying the batch again, isolating refused rows");
-                conn.cloud
-                    .batch_execute("ROLLBACK")
-                    .await
-                    .ctx(Side::Cloud, "rolling back the batch")?;
-                careful = true;
-            }
-            // The session ends on this error; closing its connections rolls both transactions back.
-            Err(e) => return Err(e.into()),
-        }
-    };
+            .await?;
+        rows += staged.rows;
+        bytes += staged.bytes;
+    }
+    // The session ends on an error; closing its connections rolls both transactions back.
+    let mut outcome = state
+        .plan
+        .apply(target, cloud, mapping, &tables, &batch.truncated, &batch_id)
+        .await?;
+    target.commit(cloud, Progress::Forward).await?;
+    outcome.staged_rows = rows;
+    outcome.staged_bytes = bytes;
     failpoint("after-cloud-commit");
     outbox::finish_batch(&conn.desktop, &mut conn.desktop_statements, &batch.ids).await?;
     Ok(Some((batch.ids.len() as u64, outcome)))

@@ -1,16 +1,18 @@
 //! The two workers of `tandem run`: [`forward`] (desktop outbox → cloud) and [`reverse`] (cloud logical
 //! replication → desktop), each in its own task, sharing the shutdown signal and the retry policy.
 
+mod ack;
 pub mod forward;
 mod nap;
 pub mod reverse;
+mod session;
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::BatchOutcome;
-use crate::change::Lsn;
+use crate::change::CommitLsn;
+use crate::commit::{BatchOutcome, CommitError};
 use crate::config::{Config, SyncConfig};
 use crate::db::{DbError, ErrorKind};
 use crate::transform::MappingError;
@@ -23,11 +25,13 @@ pub enum RunError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error(transparent)]
     Mapping(#[from] MappingError),
     #[error("desktop: the LISTEN connection was lost")]
     ListenerLost,
-    #[error("cloud: replication stream: {0}")]
-    Stream(String),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     #[error("{0}")]
     Worker(String),
     /// Reverse: the desktop refused a row written straight into its table (a key it already holds, a
@@ -36,44 +40,45 @@ pub enum RunError {
     #[error(
         "a new mobile row written straight into a desktop table was refused ({0}); receiving the transactions up to {1} again, staged"
     )]
-    Replay(DbError, Lsn),
+    Replay(CommitError, CommitLsn),
     #[error("tandem is not set up for this config:\n{}\nfix: run `tandem init` (and `tandem check`)", .0.iter().map(|m| format!("  - {m}")).collect::<Vec<_>>().join("\n"))]
     NotInstalled(Vec<String>),
 }
 
-impl RunError {
-    pub fn is_transient(&self) -> bool {
-        match self {
-            RunError::Db(e) | RunError::Mapping(MappingError::Db(e)) => {
-                e.kind() == ErrorKind::Transient
-            }
-            RunError::Mapping(MappingError::Invalid(_)) => false,
-            RunError::ListenerLost => true,
-            RunError::Stream(message) => stream_error_is_transient(message),
-            RunError::NotInstalled(_) => false,
-            RunError::Replay(..) => true,
-            RunError::Worker(_) => false,
+/// An error of the logical replication stream, classified where it was raised: the transport's own
+/// failures by their kind, the server's by what the cloud says about the slot and the publication
+/// (the transport flattens server errors into text, which tandem does not parse).
+#[derive(Debug, thiserror::Error)]
+#[error("cloud: replication stream: {message}")]
+pub struct StreamError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl StreamError {
+    /// A failure retrying can fix (the stream ended, a message tandem could not decode).
+    pub fn transient(message: impl Into<String>) -> Self {
+        StreamError {
+            kind: ErrorKind::Transient,
+            message: message.into(),
         }
     }
 }
 
-/// Server errors reach us from the replication crate as text ending in `(SQLSTATE xxxxx)`; anything
-/// else (I/O, a closed connection, the stream ending) is transient.
-fn stream_error_is_transient(message: &str) -> bool {
-    let code = message
-        .rsplit_once("SQLSTATE ")
-        .map(|(_, rest)| rest.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
-        .filter(|c| c.len() == 5);
-    match code {
-        // Authentication, a missing or invalidated slot, a missing publication: retrying cannot help.
-        Some(c) if c.starts_with("28") || c == "42704" || c == "55000" || c == "3D000" => false,
-        // The slot is in use by another process: it may stop.
-        Some("55006") => true,
-        Some(c) => {
-            crate::db::classify(Some(&tokio_postgres::error::SqlState::from_code(c)))
-                == ErrorKind::Transient
+impl RunError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RunError::Db(e) | RunError::Mapping(MappingError::Db(e)) => e.kind(),
+            RunError::Commit(e) => e.kind(),
+            RunError::Mapping(MappingError::Invalid(_)) => ErrorKind::Fatal,
+            RunError::ListenerLost | RunError::Replay(..) => ErrorKind::Transient,
+            RunError::Stream(e) => e.kind,
+            RunError::NotInstalled(_) | RunError::Worker(_) => ErrorKind::Fatal,
         }
-        None => !crate::db::is_certificate_error(message),
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.kind() == ErrorKind::Transient
     }
 }
 

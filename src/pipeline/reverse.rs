@@ -16,18 +16,22 @@ use futures_util::FutureExt;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::reverse::{self, DesktopSession, ReverseApplier};
 use crate::capture::logical::{self, CLAIM_PREFIX, Claim};
 use crate::capture::pgoutput::{self, RelationCache};
-use crate::capture::rows::{Encoder, RelationMap};
-use crate::change::{Lsn, PgOutput, Side};
+use crate::change::{CommitLsn, EndLsn, PgOutput, Side, WalEnd};
+use crate::commit::reverse::encode::Encoder;
+use crate::commit::reverse::relation::RelationMap;
+use crate::commit::reverse::{self, Reverse};
+use crate::commit::{CommitError, Direction, Target};
 use crate::config::Config;
-use crate::db::{self, Context};
-use crate::retry;
+use crate::db::{self, Context, ErrorKind};
+use crate::setup::cloud::{publication_state, slot_state};
 use crate::transform::Mapping;
 
+use super::ack::{self, Event, Held};
 use super::nap::Nap;
-use super::{RunError, RunOptions, RunStats, failpoint};
+use super::session::{Worker, reconnecting};
+use super::{RunError, RunOptions, RunStats, StreamError, failpoint};
 
 /// The prefix of the marker `run --once` emits to know when it has seen everything before its start.
 const ONCE_PREFIX: &str = "tandem.once";
@@ -74,7 +78,7 @@ async fn reverse_worker(
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunStats, RunError> {
-    let mut worker = Reverse {
+    let mut worker = ReverseWorker {
         config,
         options,
         prepared: None,
@@ -82,41 +86,16 @@ async fn reverse_worker(
         once_token: None,
         careful_through: None,
     };
-    let mut delays = retry::backoff();
-    loop {
-        let before = worker.stats.batches;
-        match worker.session(&shutdown).await {
-            Ok(()) => return Ok(worker.stats),
-            Err(RunError::Replay(cause, through)) => {
-                // Not a failure: the slot sends the group again (nothing of it was confirmed).
-                tracing::info!(%cause, through = %through, "reverse: a row written directly was refused; receiving the group again, staged");
-                worker.stats.replays += 1;
-                worker.careful_through = worker.careful_through.max(Some(through));
-            }
-            Err(e) if e.is_transient() => {
-                worker.stats.retries += 1;
-                if worker.stats.batches > before {
-                    delays = retry::backoff();
-                }
-                let delay = delays.next().expect("the backoff never ends");
-                tracing::warn!(error = %e, retry_in = ?delay, "reverse: transient error; reconnecting");
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Ok(worker.stats),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    reconnecting(&mut worker, &shutdown).await?;
+    Ok(worker.stats)
 }
 
 struct Prepared {
     mapping: Mapping,
-    applier: ReverseApplier,
+    plan: Reverse,
 }
 
-struct Reverse<'a> {
+struct ReverseWorker<'a> {
     config: &'a Config,
     options: RunOptions,
     prepared: Option<Prepared>,
@@ -125,31 +104,110 @@ struct Reverse<'a> {
     once_token: Option<String>,
     /// Transactions committed at or before this position stage every row (they are being received
     /// again after the desktop refused a row written straight into its table).
-    careful_through: Option<Lsn>,
+    careful_through: Option<CommitLsn>,
+}
+
+impl Worker for ReverseWorker<'_> {
+    const NAME: &'static str = "reverse";
+
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
+        match self.connected(shutdown).await {
+            Err(RunError::Stream(e)) if e.kind == ErrorKind::Fatal => {
+                Err(diagnose(self.config, e).await)
+            }
+            other => other,
+        }
+    }
+
+    fn progress(&self) -> u64 {
+        self.stats.batches
+    }
+
+    fn retried(&mut self) {
+        self.stats.retries += 1;
+    }
+
+    fn recover(&mut self, error: RunError) -> Result<(), RunError> {
+        match error {
+            RunError::Replay(cause, through) => {
+                // Not a failure: the slot sends the group again (nothing of it was confirmed).
+                tracing::info!(%cause, through = %through, "reverse: a row written directly was refused; receiving the group again, staged");
+                self.stats.replays += 1;
+                self.careful_through = self.careful_through.max(Some(through));
+                Ok(())
+            }
+            other => Err(other),
+        }
+    }
+}
+
+/// A server error on the replication stream (the transport gives only its text): what the cloud says
+/// about the slot and the publication tells whether retrying can help, and the fix when it cannot.
+async fn diagnose(config: &Config, stream: StreamError) -> RunError {
+    let cloud = match db::connect(Side::Cloud, &config.cloud.url).await {
+        Ok(cloud) => cloud,
+        Err(e) => return e.into(),
+    };
+    let slot = &config.cloud.slot;
+    let publication = &config.cloud.publication;
+    let fatal = |message: String| {
+        RunError::Stream(StreamError {
+            kind: ErrorKind::Fatal,
+            message: format!("{message} (the server said: {})", stream.message),
+        })
+    };
+    match slot_state(&cloud, slot).await {
+        Err(e) => return e.into(),
+        Ok(None) => {
+            return fatal(format!(
+                "replication slot {slot} does not exist; fix: run `tandem init` to create it (changes made \
+                 while it was missing did not stream: repair them with `tandem reconcile`)"
+            ));
+        }
+        Ok(Some(state)) => {
+            if let Some((problem, fix)) = state.problem(slot) {
+                return fatal(format!("{problem}; fix: {fix}"));
+            }
+        }
+    }
+    match publication_state(&cloud, publication).await {
+        Err(e) => e.into(),
+        Ok(None) => fatal(format!(
+            "publication {publication} does not exist; fix: run `tandem init` to create it"
+        )),
+        // The slot and the publication are fine: a passing problem (the slot busy with another
+        // connection, the server restarting).
+        Ok(Some(_)) => RunError::Stream(StreamError {
+            kind: ErrorKind::Transient,
+            message: stream.message,
+        }),
+    }
 }
 
 /// The state of one connected stretch.
 struct Stream<'a> {
     mapping: &'a Mapping,
-    applier: &'a ReverseApplier,
+    plan: &'a Reverse,
     desktop: tokio_postgres::Client,
-    session: DesktopSession,
+    target: Target,
     replication: ReplicationClient,
     relations: RelationCache,
     maps: HashMap<u32, Option<RelationMap>>,
     encoder: Encoder,
     /// End LSN of the last transaction applied to the desktop.
-    stored: Option<Lsn>,
-    careful_through: Option<Lsn>,
+    stored: Option<EndLsn>,
+    careful_through: Option<CommitLsn>,
     /// Commit position of the last transaction that began: where a replay must reach.
-    last_final: Lsn,
+    last_final: CommitLsn,
+    /// The last position told to the slot.
+    acknowledged: Option<crate::change::Lsn>,
     in_transaction: bool,
     /// Changes received in the transaction in progress.
     tx_changes: u64,
     nap: Nap,
     skip_transaction: bool,
     /// End LSN of the last committed transaction of the group not yet applied, and when it began.
-    pending: Option<(Lsn, Instant)>,
+    pending: Option<(EndLsn, Instant)>,
     /// Rows staged for the group not yet applied (sent to the desktop already, or still buffered).
     group_rows: u64,
     /// When the first transaction of the group began to arrive.
@@ -183,24 +241,37 @@ pub(crate) fn yield_on_wake_up() -> bool {
     false
 }
 
+/// Classifies a transport error where it is raised: its own failures by their variant; a server error
+/// (flattened to text by the transport) is `Fatal` until [`diagnose`] asks the cloud.
 fn stream_error(e: pgwire_replication::error::PgWireError) -> RunError {
-    RunError::Stream(e.to_string())
+    use pgwire_replication::error::PgWireError as E;
+    let kind = match &e {
+        E::Io(_) | E::Task(_) | E::Protocol(_) => ErrorKind::Transient,
+        // A wrong password, a certificate that fails verification, a frame over the limit, the server
+        // refusing: retrying as such cannot help (a server error is diagnosed before giving up).
+        _ => ErrorKind::Fatal,
+    };
+    RunError::Stream(StreamError {
+        kind,
+        message: e.to_string(),
+    })
 }
 
-impl Reverse<'_> {
-    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
+impl ReverseWorker<'_> {
+    async fn connected(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
         let desktop = db::connect(Side::Desktop, &self.config.desktop.url).await?;
         let cloud = db::connect(Side::Cloud, &self.config.cloud.url).await?;
         if self.prepared.is_none() {
             let mapping = Mapping::load(self.config, &desktop, &cloud).await?;
-            let applier = ReverseApplier::new(&mapping);
-            self.prepared = Some(Prepared { mapping, applier });
+            let plan = Reverse::new(&mapping);
+            self.prepared = Some(Prepared { mapping, plan });
         }
         let prepared = self.prepared.as_ref().expect("prepared above");
-        let session = prepared.applier.prepare(&desktop).await?;
+        let target = Target::prepare(&desktop, Direction::Reverse, prepared.plan.staging()).await?;
         let stored = reverse::stored_position(&desktop).await?;
+        let start = stored.map(|s| s.0);
         let replication_config =
-            logical::replication_config(self.config, stored.unwrap_or_default(), stored)?;
+            logical::replication_config(self.config, start.unwrap_or_default(), start)?;
         let replication = ReplicationClient::connect(replication_config)
             .await
             .map_err(stream_error)?;
@@ -222,16 +293,17 @@ impl Reverse<'_> {
         let sync = &self.config.sync;
         let mut stream = Stream {
             mapping: &prepared.mapping,
-            applier: &prepared.applier,
+            plan: &prepared.plan,
             desktop,
-            session,
+            target,
             replication,
             relations: RelationCache::new(),
             maps: HashMap::new(),
             encoder: Encoder::new(&prepared.mapping),
             stored,
             careful_through: self.careful_through,
-            last_final: Lsn::default(),
+            last_final: CommitLsn::default(),
+            acknowledged: start,
             in_transaction: false,
             tx_changes: 0,
             nap: Nap::default(),
@@ -318,16 +390,16 @@ impl Stream<'_> {
                 }
             };
             let Some(event) = event else {
-                return Err(RunError::Stream("the replication stream ended".into()));
+                return Err(StreamError::transient("the replication stream ended").into());
             };
             match event {
                 ReplicationEvent::Begin { final_lsn, .. } => {
-                    let final_lsn = Lsn(final_lsn.as_u64());
+                    let final_lsn = CommitLsn(crate::change::Lsn(final_lsn.as_u64()));
                     self.in_transaction = true;
                     self.tx_changes = 0;
                     self.nap.begin();
                     self.group_began.get_or_insert_with(Instant::now);
-                    self.skip_transaction = self.stored.is_some_and(|s| final_lsn < s);
+                    self.skip_transaction = final_lsn.applied_by(self.stored);
                     self.last_final = final_lsn;
                     self.encoder
                         .set_careful(self.careful_through.is_some_and(|c| final_lsn <= c));
@@ -356,16 +428,16 @@ impl Stream<'_> {
                     self.encoder.end_transaction();
                     if !self.skip_transaction {
                         let started = self.pending.map_or_else(Instant::now, |(_, s)| s);
-                        self.pending = Some((Lsn(end_lsn.as_u64()), started));
+                        self.pending =
+                            Some((EndLsn(crate::change::Lsn(end_lsn.as_u64())), started));
                         stats.outbox_rows += 1;
                     }
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    // Everything before it is applied: let the slot move on (a quiet publication must
-                    // not pin WAL, and the cloud's fast shutdown waits for this).
-                    if !self.in_transaction && self.pending.is_none() {
-                        self.replication.update_applied_lsn(wal_end);
-                    }
+                    // When everything before it is applied, the slot moves on: a quiet publication
+                    // must not pin WAL, and the cloud's fast shutdown waits for this.
+                    let wal_end = WalEnd(crate::change::Lsn(wal_end.as_u64()));
+                    self.acknowledge(Event::KeepAlive(wal_end));
                 }
                 ReplicationEvent::StoppedAt { .. } => return Ok(()),
             }
@@ -373,7 +445,8 @@ impl Stream<'_> {
     }
 
     async fn change(&mut self, data: &bytes::Bytes) -> Result<(), RunError> {
-        let message = pgoutput::decode_bytes(data).map_err(|e| RunError::Stream(e.to_string()))?;
+        let message =
+            pgoutput::decode_bytes(data).map_err(|e| StreamError::transient(e.to_string()))?;
         // Borrowed, not cloned: this runs for every row.
         let maps = &self.maps;
         let encoder = &mut self.encoder;
@@ -441,10 +514,10 @@ impl Stream<'_> {
         for chunk in self.encoder.take() {
             self.group_rows += chunk.rows;
             let staged = self
-                .applier
+                .plan
                 .stage(
+                    &mut self.target,
                     &self.desktop,
-                    &mut self.session,
                     chunk.table,
                     chunk.dest,
                     chunk.data,
@@ -458,11 +531,25 @@ impl Stream<'_> {
 
     /// A desktop error while the group wrote rows straight into desktop tables: a refused row there
     /// means receiving the group again, staged.
-    fn refused(&self, e: db::DbError) -> RunError {
-        if e.kind() == db::ErrorKind::BadRow && self.session.wrote_direct() {
+    fn refused(&self, e: CommitError) -> RunError {
+        if e.kind() == ErrorKind::BadRow && self.target.staging.wrote_direct() {
             RunError::Replay(e, self.last_final)
         } else {
             e.into()
+        }
+    }
+
+    /// Tells the slot what [`ack::acknowledgeable`] allows after `event`.
+    fn acknowledge(&mut self, event: Event) {
+        let held = Held {
+            in_transaction: self.in_transaction,
+            pending: self.pending.is_some(),
+            acknowledged: self.acknowledged,
+        };
+        if let Some(position) = ack::acknowledgeable(held, event) {
+            self.replication
+                .update_applied_lsn(pgwire_replication::Lsn::from_u64(position.0));
+            self.acknowledged = Some(position);
         }
     }
 
@@ -475,19 +562,12 @@ impl Stream<'_> {
         let complex = self.encoder.take_complex();
         let started = Instant::now();
         let committed = self
-            .applier
-            .commit(
-                &self.desktop,
-                &mut self.session,
-                self.mapping,
-                end,
-                &complex,
-            )
+            .plan
+            .commit(&mut self.target, &self.desktop, self.mapping, end, &complex)
             .await;
         let outcome = committed.map_err(|e| self.refused(e))?;
         failpoint("reverse-after-commit");
-        self.replication
-            .update_applied_lsn(pgwire_replication::Lsn::from_u64(end.0));
+        self.acknowledge(Event::Applied(end));
         self.stored = Some(end);
         stats.batches += 1;
         stats.outcome.add(&outcome);

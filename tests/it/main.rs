@@ -1,5 +1,6 @@
 //! Integration tests: tandem against real PostgreSQL clusters started for the run.
 
+mod any_schema;
 mod check;
 mod cli;
 mod forward;

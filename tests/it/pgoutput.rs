@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use tandem::capture::pgoutput::{self, RelationCache};
-use tandem::change::{Lsn, OldImage, PgOutput, Relation, RowImage, Value};
+use tandem::change::{CommitLsn, Lsn, OldImage, PgOutput, Relation, RowImage, Value};
 use tokio_postgres::Client;
 
 use crate::support::TestDb;
@@ -89,7 +89,7 @@ fn kind(m: &PgOutput) -> &'static str {
 /// The messages between each Begin and Commit, checking that every Begin matches its Commit.
 fn transactions(messages: &[PgOutput]) -> Vec<Vec<PgOutput>> {
     let mut txs = Vec::new();
-    let mut open: Option<(Lsn, i64, Vec<PgOutput>)> = None;
+    let mut open: Option<(CommitLsn, i64, Vec<PgOutput>)> = None;
     for m in messages {
         match (m, &mut open) {
             (
@@ -109,7 +109,7 @@ fn transactions(messages: &[PgOutput]) -> Vec<Vec<PgOutput>> {
                 Some((lsn, time, _)),
             ) => {
                 assert_eq!((commit_lsn, commit_time_micros), (&*lsn, &*time));
-                assert!(end_lsn > commit_lsn);
+                assert!(end_lsn.0 > commit_lsn.0);
                 txs.push(open.take().unwrap().2);
             }
             (m, Some((_, _, body))) => body.push(m.clone()),

@@ -284,3 +284,102 @@ pub async fn rows(client: &Client, table: &str, columns: &str, filter: &str) -> 
         .map(|r| r.get(0))
         .collect()
 }
+
+/// A TCP proxy in front of a server, to cut a connection path on demand: while it is down, every
+/// connection it carried is cut and every new one is accepted and closed at once (a server that drops
+/// its clients). It records when each connection was attempted.
+pub struct Proxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    down: std::sync::atomic::AtomicBool,
+    attempts: Mutex<Vec<(std::time::Instant, bool)>>,
+    carried: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Proxy {
+    /// Listens on a free loopback port and forwards to `127.0.0.1:to`.
+    pub async fn start(to: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let down = shared.down.load(Ordering::SeqCst);
+                shared
+                    .attempts
+                    .lock()
+                    .unwrap()
+                    .push((std::time::Instant::now(), down));
+                if down {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                shared.carried.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, state }
+    }
+
+    /// Cuts every connection carried so far and refuses new ones from now on.
+    pub fn go_down(&self) {
+        self.state.down.store(true, Ordering::SeqCst);
+        for task in self.state.carried.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// When each connection was attempted while the proxy was down.
+    pub fn attempts_while_down(&self) -> Vec<std::time::Instant> {
+        self.state
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, down)| *down)
+            .map(|(at, _)| *at)
+            .collect()
+    }
+}
+
+impl TestDb {
+    /// The port of this test's cloud cluster.
+    pub fn cloud_port(&self) -> u16 {
+        port_of(&self.cloud_url)
+    }
+
+    /// A config with the given `[[tables]]` text whose cloud connections go to `cloud_url`.
+    pub fn config_at(&self, tables: &str, cloud_url: &str) -> Config {
+        let text = format!(
+            "[desktop]\nurl = \"${{DESKTOP_URL}}\"\n[cloud]\nurl = \"${{CLOUD_URL}}\"\nslot = \"{}\"\n{tables}",
+            self.name
+        );
+        let env = |var: &str| match var {
+            "DESKTOP_URL" => Some(self.desktop_url.clone()),
+            "CLOUD_URL" => Some(cloud_url.to_string()),
+            _ => None,
+        };
+        Config::parse("test config", &text, &env).unwrap()
+    }
+
+    /// This test's cloud database, reached through `port`.
+    pub fn cloud_url_at(&self, port: u16) -> String {
+        url(port, &self.name)
+    }
+}
+
+fn port_of(url: &str) -> u16 {
+    let after = url.split("127.0.0.1:").nth(1).expect("a loopback URL");
+    after.split('/').next().unwrap().parse().unwrap()
+}

@@ -124,15 +124,15 @@ fn every_kind() -> Vec<Vec<u8>> {
 fn begin_commit_and_origin() {
     let begin = msg!(b'B'; i64 0x1_0000_0002, i64 -5, i32 -1);
     let begin_decoded = PgOutput::Begin {
-        final_lsn: Lsn(0x1_0000_0002),
+        final_lsn: CommitLsn(Lsn(0x1_0000_0002)),
         commit_time_micros: -5,
         xid: u32::MAX,
     };
     assert_eq!(decode(&begin), Ok(begin_decoded));
     let commit = msg!(b'C'; u8 0, i64 10, i64 20, i64 30);
     let commit_decoded = PgOutput::Commit {
-        commit_lsn: Lsn(10),
-        end_lsn: Lsn(20),
+        commit_lsn: CommitLsn(Lsn(10)),
+        end_lsn: EndLsn(Lsn(20)),
         commit_time_micros: 30,
     };
     assert_eq!(decode(&commit), Ok(commit_decoded));

@@ -1,10 +1,8 @@
-//! Running a statement over a range of staging rows, isolating the rows the target refuses.
-//!
-//! The normal path runs each statement once over the whole batch. When one row is refused (a foreign
-//! key, NOT NULL, a value too long, a check), the batch is applied again in careful mode: every
-//! statement runs under a savepoint, and a range that fails is halved until the refused rows stand
-//! alone; each becomes a dead letter (table, key, row, SQLSTATE, message, batch) and the rest commits.
-//! A dead letter already open for the same key is updated (attempts + 1) rather than repeated.
+//! The careful path's bisection: a statement over a range of staging rows runs under a savepoint, and a
+//! range the target refuses (a foreign key, NOT NULL, a value too long, a check) is halved until the
+//! refused rows stand alone; each becomes a dead letter (table, key, row, SQLSTATE, message, batch) and
+//! the rest commits. A dead letter already open for the same key is updated (attempts + 1) rather than
+//! repeated.
 
 use tokio_postgres::{Client, Statement};
 
@@ -31,26 +29,15 @@ pub struct RangeOutcome {
     pub dead_letters: u64,
 }
 
-/// Runs `sql` ($1, $2: the `_n` range) over all rows; with `careful`, isolates refused rows.
+/// Runs `sql` ($1, $2: the `_n` range) over all rows, isolating the rows the target refuses.
 pub async fn run_ranged(
     tx: &Client,
     what: &str,
     sql: &Statement,
     site: &DeadLetterSite<'_>,
-    careful: bool,
 ) -> Result<RangeOutcome, DbError> {
     let side = site.side;
     let context = || format!("{what} on {}", site.table_name);
-    if !careful {
-        let affected = tx
-            .execute(sql, &[&i64::MIN, &i64::MAX])
-            .await
-            .ctx(side, context())?;
-        return Ok(RangeOutcome {
-            affected,
-            dead_letters: 0,
-        });
-    }
     let bounds = tx
         .query_one(
             &format!("SELECT min(_n), max(_n) FROM {}", site.numbered_table),

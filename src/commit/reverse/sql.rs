@@ -11,7 +11,8 @@
 use crate::change::quote_ident;
 use crate::transform::{Kind, MappedColumn, TableMapping};
 
-use super::forward_sql::{Numbered, Ranged};
+use crate::commit::forward::sql::{Numbered, Ranged};
+use crate::commit::log_conflicts;
 
 /// The start of a `resolve` statement, and the dead letters it may resolve.
 const RESOLVE: &str = "UPDATE tandem.dead_letters d SET resolved_at = now()";
@@ -73,9 +74,8 @@ pub struct ReverseSql {
     pub net: String,
     pub plan_table: Option<String>,
     pub create: String,
-    pub clear: String,
     pub copy_in: String,
-    /// New rows straight into the desktop table (see `capture::rows::Dest::Direct`).
+    /// New rows straight into the desktop table (see `commit::Dest::Direct`).
     pub copy_direct: String,
     /// Fills `N` from `S`.
     pub reduce: String,
@@ -100,9 +100,6 @@ pub struct ReverseSql {
     /// The desktop key (or scope) has no index: statements that look rows up by it must not run as
     /// nested loops.
     pub no_key_index: bool,
-    /// Like `clear`, giving the space back (temp tables are never vacuumed: DELETE leaves dead rows
-    /// every later statement reads again): after big groups.
-    pub truncate: String,
     pub analyze_net: String,
 }
 
@@ -110,6 +107,19 @@ pub struct ReverseSql {
 pub const STAGED_PREFIX: [&str; 5] = ["_seq", "_op", "_unchanged", "_old", "_ck"];
 
 impl ReverseSql {
+    /// The names of this table's staging tables.
+    pub fn staging_tables(&self) -> Vec<String> {
+        [
+            Some(&self.staged),
+            Some(&self.net),
+            self.plan_table.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
     pub fn build(t: &TableMapping, i: usize) -> ReverseSql {
         let target = t.table.desktop.quoted();
         let staged = format!("pg_temp.tandem_r_{i}");
@@ -226,7 +236,7 @@ impl ReverseSql {
                         ", "
                     )
                 );
-                let conflicts = super::log_conflicts(&format!(
+                let conflicts = log_conflicts(&format!(
                     "SELECT 'reverse', $1::text, {key_json}, {incoming}, to_jsonb(d), \
                        CASE WHEN n._op = 'D' THEN 'the phone deleted this row, but the desktop''s row differs from what the phone had; the desktop row was kept' \
                             WHEN n._first_old IS NULL THEN 'the phone created a row whose key the desktop already holds with other content (a key collision); neither side was changed' \
@@ -288,7 +298,7 @@ impl ReverseSql {
                 let reason = "'the phone created a row whose key the desktop already holds with other content (a key collision); neither side was changed'";
                 let incoming_s = "to_jsonb(s) - '_seq' - '_op' - '_unchanged' - '_old' - '_ck'";
                 let conflicts_via = |matching: String| {
-                    super::log_conflicts(&format!(
+                    log_conflicts(&format!(
                         "SELECT 'reverse', $1::text, {key_json_s}, {incoming_s}, to_jsonb(d), {reason} \
                          FROM {staged} s {matching} WHERE ROW({}) IS DISTINCT FROM ROW({})",
                         row_of("d"),
@@ -320,9 +330,7 @@ impl ReverseSql {
                     direct_probe: t.desktop_key_indexed.then_some(probe),
                     direct_hash: hash,
                     no_key_index: !t.desktop_key_indexed,
-                    truncate: format!("TRUNCATE {staged}, {net};"),
                     analyze_net: format!("ANALYZE {net}"),
-                    clear: format!("DELETE FROM {staged}; DELETE FROM {net};"),
                     dead_letter_image: format!(
                         "SELECT {key_json}, to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' FROM {net} n WHERE n._n = $1"
                     ),
@@ -387,7 +395,7 @@ impl ReverseSql {
                      AND dl.resolved_at IS NULL AND dl.row_key = jsonb_build_object('cloud_key', n._ck))",
                     lit(&t.table.desktop.to_string())
                 );
-                let conflicts = super::log_conflicts(&format!(
+                let conflicts = log_conflicts(&format!(
                     "SELECT 'reverse', $1::text, jsonb_build_object('cloud_key', n._ck), {incoming}, n._first_old, \
                        'the phone changed a row the desktop no longer holds as it was; the desktop was left as it is' \
                      FROM {net} n JOIN {plan} p ON p.ck = n._ck WHERE n._op = 'I' AND p.tid IS NULL AND NOT {refused}"
@@ -429,8 +437,6 @@ impl ReverseSql {
                         ),
                     },
                     analyze_net: format!("ANALYZE {net}"),
-                    truncate: format!("TRUNCATE {staged}, {net}, {plan};"),
-                    clear: format!("DELETE FROM {staged}; DELETE FROM {net}; DELETE FROM {plan};"),
                     dead_letter_image: format!(
                         "SELECT jsonb_build_object('cloud_key', n._ck), to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' FROM {net} n WHERE n._n = $1"
                     ),

@@ -13,22 +13,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::Value as Json;
 
-use super::logical::Claim;
-pub use super::relation_map::RelationMap;
+use super::relation::RelationMap;
+use crate::capture::logical::Claim;
 use crate::change::{OldImage, RowImage, Value};
+pub use crate::commit::Dest;
 use crate::transform::{Kind, Mapping};
-
-/// Where rows go on the desktop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Dest {
-    /// Straight into the desktop table (COPY of its own columns): new rows of a table whose rows
-    /// can be told apart on the desktop (a unique index on the desktop key, or a cloud-key table), while
-    /// nothing else of that table is staged in the group. A row the desktop refuses (a key it already
-    /// holds, a constraint) fails the COPY; the group is then received again with everything staged.
-    Direct,
-    /// Into the table's staging table, applied set-based at the group's end.
-    Staging,
-}
 
 /// Rows of one table for one destination, as COPY text, waiting to be sent.
 #[derive(Debug)]

@@ -32,11 +32,6 @@ pub struct ForwardSql {
     pub keys: String,
     pub plan_table: Option<String>,
     pub create: String,
-    /// Empties this table's staging tables (they keep rows across commits; see `truncate`).
-    pub clear: String,
-    /// Empties them and gives back their space: DELETE leaves dead rows, and temp tables are never
-    /// vacuumed, so after many batches they are truncated instead.
-    pub truncate: String,
     pub copy_rows_in: String,
     pub copy_keys_in: String,
     /// Adds every desktop-owned key (or scope) of the cloud table to `K`: a TRUNCATE on the desktop.
@@ -54,8 +49,8 @@ pub struct ForwardSql {
     pub lookup_update: Option<Ranged>,
     /// Marks the dead letters of keys that now applied as resolved ($1 table, $2 batch).
     pub resolve: String,
-    /// `jsonb_build_object(..)` of the key columns of alias `x`.
-    key_json_of: Vec<String>,
+    /// `(row_key, row_image)` of row `$1` of `S`, `K` and `P`, for a dead letter.
+    images: [String; 3],
 }
 
 fn q(name: &str) -> String {
@@ -88,26 +83,16 @@ fn key_json(alias: &str, cols: &[MappedColumn]) -> String {
 const DESKTOP_OWNED: &str = "(c.\"source\" = 'D' OR c.\"source\" IS NULL)";
 
 impl ForwardSql {
-    pub fn build(t: &TableMapping, i: usize) -> ForwardSql {
-        let mut sql = Self::statements(t, i);
-        let staging: Vec<&str> = [
-            Some(sql.rows.as_str()),
-            Some(sql.keys.as_str()),
-            sql.plan_table.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        sql.clear = staging
-            .iter()
-            .map(|t| format!("DELETE FROM {t};"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        sql.truncate = format!("TRUNCATE {};", staging.join(", "));
-        sql
+    /// The names of this table's staging tables.
+    pub fn staging_tables(&self) -> Vec<String> {
+        [Some(&self.rows), Some(&self.keys), self.plan_table.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
-    fn statements(t: &TableMapping, i: usize) -> ForwardSql {
+    pub fn build(t: &TableMapping, i: usize) -> ForwardSql {
         let target = t.table.cloud.quoted();
         let rows = format!("pg_temp.tandem_s_{i}");
         let keys = format!("pg_temp.tandem_k_{i}");
@@ -198,7 +183,7 @@ impl ForwardSql {
                     format!("({}) IS DISTINCT FROM ({})", list(&c_vals), list(&s_vals))
                 };
                 // Blocked upserts and blocked deletes, in one statement.
-                let conflicts = vec![super::log_conflicts(&format!(
+                let conflicts = vec![crate::commit::log_conflicts(&format!(
                     "SELECT 'forward', $1::text, {kjs}, to_jsonb(s) - '_n', to_jsonb(c), \
                      'the cloud row is mobile-owned; the desktop change was not applied' \
                      FROM {rows} s JOIN {target} c ON {eqcs} WHERE c.{source} = 'M' AND {differs} \
@@ -271,11 +256,9 @@ impl ForwardSql {
                     delete,
                     write,
                     lookup_update: None,
-                    key_json_of: vec![key_json("s", key), key_json("k", key)],
+                    images: images(t, &rows, &keys, None),
                     rows,
                     keys,
-                    clear: String::new(),
-                    truncate: String::new(),
                     create,
                     copy_rows_in,
                     copy_keys_in,
@@ -388,20 +371,14 @@ impl ForwardSql {
                         any_null.join(" OR ")
                     )),
                     plan: Some((plain, with_null)),
-                    plan_table: Some(plan),
+                    plan_table: Some(plan.clone()),
                     conflicts: Vec::new(),
                     delete,
                     write,
                     lookup_update,
-                    key_json_of: vec![
-                        key_json("s", scope),
-                        key_json("k", scope),
-                        key_json("c", scope),
-                    ],
+                    images: images(t, &rows, &keys, Some(plan.as_str())),
                     rows,
                     keys,
-                    clear: String::new(),
-                    truncate: String::new(),
                     create,
                     copy_rows_in,
                     copy_keys_in,
@@ -413,33 +390,11 @@ impl ForwardSql {
     }
 
     /// `(row_key, row_image)` of staging row `$1` of a ranged statement, for a dead letter.
-    pub fn dead_letter_image(&self, t: &TableMapping, numbered: Numbered) -> String {
-        let target = t.table.cloud.quoted();
+    pub fn dead_letter_image(&self, numbered: Numbered) -> &str {
         match numbered {
-            Numbered::Rows => format!(
-                "SELECT {}, to_jsonb(s) - '_n' FROM {} s WHERE s._n = $1",
-                self.key_json_of[0], self.rows
-            ),
-            Numbered::Keys => {
-                let key = t.key_columns();
-                format!(
-                    "SELECT {}, (SELECT to_jsonb(c) FROM {target} c WHERE {} LIMIT 1) FROM {} k WHERE k._n = $1",
-                    self.key_json_of[1],
-                    eq("c", "k", key),
-                    self.keys
-                )
-            }
-            Numbered::Plan => {
-                let Kind::Scoped { cloud_key, .. } = &t.kind else {
-                    unreachable!("only cloud-key tables have a plan")
-                };
-                format!(
-                    "SELECT {}, to_jsonb(c) FROM {} p JOIN {target} c ON c.{} = p.ck WHERE p._n = $1",
-                    self.key_json_of[2],
-                    self.plan_table.as_deref().expect("scoped"),
-                    q(cloud_key)
-                )
-            }
+            Numbered::Rows => &self.images[0],
+            Numbered::Keys => &self.images[1],
+            Numbered::Plan => &self.images[2],
         }
     }
 
@@ -454,4 +409,29 @@ impl ForwardSql {
                 .expect("only cloud-key tables have a plan"),
         }
     }
+}
+
+/// The dead-letter images of a table's staging tables: `S` row `$1` as it was staged, `K` row `$1`
+/// with the cloud row of that key, `P` row `$1` with its cloud row.
+fn images(t: &TableMapping, rows: &str, keys: &str, plan: Option<&str>) -> [String; 3] {
+    let target = t.table.cloud.quoted();
+    let key = t.key_columns();
+    let of_rows = format!(
+        "SELECT {}, to_jsonb(s) - '_n' FROM {rows} s WHERE s._n = $1",
+        key_json("s", key)
+    );
+    let of_keys = format!(
+        "SELECT {}, (SELECT to_jsonb(c) FROM {target} c WHERE {} LIMIT 1) FROM {keys} k WHERE k._n = $1",
+        key_json("k", key),
+        eq("c", "k", key),
+    );
+    let of_plan = match (&t.kind, plan) {
+        (Kind::Scoped { cloud_key, .. }, Some(plan)) => format!(
+            "SELECT {}, to_jsonb(c) FROM {plan} p JOIN {target} c ON c.{} = p.ck WHERE p._n = $1",
+            key_json("c", key),
+            q(cloud_key)
+        ),
+        _ => String::new(),
+    };
+    [of_rows, of_keys, of_plan]
 }

@@ -1,0 +1,503 @@
+//! The one commit engine: it owns the target's transaction in both directions (and, next, the
+//! reconcile's).
+//!
+//! A direction brings rows into the target's staging tables (the forward direction pipes them from the
+//! desktop's snapshot by binary COPY, the reverse direction streams them from the logical replication
+//! slot by COPY text) and contributes a *plan builder*: which statements make the target equal to what
+//! is staged, per table. The engine runs the plan in one transaction, always the same way:
+//!
+//! - **staging lifecycle** ([`staging`]): session temp tables created once per connection, emptied
+//!   before a table's first use in a transaction (truncated once they held many rows: temp tables are
+//!   never vacuumed), analyzed when big;
+//! - **order**: what reads the target as it is first (plan tables, conflicts), then deletes children
+//!   first, then writes parents first (the cloud's foreign keys), then dead letters resolved;
+//! - **the fast path**: every statement sent at once as one pipeline, one round trip, after a savepoint;
+//! - **the careful path**, when the target refused a row: back to the savepoint, and every statement
+//!   over a range of staging rows runs again under savepoints, failing ranges halved until each refused
+//!   row stands alone as a dead letter ([`isolate`]) while the rest commits;
+//! - **conflict logging** through one statement shape ([`log_conflicts`]), dead letters, and the
+//!   direction's progress written in the same transaction as the data, then COMMIT.
+//!
+//! Errors keep their kind from where they were raised and name the table whose statement failed, so the
+//! pipeline can park that table alone ([`CommitError::table`]).
+
+pub mod forward;
+pub mod isolate;
+pub mod reverse;
+mod staging;
+
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use crate::change::{EndLsn, Side};
+use crate::db::{self, APPLYING_SETTING, Context, DbError, ErrorKind, StatementCache};
+
+pub use staging::{CopyInto, Dest, Staged, StagingTables, pipe};
+
+/// Which way rows travel. The target keeps the direction's conflicts, dead letters and progress in its
+/// own schema `tandem`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Desktop → cloud.
+    Forward,
+    /// Cloud → desktop.
+    Reverse,
+}
+
+impl Direction {
+    /// How the direction is written in `tandem.conflicts`, `tandem.dead_letters`, `tandem.progress`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+
+    /// The database written.
+    pub fn target(self) -> Side {
+        match self {
+            Direction::Forward => Side::Cloud,
+            Direction::Reverse => Side::Desktop,
+        }
+    }
+}
+
+/// What one batch did to the target.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub staged_rows: u64,
+    /// Bytes of binary COPY data staged (keys and rows).
+    pub staged_bytes: u64,
+    pub written: u64,
+    pub deleted: u64,
+    pub conflicts: u64,
+    pub dead_letters: u64,
+}
+
+impl BatchOutcome {
+    pub fn add(&mut self, other: &BatchOutcome) {
+        self.staged_rows += other.staged_rows;
+        self.staged_bytes += other.staged_bytes;
+        self.written += other.written;
+        self.deleted += other.deleted;
+        self.conflicts += other.conflicts;
+        self.dead_letters += other.dead_letters;
+    }
+
+    fn tally(&mut self, count: Count, affected: u64) {
+        match count {
+            Count::Written => self.written += affected,
+            Count::Deleted => self.deleted += affected,
+            Count::Conflicts => self.conflicts += affected,
+            Count::Nothing => {}
+        }
+    }
+}
+
+/// How a step's affected rows are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Nothing,
+    Written,
+    Deleted,
+    Conflicts,
+}
+
+/// How a step's parameters are filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Params {
+    None,
+    /// `$1`: the table's name (as conflicts and dead letters record it).
+    Table,
+    /// `$1`: the table's name, `$2`: the batch.
+    TableAndBatch,
+    /// `$1, $2`: a range of staging row numbers; the fast path passes the whole range.
+    Range,
+}
+
+/// How to set a refused row of a ranged step aside.
+#[derive(Debug, Clone, Copy)]
+pub struct Isolate<'a> {
+    /// The staging table whose row numbers (`_n`) the step ranges over.
+    pub numbered: &'a str,
+    /// `SELECT row_key_jsonb, row_image_jsonb FROM .. WHERE _n = $1`.
+    pub image: &'a str,
+}
+
+/// One statement of a plan.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    /// The configured table it concerns (an index into the mapping).
+    pub table: usize,
+    /// What it does, for errors: "upsert", "reverse delete", ...
+    pub what: &'a str,
+    pub sql: &'a str,
+    pub params: Params,
+    pub count: Count,
+    /// Ranged steps (`Params::Range`) the careful path can isolate refused rows in.
+    pub isolate: Option<Isolate<'a>>,
+}
+
+impl<'a> Step<'a> {
+    /// A statement over everything staged for its table at once.
+    pub fn whole(table: usize, what: &'a str, sql: &'a str, params: Params, count: Count) -> Self {
+        Step {
+            table,
+            what,
+            sql,
+            params,
+            count,
+            isolate: None,
+        }
+    }
+
+    /// A statement over a range of staging rows, whose refused rows the careful path isolates.
+    pub fn ranged(
+        table: usize,
+        what: &'a str,
+        sql: &'a str,
+        count: Count,
+        isolate: Isolate<'a>,
+    ) -> Self {
+        Step {
+            table,
+            what,
+            sql,
+            params: Params::Range,
+            count,
+            isolate: Some(isolate),
+        }
+    }
+}
+
+/// The statements of one batch, for each path. The careful path may differ from the fast one (the
+/// reverse direction's new rows go through the full reduction there), in the same order of concerns.
+#[derive(Debug, Default)]
+pub struct Plan<'a> {
+    pub fast: Vec<Step<'a>>,
+    pub careful: Vec<Step<'a>>,
+}
+
+/// What identifies a batch in the target's tandem tables.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// Each configured table's name as conflicts and dead letters record it (by mapping index).
+    pub names: &'a [String],
+    /// The batch's label (`forward 12..40`, `reverse 0/16B3748`): its own dead letters stay open.
+    pub id: &'a str,
+}
+
+/// Where a direction's progress is recorded, in the same transaction as its data.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// The forward direction records when it last applied (its position is the outbox itself: applied
+    /// rows are deleted from it after the commit).
+    Forward,
+    /// The end of the last cloud transaction applied.
+    Reverse(EndLsn),
+}
+
+const FORWARD_PROGRESS: &str =
+    "INSERT INTO tandem.progress (direction, applied_at) VALUES ('forward', now())
+     ON CONFLICT (direction) DO UPDATE SET applied_at = EXCLUDED.applied_at";
+/// Monotonic: a replayed transaction never moves the position back.
+const REVERSE_PROGRESS: &str = "INSERT INTO tandem.progress (direction, lsn, applied_at) VALUES ('reverse', $1::text::pg_lsn, now())
+     ON CONFLICT (direction) DO UPDATE SET lsn = GREATEST(tandem.progress.lsn, EXCLUDED.lsn), applied_at = EXCLUDED.applied_at";
+
+/// A failure of the engine, with the configured table whose statement failed (when one did).
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct CommitError {
+    /// The mapping index of the table the failing statement (or staging) concerned.
+    pub table: Option<usize>,
+    #[source]
+    pub source: DbError,
+}
+
+impl CommitError {
+    pub fn kind(&self) -> ErrorKind {
+        self.source.kind()
+    }
+
+    /// The error, as concerning table `i`.
+    pub fn of_table(source: DbError, table: usize) -> Self {
+        CommitError {
+            table: Some(table),
+            source,
+        }
+    }
+}
+
+impl From<DbError> for CommitError {
+    fn from(source: DbError) -> Self {
+        CommitError {
+            table: None,
+            source,
+        }
+    }
+}
+
+/// One connection to a target database, in tandem's session: its prepared statements, its staging
+/// tables, and the transaction open on it.
+#[derive(Debug)]
+pub struct Target {
+    pub direction: Direction,
+    pub statements: StatementCache,
+    pub staging: StagingTables,
+    open: bool,
+}
+
+impl Target {
+    /// Once per connection: marks the session as tandem's (the desktop's capture trigger skips its
+    /// writes, the cloud's ownership trigger leaves its `source` alone), plans every execution for its
+    /// own batch (staging sizes vary by orders of magnitude), and creates the staging tables.
+    pub async fn prepare(
+        client: &Client,
+        direction: Direction,
+        staging: StagingTables,
+    ) -> Result<Target, DbError> {
+        let side = direction.target();
+        client
+            .execute(
+                "SELECT set_config($1, 'on', false), set_config('plan_cache_mode', 'force_custom_plan', false)",
+                &[&APPLYING_SETTING],
+            )
+            .await
+            .ctx(side, "marking the session as tandem's")?;
+        client
+            .batch_execute(&staging.create_sql())
+            .await
+            .ctx(side, "creating the staging tables")?;
+        Ok(Target {
+            direction,
+            statements: StatementCache::new(side),
+            staging,
+            open: false,
+        })
+    }
+
+    pub fn side(&self) -> Side {
+        self.direction.target()
+    }
+
+    /// Whether a transaction is open.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Begins the transaction if none is open, and empties the staging tables of `tables` not used in
+    /// it yet: one round trip.
+    pub async fn begin(
+        &mut self,
+        client: &Client,
+        tables: impl IntoIterator<Item = usize>,
+    ) -> Result<(), DbError> {
+        let mut sql = String::new();
+        if !self.open {
+            sql.push_str("BEGIN;");
+        }
+        for i in tables {
+            sql.push_str(&self.staging.first_use(i));
+        }
+        if !sql.is_empty() {
+            client
+                .batch_execute(&sql)
+                .await
+                .ctx(self.side(), "beginning the transaction")?;
+        }
+        self.open = true;
+        Ok(())
+    }
+
+    /// Runs `plan` in the open transaction: the fast path, then, if the target refused a row, the
+    /// careful path from the savepoint taken before it.
+    pub async fn apply(
+        &mut self,
+        client: &Client,
+        plan: &Plan<'_>,
+        batch: Batch<'_>,
+    ) -> Result<BatchOutcome, CommitError> {
+        let side = self.side();
+        client
+            .batch_execute("SAVEPOINT tandem_apply")
+            .await
+            .ctx(side, "SAVEPOINT")?;
+        match self.fast(client, &plan.fast, batch).await? {
+            Ok(outcome) => Ok(outcome),
+            Err(refused) => {
+                tracing::debug!(
+                    direction = self.direction.as_str(),
+                    error = %refused,
+                    "a row was refused; applying the batch again, isolating refused rows"
+                );
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT tandem_apply")
+                    .await
+                    .ctx(side, "ROLLBACK TO SAVEPOINT")?;
+                self.careful(client, &plan.careful, batch).await
+            }
+        }
+    }
+
+    /// Every step as one pipeline. A refused row comes back as the inner error (the caller goes
+    /// careful); anything else fails the batch.
+    async fn fast(
+        &mut self,
+        client: &Client,
+        steps: &[Step<'_>],
+        batch: Batch<'_>,
+    ) -> Result<Result<BatchOutcome, DbError>, CommitError> {
+        let side = self.side();
+        let mut prepared = Vec::with_capacity(steps.len());
+        for step in steps {
+            let statement = self
+                .statements
+                .get(client, step.sql)
+                .await
+                .map_err(|e| CommitError::of_table(e, step.table))?;
+            prepared.push(statement);
+        }
+        let whole = (i64::MIN, i64::MAX);
+        let results = db::pipelined(
+            steps
+                .iter()
+                .zip(&prepared)
+                .map(|(step, statement)| {
+                    let name = &batch.names[step.table];
+                    let params: Vec<&(dyn ToSql + Sync)> = match step.params {
+                        Params::None => vec![],
+                        Params::Table => vec![name],
+                        Params::TableAndBatch => vec![name, &batch.id],
+                        Params::Range => vec![&whole.0, &whole.1],
+                    };
+                    async move { client.execute(statement, &params).await }
+                })
+                .collect(),
+        )
+        .await;
+        let mut outcome = BatchOutcome::default();
+        // The first error is the cause; the statements after it only say the transaction is aborted.
+        for (step, result) in steps.iter().zip(results) {
+            match result {
+                Ok(n) => outcome.tally(step.count, n),
+                Err(e) => {
+                    let e = Err::<(), _>(e)
+                        .ctx(
+                            side,
+                            format!("{} on {}", step.what, batch.names[step.table]),
+                        )
+                        .unwrap_err();
+                    if e.kind() == ErrorKind::BadRow {
+                        return Ok(Err(e));
+                    }
+                    return Err(CommitError::of_table(e, step.table));
+                }
+            }
+        }
+        Ok(Ok(outcome))
+    }
+
+    /// Every step one by one; ranged steps isolate their refused rows as dead letters.
+    async fn careful(
+        &mut self,
+        client: &Client,
+        steps: &[Step<'_>],
+        batch: Batch<'_>,
+    ) -> Result<BatchOutcome, CommitError> {
+        let side = self.side();
+        let mut outcome = BatchOutcome::default();
+        for step in steps {
+            let name = &batch.names[step.table];
+            let of_table = |e| CommitError::of_table(e, step.table);
+            let statement = self
+                .statements
+                .get(client, step.sql)
+                .await
+                .map_err(of_table)?;
+            let affected = match (step.isolate, step.params) {
+                (Some(isolate), _) => {
+                    let site = isolate::DeadLetterSite {
+                        side,
+                        direction: self.direction.as_str(),
+                        table_name: name,
+                        batch: batch.id,
+                        image_sql: isolate.image,
+                        numbered_table: isolate.numbered,
+                    };
+                    let done = isolate::run_ranged(client, step.what, &statement, &site)
+                        .await
+                        .map_err(of_table)?;
+                    outcome.dead_letters += done.dead_letters;
+                    done.affected
+                }
+                (None, params) => {
+                    let result = match params {
+                        Params::None => client.execute(&statement, &[]).await,
+                        Params::Table => client.execute(&statement, &[name]).await,
+                        Params::TableAndBatch => {
+                            client.execute(&statement, &[name, &batch.id]).await
+                        }
+                        Params::Range => client.execute(&statement, &[&i64::MIN, &i64::MAX]).await,
+                    };
+                    result
+                        .ctx(side, format!("{} on {name}", step.what))
+                        .map_err(of_table)?
+                }
+            };
+            outcome.tally(step.count, affected);
+        }
+        Ok(outcome)
+    }
+
+    /// Records the direction's progress and commits the open transaction, in one round trip.
+    pub async fn commit(&mut self, client: &Client, progress: Progress) -> Result<(), DbError> {
+        let side = self.side();
+        let commit = self.statements.get(client, "COMMIT").await?;
+        let (sql, position) = match progress {
+            Progress::Forward => (FORWARD_PROGRESS, None),
+            Progress::Reverse(end) => (REVERSE_PROGRESS, Some(end.to_string())),
+        };
+        let record = self.statements.get(client, sql).await?;
+        let params: Vec<&(dyn ToSql + Sync)> = match &position {
+            Some(p) => vec![p],
+            None => vec![],
+        };
+        let mut done = db::pipelined(vec![
+            client.execute(&record, &params),
+            client.execute(&commit, &[]),
+        ])
+        .await;
+        let committed = done.pop().expect("two results");
+        let recorded = done.pop().expect("two results");
+        recorded.ctx(side, "recording the progress")?;
+        committed.ctx(side, "committing the batch")?;
+        self.open = false;
+        self.staging.end_transaction();
+        Ok(())
+    }
+
+    /// Rolls the open transaction back (what was staged in it is gone too).
+    pub async fn rollback(&mut self, client: &Client) -> Result<(), DbError> {
+        self.open = false;
+        self.staging.end_transaction();
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .ctx(self.side(), "rolling back the batch")
+    }
+}
+
+/// The statement logging the conflicts `select` yields (direction, table name, row key, incoming row,
+/// current row, reason; `$1::text` where it takes the table's name), except those already logged and
+/// still open: the same row key, incoming and current rows seen again (the desktop re-saving a row
+/// unchanged, a lookup's change or a retry sending a row again, a phone re-saving) is one conflict.
+pub fn log_conflicts(select: &str) -> String {
+    format!(
+        "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason) \
+         SELECT x.* FROM ({select}) AS x (direction, table_name, row_key, incoming, current, reason) \
+         WHERE NOT EXISTS (SELECT 1 FROM tandem.conflicts o WHERE o.resolved_at IS NULL \
+         AND o.direction = x.direction AND o.table_name = x.table_name \
+         AND o.row_key IS NOT DISTINCT FROM x.row_key AND o.incoming IS NOT DISTINCT FROM x.incoming \
+         AND o.current IS NOT DISTINCT FROM x.current)"
+    )
+}

@@ -1,0 +1,232 @@
+//! The reverse plan builder (mobile rows → desktop).
+//!
+//! A group of cloud transactions is staged on the desktop by COPY, in chunks as the stream arrives (a
+//! transaction of any size never sits in memory; see [`encode`]): new rows of tables the desktop can
+//! check by key go straight into their table, everything else into staging. The plan then reduces the
+//! staged changes to one net change per key and applies them set-based where the desktop's row is what
+//! the phone started from: conflicts logged first, deletes children first, updates and inserts parents
+//! first. The end LSN of the group's last commit is recorded in `tandem.progress` in the same desktop
+//! transaction; only after the commit is the slot told, so a crash at any point replays at most what
+//! the desktop does not have yet.
+
+pub mod encode;
+mod plan;
+pub mod relation;
+pub mod sql;
+
+use std::collections::HashSet;
+
+use tokio_postgres::Client;
+
+use crate::change::{EndLsn, Side};
+use crate::db::{self, Context, DbError};
+use crate::transform::Mapping;
+
+use super::{Batch, BatchOutcome, CommitError, CopyInto, Dest, Progress, StagingTables, Target};
+use sql::ReverseSql;
+
+/// Above this many staged rows, a staging table is analyzed before the statements that read it.
+const ANALYZE_ABOVE: u64 = 10_000;
+
+/// The reverse direction's statements, per configured table, built once per mapping.
+#[derive(Debug, Clone)]
+pub struct Reverse {
+    sql: Vec<ReverseSql>,
+    /// Each table's desktop name, as conflicts and dead letters record it.
+    names: Vec<String>,
+}
+
+/// The last cloud position applied to the desktop, as recorded there.
+pub async fn stored_position(desktop: &Client) -> Result<Option<EndLsn>, DbError> {
+    let row = desktop
+        .query_opt(
+            "SELECT lsn::text FROM tandem.progress WHERE direction = 'reverse'",
+            &[],
+        )
+        .await
+        .ctx(
+            Side::Desktop,
+            "reading the reverse position from tandem.progress",
+        )?;
+    match row.and_then(|r| r.get::<_, Option<String>>(0)) {
+        Some(text) => Ok(Some(EndLsn(text.parse().map_err(|e: String| {
+            DbError::BadUrl {
+                side: Side::Desktop,
+                url: "tandem.progress".into(),
+                message: e,
+            }
+        })?))),
+        None => Ok(None),
+    }
+}
+
+impl Reverse {
+    pub fn new(mapping: &Mapping) -> Self {
+        Reverse {
+            sql: mapping
+                .tables
+                .iter()
+                .enumerate()
+                .map(|(i, t)| ReverseSql::build(t, i))
+                .collect(),
+            names: mapping
+                .tables
+                .iter()
+                .map(|t| t.table.desktop.to_string())
+                .collect(),
+        }
+    }
+
+    /// The staging tables a desktop connection needs.
+    pub fn staging(&self) -> StagingTables {
+        let mut staging = StagingTables::new(Side::Desktop, self.sql.len());
+        for (i, sql) in self.sql.iter().enumerate() {
+            staging.declare(i, sql.staging_tables(), sql.create.clone());
+        }
+        staging
+    }
+
+    /// Sends `rows` rows of table `i` (COPY text) towards its staging table or, for `Dest::Direct`,
+    /// straight into the desktop table, beginning the transaction if needed. Returns without waiting
+    /// for the desktop to take them.
+    pub async fn stage(
+        &self,
+        target: &mut Target,
+        desktop: &Client,
+        i: usize,
+        dest: Dest,
+        data: Vec<u8>,
+        rows: u64,
+    ) -> Result<(), CommitError> {
+        let of_table = |e| CommitError::of_table(e, i);
+        if target.staging.copying() != Some((i, dest)) {
+            // A new COPY: the one in progress ends first, then the transaction begins and the staging
+            // table is emptied if this is its first use in it.
+            target
+                .staging
+                .finish_copy()
+                .await
+                .map_err(|(t, e)| CommitError::of_table(e, t))?;
+            let first_use = (dest == Dest::Staging).then_some(i);
+            target.begin(desktop, first_use).await.map_err(of_table)?;
+        }
+        let sql = &self.sql[i];
+        let copy = match dest {
+            Dest::Staging => &sql.copy_in,
+            Dest::Direct => &sql.copy_direct,
+        };
+        let statement = target
+            .statements
+            .get(desktop, copy)
+            .await
+            .map_err(of_table)?;
+        let what = || match dest {
+            Dest::Staging => format!("staging mobile rows of {} (COPY)", sql.target),
+            Dest::Direct => format!("writing new mobile rows into {} (COPY)", sql.target),
+        };
+        let into = CopyInto {
+            table: i,
+            dest,
+            statement: &statement,
+            what: &what,
+        };
+        target
+            .staging
+            .send(desktop, into, data, rows)
+            .await
+            .map_err(of_table)
+    }
+
+    /// Applies everything staged in the open transaction, records `end` as the reverse position and
+    /// commits. Tables in `complex` had more than new rows (updates, deletes, claims, unchanged TOAST)
+    /// and go through the reduction; the others are inserted straight from staging. Rows written
+    /// straight into desktop tables are already there. Does nothing (and records nothing) when no
+    /// transaction is open.
+    pub async fn commit(
+        &self,
+        target: &mut Target,
+        desktop: &Client,
+        mapping: &Mapping,
+        end: EndLsn,
+        complex: &HashSet<usize>,
+    ) -> Result<BatchOutcome, CommitError> {
+        let mut out = BatchOutcome::default();
+        if !target.is_open() {
+            return Ok(out);
+        }
+        target
+            .staging
+            .finish_copy()
+            .await
+            .map_err(|(t, e)| CommitError::of_table(e, t))?;
+        let tables: Vec<usize> = mapping
+            .parents_first
+            .iter()
+            .copied()
+            .filter(|&i| target.staging.is_used(i))
+            .collect();
+        if !tables.is_empty() {
+            let batch_id = format!("reverse {end}");
+            let batch = Batch {
+                names: &self.names,
+                id: &batch_id,
+            };
+            let (reduced, direct): (Vec<usize>, Vec<usize>) =
+                tables.iter().partition(|i| complex.contains(i));
+            self.reduce(target, desktop, &reduced).await?;
+            let plan = self.plan(target, desktop, &tables, &direct).await?;
+            out = target.apply(desktop, &plan, batch).await?;
+        }
+        out.written += target.staging.take_direct_written();
+        target.commit(desktop, Progress::Reverse(end)).await?;
+        Ok(out)
+    }
+
+    /// Reduces the staged changes of `tables` to their net change per key (and pairs cloud-key rows
+    /// with the desktop rows they started from), in one round trip.
+    async fn reduce(
+        &self,
+        target: &mut Target,
+        desktop: &Client,
+        tables: &[usize],
+    ) -> Result<(), CommitError> {
+        let mut statements = Vec::new();
+        for &i in tables {
+            let of_table = |e| CommitError::of_table(e, i);
+            for sql in self.reduction(target, i) {
+                let statement = target
+                    .statements
+                    .get(desktop, sql)
+                    .await
+                    .map_err(of_table)?;
+                statements.push((i, statement));
+            }
+        }
+        let results = db::pipelined(
+            statements
+                .iter()
+                .map(|(_, s)| desktop.execute(s, &[]))
+                .collect(),
+        )
+        .await;
+        for ((i, _), result) in statements.iter().zip(results) {
+            result
+                .ctx(Side::Desktop, "reducing the staged mobile changes")
+                .map_err(|e| CommitError::of_table(e, *i))?;
+        }
+        Ok(())
+    }
+
+    /// The statements that reduce table `i`'s staged changes, in order.
+    fn reduction(&self, target: &Target, i: usize) -> Vec<&str> {
+        let sql = &self.sql[i];
+        let mut out = vec![sql.reduce.as_str()];
+        if target.staging.staged(i) > ANALYZE_ABOVE {
+            out.push(&sql.analyze_net);
+        }
+        if let Some(plan) = &sql.plan {
+            out.push(plan);
+        }
+        out
+    }
+}
