@@ -9,7 +9,7 @@
 //! | 1 | [`config`] | which tables travel and how they map |
 //! | 2 | [`db`] | connections, tandem's session settings, error kinds |
 //! | 3 | [`catalog`], [`sample`] | what the live schemas hold, and the config checked against them |
-//! | 4 | [`transform`] | the mapping resolved against both schemas: columns, types, order |
+//! | 4 | [`transform`], [`expr`] | the mapping resolved against both schemas; the SQL every statement is made of (names, what "equal" means) |
 //! | 5 | [`capture`] | sources only: the desktop outbox, the cloud's logical replication stream |
 //! | 6 | [`commit`], [`setup`] | the commit engine and its plan builders; what `init` installs |
 //! | 7 | [`pipeline`] | the workers: batching, reconnecting, shutdown |
@@ -25,6 +25,7 @@ pub mod commit;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod expr;
 pub mod ops;
 pub mod pipeline;
 pub mod retry;
@@ -46,6 +47,7 @@ mod layers {
         ("catalog", 3),
         ("sample", 3),
         ("transform", 4),
+        ("expr", 4),
         ("capture", 5),
         ("commit", 6),
         ("setup", 6),

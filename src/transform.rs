@@ -10,73 +10,109 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 
 use crate::catalog::validate::{Finding, Severity};
-use crate::catalog::{Catalog, ColumnInfo};
-use crate::change::{QualifiedName, TableRef, quote_ident};
+use crate::catalog::{Catalog, ColumnInfo, ValueType};
+use crate::change::{QualifiedName, TableRef};
 use crate::config::{CREATED_AT_COLUMN, Config, Identity, UPDATED_AT_COLUMN};
 use crate::db::DbError;
 
-/// A column both sides have, by the same name.
+/// A column both sides have, by the same name, with both sides' value types.
+///
+/// How values travel: desktop → cloud in binary when the desktop's type is PostgreSQL's own (its binary
+/// form means the same in both databases), as text otherwise; cloud → desktop as text (pgoutput sends
+/// text). Text is each type's output under tandem's fixed session settings ([`crate::db::SESSION_SETTINGS`]),
+/// which its input function reads back exactly. Staging columns have the type under the column's
+/// domains, without a modifier (or text), so staging never refuses or changes a value; the modifier
+/// and the domain's checks apply when the target column stores it, where a refused value is one row's
+/// dead letter.
 #[derive(Debug, Clone)]
 pub struct MappedColumn {
     pub name: String,
-    /// The desktop column's base type.
-    pub desktop_base: String,
-    /// The desktop column's full type (`character varying(2)`, `numeric(5,2)`).
-    pub desktop_type: String,
-    /// The cloud column's full type (`character varying(120)`).
-    pub cloud_type: String,
-    /// The type the value travels as between the two (in staging tables and binary COPY): the cloud's
-    /// base type when it is built in, otherwise text with an explicit cast at the end.
-    pub wire_type: String,
-    /// Whether writing into the cloud column needs `CAST(.. AS cloud_type)` (non-built-in types).
-    pub explicit_cast: bool,
+    pub desktop: ValueType,
+    pub cloud: ValueType,
 }
 
 impl MappedColumn {
-    fn new(name: &str, desktop: &ColumnInfo, cloud: &ColumnInfo) -> Self {
-        let (wire_type, explicit_cast) = if cloud.builtin {
-            (cloud.base_type.clone(), false)
-        } else {
-            ("text".to_string(), true)
-        };
+    pub fn new(name: &str, desktop: &ColumnInfo, cloud: &ColumnInfo) -> Self {
         MappedColumn {
             name: name.to_string(),
-            desktop_base: desktop.base_type.clone(),
-            desktop_type: desktop.type_name.clone(),
-            cloud_type: cloud.type_name.clone(),
-            wire_type,
-            explicit_cast,
+            desktop: desktop.value.clone(),
+            cloud: cloud.value.clone(),
         }
     }
 
-    /// The desktop expression that produces the wire value from table alias `alias`.
-    pub fn desktop_expr(&self, alias: &str) -> String {
-        let col = format!("{alias}.{}", quote_ident(&self.name));
-        if self.desktop_base == self.wire_type {
-            col
+    /// The type forward staging holds the column in (desktop → cloud).
+    pub fn wire(&self) -> &str {
+        if self.desktop.portable {
+            &self.desktop.base
         } else {
-            format!("{col}::{}", self.wire_type)
+            "text"
         }
     }
 
-    /// The cloud expression that turns a staged wire value (alias `alias`) into the column's value.
-    pub fn cloud_expr(&self, alias: &str) -> String {
-        let col = format!("{alias}.{}", quote_ident(&self.name));
-        if self.explicit_cast {
-            format!("CAST({col} AS {})", self.cloud_type)
+    /// The desktop expression producing the staged value of `expr` (a value of the desktop column).
+    pub fn desktop_read(&self, expr: &str) -> String {
+        cast(expr, self.wire())
+    }
+
+    /// The value for the cloud column from staged value `expr`: converted when the types differ, so
+    /// the column's own assignment applies its modifier and domain (which refuse, never truncate).
+    pub fn cloud_value(&self, expr: &str) -> String {
+        if self.wire() == self.cloud.base {
+            expr.to_string()
         } else {
-            col
+            cast(expr, &self.cloud.base)
         }
     }
 
-    /// The staged value as the cloud column's exact type, for comparing row texts.
-    pub fn cloud_typed(&self, alias: &str) -> String {
-        format!(
-            "CAST({alias}.{} AS {})",
-            quote_ident(&self.name),
-            self.cloud_type
-        )
+    /// Staged value `expr` as the cloud column would hold it, for comparing; never fails.
+    pub fn cloud_shaped(&self, expr: &str) -> String {
+        shaped(&self.cloud_value(expr), &self.cloud)
     }
+
+    /// The value for the desktop column from the text `expr` (reverse staging, an old image).
+    pub fn desktop_value(&self, expr: &str) -> String {
+        cast(expr, &self.desktop.base)
+    }
+
+    /// Text `expr` as the desktop column would hold it, for comparing; never fails on a value the
+    /// desktop's type can read.
+    pub fn desktop_shaped(&self, expr: &str) -> String {
+        shaped(&self.desktop_value(expr), &self.desktop)
+    }
+}
+
+/// `CAST(expr AS ty)`, or `expr` when it is text already and `ty` is text.
+fn cast(expr: &str, ty: &str) -> String {
+    format!("CAST({expr} AS {ty})")
+}
+
+/// `expr` (of `t.base`) cast to `t.shaped` without failing: a cast to a length-limited type truncates,
+/// one to a precision-limited time rounds, and a `numeric(p,s)` value too big for it stays as it is (no
+/// stored value can equal it anyway; the cast would fail the statement).
+fn shaped(expr: &str, t: &ValueType) -> String {
+    if t.shaped == t.base {
+        return expr.to_string();
+    }
+    let shaped = cast(expr, &t.shaped);
+    match numeric_typmod(&t.shaped) {
+        Some((precision, scale)) => format!(
+            "CASE WHEN abs(round({expr}, {scale})) < 1e{} THEN {shaped} ELSE {expr} END",
+            precision - scale
+        ),
+        None => shaped,
+    }
+}
+
+/// `(precision, scale)` of `numeric(p,s)` / `numeric(p)`.
+fn numeric_typmod(type_name: &str) -> Option<(i32, i32)> {
+    let inner = type_name.strip_prefix("numeric(")?.strip_suffix(')')?;
+    let mut parts = inner.split(',').map(|p| p.trim().parse::<i32>());
+    let precision = parts.next()?.ok()?;
+    let scale = match parts.next() {
+        Some(s) => s.ok()?,
+        None => 0,
+    };
+    Some((precision, scale))
 }
 
 /// A cloud column filled from another table of the desktop.
@@ -96,7 +132,7 @@ pub enum Kind {
     /// Rows are replaced per scope; the cloud numbers them with `cloud_key`.
     Scoped {
         cloud_key: String,
-        cloud_key_type: String,
+        cloud_key_type: ValueType,
         scope: Vec<MappedColumn>,
     },
 }
@@ -197,7 +233,7 @@ impl Mapping {
                 Identity::Key(key) => Kind::Key(key.iter().map(|k| map(k)).collect()),
                 Identity::CloudKey { column, scope } => Kind::Scoped {
                     cloud_key: column.clone(),
-                    cloud_key_type: c.column(column).expect("validated").base_type.clone(),
+                    cloud_key_type: c.column(column).expect("validated").value.clone(),
                     scope: scope.iter().map(|k| map(k)).collect(),
                 },
             };
@@ -313,6 +349,60 @@ pub fn parents_first(parents: &[Vec<usize>]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_typmods_are_read_from_the_type_name() {
+        assert_eq!(numeric_typmod("numeric(5,2)"), Some((5, 2)));
+        assert_eq!(numeric_typmod("numeric(7)"), Some((7, 0)));
+        assert_eq!(numeric_typmod("numeric(2,-3)"), Some((2, -3)));
+        assert_eq!(numeric_typmod("numeric"), None);
+        assert_eq!(numeric_typmod("character varying(5)"), None);
+    }
+
+    fn value(base: &str, shaped: &str) -> ValueType {
+        ValueType {
+            base: base.into(),
+            shaped: shaped.into(),
+            portable: true,
+            equality: Some("pg_catalog".into()),
+        }
+    }
+
+    #[test]
+    fn a_shaping_cast_keeps_numeric_values_it_cannot_hold() {
+        assert_eq!(
+            shaped("x", &value("numeric", "numeric(3,2)")),
+            "CASE WHEN abs(round(x, 2)) < 1e1 THEN CAST(x AS numeric(3,2)) ELSE x END"
+        );
+        assert_eq!(
+            shaped("x", &value("character varying", "character varying(2)")),
+            "CAST(x AS character varying(2))"
+        );
+        assert_eq!(shaped("x", &value("text", "text")), "x");
+    }
+
+    #[test]
+    fn values_travel_in_binary_only_between_builtin_types() {
+        let column = |desktop: ValueType, cloud: ValueType| MappedColumn {
+            name: "v".into(),
+            desktop,
+            cloud,
+        };
+        let same = column(
+            value("bpchar", "character(10)"),
+            value("bpchar", "character(10)"),
+        );
+        assert_eq!(same.wire(), "bpchar");
+        assert_eq!(same.cloud_value("s.c1"), "s.c1");
+        let mut user = value("\"Sales\".mood", "\"Sales\".mood");
+        user.portable = false;
+        let enums = column(user.clone(), user);
+        assert_eq!(enums.wire(), "text");
+        assert_eq!(enums.desktop_read("t.v"), "CAST(t.v AS text)");
+        assert_eq!(enums.cloud_value("s.c1"), "CAST(s.c1 AS \"Sales\".mood)");
+        let widened = column(value("integer", "integer"), value("bigint", "bigint"));
+        assert_eq!(widened.cloud_value("s.c1"), "CAST(s.c1 AS bigint)");
+    }
 
     #[test]
     fn parents_come_first_and_order_is_stable() {

@@ -8,6 +8,9 @@
 -- transactional logical message, just before the change itself: the row-filtered publication sends such
 -- an update as a bare INSERT of the new row (and such a delete not at all), and the reverse direction
 -- needs the old row to find the desktop's copy. The message costs nothing to keep: no table, no cleanup.
+-- It carries the table's column names and the old row's text as a record, made under tandem's session
+-- settings (so every value reads back exactly on the desktop; the phone's own settings are put back
+-- right after): JSON (to_jsonb) would lose -0, array bounds and json's own text.
 --
 -- Every name in the body is schema-qualified (functions, operators, types), so a session's search_path
 -- cannot swap them. That is the safety a `SET search_path` clause would give, without its price: the
@@ -16,15 +19,38 @@
 -- `OPERATOR(pg_catalog.=)` instead of `IS DISTINCT FROM` and `IN`, which look `=` up by search_path.
 CREATE OR REPLACE FUNCTION tandem.mark_mobile() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
+DECLARE
+    own     text[];
+    old_row text;
 BEGIN
     IF pg_catalog.current_setting('tandem.applying', true) OPERATOR(pg_catalog.=) 'on' THEN
         RETURN CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN OLD ELSE NEW END;
     END IF;
     IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT'
        AND (OLD.source::pg_catalog.text OPERATOR(pg_catalog.=) 'M') IS NOT TRUE THEN
+        own := ARRAY[pg_catalog.current_setting('DateStyle'), pg_catalog.current_setting('IntervalStyle'),
+                     pg_catalog.current_setting('extra_float_digits'), pg_catalog.current_setting('lc_monetary'),
+                     pg_catalog.current_setting('bytea_output'), pg_catalog.current_setting('TimeZone')];
+        PERFORM pg_catalog.set_config('DateStyle', 'ISO, MDY', true),
+                pg_catalog.set_config('IntervalStyle', 'postgres', true),
+                pg_catalog.set_config('extra_float_digits', '3', true),
+                pg_catalog.set_config('lc_monetary', 'C', true),
+                pg_catalog.set_config('bytea_output', 'hex', true),
+                pg_catalog.set_config('TimeZone', 'UTC', true);
+        old_row := OLD::pg_catalog.text;
+        PERFORM pg_catalog.set_config('DateStyle', own[1], true),
+                pg_catalog.set_config('IntervalStyle', own[2], true),
+                pg_catalog.set_config('extra_float_digits', own[3], true),
+                pg_catalog.set_config('lc_monetary', own[4], true),
+                pg_catalog.set_config('bytea_output', own[5], true),
+                pg_catalog.set_config('TimeZone', own[6], true);
         PERFORM pg_catalog.pg_logical_emit_message(true, 'tandem.claim', pg_catalog.jsonb_build_object(
             'op', pg_catalog.lower(TG_OP), 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME,
-            'old', pg_catalog.to_jsonb(OLD))::pg_catalog.text);
+            'names', (SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum)
+                        FROM pg_catalog.pg_attribute a
+                       WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
+                         AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped),
+            'old', old_row)::pg_catalog.text);
     END IF;
     IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         RETURN OLD;

@@ -17,9 +17,14 @@ CREATE TABLE IF NOT EXISTS tandem.outbox (
 -- The capture function. Trigger arguments: the key (or scope) columns of the table. Statement-level with
 -- transition tables: one INSERT into the outbox per statement, not per row. Writes made by tandem itself
 -- (the session setting tandem.applying = on) are not captured, so nothing echoes back.
--- SECURITY DEFINER: the desktop application needs no privilege on schema tandem.
+-- SECURITY DEFINER: the desktop application needs no privilege on schema tandem. The keys' text is made
+-- under tandem's session settings, whatever the application's are, so the reader reads them back exactly
+-- (a DMY DateStyle or extra_float_digits = 0 in the application's session would otherwise lose them).
+-- The SET clauses cost a few microseconds per statement (the trigger runs once per statement).
 CREATE OR REPLACE FUNCTION tandem.capture() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+    SET TimeZone = 'UTC' SET bytea_output = 'hex' SET lc_monetary = 'C' AS $fn$
 DECLARE
     key_expr text;
     captured bigint := 0;

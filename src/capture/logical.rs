@@ -9,7 +9,8 @@ use crate::change::{Lsn, Side};
 use crate::db::DbError;
 
 /// The prefix of the logical messages the ownership trigger emits when a phone takes over or deletes a
-/// desktop-owned row (payload: `{"op", "schema", "table", "old"}`).
+/// desktop-owned row (payload: `{"op", "schema", "table", "names", "old"}`: the table's column names,
+/// and the old row's text as a record, `(1,"a b",)`, which holds each column's exact text).
 pub const CLAIM_PREFIX: &str = "tandem.claim";
 
 /// A claim: the row a phone took over (its update arrives next, as an insert) or deleted.
@@ -18,19 +19,88 @@ pub struct Claim {
     pub delete: bool,
     pub schema: String,
     pub table: String,
-    pub old: Json,
+    /// The old row: each column's text (or null), by name.
+    pub old: serde_json::Map<String, Json>,
 }
 
 impl Claim {
     /// Parses a claim message's content; `None` when it is not one of ours.
     pub fn parse(content: &[u8]) -> Option<Claim> {
         let v: Json = serde_json::from_slice(content).ok()?;
+        let old = match (v.get("names"), v.get("old")?) {
+            (Some(Json::Array(names)), Json::String(record)) => {
+                let fields = parse_record(record)?;
+                if fields.len() != names.len() {
+                    return None;
+                }
+                names
+                    .iter()
+                    .zip(fields)
+                    .map(|(name, field)| {
+                        Some((
+                            name.as_str()?.to_string(),
+                            field.map_or(Json::Null, Json::String),
+                        ))
+                    })
+                    .collect::<Option<_>>()?
+            }
+            // A claim written before tandem sent record text (still in the slot after an upgrade):
+            // `to_jsonb` of the row, whose non-string values are kept as their JSON text.
+            (_, Json::Object(old)) => old
+                .iter()
+                .map(|(name, value)| {
+                    let text = match value {
+                        Json::Null => Json::Null,
+                        Json::String(s) => Json::String(s.clone()),
+                        other => Json::String(other.to_string()),
+                    };
+                    (name.clone(), text)
+                })
+                .collect(),
+            _ => return None,
+        };
         Some(Claim {
             delete: v.get("op")?.as_str()? == "delete",
             schema: v.get("schema")?.as_str()?.to_string(),
             table: v.get("table")?.as_str()?.to_string(),
-            old: v.get("old")?.clone(),
+            old,
         })
+    }
+}
+
+/// The fields of a record's text as `record_out` writes it: `None` for NULL (an empty unquoted field),
+/// quoted fields unquoted (`""` is `"`, a backslash escapes the next character). `None` when the text
+/// is not a record.
+pub fn parse_record(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.strip_prefix('(')?.strip_suffix(')')?;
+    let mut fields = Vec::new();
+    let mut chars = inner.chars().peekable();
+    loop {
+        let mut field = String::new();
+        let mut quoted_any = false;
+        let mut in_quotes = false;
+        loop {
+            match chars.next() {
+                None if in_quotes => return None,
+                None => {
+                    fields.push((quoted_any || !field.is_empty()).then_some(field));
+                    return Some(fields);
+                }
+                Some('\\') => field.push(chars.next()?),
+                Some('"') if !in_quotes => {
+                    in_quotes = true;
+                    quoted_any = true;
+                }
+                Some('"') if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                Some('"') => in_quotes = false,
+                Some(',') if !in_quotes => break,
+                Some(c) => field.push(c),
+            }
+        }
+        fields.push((quoted_any || !field.is_empty()).then_some(field));
     }
 }
 
@@ -122,4 +192,47 @@ pub fn replication_config(
         rc = rc.with_ack_lsn(pgwire_replication::Lsn::from_u64(ack.0));
     }
     Ok(rc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_text_parses_into_exact_fields() {
+        assert_eq!(
+            parse_record("(1,,\"\",\"a \"\"b\"\"\",\"x\\\\y\",\"(1,2)\")").unwrap(),
+            vec![
+                Some("1".into()),
+                None,
+                Some(String::new()),
+                Some("a \"b\"".into()),
+                Some("x\\y".into()),
+                Some("(1,2)".into()),
+            ]
+        );
+        assert_eq!(parse_record("()").unwrap(), vec![None]);
+        assert_eq!(parse_record("(\"\")").unwrap(), vec![Some(String::new())]);
+        assert!(parse_record("1,2").is_none());
+        assert!(parse_record("(\"open)").is_none());
+    }
+
+    #[test]
+    fn claims_carry_each_columns_text_by_name() {
+        let claim = Claim::parse(
+            br#"{"op": "update", "schema": "public", "table": "t", "names": ["id", "doc", "n"], "old": "(1,\"{\"\"a\"\" :  1}\",)"}"#,
+        )
+        .unwrap();
+        assert!(!claim.delete);
+        assert_eq!(claim.old["id"], Json::String("1".into()));
+        assert_eq!(claim.old["doc"], Json::String("{\"a\" :  1}".into()));
+        assert_eq!(claim.old["n"], Json::Null);
+        // Names and fields that do not pair up are not a claim.
+        assert!(
+            Claim::parse(
+                br#"{"op": "update", "schema": "s", "table": "t", "names": ["a"], "old": "(1,2)"}"#
+            )
+            .is_none()
+        );
+    }
 }

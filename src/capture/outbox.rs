@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::Client;
 
-use crate::change::{OutboxId, Side, quote_ident, quote_literal};
+use crate::change::{OutboxId, Side, quote_literal};
+use crate::expr::{col, group_by, q, same_key, same_key_or_null};
 
 /// The channel the capture function notifies when it wrote to the outbox.
 pub const NOTIFY_CHANNEL: &str = "tandem_outbox";
@@ -175,96 +176,121 @@ pub struct ReadSql {
 impl ReadSql {
     pub fn build(mapping: &Mapping, i: usize) -> ReadSql {
         let t = &mapping.tables[i];
+        let table = t.table.desktop.quoted();
         let keys = t.key_columns();
-        let cast_keys: Vec<String> = keys
+        let width = keys.len();
+        // The captured keys are their columns' text under tandem's settings (the capture function runs
+        // with them): read back exactly.
+        let captured: Vec<String> = keys
             .iter()
             .enumerate()
             .map(|(n, k)| {
                 format!(
-                    "(o.row_key[{}])::{} AS {}",
+                    "CAST(o.row_key[{}] AS {}) AS {}",
                     n + 1,
-                    k.desktop_base,
-                    quote_ident(&k.name)
+                    k.desktop.base,
+                    col(n)
                 )
             })
             .collect();
-        let key_list: Vec<String> = keys
+        let of_row: Vec<String> = keys
             .iter()
-            .map(|k| format!("d.{}", quote_ident(&k.name)))
+            .enumerate()
+            .map(|(n, k)| format!("d.{} AS {}", q(&k.name), col(n)))
             .collect();
         let mut sources = vec![format!(
             "SELECT {} FROM {}",
-            cast_keys.join(", "),
+            captured.join(", "),
             batch_rows(t, false)
         )];
         // A change of a row a lookup reads is a change of the rows that read it.
         for lookup in &t.lookups {
             let from = &mapping.tables[lookup.from];
             let from_key = &from.key_columns()[0];
-            let on = quote_ident(&lookup.on);
+            let on = format!("d.{}", q(&lookup.on));
+            let captured = format!("CAST(o.row_key[1] AS {})", from_key.desktop.base);
             sources.push(format!(
-                "SELECT {} FROM {} d WHERE d.{on} IN (SELECT (o.row_key[1])::{} FROM {})",
-                key_list.join(", "),
-                t.table.desktop.quoted(),
-                from_key.desktop_base,
-                batch_rows(from, false)
+                "SELECT {} FROM {table} d WHERE EXISTS (SELECT 1 FROM {} AND {})",
+                of_row.join(", "),
+                batch_rows(from, false),
+                same_key(&on, &captured, &from_key.desktop)
             ));
             sources.push(format!(
-                "SELECT {} FROM {} d WHERE EXISTS (SELECT 1 FROM {})",
-                key_list.join(", "),
-                t.table.desktop.quoted(),
+                "SELECT {} FROM {table} d WHERE EXISTS (SELECT 1 FROM {})",
+                of_row.join(", "),
                 batch_rows(from, true)
             ));
         }
+        let distinct: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(n, k)| group_by(&format!("u.{}", col(n)), &k.desktop))
+            .collect();
         let keys_cte = format!(
-            "k AS (SELECT DISTINCT * FROM ({}) u)",
-            sources.join(" UNION ")
+            "k AS (SELECT DISTINCT ON ({}) u.* FROM ({}) u)",
+            distinct.join(", "),
+            sources.join(" UNION ALL ")
         );
 
-        let wire_keys: Vec<String> = keys.iter().map(|k| k.desktop_expr("k")).collect();
+        let staged_keys: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(n, k)| k.desktop_read(&format!("k.{}", col(n))))
+            .collect();
         let copy_keys = format!(
             "COPY (WITH {keys_cte} SELECT {} FROM k) TO STDOUT (FORMAT binary)",
-            wire_keys.join(", ")
+            staged_keys.join(", ")
         );
 
-        let mut select: Vec<String> = t.columns.iter().map(|c| c.desktop_expr("t")).collect();
+        let mut select: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| c.desktop_read(&format!("t.{}", q(&c.name))))
+            .collect();
         let mut joins = String::new();
         for (n, lookup) in t.lookups.iter().enumerate() {
             let from = &mapping.tables[lookup.from];
-            let on = quote_ident(&lookup.on);
+            let from_key = &from.key_columns()[0];
+            let on = q(&lookup.on);
             joins.push_str(&format!(
-                " LEFT JOIN LATERAL (SELECT l.{col} FROM {from} l WHERE l.{on} = t.{on} LIMIT 1) lk{n} ON true",
-                col = quote_ident(&lookup.column.name),
+                " LEFT JOIN LATERAL (SELECT l.{column} FROM {from} l WHERE {matching} LIMIT 1) lk{n} ON true",
+                column = q(&lookup.column.name),
                 from = from.table.desktop.quoted(),
+                matching = same_key(&format!("l.{on}"), &format!("t.{on}"), &from_key.desktop),
             ));
-            select.push(lookup.column.desktop_expr(&format!("lk{n}")));
+            select.push(
+                lookup
+                    .column
+                    .desktop_read(&format!("lk{n}.{}", q(&lookup.column.name))),
+            );
         }
-        let eq: Vec<String> = keys
-            .iter()
-            .map(|k| format!("t.{0} = k.{0}", quote_ident(&k.name)))
+        let matching = |or_null: bool| {
+            let m = if or_null { same_key_or_null } else { same_key };
+            keys.iter()
+                .enumerate()
+                .map(|(n, k)| {
+                    m(
+                        &format!("t.{}", q(&k.name)),
+                        &format!("k.{}", col(n)),
+                        &k.desktop,
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let any_null: Vec<String> = (0..width)
+            .map(|n| format!("k.{} IS NULL", col(n)))
             .collect();
-        let mut rows = format!(
-            "SELECT {} FROM {} t JOIN k ON {}{joins}",
-            select.join(", "),
-            t.table.desktop.quoted(),
-            eq.join(" AND ")
-        );
-        // Keys holding NULL (a scope column without a value) match by IS NOT DISTINCT FROM.
-        let null_safe: Vec<String> = keys
-            .iter()
-            .map(|k| format!("t.{0} IS NOT DISTINCT FROM k.{0}", quote_ident(&k.name)))
-            .collect();
-        let any_null: Vec<String> = keys
-            .iter()
-            .map(|k| format!("k.{} IS NULL", quote_ident(&k.name)))
-            .collect();
-        rows.push_str(&format!(
-            " UNION ALL SELECT {} FROM (SELECT * FROM k WHERE {}) k JOIN {} t ON {}{joins}",
-            select.join(", "),
+        // Keys holding NULL (a scope column without a value) match NULL, in a branch of their own so
+        // the others can use the key's index.
+        let rows = format!(
+            "SELECT {select} FROM {table} t JOIN k ON {}{joins} \
+             UNION ALL SELECT {select} FROM (SELECT * FROM k WHERE {}) k JOIN {table} t ON {}{joins}",
+            matching(false),
             any_null.join(" OR "),
-            t.table.desktop.quoted(),
-            null_safe.join(" AND ")
-        ));
+            matching(true),
+            select = select.join(", "),
+        );
         let copy_rows = format!("COPY (WITH {keys_cte} {rows}) TO STDOUT (FORMAT binary)");
         ReadSql {
             copy_keys,

@@ -16,14 +16,12 @@ use crate::db::{Context, DbError};
 #[derive(Debug, Clone)]
 pub struct ColumnInfo {
     pub name: String,
-    /// `format_type` of the column: `integer`, `character varying(120)`, ...
+    /// `format_type` of the column, schema-qualified unless in `pg_catalog`: `integer`,
+    /// `character varying(120)`, `"Sales".mood`.
     pub type_name: String,
     pub type_oid: u32,
-    /// `format_type` without the modifier: `character varying`, `numeric`. Casting to it never
-    /// truncates or rounds.
-    pub base_type: String,
-    /// Whether the type is one of PostgreSQL's own (schema pg_catalog), so it exists on both sides.
-    pub builtin: bool,
+    /// What its values are, once domains are looked through.
+    pub value: ValueType,
     pub not_null: bool,
     pub has_default: bool,
     /// `GENERATED ... AS IDENTITY`.
@@ -32,6 +30,25 @@ pub struct ColumnInfo {
     pub generated: bool,
 }
 
+/// The type a column's values have under its domains (if any), as tandem's statements need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueType {
+    /// The type under every domain, without a modifier: a cast to it never truncates, rounds or checks
+    /// (`character varying`, `bpchar`, `"bit"`, `numeric`, `"Sales".mood`, `integer[]`). What values are
+    /// staged as.
+    pub base: String,
+    /// The same with the modifier the column (or its domain) gives it, except for arrays (a cast of an
+    /// array to `numeric(5,2)[]` can fail): how the column shapes a value it stores.
+    pub shaped: String,
+    /// Its binary form can travel between two databases: the type and, for an array, its element are
+    /// PostgreSQL's own (fixed OIDs; the binary forms of arrays and records carry OIDs).
+    pub portable: bool,
+    /// The schema of the equality operator of the type's default btree operator class, for plain types
+    /// and enums: the `=` a unique index on the column uses, which the planner can use an index for.
+    /// `None` for types without one (`json`, `xml`, `point`, `box`), and for arrays, records and ranges,
+    /// whose `=` depends on their elements'.
+    pub equality: Option<String>,
+}
 #[derive(Debug, Clone)]
 pub struct IndexInfo {
     /// Key columns in index order; `None` for an expression.
@@ -88,6 +105,42 @@ impl TableInfo {
     }
 }
 
+/// Every column of the tables `$1`, with its type seen through its domains (see [`ValueType`]). Run with
+/// `search_path = pg_catalog`, so `format_type` qualifies every type that is not PostgreSQL's own.
+const COLUMNS_SQL: &str = "
+    WITH RECURSIVE col AS (
+        SELECT a.attrelid, a.attnum, a.attname::text AS name, a.atttypid, a.atttypmod, a.attnotnull,
+               a.atthasdef, a.attidentity <> '' AS identity, a.attgenerated <> '' AS generated
+          FROM pg_attribute a
+         WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped),
+    under AS (
+        SELECT attrelid, attnum, atttypid AS typ, atttypmod AS typmod FROM col
+        UNION ALL
+        SELECT u.attrelid, u.attnum, t.typbasetype, t.typtypmod
+          FROM under u JOIN pg_type t ON t.oid = u.typ WHERE t.typtype = 'd')
+    SELECT c.attrelid, c.name, format_type(c.atttypid, c.atttypmod), c.atttypid, c.attnotnull, c.atthasdef,
+           c.identity, c.generated,
+           format_type(b.oid, -1),
+           CASE WHEN b.typcategory = 'A' THEN format_type(b.oid, -1) ELSE format_type(b.oid, u.typmod) END,
+           b.oid < 16384 AND (b.typelem = 0 OR b.typelem < 16384),
+           (SELECT op.oprnamespace::regnamespace::text
+              FROM pg_opclass oc
+              JOIN pg_am am ON am.oid = oc.opcmethod AND am.amname = 'btree'
+              JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amopstrategy = 3
+                             AND ao.amoplefttype = oc.opcintype AND ao.amoprighttype = oc.opcintype
+              JOIN pg_operator op ON op.oid = ao.amopopr
+             WHERE oc.opcdefault AND b.typcategory <> 'A' AND b.typtype IN ('b', 'e')
+               AND (oc.opcintype = b.oid
+                    OR (b.typtype = 'e' AND oc.opcintype = 'anyenum'::regtype)
+                    OR EXISTS (SELECT 1 FROM pg_cast pc WHERE pc.castsource = b.oid
+                                  AND pc.casttarget = oc.opcintype AND pc.castmethod = 'b'))
+             ORDER BY oc.opcintype = b.oid DESC
+             LIMIT 1)
+      FROM col c
+      JOIN under u ON u.attrelid = c.attrelid AND u.attnum = c.attnum
+      JOIN pg_type b ON b.oid = u.typ AND b.typtype <> 'd'
+     ORDER BY c.attrelid, c.attnum";
+
 /// The configured tables of one side, as they are now.
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -98,6 +151,25 @@ pub struct Catalog {
 impl Catalog {
     /// Reads the given tables; tables that do not exist are simply absent.
     pub async fn load(
+        client: &Client,
+        side: Side,
+        names: &[&QualifiedName],
+    ) -> Result<Catalog, DbError> {
+        // Type names are read with only pg_catalog on the search path, so every other type comes
+        // schema-qualified and means the same in any session.
+        client
+            .batch_execute("BEGIN READ ONLY; SET LOCAL search_path = pg_catalog")
+            .await
+            .ctx(side, "reading the catalog")?;
+        let loaded = Self::read(client, side, names).await;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .ctx(side, "reading the catalog")?;
+        loaded
+    }
+
+    async fn read(
         client: &Client,
         side: Side,
         names: &[&QualifiedName],
@@ -132,19 +204,10 @@ impl Catalog {
             );
         }
         let oids: Vec<u32> = by_oid.keys().copied().collect();
-        let columns = client
-            .query(
-                "SELECT a.attrelid, a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid,
-                        a.attnotnull, a.atthasdef, a.attidentity <> '', a.attgenerated <> '',
-                        format_type(a.atttypid, NULL), t.typnamespace = 'pg_catalog'::regnamespace
-                   FROM pg_attribute a
-                   JOIN pg_type t ON t.oid = a.atttypid
-                  WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
-                  ORDER BY a.attrelid, a.attnum",
-                &[&oids],
-            )
-            .await
-            .ctx(side, "reading the configured tables' columns from pg_attribute")?;
+        let columns = client.query(COLUMNS_SQL, &[&oids]).await.ctx(
+            side,
+            "reading the configured tables' columns from pg_attribute",
+        )?;
         for row in columns {
             let table = by_oid
                 .get_mut(&row.get::<_, u32>(0))
@@ -157,8 +220,12 @@ impl Catalog {
                 has_default: row.get(5),
                 identity: row.get(6),
                 generated: row.get(7),
-                base_type: row.get(8),
-                builtin: row.get(9),
+                value: ValueType {
+                    base: row.get(8),
+                    shaped: row.get(9),
+                    portable: row.get(10),
+                    equality: row.get(11),
+                },
             });
         }
         let indexes = client

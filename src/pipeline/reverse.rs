@@ -458,6 +458,11 @@ impl Stream<'_> {
                     .position_in_cloud(&relation.name.schema, &relation.name.name)
                     .filter(|&i| self.mapping.tables[i].reverse)
                     .map(|i| RelationMap::new(self.mapping, i, &relation));
+                if let Some(missing) = map.as_ref().map(RelationMap::missing)
+                    && !missing.is_empty()
+                {
+                    tracing::error!(table = %relation.name, columns = ?missing, "the cloud table no longer has these configured columns");
+                }
                 self.maps.insert(relation.id, map);
                 self.relations.update(relation);
                 return Ok(());

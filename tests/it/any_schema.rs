@@ -2,11 +2,11 @@
 //! named after it (issue 10). Both directions run, on both table kinds.
 
 use tandem::config::Config;
-use tandem::pipeline::{self, RunOptions};
+use tandem::pipeline::{self, RunOptions, RunStats};
 use tandem::setup;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{TestDb, count};
+use crate::support::{TestDb, count, rows};
 
 /// The cloud columns every synced table has besides the desktop's.
 pub const OWNERSHIP: &str = "source char(1), created_at timestamptz NOT NULL DEFAULT now(), \
@@ -30,6 +30,279 @@ pub async fn installed_with(desktop: &str, cloud: &str, tables: &str) -> (TestDb
         .await
         .unwrap_or_else(|e| panic!("init: {e}"));
     (db, config)
+}
+
+/// `tandem run --once`: both directions apply what was committed before the call.
+pub async fn run_once(config: &Config) -> (RunStats, RunStats) {
+    pipeline::run(config, RunOptions { once: true }, CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("run --once: {e}"))
+}
+
+fn no_trouble((forward, reverse): &(RunStats, RunStats)) {
+    for (direction, stats) in [("forward", forward), ("reverse", reverse)] {
+        assert_eq!(stats.outcome.conflicts, 0, "{direction}: {stats:?}");
+        assert_eq!(stats.outcome.dead_letters, 0, "{direction}: {stats:?}");
+    }
+}
+
+async fn nothing_logged(db: &TestDb) {
+    for client in [db.desktop().await, db.cloud().await] {
+        assert_eq!(
+            count(&client, "SELECT count(*) FROM tandem.conflicts").await,
+            0,
+            "{:?}",
+            rows(
+                &client,
+                "tandem.conflicts",
+                "reason, incoming, current",
+                "true"
+            )
+            .await
+        );
+        assert_eq!(
+            count(&client, "SELECT count(*) FROM tandem.dead_letters").await,
+            0,
+            "{:?}",
+            rows(&client, "tandem.dead_letters", "message", "true").await
+        );
+    }
+}
+
+#[tokio::test]
+async fn failure_1_char_n_and_bit_n_columns_travel_both_ways() {
+    let (db, config) = installed_with(
+        "CREATE TABLE client (pan char(10) PRIMARY KEY, name text, flags bit(4), tags char(3)[]);
+         CREATE TABLE visit (pan char(10), note varchar(20), mask bit(3));
+         CREATE INDEX ON visit (pan);",
+        &format!(
+            "CREATE TABLE client (pan char(10) PRIMARY KEY, name text, flags bit(4), tags char(3)[], {OWNERSHIP});
+             CREATE TABLE visit (visit_id bigserial PRIMARY KEY, pan char(10), note varchar(20), mask bit(3), {OWNERSHIP});
+             CREATE INDEX ON visit (pan);"
+        ),
+        "[[tables]]\ndesktop = \"client\"\nkey = [\"pan\"]\n\
+         [[tables]]\ndesktop = \"visit\"\ncloud_key = \"visit_id\"\nscope = [\"pan\"]\n",
+    )
+    .await;
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    desktop
+        .batch_execute(
+            "INSERT INTO client VALUES ('ABCPE1234F', 'Asha', B'1010', '{abc,de}');
+             INSERT INTO visit VALUES ('ABCPE1234F', 'first', B'011');",
+        )
+        .await
+        .unwrap();
+    cloud
+        .batch_execute(
+            "INSERT INTO client (pan, name, flags, tags) VALUES ('XYZPQ9876K', 'Bala', B'0001', '{xyz}');
+             INSERT INTO visit (pan, note, mask) VALUES ('XYZPQ9876K', 'phone', B'110');",
+        )
+        .await
+        .unwrap();
+    no_trouble(&run_once(&config).await);
+    let both = "pan, name, flags, tags";
+    assert_eq!(
+        rows(&cloud, "client", both, "true").await,
+        rows(&desktop, "client", both, "true").await
+    );
+    assert_eq!(rows(&desktop, "client", both, "true").await.len(), 2);
+    assert_eq!(
+        rows(&cloud, "visit", "pan, note, mask", "true").await,
+        rows(&desktop, "visit", "pan, note, mask", "true").await
+    );
+    assert_eq!(rows(&desktop, "visit", "pan", "true").await.len(), 2);
+    nothing_logged(&db).await;
+}
+
+/// Names tandem's statements once used as aliases or internal columns, and names PostgreSQL reserves.
+const HOSTILE: [&str; 12] = [
+    "c", "n", "d", "s", "k", "o", "p", "_n", "_seq", "_op", "ck", "order",
+];
+
+#[tokio::test]
+async fn failure_2_columns_named_like_tandems_aliases_travel_both_ways() {
+    let cols: Vec<String> = HOSTILE.iter().map(|n| format!("\"{n}\" text")).collect();
+    let cols = cols.join(", ");
+    let (db, config) = installed_with(
+        &format!(
+            "CREATE TABLE \"x\" (\"x\" int PRIMARY KEY, {cols});
+             CREATE TABLE \"y\" (\"h\" int, {cols});
+             CREATE INDEX ON \"y\" (\"h\");"
+        ),
+        &format!(
+            "CREATE TABLE \"x\" (\"x\" int PRIMARY KEY, {cols}, {OWNERSHIP});
+             CREATE TABLE \"y\" (\"tid\" bigserial PRIMARY KEY, \"h\" int, {cols}, {OWNERSHIP});
+             CREATE INDEX ON \"y\" (\"h\");"
+        ),
+        "[[tables]]\ndesktop = \"x\"\nkey = [\"x\"]\n\
+         [[tables]]\ndesktop = \"y\"\ncloud_key = \"tid\"\nscope = [\"h\"]\n",
+    )
+    .await;
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    let names: Vec<String> = HOSTILE.iter().map(|n| format!("\"{n}\"")).collect();
+    let names = names.join(", ");
+    let values: Vec<String> = HOSTILE.iter().map(|n| format!("'{n} value'")).collect();
+    let values = values.join(", ");
+    desktop
+        .batch_execute(&format!(
+            "INSERT INTO \"x\" (\"x\", {names}) VALUES (1, {values});
+             INSERT INTO \"y\" (\"h\", {names}) VALUES (1, {values});"
+        ))
+        .await
+        .unwrap();
+    cloud
+        .batch_execute(&format!(
+            "INSERT INTO \"x\" (\"x\", {names}) VALUES (2, {values});
+             INSERT INTO \"y\" (\"h\", {names}) VALUES (2, {values});"
+        ))
+        .await
+        .unwrap();
+    no_trouble(&run_once(&config).await);
+    // Both sides change what they have, so conflicts, updates and deletes are planned too.
+    desktop
+        .batch_execute("UPDATE \"x\" SET \"c\" = 'changed' WHERE \"x\" = 1; DELETE FROM \"y\" WHERE \"h\" = 1;")
+        .await
+        .unwrap();
+    cloud
+        .batch_execute("UPDATE \"x\" SET \"n\" = 'changed' WHERE \"x\" = 2; UPDATE \"y\" SET \"d\" = 'changed' WHERE \"h\" = 2;")
+        .await
+        .unwrap();
+    no_trouble(&run_once(&config).await);
+    let x = format!("\"x\", {names}");
+    assert_eq!(
+        rows(&cloud, "\"x\"", &x, "true").await,
+        rows(&desktop, "\"x\"", &x, "true").await
+    );
+    let y = format!("\"h\", {names}");
+    assert_eq!(
+        rows(&cloud, "\"y\"", &y, "true").await,
+        rows(&desktop, "\"y\"", &y, "true").await
+    );
+    assert_eq!(rows(&desktop, "\"y\"", "\"h\"", "true").await, vec!["(2)"]);
+    nothing_logged(&db).await;
+}
+
+#[tokio::test]
+async fn failure_3_json_xml_and_point_columns_travel_both_ways() {
+    let cols = "doc json, page xml, spot point";
+    let (db, config) = installed_with(
+        &format!(
+            "CREATE TABLE note (id int PRIMARY KEY, {cols});
+             CREATE TABLE entry (grp int, {cols});
+             CREATE INDEX ON entry (grp);"
+        ),
+        &format!(
+            "CREATE TABLE note (id int PRIMARY KEY, {cols}, {OWNERSHIP});
+             CREATE TABLE entry (entry_id bigserial PRIMARY KEY, grp int, {cols}, {OWNERSHIP});
+             CREATE INDEX ON entry (grp);"
+        ),
+        "[[tables]]\ndesktop = \"note\"\nkey = [\"id\"]\n\
+         [[tables]]\ndesktop = \"entry\"\ncloud_key = \"entry_id\"\nscope = [\"grp\"]\n",
+    )
+    .await;
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    // json keeps its text as written: spaces and a duplicate key.
+    let values = r#"'{"a" :  1, "a": 2}', '<p>one</p>', '(1.5,-2)'"#;
+    desktop
+        .batch_execute(&format!(
+            "INSERT INTO note VALUES (1, {values}); INSERT INTO entry VALUES (1, {values});"
+        ))
+        .await
+        .unwrap();
+    cloud
+        .batch_execute(&format!(
+            "INSERT INTO note (id, doc, page, spot) VALUES (2, {values});
+             INSERT INTO entry (grp, doc, page, spot) VALUES (2, {values});"
+        ))
+        .await
+        .unwrap();
+    no_trouble(&run_once(&config).await);
+    desktop
+        .batch_execute(r#"UPDATE note SET doc = '{"a": 2}' WHERE id = 1; UPDATE entry SET spot = '(0,0)' WHERE grp = 1;"#)
+        .await
+        .unwrap();
+    cloud
+        .batch_execute(r#"UPDATE note SET page = '<p>two</p>' WHERE id = 2; UPDATE entry SET doc = '[]' WHERE grp = 2;"#)
+        .await
+        .unwrap();
+    no_trouble(&run_once(&config).await);
+    let all = "id, doc::text, page::text, spot::text";
+    assert_eq!(
+        rows(&cloud, "note", all, "true").await,
+        rows(&desktop, "note", all, "true").await
+    );
+    let all = "grp, doc::text, page::text, spot::text";
+    assert_eq!(
+        rows(&cloud, "entry", all, "true").await,
+        rows(&desktop, "entry", all, "true").await
+    );
+    assert_eq!(
+        rows(&desktop, "note", "doc::text", "id = 2").await,
+        vec![r#"("{""a"" :  1, ""a"": 2}")"#]
+    );
+    nothing_logged(&db).await;
+}
+
+#[tokio::test]
+async fn failure_4_a_phone_edit_and_delete_of_a_row_holding_jsonb_or_a_box_apply() {
+    let cols = "meta jsonb, area box";
+    let (db, config) = installed_with(
+        &format!(
+            "CREATE TABLE job (id int PRIMARY KEY, {cols});
+             CREATE TABLE diary (staff int, {cols});
+             CREATE INDEX ON diary (staff);"
+        ),
+        &format!(
+            "CREATE TABLE job (id int PRIMARY KEY, {cols}, {OWNERSHIP});
+             CREATE TABLE diary (wd_id bigserial PRIMARY KEY, staff int, {cols}, {OWNERSHIP});
+             CREATE INDEX ON diary (staff);"
+        ),
+        "[[tables]]\ndesktop = \"job\"\nkey = [\"id\"]\n\
+         [[tables]]\ndesktop = \"diary\"\ncloud_key = \"wd_id\"\nscope = [\"staff\"]\n",
+    )
+    .await;
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    let values = r#"'{"status": "open", "n": [1, 2]}', '((2,1),(0,0))'"#;
+    cloud
+        .batch_execute(&format!(
+            "INSERT INTO job (id, meta, area) VALUES (1, {values}), (2, {values});
+             INSERT INTO diary (staff, meta, area) VALUES (1, {values}), (2, {values});"
+        ))
+        .await
+        .unwrap();
+    no_trouble(&run_once(&config).await);
+    // The phone edits: the new box has the same area as the old one (box `=` compares areas).
+    cloud
+        .batch_execute(
+            r#"UPDATE job SET meta = '{"status": "done", "n": [1, 2]}' WHERE id = 1;
+               UPDATE job SET area = '((1,2),(0,0))' WHERE id = 2;
+               UPDATE diary SET meta = '{"status": "done"}' WHERE staff = 1;
+               UPDATE diary SET area = '((1,2),(0,0))' WHERE staff = 2;"#,
+        )
+        .await
+        .unwrap();
+    no_trouble(&run_once(&config).await);
+    let all = "meta::text, area::text";
+    for table in ["job", "diary"] {
+        assert_eq!(
+            rows(&desktop, table, all, "true").await,
+            rows(&cloud, table, all, "true").await,
+            "{table}"
+        );
+    }
+    assert_eq!(
+        rows(&desktop, "job", "area::text", "id = 2").await,
+        vec!["(\"(1,2),(0,0)\")"]
+    );
+    // Then deletes them: the desktop copies go too.
+    cloud
+        .batch_execute("DELETE FROM job; DELETE FROM diary;")
+        .await
+        .unwrap();
+    no_trouble(&run_once(&config).await);
+    assert_eq!(count(&desktop, "SELECT count(*) FROM job").await, 0);
+    assert_eq!(count(&desktop, "SELECT count(*) FROM diary").await, 0);
+    nothing_logged(&db).await;
 }
 
 #[tokio::test]

@@ -1,13 +1,17 @@
 //! The cloud statements of the forward direction, generated once per table from its mapping.
 //!
-//! Staging tables (session temp tables, emptied at commit): `S` holds the desktop's current rows for the
-//! batch's keys, `K` the keys themselves (a key in `K` without a row in `S` was deleted on the desktop),
-//! `P` (cloud-key tables) the multiset match between `S` and the cloud rows of the touched scopes.
-//! Every statement that changes user rows takes a range `$1..$2` of staging row numbers (`_n`), so a
-//! failing row can be isolated by bisection; the normal path passes the whole range.
+//! Staging tables (session temp tables): `S` holds the desktop's current rows for the batch's keys, `K`
+//! the keys themselves (a key in `K` without a row in `S` was deleted on the desktop), `P` (cloud-key
+//! tables) the multiset match between `S` and the cloud rows of the touched scopes. User columns are
+//! staged by position (see [`crate::commit::sql`]). Every statement that changes user rows takes a range
+//! `$1..$2` of staging row numbers (`_n`), so a failing row can be isolated by bisection; the fast path
+//! passes the whole range.
 
-use crate::change::quote_ident;
-use crate::config::SOURCE_COLUMN;
+use crate::commit::log_conflicts;
+use crate::config::{CREATED_AT_COLUMN, SOURCE_COLUMN, UPDATED_AT_COLUMN};
+use crate::expr::{
+    col, group_by, json_object, key_json_value, list, q, row_text, same_key, same_key_or_null, text,
+};
 use crate::transform::{Kind, MappedColumn, TableMapping};
 
 /// What a ranged statement's rows are numbered by, for building a dead letter of one of them.
@@ -53,34 +57,152 @@ pub struct ForwardSql {
     images: [String; 3],
 }
 
-fn q(name: &str) -> String {
-    quote_ident(name)
-}
-
-fn list(cols: &[String]) -> String {
-    cols.join(", ")
-}
-
-fn names(cols: &[MappedColumn]) -> Vec<String> {
-    cols.iter().map(|c| q(&c.name)).collect()
-}
-
-fn eq(a: &str, b: &str, cols: &[MappedColumn]) -> String {
-    cols.iter()
-        .map(|c| format!("{a}.{0} = {b}.{0}", q(&c.name)))
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
-
-fn key_json(alias: &str, cols: &[MappedColumn]) -> String {
-    let parts: Vec<String> = cols
-        .iter()
-        .map(|c| format!("'{}', {alias}.{}", c.name.replace('\'', "''"), q(&c.name)))
-        .collect();
-    format!("jsonb_build_object({})", parts.join(", "))
-}
-
 const DESKTOP_OWNED: &str = "(c.\"source\" = 'D' OR c.\"source\" IS NULL)";
+
+/// The columns of one table as staged, with what the statements say about them.
+struct Staged<'a> {
+    /// The table's columns, then the lookups' (the order of `S`).
+    columns: Vec<&'a MappedColumn>,
+    /// The key (or scope) columns, and where each is in `S`.
+    key: Vec<(&'a MappedColumn, usize)>,
+}
+
+impl<'a> Staged<'a> {
+    fn new(t: &'a TableMapping) -> Self {
+        let columns: Vec<&MappedColumn> = t
+            .columns
+            .iter()
+            .chain(t.lookups.iter().map(|l| &l.column))
+            .collect();
+        let key = t
+            .key_columns()
+            .iter()
+            .map(|k| {
+                let at = columns
+                    .iter()
+                    .position(|c| c.name == k.name)
+                    .expect("key columns are columns");
+                (k, at)
+            })
+            .collect();
+        Staged { columns, key }
+    }
+
+    /// The staged value of column `j` of alias `s`, as the cloud column takes it.
+    fn value(&self, s: &str, j: usize) -> String {
+        self.columns[j].cloud_value(&format!("{s}.{}", col(j)))
+    }
+
+    /// The user names of the staged columns, quoted.
+    fn names(&self) -> Vec<String> {
+        self.columns.iter().map(|c| q(&c.name)).collect()
+    }
+
+    /// Target row `c` has the key of `S` row `s`.
+    fn c_is_s(&self) -> String {
+        and(self.key.iter().map(|(k, at)| {
+            same_key(
+                &format!("c.{}", q(&k.name)),
+                &k.cloud_value(&format!("s.{}", col(*at))),
+                &k.cloud,
+            )
+        }))
+    }
+
+    /// Target row `c` has key `k` of `K` (NULL parts matching NULL with `or_null`).
+    fn c_is_k(&self, or_null: bool) -> String {
+        let matching = if or_null { same_key_or_null } else { same_key };
+        and(self.key.iter().enumerate().map(|(n, (k, _))| {
+            matching(
+                &format!("c.{}", q(&k.name)),
+                &k.cloud_value(&format!("k.{}", col(n))),
+                &k.cloud,
+            )
+        }))
+    }
+
+    /// `S` row `s` has key `k` of `K` (both staged: the same type).
+    fn s_is_k(&self) -> String {
+        and(self.key.iter().enumerate().map(|(n, (k, at))| {
+            let (s, kk) = (format!("s.{}", col(*at)), format!("k.{}", col(n)));
+            if k.desktop.portable {
+                same_key(&s, &kk, &k.desktop)
+            } else {
+                format!("{s} OPERATOR(pg_catalog.=) {kk}")
+            }
+        }))
+    }
+
+    /// The dead-letter row key of `S` row `s` or `K` row `k`: each key column's text.
+    fn key_json(&self, alias: &str) -> String {
+        let pairs: Vec<(String, String)> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(n, (k, at))| {
+                let j = if alias == "s" { *at } else { n };
+                let staged = format!("{alias}.{}", col(j));
+                (k.name.clone(), key_value(&staged, k))
+            })
+            .collect();
+        json_object(&pairs)
+    }
+
+    /// The same, of target row `c` (its key as the desktop's type would stage it).
+    fn key_json_of_target(&self) -> String {
+        let pairs: Vec<(String, String)> = self
+            .key
+            .iter()
+            .map(|(k, _)| {
+                let value = format!("CAST(c.{} AS {})", q(&k.name), k.wire());
+                (k.name.clone(), key_value(&value, k))
+            })
+            .collect();
+        json_object(&pairs)
+    }
+
+    /// `S` row `s` as JSON of the user's column names.
+    fn incoming(&self) -> String {
+        let pairs: Vec<(String, String)> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(j, c)| (c.name.clone(), format!("s.{}", col(j))))
+            .collect();
+        json_object(&pairs)
+    }
+
+    /// The text of target row `c`'s staged columns, against `S` row `s` as the cloud would hold it.
+    fn differs_from_target(&self) -> String {
+        let target: Vec<String> = self.names().iter().map(|n| format!("c.{n}")).collect();
+        let staged: Vec<String> = (0..self.columns.len())
+            .map(|j| self.columns[j].cloud_shaped(&format!("s.{}", col(j))))
+            .collect();
+        format!(
+            "{} IS DISTINCT FROM {}",
+            row_text(&target),
+            row_text(&staged)
+        )
+    }
+}
+
+/// A staged key value (of the wire type) for `row_key`.
+fn key_value(staged: &str, k: &MappedColumn) -> String {
+    if k.wire() == "text" {
+        text(staged)
+    } else {
+        key_json_value(staged, &k.desktop)
+    }
+}
+
+fn and(parts: impl Iterator<Item = String>) -> String {
+    let parts: Vec<String> = parts.collect();
+    if parts.is_empty() {
+        "true".to_string()
+    } else {
+        parts.join(" AND ")
+    }
+}
 
 impl ForwardSql {
     /// The names of this table's staging tables.
@@ -96,158 +218,166 @@ impl ForwardSql {
         let target = t.table.cloud.quoted();
         let rows = format!("pg_temp.tandem_s_{i}");
         let keys = format!("pg_temp.tandem_k_{i}");
-        let keys_cols = t.key_columns();
-        let lookups: Vec<&MappedColumn> = t.lookups.iter().map(|l| &l.column).collect();
-        let staged: Vec<&MappedColumn> = t.columns.iter().chain(lookups.iter().copied()).collect();
-        let staged_names: Vec<String> = staged.iter().map(|c| q(&c.name)).collect();
-
-        let col_defs: Vec<String> = staged
-            .iter()
-            .map(|c| format!("{} {}", q(&c.name), c.wire_type))
-            .collect();
-        let key_defs: Vec<String> = keys_cols
-            .iter()
-            .map(|c| format!("{} {}", q(&c.name), c.wire_type))
-            .collect();
+        let st = Staged::new(t);
+        let width = st.columns.len();
+        let defs = |types: Vec<&str>| -> String {
+            types
+                .iter()
+                .enumerate()
+                .map(|(j, ty)| format!(", {} {ty}", col(j)))
+                .collect()
+        };
+        let row_defs = defs(st.columns.iter().map(|c| c.wire()).collect());
+        let key_defs = defs(st.key.iter().map(|(k, _)| k.wire()).collect());
         let mut create = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {rows} (_n bigint GENERATED ALWAYS AS IDENTITY, {}) ON COMMIT PRESERVE ROWS;\n\
-             CREATE TEMP TABLE IF NOT EXISTS {keys} (_n bigint GENERATED ALWAYS AS IDENTITY, {}) ON COMMIT PRESERVE ROWS;",
-            list(&col_defs),
-            list(&key_defs)
+            "CREATE TEMP TABLE IF NOT EXISTS {rows} (_n bigint GENERATED ALWAYS AS IDENTITY{row_defs}) ON COMMIT PRESERVE ROWS;\n\
+             CREATE TEMP TABLE IF NOT EXISTS {keys} (_n bigint GENERATED ALWAYS AS IDENTITY{key_defs}) ON COMMIT PRESERVE ROWS;"
         );
         let copy_rows_in = format!(
             "COPY {rows} ({}) FROM STDIN (FORMAT binary)",
-            list(&staged_names)
+            list((0..width).map(col))
         );
         let copy_keys_in = format!(
             "COPY {keys} ({}) FROM STDIN (FORMAT binary)",
-            list(&names(keys_cols))
+            list((0..st.key.len()).map(col))
         );
-        let key_names = names(keys_cols);
+        let key_group: Vec<String> = st
+            .key
+            .iter()
+            .map(|(k, _)| group_by(&format!("c.{}", q(&k.name)), &k.cloud))
+            .collect();
         let truncate_keys = format!(
-            "INSERT INTO {keys} ({kn}) SELECT DISTINCT {ck} FROM {target} c WHERE {DESKTOP_OWNED} \
-             AND NOT EXISTS (SELECT 1 FROM {keys} k WHERE {eqkc})",
-            kn = list(&key_names),
-            ck = list(
-                &key_names
-                    .iter()
-                    .map(|n| format!("c.{n}"))
-                    .collect::<Vec<_>>()
-            ),
-            eqkc = keys_cols
-                .iter()
-                .map(|c| format!("k.{0} IS NOT DISTINCT FROM c.{0}", q(&c.name)))
-                .collect::<Vec<_>>()
-                .join(" AND "),
+            "INSERT INTO {keys} ({kcols}) SELECT {wired} \
+             FROM (SELECT DISTINCT ON ({group}) {ckeys} FROM {target} c WHERE {DESKTOP_OWNED}) c \
+             WHERE NOT EXISTS (SELECT 1 FROM {keys} k WHERE {matching})",
+            kcols = list((0..st.key.len()).map(col)),
+            wired = list(st.key.iter().map(|(k, _)| format!(
+                "CAST(c.{} AS {})",
+                q(&k.name),
+                k.wire()
+            ))),
+            group = key_group.join(", "),
+            ckeys = list(st.key.iter().map(|(k, _)| format!("c.{}", q(&k.name)))),
+            matching = st.c_is_k(true),
         );
         let resolve = format!(
             "UPDATE tandem.dead_letters d SET resolved_at = now() FROM {keys} k \
              WHERE d.direction = 'forward' AND d.table_name = $1 AND d.resolved_at IS NULL \
              AND d.batch IS DISTINCT FROM $2 AND d.row_key = {}",
-            key_json("k", keys_cols)
+            st.key_json("k")
         );
-        let source = q(SOURCE_COLUMN);
-        let mut insert_cols: Vec<String> = staged_names.clone();
-        insert_cols.push(source.clone());
-        let mut insert_vals: Vec<String> = staged.iter().map(|c| c.cloud_expr("s")).collect();
+        let mut insert_cols = st.names();
+        insert_cols.push(q(SOURCE_COLUMN));
+        let mut insert_vals: Vec<String> = (0..width).map(|j| st.value("s", j)).collect();
         insert_vals.push("'D'".to_string());
         if t.has_created_at {
-            insert_cols.push(q(crate::config::CREATED_AT_COLUMN));
+            insert_cols.push(q(CREATED_AT_COLUMN));
             insert_vals.push("now()".into());
         }
         if t.has_updated_at {
-            insert_cols.push(q(crate::config::UPDATED_AT_COLUMN));
+            insert_cols.push(q(UPDATED_AT_COLUMN));
             insert_vals.push("now()".into());
         }
         let touch = if t.has_updated_at {
-            format!(", {} = now()", q(crate::config::UPDATED_AT_COLUMN))
+            format!(", {} = now()", q(UPDATED_AT_COLUMN))
         } else {
             String::new()
+        };
+        let images = |plan: Option<&str>| {
+            let of_rows = format!(
+                "SELECT {}, {} FROM {rows} s WHERE s._n = $1",
+                st.key_json("s"),
+                st.incoming()
+            );
+            let of_keys = format!(
+                "SELECT {}, (SELECT to_jsonb(c.*) FROM {target} c WHERE {} LIMIT 1) FROM {keys} k WHERE k._n = $1",
+                st.key_json("k"),
+                st.c_is_k(true),
+            );
+            let of_plan = match (&t.kind, plan) {
+                (
+                    Kind::Scoped {
+                        cloud_key,
+                        cloud_key_type,
+                        ..
+                    },
+                    Some(plan),
+                ) => format!(
+                    "SELECT {}, to_jsonb(c.*) FROM {plan} p JOIN {target} c ON {} WHERE p._n = $1",
+                    st.key_json_of_target(),
+                    same_key(&format!("c.{}", q(cloud_key)), "p._ck", cloud_key_type),
+                ),
+                _ => String::new(),
+            };
+            [of_rows, of_keys, of_plan]
         };
 
         match &t.kind {
             Kind::Key(key) => {
-                let non_key: Vec<&MappedColumn> = staged
-                    .iter()
-                    .copied()
-                    .filter(|c| !key.iter().any(|k| k.name == c.name))
-                    .collect();
-                let c_vals: Vec<String> = non_key
-                    .iter()
-                    .map(|c| format!("c.{}", q(&c.name)))
-                    .collect();
-                let s_vals: Vec<String> = non_key.iter().map(|c| c.cloud_expr("s")).collect();
-                let differs = if non_key.is_empty() {
-                    "false".to_string()
-                } else {
-                    format!("({}) IS DISTINCT FROM ({})", list(&c_vals), list(&s_vals))
-                };
+                let names = st.names();
                 // Blocked upserts and blocked deletes, in one statement.
-                let conflicts = vec![crate::commit::log_conflicts(&format!(
-                    "SELECT 'forward', $1::text, {kjs}, to_jsonb(s) - '_n', to_jsonb(c), \
+                let conflicts = vec![log_conflicts(&format!(
+                    "SELECT 'forward', $1::text, {kjs}, {incoming}, to_jsonb(c.*), \
                      'the cloud row is mobile-owned; the desktop change was not applied' \
-                     FROM {rows} s JOIN {target} c ON {eqcs} WHERE c.{source} = 'M' AND {differs} \
+                     FROM {rows} s JOIN {target} c ON {c_is_s} WHERE c.\"source\" = 'M' AND {differs} \
                      UNION ALL \
-                     SELECT 'forward', $1::text, {kjk}, NULL, to_jsonb(c), \
+                     SELECT 'forward', $1::text, {kjk}, NULL, to_jsonb(c.*), \
                      'the desktop deleted this row, but the cloud row is mobile-owned; it was kept' \
-                     FROM {keys} k JOIN {target} c ON {eqck} WHERE c.{source} = 'M' \
-                     AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {eqsk})",
-                    kjs = key_json("s", key),
-                    eqcs = eq("c", "s", key),
-                    kjk = key_json("k", key),
-                    eqck = eq("c", "k", key),
-                    eqsk = eq("s", "k", key),
+                     FROM {keys} k JOIN {target} c ON {c_is_k} WHERE c.\"source\" = 'M' \
+                     AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {s_is_k})",
+                    kjs = st.key_json("s"),
+                    incoming = st.incoming(),
+                    c_is_s = st.c_is_s(),
+                    differs = st.differs_from_target(),
+                    kjk = st.key_json("k"),
+                    c_is_k = st.c_is_k(false),
+                    s_is_k = st.s_is_k(),
                 ))];
                 let delete = Ranged {
                     what: "delete",
                     numbered: Numbered::Keys,
                     sql: format!(
-                        "DELETE FROM {target} c USING {keys} k WHERE {eqck} AND {DESKTOP_OWNED} \
-                         AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {eqsk}) AND k._n BETWEEN $1 AND $2",
-                        eqck = eq("c", "k", key),
-                        eqsk = eq("s", "k", key),
+                        "DELETE FROM {target} c USING {keys} k WHERE {c_is_k} AND {DESKTOP_OWNED} \
+                         AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {s_is_k}) AND k._n BETWEEN $1 AND $2",
+                        c_is_k = st.c_is_k(false),
+                        s_is_k = st.s_is_k(),
                     ),
                 };
-                let on_conflict = if non_key.is_empty() {
-                    "DO NOTHING".to_string()
-                } else {
-                    let sets: Vec<String> = non_key
-                        .iter()
-                        .map(|c| format!("{0} = EXCLUDED.{0}", q(&c.name)))
-                        .collect();
-                    let excluded: Vec<String> = non_key
-                        .iter()
-                        .map(|c| format!("EXCLUDED.{}", q(&c.name)))
-                        .collect();
-                    format!(
-                        "DO UPDATE SET {}, {source} = 'D'{touch} WHERE {DESKTOP_OWNED} AND ({}) IS DISTINCT FROM ({})",
-                        list(&sets),
-                        list(&c_vals),
-                        list(&excluded)
-                    )
-                };
+                // Every staged column is set, keys included: a key the desktop now writes differently
+                // (`1.0` → `1.00`) is the same key to the unique index, and its new text is a change.
+                let sets = list(names.iter().map(|n| format!("{n} = EXCLUDED.{n}")));
+                let current: Vec<String> = names.iter().map(|n| format!("c.{n}")).collect();
+                let excluded: Vec<String> = names.iter().map(|n| format!("EXCLUDED.{n}")).collect();
                 let write = Ranged {
                     what: "upsert",
                     numbered: Numbered::Rows,
                     sql: format!(
                         "INSERT INTO {target} AS c ({}) SELECT {} FROM {rows} s WHERE s._n BETWEEN $1 AND $2 \
-                         ON CONFLICT ({}) {on_conflict}",
-                        list(&insert_cols),
-                        list(&insert_vals),
-                        list(&names(key))
+                         ON CONFLICT ({}) DO UPDATE SET {sets}, \"source\" = 'D'{touch} \
+                         WHERE {DESKTOP_OWNED} AND {} IS DISTINCT FROM {}",
+                        list(insert_cols),
+                        list(insert_vals),
+                        list(key.iter().map(|k| q(&k.name))),
+                        row_text(&current),
+                        row_text(&excluded),
                     ),
                 };
-                let dup_keys = list(&names(key));
+                let group: Vec<String> = st
+                    .key
+                    .iter()
+                    .map(|(k, at)| group_by(&st.value("s", *at), &k.cloud))
+                    .collect();
                 ForwardSql {
                     duplicate_rows: Some(format!(
-                        "SELECT array_agg(_n ORDER BY _n), count(*) FROM {rows} GROUP BY {dup_keys} HAVING count(*) > 1"
+                        "SELECT array_agg(s._n ORDER BY s._n), count(*) FROM {rows} s GROUP BY {} HAVING count(*) > 1",
+                        group.join(", ")
                     )),
                     drop_duplicates: Some(vec![
                         format!(
                             "DELETE FROM {keys} k USING {rows} s WHERE s._n = ANY($1) AND {}",
-                            eq("k", "s", key)
+                            st.s_is_k()
                         ),
-                        format!("DELETE FROM {rows} WHERE _n = ANY($1)"),
+                        format!("DELETE FROM {rows} s WHERE s._n = ANY($1)"),
                     ]),
                     keys_have_null: None,
                     plan: None,
@@ -256,7 +386,7 @@ impl ForwardSql {
                     delete,
                     write,
                     lookup_update: None,
-                    images: images(t, &rows, &keys, None),
+                    images: images(None),
                     rows,
                     keys,
                     create,
@@ -269,114 +399,105 @@ impl ForwardSql {
             Kind::Scoped {
                 cloud_key,
                 cloud_key_type,
-                scope,
+                ..
             } => {
                 let plan = format!("pg_temp.tandem_p_{i}");
                 create.push_str(&format!(
-                    "\nCREATE TEMP TABLE IF NOT EXISTS {plan} (_n bigint GENERATED ALWAYS AS IDENTITY, ck {cloud_key_type}, n bigint, csource text) ON COMMIT PRESERVE ROWS;"
+                    "\nCREATE TEMP TABLE IF NOT EXISTS {plan} (_n bigint GENERATED ALWAYS AS IDENTITY, _ck {}, _row bigint, _source text) ON COMMIT PRESERVE ROWS;",
+                    cloud_key_type.base
                 ));
-                let ck = q(cloud_key);
-                // Rows are matched on the text of all their desktop columns, as the cloud's types.
+                let ck = format!("c.{}", q(cloud_key));
+                let is_p = same_key(&ck, "p._ck", cloud_key_type);
+                // Rows are matched on the text of all their desktop columns, as the cloud holds them.
+                let own = t.columns.len();
                 let d_hash = format!(
-                    "md5(ROW({})::text)",
-                    list(
-                        &t.columns
-                            .iter()
-                            .map(|c| c.cloud_typed("s"))
+                    "md5({})",
+                    row_text(
+                        &(0..own)
+                            .map(|j| st.columns[j].cloud_shaped(&format!("s.{}", col(j))))
                             .collect::<Vec<_>>()
                     )
                 );
                 let c_hash = format!(
-                    "md5(ROW({})::text)",
-                    list(
+                    "md5({})",
+                    row_text(
                         &t.columns
                             .iter()
                             .map(|c| format!("c.{}", q(&c.name)))
                             .collect::<Vec<_>>()
                     )
                 );
-                let plan_sql = |scope_match: String| {
+                let plan_sql = |or_null: bool| {
                     format!(
-                        "INSERT INTO {plan} (ck, n, csource) \
+                        "INSERT INTO {plan} (_ck, _row, _source) \
                          WITH d AS (SELECT s._n, {d_hash} AS h FROM {rows} s), \
-                              dn AS (SELECT _n, h, row_number() OVER (PARTITION BY h ORDER BY _n) AS dup FROM d), \
-                              c AS (SELECT c.{ck} AS ck, c.{source}::text AS csource, {c_hash} AS h FROM {target} c WHERE {scope_match}), \
-                              cn AS (SELECT ck, csource, h, row_number() OVER (PARTITION BY h ORDER BY (csource = 'M') DESC NULLS LAST, ck) AS dup FROM c) \
-                         SELECT cn.ck, dn._n, cn.csource FROM dn FULL JOIN cn ON dn.h = cn.h AND dn.dup = cn.dup"
+                              dn AS (SELECT d._n, d.h, row_number() OVER (PARTITION BY d.h ORDER BY d._n) AS dup FROM d), \
+                              c AS (SELECT {ck} AS _ck, c.\"source\"::text AS _source, {c_hash} AS h FROM {target} c \
+                                    WHERE EXISTS (SELECT 1 FROM {keys} k WHERE {scope})), \
+                              cn AS (SELECT c._ck, c._source, c.h, row_number() OVER (PARTITION BY c.h \
+                                     ORDER BY (c._source = 'M') DESC NULLS LAST, c._ck) AS dup FROM c) \
+                         SELECT cn._ck, dn._n, cn._source FROM dn FULL JOIN cn ON dn.h = cn.h AND dn.dup = cn.dup",
+                        scope = st.c_is_k(or_null),
                     )
                 };
-                let scope_names = names(scope);
-                let plain = plan_sql(format!(
-                    "({}) IN (SELECT {} FROM {keys})",
-                    list(
-                        &scope_names
-                            .iter()
-                            .map(|n| format!("c.{n}"))
-                            .collect::<Vec<_>>()
-                    ),
-                    list(&scope_names)
-                ));
-                let with_null = plan_sql(format!(
-                    "EXISTS (SELECT 1 FROM {keys} k WHERE {})",
-                    scope
-                        .iter()
-                        .map(|c| format!("c.{0} IS NOT DISTINCT FROM k.{0}", q(&c.name)))
-                        .collect::<Vec<_>>()
-                        .join(" AND ")
-                ));
-                let any_null: Vec<String> = scope
-                    .iter()
-                    .map(|c| format!("{} IS NULL", q(&c.name)))
-                    .collect();
                 let delete = Ranged {
                     what: "scoped delete",
                     numbered: Numbered::Plan,
                     sql: format!(
-                        "DELETE FROM {target} c USING {plan} p WHERE c.{ck} = p.ck AND p.n IS NULL \
-                         AND (p.csource = 'D' OR p.csource IS NULL) AND p._n BETWEEN $1 AND $2"
+                        "DELETE FROM {target} c USING {plan} p WHERE {is_p} AND p._row IS NULL \
+                         AND (p._source = 'D' OR p._source IS NULL) AND p._n BETWEEN $1 AND $2"
                     ),
                 };
                 let write = Ranged {
                     what: "scoped insert",
                     numbered: Numbered::Rows,
                     sql: format!(
-                        "INSERT INTO {target} ({}) SELECT {} FROM {rows} s JOIN {plan} p ON p.n = s._n \
-                         WHERE p.ck IS NULL AND s._n BETWEEN $1 AND $2",
-                        list(&insert_cols),
-                        list(&insert_vals)
+                        "INSERT INTO {target} ({}) SELECT {} FROM {rows} s JOIN {plan} p ON p._row = s._n \
+                         WHERE p._ck IS NULL AND s._n BETWEEN $1 AND $2",
+                        list(insert_cols),
+                        list(insert_vals)
                     ),
                 };
+                let lookups: Vec<usize> = (own..width).collect();
                 let lookup_update = (!lookups.is_empty()).then(|| {
-                    let sets: Vec<String> = lookups.iter().map(|c| format!("{} = {}", q(&c.name), c.cloud_expr("s"))).collect();
-                    let c_vals: Vec<String> = lookups.iter().map(|c| format!("c.{}", q(&c.name))).collect();
-                    let s_vals: Vec<String> = lookups.iter().map(|c| c.cloud_expr("s")).collect();
+                    let sets = list(lookups.iter().map(|&j| {
+                        format!("{} = {}", q(&st.columns[j].name), st.value("s", j))
+                    }));
+                    let current: Vec<String> = lookups
+                        .iter()
+                        .map(|&j| format!("c.{}", q(&st.columns[j].name)))
+                        .collect();
+                    let staged: Vec<String> = lookups
+                        .iter()
+                        .map(|&j| st.columns[j].cloud_shaped(&format!("s.{}", col(j))))
+                        .collect();
                     Ranged {
                         what: "lookup update",
                         numbered: Numbered::Rows,
                         sql: format!(
-                            "UPDATE {target} c SET {}{touch} FROM {plan} p JOIN {rows} s ON s._n = p.n \
-                             WHERE c.{ck} = p.ck AND (p.csource = 'D' OR p.csource IS NULL) \
-                             AND ({}) IS DISTINCT FROM ({}) AND s._n BETWEEN $1 AND $2",
-                            list(&sets),
-                            list(&c_vals),
-                            list(&s_vals)
+                            "UPDATE {target} c SET {sets}{touch} FROM {plan} p JOIN {rows} s ON s._n = p._row \
+                             WHERE {is_p} AND (p._source = 'D' OR p._source IS NULL) \
+                             AND {} IS DISTINCT FROM {} AND s._n BETWEEN $1 AND $2",
+                            row_text(&current),
+                            row_text(&staged)
                         ),
                     }
                 });
+                let any_null = (0..st.key.len()).map(|n| format!("k.{} IS NULL", col(n)));
                 ForwardSql {
                     duplicate_rows: None,
                     drop_duplicates: None,
                     keys_have_null: Some(format!(
-                        "SELECT EXISTS (SELECT 1 FROM {keys} WHERE {})",
-                        any_null.join(" OR ")
+                        "SELECT EXISTS (SELECT 1 FROM {keys} k WHERE {})",
+                        any_null.collect::<Vec<_>>().join(" OR ")
                     )),
-                    plan: Some((plain, with_null)),
-                    plan_table: Some(plan.clone()),
+                    plan: Some((plan_sql(false), plan_sql(true))),
                     conflicts: Vec::new(),
                     delete,
                     write,
                     lookup_update,
-                    images: images(t, &rows, &keys, Some(plan.as_str())),
+                    images: images(Some(&plan)),
+                    plan_table: Some(plan),
                     rows,
                     keys,
                     create,
@@ -411,27 +532,66 @@ impl ForwardSql {
     }
 }
 
-/// The dead-letter images of a table's staging tables: `S` row `$1` as it was staged, `K` row `$1`
-/// with the cloud row of that key, `P` row `$1` with its cloud row.
-fn images(t: &TableMapping, rows: &str, keys: &str, plan: Option<&str>) -> [String; 3] {
-    let target = t.table.cloud.quoted();
-    let key = t.key_columns();
-    let of_rows = format!(
-        "SELECT {}, to_jsonb(s) - '_n' FROM {rows} s WHERE s._n = $1",
-        key_json("s", key)
-    );
-    let of_keys = format!(
-        "SELECT {}, (SELECT to_jsonb(c) FROM {target} c WHERE {} LIMIT 1) FROM {keys} k WHERE k._n = $1",
-        key_json("k", key),
-        eq("c", "k", key),
-    );
-    let of_plan = match (&t.kind, plan) {
-        (Kind::Scoped { cloud_key, .. }, Some(plan)) => format!(
-            "SELECT {}, to_jsonb(c) FROM {plan} p JOIN {target} c ON c.{} = p.ck WHERE p._n = $1",
-            key_json("c", key),
-            q(cloud_key)
-        ),
-        _ => String::new(),
-    };
-    [of_rows, of_keys, of_plan]
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ValueType;
+    use crate::change::{QualifiedName, TableRef};
+
+    fn column(name: &str) -> MappedColumn {
+        let value = ValueType {
+            base: "json".into(),
+            shaped: "json".into(),
+            portable: true,
+            equality: None,
+        };
+        MappedColumn {
+            name: name.into(),
+            desktop: value.clone(),
+            cloud: value,
+        }
+    }
+
+    #[test]
+    fn user_names_appear_only_quoted_and_never_as_staging_columns() {
+        let hostile = ["c", "_n", "s\"x", "order"];
+        let columns: Vec<MappedColumn> = hostile.iter().map(|n| column(n)).collect();
+        let t = TableMapping {
+            table: TableRef {
+                desktop: QualifiedName::new("public", "c"),
+                cloud: QualifiedName::new("public", "c"),
+            },
+            kind: Kind::Scoped {
+                cloud_key: "k".into(),
+                cloud_key_type: ValueType {
+                    base: "bigint".into(),
+                    shaped: "bigint".into(),
+                    portable: true,
+                    equality: Some("pg_catalog".into()),
+                },
+                scope: vec![column("c")],
+            },
+            reverse_columns: columns.clone(),
+            columns,
+            lookups: Vec::new(),
+            has_created_at: true,
+            has_updated_at: true,
+            reverse: true,
+            desktop_key_indexed: true,
+            desktop_key_unique: false,
+        };
+        let sql = ForwardSql::build(&t, 0);
+        assert!(
+            sql.create.contains("c1 json, c2 json, c3 json, c4 json"),
+            "{}",
+            sql.create
+        );
+        // A scope without a btree equality is matched by its text.
+        let (plan, _) = sql.plan.as_ref().unwrap();
+        assert!(
+            plan.contains("(c.\"c\")::text OPERATOR(pg_catalog.=) (k.c1)::text"),
+            "{plan}"
+        );
+        assert!(sql.write.sql.contains("\"s\"\"x\""), "{}", sql.write.sql);
+    }
 }

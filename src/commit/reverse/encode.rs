@@ -2,10 +2,8 @@
 //! desktop can check by key goes straight into that table ([`Dest::Direct`]); everything else goes to
 //! the table's staging table ([`Dest::Staging`]).
 //!
-//! Each staged change of a mobile-owned row becomes one staged row: `_seq` (its order in the stream), `_op` (`I`
-//! the row's new version, `D` deleted), `_unchanged` (TOASTed columns the change did not carry: the
-//! desktop keeps its value), `_old` (the row before the change, as jsonb), `_ck` (the cloud key) and the
-//! columns that travel to the desktop. Rows that are not mobile-owned are dropped here as a second line of
+//! Each staged change of a mobile-owned row becomes one staged row, in the layout [`super::layout`]
+//! declares: tandem's columns, then the columns that travel to the desktop, as the stream's text. Rows that are not mobile-owned are dropped here as a second line of
 //! defence behind the publication's row filter. A claim (the ownership trigger's logical message when a
 //! phone takes over or deletes a desktop-owned row) gives the old row that the stream itself omits.
 
@@ -13,6 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::Value as Json;
 
+use super::layout::{META, Meta};
 use super::relation::RelationMap;
 use crate::capture::logical::Claim;
 use crate::change::{OldImage, RowImage, Value};
@@ -143,8 +142,9 @@ impl Encoder {
             let ck = self.cloud_keys[table]
                 .as_ref()
                 .and_then(|c| claim.old.get(c))
-                .and_then(json_text);
-            let old = claim.old.to_string();
+                .and_then(Json::as_str)
+                .map(str::to_string);
+            let old = Json::Object(claim.old).to_string();
             self.push(
                 table,
                 'D',
@@ -157,7 +157,7 @@ impl Encoder {
             self.claims
                 .entry(table)
                 .or_default()
-                .push_back(claim.old.to_string());
+                .push_back(Json::Object(claim.old).to_string());
         }
     }
 
@@ -218,11 +218,11 @@ impl Encoder {
     fn push_new(&mut self, map: &RelationMap, new: &RowImage, old: Option<&str>, inserted: bool) {
         let mut unchanged = Vec::new();
         let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(map.columns.len());
-        for (name, position) in map.names.iter().zip(&map.columns) {
+        for (j, position) in map.columns.iter().enumerate() {
             match position.and_then(|p| new.0.get(p)) {
                 Some(Value::Text(t)) => values.push(Some(t)),
                 Some(Value::UnchangedToast) => {
-                    unchanged.push(name.as_str());
+                    unchanged.push(j + 1);
                     values.push(None);
                 }
                 Some(Value::Null) | None => values.push(None),
@@ -256,7 +256,7 @@ impl Encoder {
         &mut self,
         table: usize,
         op: char,
-        unchanged: &[&str],
+        unchanged: &[usize],
         old: Option<&str>,
         ck: Option<&[u8]>,
         values: &[Option<&[u8]>],
@@ -267,21 +267,25 @@ impl Encoder {
         }
         self.staged_in_group.insert(table);
         let width = self.widths[table];
+        let seq = self.seq;
         let staging = self.buffers.entry((table, Dest::Staging)).or_default();
         let out = &mut staging.data;
-        out.extend_from_slice(self.seq.to_string().as_bytes());
-        out.push(b'\t');
-        out.push(op as u8);
-        out.push(b'\t');
-        if unchanged.is_empty() {
-            out.extend_from_slice(b"\\N");
-        } else {
-            copy_escape(out, array_literal(unchanged).as_bytes());
+        for (n, (meta, _, _)) in META.iter().enumerate() {
+            if n > 0 {
+                out.push(b'\t');
+            }
+            match meta {
+                Meta::Seq => out.extend_from_slice(seq.to_string().as_bytes()),
+                Meta::Op => out.push(op as u8),
+                Meta::Unchanged if unchanged.is_empty() => out.extend_from_slice(b"\\N"),
+                Meta::Unchanged => {
+                    let positions: Vec<String> = unchanged.iter().map(usize::to_string).collect();
+                    out.extend_from_slice(format!("{{{}}}", positions.join(",")).as_bytes());
+                }
+                Meta::Old => field(out, old.map(str::as_bytes)),
+                Meta::CloudKey => field(out, ck),
+            }
         }
-        out.push(b'\t');
-        field(out, old.map(str::as_bytes));
-        out.push(b'\t');
-        field(out, ck);
         if values.is_empty() {
             // A deleted row: its columns come from `_old`; one NULL per column.
             for _ in 0..width {
@@ -295,14 +299,6 @@ impl Encoder {
         }
         out.push(b'\n');
         staging.rows += 1;
-    }
-}
-
-fn json_text(v: &Json) -> Option<String> {
-    match v {
-        Json::Null => None,
-        Json::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
     }
 }
 
@@ -333,15 +329,6 @@ pub fn copy_escape(out: &mut Vec<u8>, value: &[u8]) {
     out.extend_from_slice(rest);
 }
 
-/// A text[] literal: `{"a","b"}`, each element quoted with `"` and `\` escaped.
-fn array_literal(items: &[&str]) -> String {
-    let quoted: Vec<String> = items
-        .iter()
-        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("{{{}}}", quoted.join(","))
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -355,13 +342,16 @@ mod tests {
 
     /// A mapping of one desktop-key table `t (id, note)` and its cloud relation `(id, note, source)`.
     fn setup() -> (Mapping, RelationMap) {
+        let text = crate::catalog::ValueType {
+            base: "text".into(),
+            shaped: "text".into(),
+            portable: true,
+            equality: Some("pg_catalog".into()),
+        };
         let col = |name: &str| crate::transform::MappedColumn {
             name: name.into(),
-            desktop_base: "text".into(),
-            desktop_type: "text".into(),
-            cloud_type: "text".into(),
-            wire_type: "text".into(),
-            explicit_cast: false,
+            desktop: text.clone(),
+            cloud: text.clone(),
         };
         let table = crate::transform::TableMapping {
             table: crate::change::TableRef {
@@ -456,7 +446,7 @@ mod tests {
         assert_eq!(got[0], "1\tI\t\\N\t\\N\t\\N\t1\ttab\\there\\nnew\\\\line");
         assert_eq!(
             got[1],
-            "2\tI\t{\"note\"}\t{\"id\":\"1\",\"note\":\"x\",\"source\":\"M\"}\t\\N\t1\t\\N"
+            "2\tI\t{2}\t{\"id\":\"1\",\"note\":\"x\",\"source\":\"M\"}\t\\N\t1\t\\N"
         );
     }
 
@@ -480,19 +470,19 @@ mod tests {
     fn claims_give_the_old_row_to_the_insert_that_follows() {
         let (mapping, map) = setup();
         let mut encoder = careful(&mapping);
-        let claim = Claim::parse(br#"{"op": "update", "schema": "public", "table": "t", "old": {"id": 1, "note": "a", "source": "D"}}"#).unwrap();
+        let claim = Claim::parse(br#"{"op": "update", "schema": "public", "table": "t", "names": ["id", "note", "source"], "old": "(1,a,D)"}"#).unwrap();
         encoder.claim(0, claim);
         encoder.insert(&map, &RowImage(vec![text("1"), text("b"), text("M")]));
-        let deleted = Claim::parse(br#"{"op": "delete", "schema": "public", "table": "t", "old": {"id": 3, "note": "c", "source": "D"}}"#).unwrap();
+        let deleted = Claim::parse(br#"{"op": "delete", "schema": "public", "table": "t", "names": ["id", "note", "source"], "old": "(3,\"c d\",D)"}"#).unwrap();
         encoder.claim(0, deleted);
         let got = lines(&mut encoder);
         assert_eq!(
             got[0],
-            "1\tI\t\\N\t{\"id\":1,\"note\":\"a\",\"source\":\"D\"}\t\\N\t1\tb"
+            "1\tI\t\\N\t{\"id\":\"1\",\"note\":\"a\",\"source\":\"D\"}\t\\N\t1\tb"
         );
         assert_eq!(
             got[1],
-            "2\tD\t\\N\t{\"id\":3,\"note\":\"c\",\"source\":\"D\"}\t\\N\t\\N\t\\N"
+            "2\tD\t\\N\t{\"id\":\"3\",\"note\":\"c d\",\"source\":\"D\"}\t\\N\t\\N\t\\N"
         );
         assert!(Claim::parse(b"not json").is_none());
     }

@@ -10,6 +10,7 @@
 //! the desktop does not have yet.
 
 pub mod encode;
+pub mod layout;
 mod plan;
 pub mod relation;
 pub mod sql;

@@ -49,6 +49,17 @@ impl RelationMap {
         }
     }
 
+    /// The table's columns that travel back but the relation does not have (renamed or dropped in the
+    /// cloud): rows of it would reach the desktop without them.
+    pub fn missing(&self) -> Vec<&str> {
+        self.names
+            .iter()
+            .zip(&self.columns)
+            .filter(|(_, position)| position.is_none())
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
     pub(super) fn is_mobile(&self, row: &RowImage) -> bool {
         matches!(self.source.and_then(|p| row.0.get(p)), Some(Value::Text(v)) if v.as_ref() == b"M")
     }

@@ -1,63 +1,23 @@
 //! The desktop statements of the reverse direction (mobile rows → desktop), built once per table.
 //!
-//! The stream stages every change as a row of `S` (`_seq` its order, `_op` I = the row's new version /
-//! D = deleted, `_old` the row before the change as jsonb, `_unchanged` the TOASTed columns the change
-//! did not carry, `_ck` the cloud key). `N` reduces them to one net change per key (desktop-key tables)
-//! or per cloud row (cloud-key tables): the last version, and the *first* old image. The desktop's row
-//! is then compared with that old image: equal means the desktop has what the phone started from, so
-//! the phone's change applies; different means both sides changed the row (or a phone created a key
-//! the desktop already holds), so nothing is changed and the incoming row goes to `tandem.conflicts`.
+//! The stream stages every change as a row of `S` (see [`super::layout`]). `N` reduces them to one net
+//! change per key (desktop-key tables) or per cloud row (cloud-key tables): the last version, and the
+//! *first* old image. The desktop's row is then compared with that old image: the same (by text, as
+//! the desktop column would hold the image's values; see [`crate::expr`]) means the desktop has what
+//! the phone started from, so the phone's change applies; different means both sides changed the row
+//! (or a phone created a key the desktop already holds), so nothing is changed and the incoming row
+//! goes to `tandem.conflicts`.
 
-use crate::change::quote_ident;
-use crate::transform::{Kind, MappedColumn, TableMapping};
-
+use super::layout;
 use crate::commit::forward::sql::{Numbered, Ranged};
 use crate::commit::log_conflicts;
+use crate::expr::{col, is_integer, json_object, key_json_value, lit, q, row_text, same_key, text};
+use crate::transform::{Kind, MappedColumn, TableMapping};
 
 /// The start of a `resolve` statement, and the dead letters it may resolve.
-const RESOLVE: &str = "UPDATE tandem.dead_letters d SET resolved_at = now()";
-const RESOLVE_OPEN: &str = "d.direction = 'reverse' AND d.table_name = $1 AND d.resolved_at IS NULL \
-     AND d.batch IS DISTINCT FROM $2";
-
-/// Column `c` of staging row `alias` cast to the desktop column's type, never failing: a cast to a
-/// length-limited type truncates, one to a precision-limited time rounds, and a `numeric(p,s)` value
-/// too big for it stays as it is (no desktop row can equal it anyway; the cast would fail the
-/// statement, and with it every later change of the row).
-fn as_desktop_type(c: &MappedColumn, alias: &str) -> String {
-    let col = format!("{alias}.{}", q(&c.name));
-    let cast = format!("CAST({col} AS {})", c.desktop_type);
-    match numeric_typmod(&c.desktop_type) {
-        Some((precision, scale)) => format!(
-            "CASE WHEN abs(round({col}, {scale})) < 1e{} THEN {cast} ELSE {col} END",
-            precision - scale
-        ),
-        None => cast,
-    }
-}
-
-/// `(precision, scale)` of `numeric(p,s)` / `numeric(p)`.
-fn numeric_typmod(type_name: &str) -> Option<(i32, i32)> {
-    let inner = type_name.strip_prefix("numeric(")?.strip_suffix(')')?;
-    let mut parts = inner.split(',').map(|p| p.trim().parse::<i32>());
-    let precision = parts.next()?.ok()?;
-    let scale = match parts.next() {
-        Some(s) => s.ok()?,
-        None => 0,
-    };
-    Some((precision, scale))
-}
-
-fn q(name: &str) -> String {
-    quote_ident(name)
-}
-
-fn lit(name: &str) -> String {
-    format!("'{}'", name.replace('\'', "''"))
-}
-
-fn join(parts: impl IntoIterator<Item = String>, sep: &str) -> String {
-    parts.into_iter().collect::<Vec<_>>().join(sep)
-}
+const RESOLVE: &str = "UPDATE tandem.dead_letters dl SET resolved_at = now()";
+const RESOLVE_OPEN: &str = "dl.direction = 'reverse' AND dl.table_name = $1 AND dl.resolved_at IS NULL \
+     AND dl.batch IS DISTINCT FROM $2";
 
 /// The statements of a group that only inserted new rows.
 #[derive(Debug, Clone)]
@@ -103,8 +63,112 @@ pub struct ReverseSql {
     pub analyze_net: String,
 }
 
-/// The columns of `S` before the table's own: `_seq, _op, _unchanged, _old, _ck`.
-pub const STAGED_PREFIX: [&str; 5] = ["_seq", "_op", "_unchanged", "_old", "_ck"];
+/// The expressions over one table's staged columns.
+struct Columns<'a> {
+    cols: &'a [MappedColumn],
+}
+
+impl Columns<'_> {
+    /// Quoted user names.
+    fn names(&self) -> Vec<String> {
+        self.cols.iter().map(|c| q(&c.name)).collect()
+    }
+
+    /// Column `j`'s text in the old image of net row `n` (NULL when null or unknown).
+    fn old(&self, j: usize) -> String {
+        format!("n._first_old ->> {}", lit(&self.cols[j].name))
+    }
+
+    /// Whether the old image of `n` knows column `j`.
+    fn known(&self, j: usize) -> String {
+        format!("n._first_old ? {}", lit(&self.cols[j].name))
+    }
+
+    /// The old image of `n` as the desktop would hold it: a LATERAL subquery `o` with `c1..cN`.
+    fn old_row(&self) -> String {
+        let values: Vec<String> = (0..self.cols.len())
+            .map(|j| {
+                format!(
+                    "{} AS {}",
+                    self.cols[j].desktop_shaped(&self.old(j)),
+                    col(j)
+                )
+            })
+            .collect();
+        format!("(SELECT {}) o", values.join(", "))
+    }
+
+    /// The desktop row `d` is what the phone started from: it equals the old image in every column
+    /// the image knows.
+    fn same_old(&self) -> String {
+        let each: Vec<String> = (0..self.cols.len())
+            .map(|j| {
+                format!(
+                    "(NOT ({}) OR {} IS NOT DISTINCT FROM {})",
+                    self.known(j),
+                    text(&format!("d.{}", q(&self.cols[j].name))),
+                    text(&format!("o.{}", col(j)))
+                )
+            })
+            .collect();
+        format!("(n._first_old IS NOT NULL AND {})", each.join(" AND "))
+    }
+
+    /// The desktop row `d` already holds `n`'s new version (unchanged TOAST values aside).
+    fn same_new(&self) -> String {
+        let each: Vec<String> = (0..self.cols.len())
+            .map(|j| {
+                format!(
+                    "(coalesce({} = ANY(n._unchanged), false) OR {} IS NOT DISTINCT FROM {})",
+                    j + 1,
+                    text(&format!("d.{}", q(&self.cols[j].name))),
+                    text(&self.cols[j].desktop_shaped(&format!("n.{}", col(j))))
+                )
+            })
+            .collect();
+        format!("({})", each.join(" AND "))
+    }
+
+    /// The value for column `j` from `n`'s new version; where it is unchanged TOAST, `keep`.
+    fn value_or(&self, j: usize, keep: &str) -> String {
+        format!(
+            "CASE WHEN {} = ANY(n._unchanged) THEN {keep} ELSE {} END",
+            j + 1,
+            self.cols[j].desktop_value(&format!("n.{}", col(j)))
+        )
+    }
+
+    /// The values of staged row `s` for the desktop columns.
+    fn values_of(&self, alias: &str) -> Vec<String> {
+        (0..self.cols.len())
+            .map(|j| self.cols[j].desktop_value(&format!("{alias}.{}", col(j))))
+            .collect()
+    }
+
+    /// Staged row `alias` (or net row) as JSON of the user's column names.
+    fn json(&self, alias: &str) -> String {
+        let pairs: Vec<(String, String)> = self
+            .cols
+            .iter()
+            .enumerate()
+            .map(|(j, c)| (c.name.clone(), format!("{alias}.{}", col(j))))
+            .collect();
+        json_object(&pairs)
+    }
+
+    /// The desktop row `d` differs from staged row `alias` (as the desktop would hold it).
+    fn differs(&self, alias: &str) -> String {
+        let desktop: Vec<String> = self.names().iter().map(|n| format!("d.{n}")).collect();
+        let staged: Vec<String> = (0..self.cols.len())
+            .map(|j| self.cols[j].desktop_shaped(&format!("{alias}.{}", col(j))))
+            .collect();
+        format!(
+            "{} IS DISTINCT FROM {}",
+            row_text(&desktop),
+            row_text(&staged)
+        )
+    }
+}
 
 impl ReverseSql {
     /// The names of this table's staging tables.
@@ -124,171 +188,172 @@ impl ReverseSql {
         let target = t.table.desktop.quoted();
         let staged = format!("pg_temp.tandem_r_{i}");
         let net = format!("pg_temp.tandem_rn_{i}");
-        let cols = &t.reverse_columns;
-        let names: Vec<String> = cols.iter().map(|c| q(&c.name)).collect();
-        let defs = join(
-            cols.iter()
-                .map(|c| format!("{} {}", q(&c.name), c.desktop_base)),
-            ", ",
-        );
+        let c = Columns {
+            cols: &t.reverse_columns,
+        };
+        let width = c.cols.len();
+        let names = c.names().join(", ");
+        let data = (0..width).map(col).collect::<Vec<_>>().join(", ");
         let mut create = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {staged} (_seq bigint, _op \"char\", _unchanged text[], _old jsonb, _ck text, {defs}) ON COMMIT PRESERVE ROWS;\n\
-             CREATE TEMP TABLE IF NOT EXISTS {net} (_n bigint GENERATED ALWAYS AS IDENTITY, _op \"char\", _unchanged text[], _first_old jsonb, _ck text, {defs}) ON COMMIT PRESERVE ROWS;"
+            "CREATE TEMP TABLE IF NOT EXISTS {staged} ({}) ON COMMIT PRESERVE ROWS;\n\
+             CREATE TEMP TABLE IF NOT EXISTS {net} (_n bigint GENERATED ALWAYS AS IDENTITY, _op \"char\", \
+             _unchanged int[], _first_old jsonb, _ck text{}) ON COMMIT PRESERVE ROWS;",
+            layout::definitions(width),
+            (0..width)
+                .map(|j| format!(", {} text", col(j)))
+                .collect::<String>()
         );
-        let copy_in = format!(
-            "COPY {staged} ({}, {}) FROM STDIN",
-            STAGED_PREFIX.join(", "),
-            names.join(", ")
-        );
-        let copy_direct = format!("COPY {target} ({}) FROM STDIN", names.join(", "));
-        // An old image as the desktop would hold it: read as a staging row (base types, so a value
-        // too long for the desktop's column does not fail the statement: a phone's row the desktop
-        // refused for one, a dead letter, must not stop its delete or its next version from applying),
-        // then cast to the desktop's column types, which truncates and rounds as the desktop would
-        // have stored it (a `numeric(5,2)` 1.5 is 1.50, as the desktop row it is compared with).
-        let as_desktop = join(
-            cols.iter()
-                .map(|c| format!("{} AS {}", as_desktop_type(c, "r"), q(&c.name))),
-            ", ",
-        );
-        let old = |alias: &str| {
-            format!(
-                "(SELECT {as_desktop} FROM jsonb_populate_record(NULL::{staged}, {alias}._first_old) r)"
-            )
-        };
-        // Unchanged TOAST: keep the desktop's value (update), or the old image's (insert).
-        let value = |c: &MappedColumn, keep: &str| {
-            format!(
-                "CASE WHEN {} = ANY(n._unchanged) THEN {keep}.{col} ELSE n.{col} END",
-                lit(&c.name),
-                col = q(&c.name)
-            )
-        };
-        let same_new = join(
-            cols.iter().map(|c| {
-                // coalesce: `x = ANY(NULL)` is NULL, not false.
-                format!(
-                    "(coalesce({} = ANY(n._unchanged), false) OR d.{col} IS NOT DISTINCT FROM n.{col})",
-                    lit(&c.name),
-                    col = q(&c.name)
-                )
-            }),
-            " AND ",
-        );
-        let row_of = |alias: &str| join(names.iter().map(|n| format!("{alias}.{n}")), ", ");
-        let same_old = format!(
-            "(n._first_old IS NOT NULL AND ROW({}) IS NOT DISTINCT FROM ROW({}))",
-            row_of("d"),
-            row_of("o")
-        );
-        let incoming = "CASE WHEN n._op = 'D' THEN NULL ELSE to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' END";
-        let insert_cols = names.join(", ");
-        let sets = join(
-            cols.iter()
-                .map(|c| format!("{} = {}", q(&c.name), value(c, "d"))),
-            ", ",
-        );
+        let copy_in = format!("COPY {staged} ({}) FROM STDIN", layout::copy_columns(width));
+        let copy_direct = format!("COPY {target} ({names}) FROM STDIN");
+        let incoming = format!("CASE WHEN n._op = 'D' THEN NULL ELSE {} END", c.json("n"));
+        let sets = (0..width)
+            .map(|j| {
+                let keep = format!("d.{}", q(&c.cols[j].name));
+                format!("{} = {}", q(&c.cols[j].name), c.value_or(j, &keep))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // A new row the desktop does not hold: an unchanged TOAST value comes from the old image.
+        let insert_vals = (0..width)
+            .map(|j| c.value_or(j, &c.cols[j].desktop_value(&c.old(j))))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let old_row = c.old_row();
         let numbered = |what: &'static str, sql: String| Ranged {
             what,
             sql,
             numbered: Numbered::Rows,
         };
+        // The net change per `key` (expressions over staged row `s`, named `_k0`, `_k1`, ... in `y`): the
+        // last version, with the first old image. `columns` are `y`'s expressions for N's columns.
+        let reduce = |key: &[String], columns: &[String]| {
+            let named: Vec<String> = key
+                .iter()
+                .enumerate()
+                .map(|(n, k)| format!("{k} AS _k{n}"))
+                .collect();
+            let ks = (0..key.len())
+                .map(|n| format!("y._k{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let xs = ks.replace("y._k", "x._k");
+            format!(
+                "INSERT INTO {net} (_op, _unchanged, _first_old, _ck{comma}{data}) \
+                 SELECT DISTINCT ON ({ks}) y._op, y._unchanged, y._first_old, y._ck{comma}{columns} \
+                 FROM (SELECT x.*, first_value(x._old) OVER (PARTITION BY {xs} ORDER BY x._seq) AS _first_old \
+                       FROM (SELECT s.*, {named} FROM {staged} s) x) y \
+                 ORDER BY {ks}, y._seq DESC",
+                comma = if width > 0 { ", " } else { "" },
+                columns = columns.join(", "),
+                named = named.join(", "),
+            )
+        };
+        let plain_columns: Vec<String> = (0..width).map(|j| format!("y.{}", col(j))).collect();
 
         match &t.kind {
             Kind::Key(key) => {
-                let kx = |alias: &str| {
-                    join(
-                        key.iter().enumerate().map(|(j, k)| {
-                            format!(
-                                "CASE WHEN {alias}._op = 'D' THEN (jsonb_populate_record(NULL::{staged}, {alias}._old)).{col} ELSE {alias}.{col} END AS _k{j}",
-                                col = q(&k.name)
-                            )
-                        }),
-                        ", ",
-                    )
+                let at = |k: &MappedColumn| {
+                    c.cols
+                        .iter()
+                        .position(|r| r.name == k.name)
+                        .expect("key columns travel to the desktop")
                 };
-                let kn = join((0..key.len()).map(|j| format!("_k{j}")), ", ");
-                let net_cols = join(
-                    cols.iter()
-                        .map(|c| match key.iter().position(|k| k.name == c.name) {
-                            Some(j) => format!("_k{j}"),
-                            None => q(&c.name),
-                        }),
-                    ", ",
-                );
-                let reduce = format!(
-                    "INSERT INTO {net} (_op, _unchanged, _first_old, _ck, {insert_cols}) \
-                     SELECT DISTINCT ON ({kn}) _op, _unchanged, _first_old, _ck, {net_cols} \
-                     FROM (SELECT x.*, first_value(x._old) OVER (PARTITION BY {kn} ORDER BY x._seq) AS _first_old \
-                           FROM (SELECT s.*, {} FROM {staged} s) x) y \
-                     ORDER BY {kn}, _seq DESC",
-                    kx("s")
-                );
-                let eq = join(
-                    key.iter().map(|k| format!("d.{0} = n.{0}", q(&k.name))),
-                    " AND ",
-                );
-                let key_json = format!(
-                    "jsonb_build_object({})",
-                    join(
-                        key.iter()
-                            .map(|k| format!("{}, n.{}", lit(&k.name), q(&k.name))),
-                        ", "
-                    )
-                );
+                // Staged keys are grouped by their text (the same key is the same text in the stream): a
+                // deleted row's from its old image.
+                let staged_key: Vec<String> = key
+                    .iter()
+                    .map(|k| {
+                        format!(
+                            "CASE WHEN s._op = 'D' THEN s._old ->> {} ELSE s.{} END",
+                            lit(&k.name),
+                            col(at(k))
+                        )
+                    })
+                    .collect();
+                let net_columns: Vec<String> = (0..width)
+                    .map(|j| match key.iter().position(|k| at(k) == j) {
+                        Some(n) => format!("y._k{n}"),
+                        None => format!("y.{}", col(j)),
+                    })
+                    .collect();
+                let is_key = |alias: &str| {
+                    key.iter()
+                        .map(|k| {
+                            let j = at(k);
+                            same_key(
+                                &format!("d.{}", q(&k.name)),
+                                &c.cols[j].desktop_value(&format!("{alias}.{}", col(j))),
+                                &k.desktop,
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" AND ")
+                };
+                let key_json = |alias: &str| {
+                    let pairs: Vec<(String, String)> = key
+                        .iter()
+                        .map(|k| {
+                            let j = at(k);
+                            let staged = format!("{alias}.{}", col(j));
+                            // Staged keys are text already; integers are numbers in `row_key`.
+                            let value = if is_integer(&k.desktop) {
+                                key_json_value(&c.cols[j].desktop_value(&staged), &k.desktop)
+                            } else {
+                                staged
+                            };
+                            (k.name.clone(), value)
+                        })
+                        .collect();
+                    json_object(&pairs)
+                };
+                let (same_old, same_new) = (c.same_old(), c.same_new());
                 let conflicts = log_conflicts(&format!(
-                    "SELECT 'reverse', $1::text, {key_json}, {incoming}, to_jsonb(d), \
+                    "SELECT 'reverse', $1::text, {kj}, {incoming}, to_jsonb(d.*), \
                        CASE WHEN n._op = 'D' THEN 'the phone deleted this row, but the desktop''s row differs from what the phone had; the desktop row was kept' \
                             WHEN n._first_old IS NULL THEN 'the phone created a row whose key the desktop already holds with other content (a key collision); neither side was changed' \
                             ELSE 'the phone changed this row, and the desktop changed it too; the desktop''s version was kept' END \
-                     FROM {net} n JOIN {target} d ON {eq} LEFT JOIN LATERAL {} o ON n._first_old IS NOT NULL \
-                     WHERE (n._op = 'I' AND NOT ({same_new}) AND NOT {same_old}) OR (n._op = 'D' AND NOT {same_old})",
-                    old("n")
+                     FROM {net} n JOIN {target} d ON {is_n} LEFT JOIN LATERAL {old_row} ON n._first_old IS NOT NULL \
+                     WHERE (n._op = 'I' AND NOT {same_new} AND NOT {same_old}) OR (n._op = 'D' AND NOT {same_old})",
+                    kj = key_json("n"),
+                    is_n = is_key("n"),
                 ));
                 let delete = numbered(
                     "reverse delete",
                     format!(
-                        "DELETE FROM {target} d USING {net} n LEFT JOIN LATERAL {} o ON n._first_old IS NOT NULL \
-                         WHERE {eq} AND n._op = 'D' AND {same_old} AND n._n BETWEEN $1 AND $2",
-                        old("n")
+                        "DELETE FROM {target} d USING {net} n LEFT JOIN LATERAL {old_row} ON n._first_old IS NOT NULL \
+                         WHERE {is_n} AND n._op = 'D' AND {same_old} AND n._n BETWEEN $1 AND $2",
+                        is_n = is_key("n"),
                     ),
                 );
                 let update = numbered(
                     "reverse update",
                     format!(
-                        "UPDATE {target} d SET {sets} FROM {net} n LEFT JOIN LATERAL {} o ON n._first_old IS NOT NULL \
-                         WHERE {eq} AND n._op = 'I' AND {same_old} AND NOT ({same_new}) AND n._n BETWEEN $1 AND $2",
-                        old("n")
+                        "UPDATE {target} d SET {sets} FROM {net} n LEFT JOIN LATERAL {old_row} ON n._first_old IS NOT NULL \
+                         WHERE {is_n} AND n._op = 'I' AND {same_old} AND NOT {same_new} AND n._n BETWEEN $1 AND $2",
+                        is_n = is_key("n"),
                     ),
                 );
-                let insert_vals = join(cols.iter().map(|c| value(c, "o")), ", ");
+                // Probe the key's index row by row when there is one (see the direct path below).
+                let absent = |alias: &str| {
+                    if t.desktop_key_indexed {
+                        format!(
+                            "LEFT JOIN LATERAL (SELECT 1 AS found FROM {target} d WHERE {} LIMIT 1) x ON true WHERE x.found IS NULL",
+                            is_key(alias)
+                        )
+                    } else {
+                        format!(
+                            "WHERE NOT EXISTS (SELECT 1 FROM {target} d WHERE {})",
+                            is_key(alias)
+                        )
+                    }
+                };
                 let insert = numbered(
                     "reverse insert",
                     format!(
-                        "INSERT INTO {target} ({insert_cols}) SELECT {insert_vals} FROM {net} n LEFT JOIN LATERAL {} o ON n._unchanged IS NOT NULL \
-                         {absent} AND n._op = 'I' AND n._n BETWEEN $1 AND $2",
-                        old("n"),
-                        // Probe the key's index row by row when there is one (see the direct path below).
-                        absent = if t.desktop_key_indexed {
-                            format!(
-                                "LEFT JOIN LATERAL (SELECT 1 AS found FROM {target} d WHERE {eq} LIMIT 1) x ON true WHERE x.found IS NULL"
-                            )
-                        } else {
-                            format!("WHERE NOT EXISTS (SELECT 1 FROM {target} d WHERE {eq})")
-                        }
+                        "INSERT INTO {target} ({names}) SELECT {insert_vals} FROM {net} n {} \
+                         AND n._op = 'I' AND n._n BETWEEN $1 AND $2",
+                        absent("n")
                     ),
-                );
-                let eq_s = join(
-                    key.iter().map(|k| format!("d.{0} = s.{0}", q(&k.name))),
-                    " AND ",
-                );
-                let key_json_s = format!(
-                    "jsonb_build_object({})",
-                    join(
-                        key.iter()
-                            .map(|k| format!("{}, s.{}", lit(&k.name), q(&k.name))),
-                        ", "
-                    )
                 );
                 // How new rows find desktop rows with the same key. Never a plan that reads the whole
                 // desktop table per row: an empty, never-analyzed desktop table (a first sync) makes the
@@ -296,33 +361,36 @@ impl ReverseSql {
                 // LATERAL subquery stays a nested loop: cheap for a few rows into a big table), and a
                 // hash join (nested loops turned off by the caller: for many rows, or without an index).
                 let reason = "'the phone created a row whose key the desktop already holds with other content (a key collision); neither side was changed'";
-                let incoming_s = "to_jsonb(s) - '_seq' - '_op' - '_unchanged' - '_old' - '_ck'";
                 let conflicts_via = |matching: String| {
                     log_conflicts(&format!(
-                        "SELECT 'reverse', $1::text, {key_json_s}, {incoming_s}, to_jsonb(d), {reason} \
-                         FROM {staged} s {matching} WHERE ROW({}) IS DISTINCT FROM ROW({})",
-                        row_of("d"),
-                        row_of("s")
+                        "SELECT 'reverse', $1::text, {}, {}, to_jsonb(d.*), {reason} \
+                         FROM {staged} s {matching} WHERE {}",
+                        key_json("s"),
+                        c.json("s"),
+                        c.differs("s")
                     ))
                 };
+                let values = c.values_of("s").join(", ");
                 let insert_via = |absent: String| {
                     format!(
-                        "INSERT INTO {target} ({insert_cols}) SELECT {} FROM {staged} s {absent}",
-                        row_of("s")
+                        "INSERT INTO {target} ({names}) SELECT {values} FROM {staged} s {absent}"
                     )
                 };
                 let probe = DirectSql {
                     conflicts: conflicts_via(format!(
-                        "CROSS JOIN LATERAL (SELECT * FROM {target} d WHERE {eq_s} OFFSET 0) d"
+                        "CROSS JOIN LATERAL (SELECT * FROM {target} d WHERE {} OFFSET 0) d",
+                        is_key("s")
                     )),
                     insert: insert_via(format!(
-                        "LEFT JOIN LATERAL (SELECT 1 AS found FROM {target} d WHERE {eq_s} LIMIT 1) x ON true WHERE x.found IS NULL"
+                        "LEFT JOIN LATERAL (SELECT 1 AS found FROM {target} d WHERE {} LIMIT 1) x ON true WHERE x.found IS NULL",
+                        is_key("s")
                     )),
                 };
                 let hash = DirectSql {
-                    conflicts: conflicts_via(format!("JOIN {target} d ON {eq_s}")),
+                    conflicts: conflicts_via(format!("JOIN {target} d ON {}", is_key("s"))),
                     insert: insert_via(format!(
-                        "WHERE NOT EXISTS (SELECT 1 FROM {target} d WHERE {eq_s})"
+                        "WHERE NOT EXISTS (SELECT 1 FROM {target} d WHERE {})",
+                        is_key("s")
                     )),
                 };
                 ReverseSql {
@@ -332,18 +400,21 @@ impl ReverseSql {
                     no_key_index: !t.desktop_key_indexed,
                     analyze_net: format!("ANALYZE {net}"),
                     dead_letter_image: format!(
-                        "SELECT {key_json}, to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' FROM {net} n WHERE n._n = $1"
+                        "SELECT {}, {} FROM {net} n WHERE n._n = $1",
+                        key_json("n"),
+                        c.json("n")
                     ),
                     resolve: format!(
-                        "{RESOLVE} FROM {net} n WHERE {RESOLVE_OPEN} AND d.row_key = {key_json}"
+                        "{RESOLVE} FROM {net} n WHERE {RESOLVE_OPEN} AND dl.row_key = {}",
+                        key_json("n")
                     ),
+                    reduce: reduce(&staged_key, &net_columns),
                     staged,
                     net,
                     plan_table: None,
                     create,
                     copy_in,
                     copy_direct,
-                    reduce,
                     plan: None,
                     conflicts,
                     delete,
@@ -354,39 +425,61 @@ impl ReverseSql {
             Kind::Scoped { scope, .. } => {
                 let plan = format!("pg_temp.tandem_rp_{i}");
                 create.push_str(&format!(
-                    "\nCREATE TEMP TABLE IF NOT EXISTS {plan} (ck text, tid tid) ON COMMIT PRESERVE ROWS;"
+                    "\nCREATE TEMP TABLE IF NOT EXISTS {plan} (_ck text, _tid tid) ON COMMIT PRESERVE ROWS;"
                 ));
-                let reduce = format!(
-                    "INSERT INTO {net} (_op, _unchanged, _first_old, _ck, {insert_cols}) \
-                     SELECT DISTINCT ON (_ck) _op, _unchanged, _first_old, _ck, {insert_cols} \
-                     FROM (SELECT s.*, first_value(s._old) OVER (PARTITION BY s._ck ORDER BY s._seq) AS _first_old FROM {staged} s) x \
-                     ORDER BY _ck, _seq DESC"
-                );
-                let scope_names: Vec<String> = scope.iter().map(|c| q(&c.name)).collect();
-                let hash = |alias: &str| format!("md5(ROW({})::text)", row_of(alias));
-                let o_scope = join(scope_names.iter().map(|s| format!("o.{s}")), ", ");
-                let d_scope = join(scope_names.iter().map(|s| format!("d.{s}")), ", ");
-                let any_null = |alias: &str| {
-                    join(
-                        scope_names.iter().map(|s| format!("{alias}.{s} IS NULL")),
-                        " OR ",
-                    )
+                let scope_at: Vec<(usize, &MappedColumn)> = scope
+                    .iter()
+                    .map(|s| {
+                        let j = c
+                            .cols
+                            .iter()
+                            .position(|r| r.name == s.name)
+                            .expect("scope columns travel to the desktop");
+                        (j, s)
+                    })
+                    .collect();
+                let desktop_row: Vec<String> = c.names().iter().map(|n| format!("d.{n}")).collect();
+                let old_image: Vec<String> = (0..width).map(|j| format!("o.{}", col(j))).collect();
+                let in_scope = scope_at
+                    .iter()
+                    .map(|(j, s)| {
+                        same_key(
+                            &format!("d.{}", q(&s.name)),
+                            &format!("o.{}", col(*j)),
+                            &s.desktop,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                let any_null = |alias: &str, named: bool| {
+                    scope_at
+                        .iter()
+                        .map(|(j, s)| {
+                            let column = if named { q(&s.name) } else { col(*j) };
+                            format!("{alias}.{column} IS NULL")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" OR ")
                 };
                 let plan_sql = format!(
-                    "INSERT INTO {plan} (ck, tid) \
-                     WITH o AS (SELECT n._ck, {ho} AS h, {o_scope} FROM {net} n CROSS JOIN LATERAL {old_n} o WHERE n._first_old IS NOT NULL), \
-                          od AS (SELECT _ck, h, row_number() OVER (PARTITION BY h ORDER BY _ck) AS dup FROM o), \
-                          c AS (SELECT d.ctid AS tid, {hd} AS h FROM {target} d WHERE ({d_scope}) IN (SELECT {scope_list} FROM o) \
+                    "INSERT INTO {plan} (_ck, _tid) \
+                     WITH o AS (SELECT n._ck, md5({ho}) AS h, {o_scope} FROM {net} n CROSS JOIN LATERAL {old_row} \
+                                WHERE n._first_old IS NOT NULL), \
+                          od AS (SELECT o._ck, o.h, row_number() OVER (PARTITION BY o.h ORDER BY o._ck) AS dup FROM o), \
+                          c AS (SELECT d.ctid AS tid, md5({hd}) AS h FROM {target} d WHERE EXISTS (SELECT 1 FROM o WHERE {in_scope}) \
                                 UNION ALL \
-                                SELECT d.ctid, {hd} FROM {target} d WHERE EXISTS (SELECT 1 FROM o WHERE {o_null}) AND ({d_null})), \
-                          cd AS (SELECT tid, h, row_number() OVER (PARTITION BY h ORDER BY tid) AS dup FROM c) \
+                                SELECT d.ctid, md5({hd}) FROM {target} d WHERE EXISTS (SELECT 1 FROM o WHERE {o_null}) AND ({d_null})), \
+                          cd AS (SELECT c.tid, c.h, row_number() OVER (PARTITION BY c.h ORDER BY c.tid) AS dup FROM c) \
                      SELECT od._ck, cd.tid FROM od LEFT JOIN cd ON cd.h = od.h AND cd.dup = od.dup",
-                    ho = hash("o"),
-                    hd = hash("d"),
-                    old_n = old("n"),
-                    scope_list = scope_names.join(", "),
-                    o_null = any_null("o"),
-                    d_null = any_null("d"),
+                    ho = row_text(&old_image),
+                    hd = row_text(&desktop_row),
+                    o_scope = scope_at
+                        .iter()
+                        .map(|(j, _)| format!("o.{}", col(*j)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    o_null = any_null("o", false),
+                    d_null = any_null("d", true),
                 );
                 // A row the desktop refused before (an open dead letter) arrives again as a change of a
                 // row the desktop does not hold: it is inserted, as the row it is now, not a conflict.
@@ -398,31 +491,29 @@ impl ReverseSql {
                 let conflicts = log_conflicts(&format!(
                     "SELECT 'reverse', $1::text, jsonb_build_object('cloud_key', n._ck), {incoming}, n._first_old, \
                        'the phone changed a row the desktop no longer holds as it was; the desktop was left as it is' \
-                     FROM {net} n JOIN {plan} p ON p.ck = n._ck WHERE n._op = 'I' AND p.tid IS NULL AND NOT {refused}"
+                     FROM {net} n JOIN {plan} p ON p._ck = n._ck WHERE n._op = 'I' AND p._tid IS NULL AND NOT {refused}"
                 ));
                 let delete = numbered(
                     "reverse delete",
                     format!(
-                        "DELETE FROM {target} d USING {plan} p JOIN {net} n ON n._ck = p.ck \
-                         WHERE d.ctid = p.tid AND n._op = 'D' AND n._n BETWEEN $1 AND $2"
+                        "DELETE FROM {target} d USING {plan} p JOIN {net} n ON n._ck = p._ck \
+                         WHERE d.ctid = p._tid AND n._op = 'D' AND n._n BETWEEN $1 AND $2"
                     ),
                 );
                 let update = numbered(
                     "reverse update",
                     format!(
-                        "UPDATE {target} d SET {sets} FROM {plan} p JOIN {net} n ON n._ck = p.ck \
-                         WHERE d.ctid = p.tid AND n._op = 'I' AND n._n BETWEEN $1 AND $2"
+                        "UPDATE {target} d SET {sets} FROM {plan} p JOIN {net} n ON n._ck = p._ck \
+                         WHERE d.ctid = p._tid AND n._op = 'I' AND n._n BETWEEN $1 AND $2"
                     ),
                 );
-                let insert_vals = join(cols.iter().map(|c| value(c, "o")), ", ");
                 let insert = numbered(
                     "reverse insert",
                     format!(
-                        "INSERT INTO {target} ({insert_cols}) SELECT {insert_vals} FROM {net} n LEFT JOIN LATERAL {} o ON n._unchanged IS NOT NULL \
+                        "INSERT INTO {target} ({names}) SELECT {insert_vals} FROM {net} n \
                          WHERE n._op = 'I' AND (n._first_old IS NULL \
-                           OR ({refused} AND NOT EXISTS (SELECT 1 FROM {plan} p WHERE p.ck = n._ck AND p.tid IS NOT NULL))) \
-                         AND n._n BETWEEN $1 AND $2",
-                        old("n")
+                           OR ({refused} AND NOT EXISTS (SELECT 1 FROM {plan} p WHERE p._ck = n._ck AND p._tid IS NOT NULL))) \
+                         AND n._n BETWEEN $1 AND $2"
                     ),
                 );
                 ReverseSql {
@@ -432,24 +523,25 @@ impl ReverseSql {
                     direct_hash: DirectSql {
                         conflicts: String::new(),
                         insert: format!(
-                            "INSERT INTO {target} ({insert_cols}) SELECT {} FROM {staged} s",
-                            row_of("s")
+                            "INSERT INTO {target} ({names}) SELECT {} FROM {staged} s",
+                            c.values_of("s").join(", ")
                         ),
                     },
                     analyze_net: format!("ANALYZE {net}"),
                     dead_letter_image: format!(
-                        "SELECT jsonb_build_object('cloud_key', n._ck), to_jsonb(n) - '_n' - '_op' - '_unchanged' - '_first_old' - '_ck' FROM {net} n WHERE n._n = $1"
+                        "SELECT jsonb_build_object('cloud_key', n._ck), {} FROM {net} n WHERE n._n = $1",
+                        c.json("n")
                     ),
                     resolve: format!(
-                        "{RESOLVE} FROM {net} n WHERE {RESOLVE_OPEN} AND d.row_key = jsonb_build_object('cloud_key', n._ck)"
+                        "{RESOLVE} FROM {net} n WHERE {RESOLVE_OPEN} AND dl.row_key = jsonb_build_object('cloud_key', n._ck)"
                     ),
+                    reduce: reduce(&["s._ck".to_string()], &plain_columns),
                     staged,
                     net,
                     plan_table: Some(plan),
                     create,
                     copy_in,
                     copy_direct,
-                    reduce,
                     plan: Some(plan_sql),
                     conflicts,
                     delete,
@@ -458,43 +550,5 @@ impl ReverseSql {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn column(desktop_type: &str) -> MappedColumn {
-        MappedColumn {
-            name: "v".into(),
-            desktop_base: "numeric".into(),
-            desktop_type: desktop_type.into(),
-            cloud_type: "numeric".into(),
-            wire_type: "numeric".into(),
-            explicit_cast: false,
-        }
-    }
-
-    #[test]
-    fn numeric_typmods_are_read_from_the_type_name() {
-        assert_eq!(numeric_typmod("numeric(5,2)"), Some((5, 2)));
-        assert_eq!(numeric_typmod("numeric(7)"), Some((7, 0)));
-        assert_eq!(numeric_typmod("numeric(2,-3)"), Some((2, -3)));
-        assert_eq!(numeric_typmod("numeric"), None);
-        assert_eq!(numeric_typmod("numeric(5,2)[]"), None);
-        assert_eq!(numeric_typmod("character varying(5)"), None);
-    }
-
-    #[test]
-    fn a_cast_to_a_numeric_typmod_keeps_values_it_cannot_hold() {
-        assert_eq!(
-            as_desktop_type(&column("numeric(3,2)"), "r"),
-            "CASE WHEN abs(round(r.\"v\", 2)) < 1e1 THEN CAST(r.\"v\" AS numeric(3,2)) ELSE r.\"v\" END"
-        );
-        assert_eq!(
-            as_desktop_type(&column("character varying(2)"), "r"),
-            "CAST(r.\"v\" AS character varying(2))"
-        );
     }
 }
