@@ -97,6 +97,8 @@ pub struct SyncConfig {
     pub batch_max_rows: usize,
     pub batch_max_bytes: usize,
     pub batch_max_wait_ms: u64,
+    /// How often `run` checks both schemas again: parked tables resume, changed shapes are picked up.
+    pub schema_recheck_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -105,6 +107,7 @@ impl Default for SyncConfig {
             batch_max_rows: 50_000,
             batch_max_bytes: 32 * 1024 * 1024,
             batch_max_wait_ms: 500,
+            schema_recheck_ms: 30_000,
         }
     }
 }

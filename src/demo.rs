@@ -203,7 +203,8 @@ async fn demo(config: &Config, scale: f64, started: Instant) -> anyhow::Result<(
     .await?;
 
     shutdown.cancel();
-    let (forward, reverse) = worker.await??;
+    let report = worker.await??;
+    let (forward, reverse) = (report.forward, report.reverse);
     println!(
         "stopped: forward {} batch(es), {} rows written; reverse {} group(s), {} rows written. Total {:.1?}; removing the clusters.",
         forward.batches,

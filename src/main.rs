@@ -191,7 +191,8 @@ async fn run_command(config: &Config, once: bool) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     tracing::info!(desktop = %config.desktop.url, cloud = %config.cloud.url, once, "starting both directions");
-    let (forward, reverse) = pipeline::run(config, RunOptions { once }, shutdown).await?;
+    let report = pipeline::run(config, RunOptions { once }, shutdown).await?;
+    let (forward, reverse) = (report.forward, report.reverse);
     let (f, r) = (forward.outcome, reverse.outcome);
     println!(
         "run: forward {} batch(es), {} outbox row(s); {} row(s) written, {} deleted, {} conflict(s), {} dead letter(s), {} reconnect(s)",
@@ -214,7 +215,18 @@ async fn run_command(config: &Config, once: bool) -> anyhow::Result<ExitCode> {
         reverse.retries,
         reverse.replays
     );
-    Ok(ExitCode::SUCCESS)
+    // A parked table is a run that did not do all it should: say which, why and the fix, and fail.
+    for (table, parked) in &report.parked {
+        println!(
+            "run: table {table} is parked: {}; fix: {}",
+            parked.reason, parked.fix
+        );
+    }
+    if report.parked.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 async fn dead_letters(

@@ -200,7 +200,21 @@ impl Mapping {
         Ok(Mapping::build(config, &dcat, &ccat))
     }
 
-    /// Resolves a validated config; panics on what validation guarantees (tables and columns exist).
+    /// Reads both catalogs and resolves the mapping whatever validation finds: a table the schemas do
+    /// not fit is mapped as far as it goes (see [`Mapping::build`]); the findings say which.
+    pub async fn load_lenient(
+        config: &Config,
+        desktop: &Client,
+        cloud: &Client,
+    ) -> Result<(Mapping, Vec<Finding>), DbError> {
+        let (dcat, ccat) = crate::catalog::load_for(config, desktop, cloud).await?;
+        let findings = crate::catalog::validate::validate(config, &dcat, &ccat);
+        Ok((Mapping::build(config, &dcat, &ccat), findings))
+    }
+
+    /// Resolves the config against the catalogs. Never fails: a table or column missing on a side is
+    /// mapped with a stand-in type (text), so every table has its place; validation reports it, and
+    /// a table the schemas do not fit is never streamed (it is parked).
     pub fn build(config: &Config, desktop: &Catalog, cloud: &Catalog) -> Mapping {
         let index: HashMap<&QualifiedName, usize> = config
             .tables
@@ -208,59 +222,63 @@ impl Mapping {
             .enumerate()
             .map(|(i, t)| (&t.table.desktop, i))
             .collect();
+        let missing = ColumnInfo::missing;
         let mut tables = Vec::new();
         for t in &config.tables {
-            let d = desktop
-                .table(&t.table.desktop)
-                .expect("validated: desktop table exists");
-            let c = cloud
-                .table(&t.table.cloud)
-                .expect("validated: cloud table exists");
-            let map = |name: &str| {
-                MappedColumn::new(
-                    name,
-                    d.column(name).expect("validated: desktop column exists"),
-                    c.column(name).expect("validated: cloud column exists"),
-                )
+            let d = desktop.table(&t.table.desktop);
+            let c = cloud.table(&t.table.cloud);
+            let column = |table: Option<&crate::catalog::TableInfo>, name: &str| {
+                table
+                    .and_then(|t| t.column(name))
+                    .cloned()
+                    .unwrap_or_else(|| missing(name))
             };
-            let columns: Vec<MappedColumn> = d
-                .columns
-                .iter()
-                .filter(|col| !t.skip_to_cloud.contains(&col.name))
-                .map(|col| map(&col.name))
-                .collect();
+            let map = |name: &str| MappedColumn::new(name, &column(d, name), &column(c, name));
+            let identity = t.identity.capture_columns();
+            let mut columns: Vec<MappedColumn> = match d {
+                Some(d) => d
+                    .columns
+                    .iter()
+                    .filter(|col| !t.skip_to_cloud.contains(&col.name))
+                    .map(|col| map(&col.name))
+                    .collect(),
+                None => Vec::new(),
+            };
+            for name in identity {
+                if !columns.iter().any(|col| &col.name == name) {
+                    columns.push(map(name));
+                }
+            }
             let kind = match &t.identity {
                 Identity::Key(key) => Kind::Key(key.iter().map(|k| map(k)).collect()),
-                Identity::CloudKey { column, scope } => Kind::Scoped {
-                    cloud_key: column.clone(),
-                    cloud_key_type: c.column(column).expect("validated").value.clone(),
+                Identity::CloudKey { column: ck, scope } => Kind::Scoped {
+                    cloud_key: ck.clone(),
+                    cloud_key_type: column(c, ck).value,
                     scope: scope.iter().map(|k| map(k)).collect(),
                 },
             };
             let lookups = t
                 .lookups
                 .iter()
-                .map(|l| {
-                    let source = config
-                        .lookup_source(l)
-                        .expect("validated: lookup source configured");
-                    let src = desktop.table(&source.table.desktop).expect("validated");
-                    LookupColumn {
+                .filter_map(|l| {
+                    let source = config.lookup_source(l)?;
+                    let src = desktop.table(&source.table.desktop);
+                    Some(LookupColumn {
                         column: MappedColumn::new(
                             &l.column,
-                            src.column(&l.column)
-                                .expect("validated: lookup column exists"),
-                            c.column(&l.column)
-                                .expect("validated: cloud lookup column exists"),
+                            &column(src, &l.column),
+                            &column(c, &l.column),
                         ),
                         from: index[&source.table.desktop],
                         on: l.on.clone(),
-                    }
+                    })
                 })
                 .collect();
             let reverse_columns = columns
                 .iter()
-                .filter(|c| !t.skip_to_desktop.contains(&c.name))
+                .filter(|col| {
+                    !t.skip_to_desktop.contains(&col.name) || identity.contains(&col.name)
+                })
                 .cloned()
                 .collect();
             tables.push(TableMapping {
@@ -269,11 +287,11 @@ impl Mapping {
                 reverse_columns,
                 columns,
                 lookups,
-                has_created_at: c.has_column(CREATED_AT_COLUMN),
-                has_updated_at: c.has_column(UPDATED_AT_COLUMN),
+                has_created_at: c.is_some_and(|c| c.has_column(CREATED_AT_COLUMN)),
+                has_updated_at: c.is_some_and(|c| c.has_column(UPDATED_AT_COLUMN)),
                 reverse: t.reverse,
-                desktop_key_indexed: d.has_index_leading_with(t.identity.capture_columns()),
-                desktop_key_unique: matches!(&t.identity, Identity::Key(k) if d.has_unique_key(k)),
+                desktop_key_indexed: d.is_some_and(|d| d.has_index_leading_with(identity)),
+                desktop_key_unique: matches!(&t.identity, Identity::Key(k) if d.is_some_and(|d| d.has_unique_key(k))),
             });
         }
         let cloud_index: HashMap<&QualifiedName, usize> = config

@@ -47,3 +47,7 @@ CREATE TABLE IF NOT EXISTS tandem.dead_letters (
     retried_at  timestamptz,
     resolved_at timestamptz
 );
+-- Reverse dead letters: the row as the desktop last had it, from the first change of it that did not
+-- apply (JSON `null` when that change created the row; SQL NULL when not known). The row's next change
+-- is compared with it instead of its own old image: the desktop still holds this version.
+ALTER TABLE tandem.dead_letters ADD COLUMN IF NOT EXISTS old_image jsonb;

@@ -14,6 +14,17 @@ CREATE TABLE IF NOT EXISTS tandem.outbox (
     captured_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Each configured table's state in `tandem run`: `streaming`, or `parked` with why and how to fix it
+-- (its statements do not fit the schema; its changes wait: outbox rows stay, mobile rows are kept as
+-- dead letters). Kept on the desktop, by the table's desktop name, so it can be read while run is stopped.
+CREATE TABLE IF NOT EXISTS tandem.table_state (
+    table_name text PRIMARY KEY,
+    state      text NOT NULL,
+    reason     text,
+    fix        text,
+    since      timestamptz NOT NULL DEFAULT now()
+);
+
 -- The capture function. Trigger arguments: the key (or scope) columns of the table. Statement-level with
 -- transition tables: one INSERT into the outbox per statement, not per row. Writes made by tandem itself
 -- (the session setting tandem.applying = on) are not captured, so nothing echoes back.

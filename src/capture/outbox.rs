@@ -55,11 +55,13 @@ const MIN_SETTING: &str = "tandem.batch_min_id";
 const MAX_SETTING: &str = "tandem.batch_max_id";
 const SNAPSHOT_SETTING: &str = "tandem.batch_snapshot";
 
-/// The oldest `$1` outbox rows (of transactions snapshot `$2` sees, unless `$2` is empty), and the batch
-/// bounds set for the snapshot's later queries, in one round trip.
+/// The oldest `$1` outbox rows (of transactions snapshot `$2` sees, unless `$2` is empty) of tables other
+/// than `($3, $4)` (schemas and names of the parked tables, whose rows wait), and the batch bounds set
+/// for the snapshot's later queries, in one round trip.
 const BATCH_SQL: &str = "WITH batch AS (
         SELECT id, table_schema, table_name, op::text AS op FROM tandem.outbox
          WHERE ($2 = '' OR pg_visible_in_snapshot(xid, $2::pg_snapshot))
+           AND (table_schema, table_name) NOT IN (SELECT * FROM unnest($3::text[], $4::text[]))
          ORDER BY id LIMIT $1),
      bounds AS (
         SELECT set_config('tandem.batch_min_id', coalesce(min(id), 0)::text, true),
@@ -68,8 +70,24 @@ const BATCH_SQL: &str = "WITH batch AS (
           FROM batch)
      SELECT b.id, b.table_schema, b.table_name, b.op FROM batch b, bounds ORDER BY b.id";
 
+/// Tables whose outbox rows a batch leaves alone (parked tables), as the batch query takes them.
+#[derive(Debug, Clone, Default)]
+pub struct Excluded {
+    schemas: Vec<String>,
+    names: Vec<String>,
+}
+
+impl Excluded {
+    pub fn new(tables: &[&crate::change::QualifiedName]) -> Self {
+        Excluded {
+            schemas: tables.iter().map(|t| t.schema.clone()).collect(),
+            names: tables.iter().map(|t| t.name.clone()).collect(),
+        }
+    }
+}
+
 /// Begins the batch's REPEATABLE READ transaction on the desktop and takes up to `limit` outbox rows in
-/// it. With `snapshot` (a `pg_snapshot` text), only rows of transactions that snapshot sees: `run
+/// it, leaving those of `excluded` tables alone. With `snapshot` (a `pg_snapshot` text), only rows of transactions that snapshot sees: `run
 /// --once` drains what was committed when it started and stops. The transaction stays open (its
 /// snapshot is what the batch's rows are read from) until [`finish_batch`].
 pub async fn begin_batch(
@@ -78,11 +96,12 @@ pub async fn begin_batch(
     mapping: &Mapping,
     limit: i64,
     snapshot: Option<&str>,
+    excluded: &Excluded,
 ) -> Result<OutboxBatch, DbError> {
     let snapshot = snapshot.unwrap_or("");
     let statement = statements.get(client, BATCH_SQL).await?;
-    // One round trip: BEGIN and the batch query are pipelined.
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&limit, &snapshot];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&limit, &snapshot, &excluded.schemas, &excluded.names];
     // One round trip: BEGIN and the batch query are pipelined.
     let begin = statements
         .get(client, "BEGIN ISOLATION LEVEL REPEATABLE READ")

@@ -30,6 +30,27 @@ pub struct ColumnInfo {
     pub generated: bool,
 }
 
+impl ColumnInfo {
+    /// A stand-in for a column a side does not have (its table is parked while so): text.
+    pub fn missing(name: &str) -> ColumnInfo {
+        ColumnInfo {
+            name: name.to_string(),
+            type_name: "text".into(),
+            type_oid: 25,
+            value: ValueType {
+                base: "text".into(),
+                shaped: "text".into(),
+                portable: true,
+                equality: Some("pg_catalog".into()),
+            },
+            not_null: false,
+            has_default: false,
+            identity: false,
+            generated: false,
+        }
+    }
+}
+
 /// The type a column's values have under its domains (if any), as tandem's statements need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValueType {
@@ -85,9 +106,32 @@ pub struct TableInfo {
     pub replica_identity: char,
     /// The tables this one's foreign keys reference (itself excluded).
     pub parents: Vec<QualifiedName>,
+    /// `relacl`: who may do what with it.
+    pub acl: Option<String>,
 }
 
 impl TableInfo {
+    /// What the table's statements depend on, as a number that changes when any of it does: its
+    /// identity, columns, indexes, foreign keys, replica identity and privileges.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut indexes: Vec<String> = self.indexes.iter().map(|i| format!("{i:?}")).collect();
+        indexes.sort();
+        let mut parents = self.parents.clone();
+        parents.sort();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (
+            self.oid,
+            format!("{:?}", self.columns),
+            indexes,
+            parents,
+            self.replica_identity,
+            &self.acl,
+        )
+            .hash(&mut hasher);
+        hasher.finish()
+    }
+
     pub fn column(&self, name: &str) -> Option<&ColumnInfo> {
         self.columns.iter().find(|c| c.name == name)
     }
@@ -178,7 +222,7 @@ impl Catalog {
         let tables: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
         let rows = client
             .query(
-                "SELECT t.schema_name, t.table_name, c.oid, c.relreplident::text
+                "SELECT t.schema_name, t.table_name, c.oid, c.relreplident::text, c.relacl::text
                    FROM unnest($1::text[], $2::text[]) AS t(schema_name, table_name)
                    JOIN pg_namespace n ON n.nspname = t.schema_name
                    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
@@ -200,6 +244,7 @@ impl Catalog {
                     indexes: Vec::new(),
                     parents: Vec::new(),
                     replica_identity: ident.chars().next().unwrap_or('d'),
+                    acl: row.get(4),
                 },
             );
         }

@@ -22,6 +22,12 @@ pub enum Severity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     pub severity: Severity,
+    /// The configured table it is about (its index in the config), if one.
+    pub table: Option<usize>,
+    /// Whether the table cannot stream while it holds: its statements would fail, or values would be
+    /// lost. An error that does not park (a cloud column the config does not name) still fails
+    /// `check` and `init`, but `run` picks the new shape up and says so.
+    pub parks: bool,
     /// What it is about: `table jobtasks`, `table jobtasks, column client_id`.
     pub subject: String,
     pub problem: String,
@@ -34,7 +40,11 @@ impl fmt::Display for Finding {
     }
 }
 
-struct Findings(Vec<Finding>);
+struct Findings {
+    found: Vec<Finding>,
+    /// The table being checked.
+    table: usize,
+}
 
 impl Findings {
     fn error(
@@ -43,7 +53,17 @@ impl Findings {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) {
-        self.push(Severity::Error, subject, problem, fix);
+        self.push(Severity::Error, true, subject, problem, fix);
+    }
+
+    /// An error a running `tandem run` streams through.
+    fn error_streaming(
+        &mut self,
+        subject: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.push(Severity::Error, false, subject, problem, fix);
     }
 
     fn warn(
@@ -52,18 +72,21 @@ impl Findings {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) {
-        self.push(Severity::Warning, subject, problem, fix);
+        self.push(Severity::Warning, false, subject, problem, fix);
     }
 
     fn push(
         &mut self,
         severity: Severity,
+        parks: bool,
         subject: impl Into<String>,
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) {
-        self.0.push(Finding {
+        self.found.push(Finding {
             severity,
+            table: Some(self.table),
+            parks,
             subject: subject.into(),
             problem: problem.into(),
             fix: fix.into(),
@@ -73,8 +96,12 @@ impl Findings {
 
 /// Every finding of the config against the two catalogs (loaded for the config's tables).
 pub fn validate(config: &Config, desktop: &Catalog, cloud: &Catalog) -> Vec<Finding> {
-    let mut out = Findings(Vec::new());
-    for table in &config.tables {
+    let mut out = Findings {
+        found: Vec::new(),
+        table: 0,
+    };
+    for (i, table) in config.tables.iter().enumerate() {
+        out.table = i;
         let d = desktop.table(&table.table.desktop);
         let c = cloud.table(&table.table.cloud);
         let subject = format!("table {}", table.table);
@@ -104,7 +131,7 @@ pub fn validate(config: &Config, desktop: &Catalog, cloud: &Catalog) -> Vec<Find
         }
         check_lookups(&mut out, &subject, config, desktop, table, d);
     }
-    out.0
+    out.found
 }
 
 /// Columns the config names on one side exist there; identity columns are indexed.
@@ -131,7 +158,14 @@ fn check_side_columns(
     }
     for (setting, col) in named {
         if !info.has_column(col) {
-            out.error(
+            // A skip list naming a column that is gone breaks nothing while streaming.
+            let report = if setting.starts_with("skip") {
+                Findings::error_streaming
+            } else {
+                Findings::error
+            };
+            report(
+                out,
                 format!("{subject}, column {col}"),
                 format!(
                     "`{setting}` names column {col:?}, which {side} table {} does not have",
@@ -272,7 +306,7 @@ fn check_mapping(
             continue;
         }
         if !table.skip_to_desktop.iter().any(|s| s == n) {
-            out.error(
+            out.error_streaming(
                 format!("{subject}, column {n}"),
                 format!("cloud column {}.{n} has no column in desktop table {}: mobile values in it would never reach the desktop", c.name, d.name),
                 format!("add the column to desktop table {}, or list it in skip_to_desktop to keep it cloud-only", d.name),

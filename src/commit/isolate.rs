@@ -16,7 +16,7 @@ pub struct DeadLetterSite<'a> {
     pub direction: &'a str,
     pub table_name: &'a str,
     pub batch: &'a str,
-    /// `SELECT row_key_jsonb, row_image_jsonb FROM .. WHERE _n = $1`.
+    /// `SELECT row_key_jsonb, row_image_jsonb, old_image_jsonb FROM .. WHERE _n = $1`.
     pub image_sql: &'a str,
     /// The staging table whose `_n` the statement ranges over.
     pub numbered_table: &'a str,
@@ -104,13 +104,13 @@ pub async fn record_dead_letter(
     message: &str,
 ) -> Result<(), DbError> {
     let sql = format!(
-        "WITH img(k, r) AS ({image}), \
+        "WITH img(k, r, o) AS ({image}), \
          upd AS (UPDATE tandem.dead_letters d SET attempts = d.attempts + 1, failed_at = now(), sqlstate = $2, \
-                 message = $3, batch = $4, row_image = img.r \
+                 message = $3, batch = $4, row_image = img.r, old_image = coalesce(d.old_image, img.o) \
                  FROM img WHERE d.direction = $6 AND d.table_name = $5 AND d.resolved_at IS NULL AND d.row_key = img.k \
                  RETURNING d.id) \
-         INSERT INTO tandem.dead_letters (direction, table_name, row_key, row_image, sqlstate, message, batch) \
-         SELECT $6, $5, img.k, img.r, $2, $3, $4 FROM img WHERE NOT EXISTS (SELECT 1 FROM upd)",
+         INSERT INTO tandem.dead_letters (direction, table_name, row_key, row_image, old_image, sqlstate, message, batch) \
+         SELECT $6, $5, img.k, img.r, img.o, $2, $3, $4 FROM img WHERE NOT EXISTS (SELECT 1 FROM upd)",
         image = site.image_sql
     );
     tx.execute(

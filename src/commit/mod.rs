@@ -26,6 +26,8 @@ pub mod isolate;
 pub mod reverse;
 mod staging;
 
+use std::collections::BTreeMap;
+
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
@@ -89,6 +91,7 @@ impl BatchOutcome {
             Count::Written => self.written += affected,
             Count::Deleted => self.deleted += affected,
             Count::Conflicts => self.conflicts += affected,
+            Count::DeadLetters => self.dead_letters += affected,
             Count::Nothing => {}
         }
     }
@@ -101,6 +104,7 @@ pub enum Count {
     Written,
     Deleted,
     Conflicts,
+    DeadLetters,
 }
 
 /// How a step's parameters are filled.
@@ -113,6 +117,8 @@ pub enum Params {
     TableAndBatch,
     /// `$1, $2`: a range of staging row numbers; the fast path passes the whole range.
     Range,
+    /// `$1`: the table's name, `$2`: the batch, `$3`: why the table is parked.
+    TableBatchAndReason,
 }
 
 /// How to set a refused row of a ranged step aside.
@@ -185,6 +191,14 @@ pub struct Batch<'a> {
     pub names: &'a [String],
     /// The batch's label (`forward 12..40`, `reverse 0/16B3748`): its own dead letters stay open.
     pub id: &'a str,
+    /// Why each parked table of the batch is parked (by mapping index).
+    pub reasons: &'a BTreeMap<usize, String>,
+}
+
+impl<'a> Batch<'a> {
+    fn reason(&self, table: usize) -> &'a str {
+        self.reasons.get(&table).map_or("", String::as_str)
+    }
 }
 
 /// Where a direction's progress is recorded, in the same transaction as its data.
@@ -364,13 +378,19 @@ impl Target {
                 .zip(&prepared)
                 .map(|(step, statement)| {
                     let name = &batch.names[step.table];
-                    let params: Vec<&(dyn ToSql + Sync)> = match step.params {
-                        Params::None => vec![],
-                        Params::Table => vec![name],
-                        Params::TableAndBatch => vec![name, &batch.id],
-                        Params::Range => vec![&whole.0, &whole.1],
-                    };
-                    async move { client.execute(statement, &params).await }
+                    let reason = batch.reason(step.table);
+                    let kind = step.params;
+                    let whole = &whole;
+                    async move {
+                        let params: Vec<&(dyn ToSql + Sync)> = match kind {
+                            Params::None => vec![],
+                            Params::Table => vec![name],
+                            Params::TableAndBatch => vec![name, &batch.id],
+                            Params::Range => vec![&whole.0, &whole.1],
+                            Params::TableBatchAndReason => vec![name, &batch.id, &reason],
+                        };
+                        client.execute(statement, &params).await
+                    }
                 })
                 .collect(),
         )
@@ -438,6 +458,12 @@ impl Target {
                             client.execute(&statement, &[name, &batch.id]).await
                         }
                         Params::Range => client.execute(&statement, &[&i64::MIN, &i64::MAX]).await,
+                        Params::TableBatchAndReason => {
+                            let reason = batch.reason(step.table);
+                            client
+                                .execute(&statement, &[name, &batch.id, &reason])
+                                .await
+                        }
                     };
                     result
                         .ctx(side, format!("{} on {name}", step.what))

@@ -239,9 +239,13 @@ impl StatementCache {
     }
 }
 
+/// The first line of `sql`, at most 120 characters (names may be any UTF-8).
 fn first_line(sql: &str) -> &str {
     let line = sql.lines().next().unwrap_or(sql);
-    &line[..line.len().min(120)]
+    match line.char_indices().nth(120) {
+        Some((end, _)) => &line[..end],
+        None => line,
+    }
 }
 
 /// Runs `futures` as one pipeline: each is polled once, in order — which makes tokio-postgres send its
@@ -386,6 +390,15 @@ fn spawn_driver<S, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_are_shortened_on_character_boundaries() {
+        let sql = format!("{}日付 VALUES (1)\nmore", "x".repeat(119));
+        let short = first_line(&sql);
+        assert_eq!(short.chars().count(), 120);
+        assert!(short.ends_with('日'), "{short}");
+        assert_eq!(first_line("SELECT 1\nFROM t"), "SELECT 1");
+    }
 
     #[test]
     fn sqlstates_are_classified_once() {

@@ -14,10 +14,11 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 use crate::capture::outbox::NOTIFY_CHANNEL;
-use crate::change::{Side, quote_ident};
-use crate::config::{Config, Identity, SOURCE_COLUMN};
-use crate::db::APPLYING_SETTING;
-use crate::db::{self, Context, DbError};
+use crate::change::Side;
+use crate::commit::reverse::retry;
+use crate::config::Config;
+use crate::db::{self, APPLYING_SETTING, Context, DbError};
+use crate::transform::Mapping;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
@@ -173,68 +174,35 @@ pub async fn retry_reverse(config: &Config) -> Result<ReverseRetry, DbError> {
         .execute("SELECT set_config($1, 'on', false)", &[&APPLYING_SETTING])
         .await
         .ctx(Side::Cloud, "marking the session as tandem's")?;
-    let source = quote_ident(SOURCE_COLUMN);
-    let open: Vec<DeadLetter> = read(&desktop, Side::Desktop, false)
-        .await?
-        .into_iter()
-        .filter(|d| d.direction == "reverse")
-        .collect();
+    let (mapping, _) = Mapping::load_lenient(config, &desktop, &cloud).await?;
     let mut report = ReverseRetry::default();
     let mut resent = Vec::new();
-    for dl in &open {
-        let table = config
-            .tables
-            .iter()
-            .find(|t| t.table.desktop.to_string() == dl.table);
-        let (Some(table), Some(Value::Object(key))) = (table, &dl.row_key) else {
+    let mut configured = Vec::new();
+    for t in &mapping.tables {
+        let name = t.table.desktop.to_string();
+        let row = retry::CloudRow::new(t);
+        for dl in retry::open(&desktop, &name, None).await? {
+            let found = match &dl.row_key {
+                Some(key) => row.resave(&cloud, key).await?,
+                None => retry::Found::Gone,
+            };
+            if found == retry::Found::Resaved {
+                resent.push(dl.id);
+            } else {
+                tracing::warn!(table = %name, id = dl.id, "the cloud no longer holds this row as mobile-owned; dead letter left open");
+                report.left.push(dl.id);
+            }
+        }
+        configured.push(name);
+    }
+    for dl in read(&desktop, Side::Desktop, false).await? {
+        if dl.direction == "reverse" && !configured.contains(&dl.table) {
             tracing::warn!(table = %dl.table, id = dl.id, "dead letter of a table no longer configured; left as is");
             report.left.push(dl.id);
-            continue;
-        };
-        // The cloud row's key, by cloud column: the desktop key's own columns, or the cloud key.
-        let (columns, cloud_key): (Vec<&String>, serde_json::Map<String, Value>) =
-            match &table.identity {
-                Identity::Key(columns) => (columns.iter().collect(), key.clone()),
-                Identity::CloudKey { column, .. } => {
-                    let value = key.get("cloud_key").cloned().unwrap_or(Value::Null);
-                    (
-                        vec![column],
-                        [(column.clone(), value)].into_iter().collect(),
-                    )
-                }
-            };
-        let cloud_table = table.table.cloud.quoted();
-        let matches = columns
-            .iter()
-            .map(|c| format!("t.{0} = k.{0}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let touch = format!(
-            "UPDATE {cloud_table} t SET {source} = t.{source} \
-             FROM jsonb_populate_record(NULL::{cloud_table}, $1) k WHERE {matches} AND t.{source} = 'M'"
-        );
-        let what = format!(
-            "re-saving the cloud row of dead letter {} ({})",
-            dl.id, table.table.cloud
-        );
-        let n = cloud
-            .execute(&touch, &[&Value::Object(cloud_key)])
-            .await
-            .ctx(Side::Cloud, &what)?;
-        if n == 0 {
-            tracing::warn!(table = %dl.table, id = dl.id, "the cloud no longer holds this row as mobile-owned; dead letter left open");
-            report.left.push(dl.id);
-        } else {
-            resent.push(dl.id);
         }
     }
-    desktop
-        .execute(
-            "UPDATE tandem.dead_letters SET retried_at = now() WHERE id = ANY($1)",
-            &[&resent],
-        )
-        .await
-        .ctx(Side::Desktop, "marking dead letters as retried")?;
+    report.left.sort_unstable();
+    retry::mark(&desktop, &resent, false).await?;
     report.resent = resent.len();
     Ok(report)
 }

@@ -10,12 +10,15 @@
 //! it reconnects with backoff and goes on. A refused row makes the batch run again in careful mode,
 //! which sets the row aside as a dead letter. Shutdown lets the batch in flight finish.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::watch;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::outbox::{self, NOTIFY_CHANNEL, ReadSql};
+use crate::change::QualifiedName;
 use crate::change::Side;
 use crate::commit::forward::Forward;
 use crate::commit::{BatchOutcome, Direction, Progress, Target};
@@ -24,7 +27,8 @@ use crate::db::{self, Context, Notifications, StatementCache};
 use crate::transform::Mapping;
 
 use super::session::{Worker, reconnecting};
-use super::{BatchSize, RunError, RunOptions, RunStats, failpoint};
+use super::tables::{Snapshot, Tables};
+use super::{BatchSize, RunError, RunOptions, RunStats, failpoint, parks};
 
 /// The forward direction of `tandem run`. Returns when `shutdown` fires, or with `once` when the
 /// outbox holds nothing more from before the start; errors only on what retrying cannot fix.
@@ -33,11 +37,24 @@ pub async fn run_forward(
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunStats, RunError> {
+    let tables = Tables::start(config).await?;
+    run_forward_with(config, options, tables, shutdown).await
+}
+
+/// [`run_forward`] with the table states of a run both directions share.
+pub async fn run_forward_with(
+    config: &Config,
+    options: RunOptions,
+    tables: Arc<Tables>,
+    shutdown: CancellationToken,
+) -> Result<RunStats, RunError> {
     let mut worker = ForwardWorker {
         config,
         options,
+        changes: tables.subscribe(),
+        tables,
         state: None,
-        snapshot: None,
+        once_snapshot: None,
         stats: RunStats::default(),
     };
     reconnecting(&mut worker, &shutdown).await?;
@@ -52,9 +69,10 @@ struct Connections {
     target: Target,
 }
 
-/// What is built once from the live schemas.
+/// What is built once per mapping.
 struct Prepared {
-    mapping: Mapping,
+    generation: u64,
+    mapping: Arc<Mapping>,
     read: Vec<ReadSql>,
     plan: Forward,
 }
@@ -62,9 +80,12 @@ struct Prepared {
 struct ForwardWorker<'a> {
     config: &'a Config,
     options: RunOptions,
+    tables: Arc<Tables>,
+    /// Tells when tables are parked, resumed or reshaped.
+    changes: watch::Receiver<Snapshot>,
     state: Option<Prepared>,
     /// With `once`: the desktop snapshot at start; only changes it sees are applied.
-    snapshot: Option<String>,
+    once_snapshot: Option<String>,
     stats: RunStats,
 }
 
@@ -72,7 +93,22 @@ impl Worker for ForwardWorker<'_> {
     const NAME: &'static str = "forward";
 
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
-        self.connected(shutdown).await
+        match self.connected(shutdown).await {
+            // A table's statement does not fit its schema: it is parked (or its statements rebuilt),
+            // and its outbox rows stay queued.
+            Err(RunError::Commit(e)) if let Some(table) = parks(&e) => {
+                self.tables.failed(table, &e).await?;
+                Err(RunError::Reshaped)
+            }
+            other => other,
+        }
+    }
+
+    fn recover(&mut self, error: RunError) -> Result<(), RunError> {
+        match error {
+            RunError::Reshaped => Ok(()),
+            other => Err(other),
+        }
     }
 
     fn progress(&self) -> u64 {
@@ -91,19 +127,32 @@ impl ForwardWorker<'_> {
         let (listener, mut notifications) =
             db::connect_listener(Side::Desktop, &self.config.desktop.url).await?;
         let cloud = db::connect(Side::Cloud, &self.config.cloud.url).await?;
-        if self.state.is_none() {
-            let mapping = Mapping::load(self.config, &desktop, &cloud).await?;
+        let tables = self.changes.borrow_and_update().clone();
+        if self
+            .state
+            .as_ref()
+            .is_none_or(|s| s.generation != tables.generation)
+        {
+            let mapping = tables.mapping.clone();
             let read = (0..mapping.tables.len())
                 .map(|i| ReadSql::build(&mapping, i))
                 .collect();
             let plan = Forward::new(&mapping);
             self.state = Some(Prepared {
+                generation: tables.generation,
                 mapping,
                 read,
                 plan,
             });
         }
         let state = self.state.as_ref().expect("prepared above");
+        // Parked tables' outbox rows stay where they are.
+        let parked: Vec<&QualifiedName> = tables
+            .parked
+            .keys()
+            .map(|&i| &state.mapping.tables[i].table.desktop)
+            .collect();
+        let parked = outbox::Excluded::new(&parked);
         let target = Target::prepare(&cloud, Direction::Forward, state.plan.staging()).await?;
         desktop
             .batch_execute("SET plan_cache_mode = force_custom_plan")
@@ -113,12 +162,12 @@ impl ForwardWorker<'_> {
             .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
             .await
             .ctx(Side::Desktop, "LISTEN for outbox notifications")?;
-        if self.options.once && self.snapshot.is_none() {
+        if self.options.once && self.once_snapshot.is_none() {
             let row = desktop
                 .query_one("SELECT pg_current_snapshot()::text", &[])
                 .await
                 .ctx(Side::Desktop, "reading the current snapshot")?;
-            self.snapshot = Some(row.get(0));
+            self.once_snapshot = Some(row.get(0));
         }
         let mut conn = Connections {
             desktop,
@@ -133,11 +182,18 @@ impl ForwardWorker<'_> {
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
+                if self.changes.has_changed().unwrap_or(false) {
+                    return Err(RunError::Reshaped);
+                }
                 let started = Instant::now();
                 let limit = size.limit();
-                let Some((rows, outcome)) =
-                    one_batch(state, &mut conn, limit, self.snapshot.as_deref()).await?
-                else {
+                let read = Read {
+                    limit,
+                    snapshot: self.once_snapshot.as_deref(),
+                    parked: &parked,
+                    tables: &tables,
+                };
+                let Some((rows, outcome)) = one_batch(state, &mut conn, read).await? else {
                     break;
                 };
                 size.observe(rows, outcome.staged_bytes, started.elapsed());
@@ -164,7 +220,7 @@ impl ForwardWorker<'_> {
             if self.options.once {
                 return Ok(());
             }
-            wait_for_changes(&mut notifications, shutdown).await?;
+            wait_for_changes(&mut notifications, &mut self.changes, shutdown).await?;
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -172,15 +228,18 @@ impl ForwardWorker<'_> {
     }
 }
 
-/// Sleeps until a notification (or shutdown); swallows the others already queued.
+/// Sleeps until a notification (or shutdown, or the tables changing: a resumed table's queued rows
+/// send no notification); swallows the others already queued.
 async fn wait_for_changes(
     notifications: &mut Notifications,
+    changes: &mut watch::Receiver<Snapshot>,
     shutdown: &CancellationToken,
 ) -> Result<(), RunError> {
     tokio::select! {
         // Shutdown first: a notification must not delay it.
         biased;
         _ = shutdown.cancelled() => Ok(()),
+        _ = changes.changed() => Err(RunError::Reshaped),
         n = notifications.recv() => match n {
             Some(_) => {
                 while notifications.try_recv().is_ok() {}
@@ -191,20 +250,29 @@ async fn wait_for_changes(
     }
 }
 
+/// What the next batch reads.
+struct Read<'a> {
+    limit: i64,
+    /// With `once`: only rows of transactions this snapshot sees.
+    snapshot: Option<&'a str>,
+    parked: &'a outbox::Excluded,
+    tables: &'a Snapshot,
+}
+
 /// One batch; `None` when the outbox had nothing to take.
 async fn one_batch(
     state: &Prepared,
     conn: &mut Connections,
-    limit: i64,
-    snapshot: Option<&str>,
+    read: Read<'_>,
 ) -> Result<Option<(u64, BatchOutcome)>, RunError> {
     let mapping = &state.mapping;
     let batch = outbox::begin_batch(
         &conn.desktop,
         &mut conn.desktop_statements,
         mapping,
-        limit,
-        snapshot,
+        read.limit,
+        read.snapshot,
+        read.parked,
     )
     .await?;
     if batch.is_empty() {
@@ -217,7 +285,9 @@ async fn one_batch(
             "outbox rows of tables that are not configured were dropped; run `tandem init` to remove their triggers"
         );
     }
-    let tables = batch.tables(mapping);
+    // A parked table is not written, not even as a lookup's dependent.
+    let mut tables = batch.tables(mapping);
+    tables.retain(|&i| !read.tables.is_parked(i));
     let (first, last) = (batch.ids[0].0, batch.ids[batch.ids.len() - 1].0);
     let batch_id = format!("forward {first}..{last}");
     let (cloud, target) = (&conn.cloud, &mut conn.target);

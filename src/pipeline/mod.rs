@@ -6,6 +6,7 @@ pub mod forward;
 mod nap;
 pub mod reverse;
 mod session;
+pub mod tables;
 
 use std::time::Duration;
 
@@ -17,8 +18,9 @@ use crate::config::{Config, SyncConfig};
 use crate::db::{DbError, ErrorKind};
 use crate::transform::MappingError;
 
-pub use forward::run_forward;
-pub use reverse::run_reverse;
+pub use forward::{run_forward, run_forward_with};
+pub use reverse::{run_reverse, run_reverse_with};
+pub use tables::{Parked, Tables};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -41,6 +43,10 @@ pub enum RunError {
         "a new mobile row written straight into a desktop table was refused ({0}); receiving the transactions up to {1} again, staged"
     )]
     Replay(CommitError, CommitLsn),
+    /// The tables' states or shapes changed (a table parked or resumed, a schema picked up): the
+    /// worker's next session starts at once with them.
+    #[error("the tables changed; starting again with them")]
+    Reshaped,
     #[error("tandem is not set up for this config:\n{}\nfix: run `tandem init` (and `tandem check`)", .0.iter().map(|m| format!("  - {m}")).collect::<Vec<_>>().join("\n"))]
     NotInstalled(Vec<String>),
 }
@@ -71,7 +77,9 @@ impl RunError {
             RunError::Db(e) | RunError::Mapping(MappingError::Db(e)) => e.kind(),
             RunError::Commit(e) => e.kind(),
             RunError::Mapping(MappingError::Invalid(_)) => ErrorKind::Fatal,
-            RunError::ListenerLost | RunError::Replay(..) => ErrorKind::Transient,
+            RunError::ListenerLost | RunError::Replay(..) | RunError::Reshaped => {
+                ErrorKind::Transient
+            }
             RunError::Stream(e) => e.kind,
             RunError::NotInstalled(_) | RunError::Worker(_) => ErrorKind::Fatal,
         }
@@ -148,17 +156,31 @@ impl BatchSize {
     }
 }
 
+/// What a run did, and the tables it left parked (by name, with why).
+#[derive(Debug)]
+pub struct RunReport {
+    pub forward: RunStats,
+    pub reverse: RunStats,
+    pub parked: Vec<(String, Parked)>,
+}
+
 /// Both directions until `shutdown` (or, with `once`, until both have applied what was committed when
-/// they started). A direction that fails for good stops the other and returns its error.
+/// they started). A direction that fails for good stops the other and returns its error; a table that
+/// does not fit its schema is parked, not the run.
 pub async fn run(
     config: &Config,
     options: RunOptions,
     shutdown: CancellationToken,
-) -> Result<(RunStats, RunStats), RunError> {
+) -> Result<RunReport, RunError> {
     preflight(config).await?;
+    let tables = Tables::start(config).await?;
     let stop = shutdown.child_token();
-    let forward = run_forward(config, options, stop.clone());
-    let reverse = run_reverse(config, options, stop.clone());
+    if !options.once {
+        let every = Duration::from_millis(config.sync.schema_recheck_ms.max(1));
+        tokio::spawn(tables.clone().rechecking(every, stop.clone()));
+    }
+    let forward = run_forward_with(config, options, tables.clone(), stop.clone());
+    let reverse = run_reverse_with(config, options, tables.clone(), stop.clone());
     tokio::pin!(forward, reverse);
     let (mut f, mut r) = (None, None);
     while f.is_none() || r.is_none() {
@@ -173,7 +195,20 @@ pub async fn run(
             }
         }
     }
-    Ok((f.expect("done")?, r.expect("done")?))
+    stop.cancel();
+    Ok(RunReport {
+        forward: f.expect("done")?,
+        reverse: r.expect("done")?,
+        parked: tables.parked(),
+    })
+}
+
+/// Whether an error of a table's statement parks the table (rather than failing the session): the
+/// schema does not fit it, or a value it holds cannot be staged or compared.
+fn parks(e: &CommitError) -> Option<usize> {
+    matches!(e.kind(), ErrorKind::Schema | ErrorKind::BadRow)
+        .then_some(e.table)
+        .flatten()
 }
 
 /// Before streaming: is everything `init` installs in place for this config? A missing outbox, trigger
@@ -219,6 +254,7 @@ mod tests {
             batch_max_rows: 1000,
             batch_max_bytes: 1_000_000,
             batch_max_wait_ms: 100,
+            schema_recheck_ms: 1000,
         };
         let mut size = BatchSize::new(&sync);
         assert_eq!(size.limit(), 1000);

@@ -9,11 +9,13 @@
 //! transaction is open and nothing is pending, a keepalive's position is acknowledged, so a quiet
 //! publication never pins the cloud's WAL.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::FutureExt;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::logical::{self, CLAIM_PREFIX, Claim};
@@ -21,17 +23,19 @@ use crate::capture::pgoutput::{self, RelationCache};
 use crate::change::{CommitLsn, EndLsn, PgOutput, Side, WalEnd};
 use crate::commit::reverse::encode::Encoder;
 use crate::commit::reverse::relation::RelationMap;
-use crate::commit::reverse::{self, Reverse};
+use crate::commit::reverse::sql::PARKED_SQLSTATE;
+use crate::commit::reverse::{self, Group, Reverse, retry};
 use crate::commit::{CommitError, Direction, Target};
 use crate::config::Config;
-use crate::db::{self, Context, ErrorKind};
+use crate::db::{self, APPLYING_SETTING, Context, ErrorKind};
 use crate::setup::cloud::{publication_state, slot_state};
 use crate::transform::Mapping;
 
 use super::ack::{self, Event, Held};
 use super::nap::Nap;
 use super::session::{Worker, reconnecting};
-use super::{RunError, RunOptions, RunStats, StreamError, failpoint};
+use super::tables::{Parked, Snapshot, Tables};
+use super::{RunError, RunOptions, RunStats, StreamError, failpoint, parks};
 
 /// The prefix of the marker `run --once` emits to know when it has seen everything before its start.
 const ONCE_PREFIX: &str = "tandem.once";
@@ -50,6 +54,17 @@ pub async fn run_reverse(
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunStats, RunError> {
+    let tables = Tables::start(config).await?;
+    run_reverse_with(config, options, tables, shutdown).await
+}
+
+/// [`run_reverse`] with the table states of a run both directions share.
+pub async fn run_reverse_with(
+    config: &Config,
+    options: RunOptions,
+    tables: Arc<Tables>,
+    shutdown: CancellationToken,
+) -> Result<RunStats, RunError> {
     let config = config.clone();
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -60,7 +75,7 @@ pub async fn run_reverse(
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(reverse_worker(&config, options, shutdown)),
+                Ok(runtime) => runtime.block_on(reverse_worker(&config, options, tables, shutdown)),
                 Err(e) => Err(RunError::Worker(format!(
                     "cannot start the reverse worker's runtime: {e}"
                 ))),
@@ -76,11 +91,14 @@ pub async fn run_reverse(
 async fn reverse_worker(
     config: &Config,
     options: RunOptions,
+    tables: Arc<Tables>,
     shutdown: CancellationToken,
 ) -> Result<RunStats, RunError> {
     let mut worker = ReverseWorker {
         config,
         options,
+        changes: tables.subscribe(),
+        tables,
         prepared: None,
         stats: RunStats::default(),
         once_token: None,
@@ -90,14 +108,19 @@ async fn reverse_worker(
     Ok(worker.stats)
 }
 
+/// What is built once per mapping.
 struct Prepared {
-    mapping: Mapping,
+    generation: u64,
+    mapping: Arc<Mapping>,
     plan: Reverse,
 }
 
 struct ReverseWorker<'a> {
     config: &'a Config,
     options: RunOptions,
+    tables: Arc<Tables>,
+    /// Tells when tables are parked, resumed or reshaped.
+    changes: watch::Receiver<Snapshot>,
     prepared: Option<Prepared>,
     stats: RunStats,
     /// With `once`: the marker this run emitted; reaching it means everything before the start is here.
@@ -114,6 +137,13 @@ impl Worker for ReverseWorker<'_> {
         match self.connected(shutdown).await {
             Err(RunError::Stream(e)) if e.kind == ErrorKind::Fatal => {
                 Err(diagnose(self.config, e).await)
+            }
+            // A table's statement does not fit its schema: it is parked (or its statements rebuilt),
+            // and the group, of which nothing was confirmed, comes again with that table's rows set
+            // aside as dead letters.
+            Err(RunError::Commit(e)) if let Some(table) = parks(&e) => {
+                self.tables.failed(table, &e).await?;
+                Err(RunError::Reshaped)
             }
             other => other,
         }
@@ -136,6 +166,7 @@ impl Worker for ReverseWorker<'_> {
                 self.careful_through = self.careful_through.max(Some(through));
                 Ok(())
             }
+            RunError::Reshaped => Ok(()),
             other => Err(other),
         }
     }
@@ -188,6 +219,12 @@ async fn diagnose(config: &Config, stream: StreamError) -> RunError {
 struct Stream<'a> {
     mapping: &'a Mapping,
     plan: &'a Reverse,
+    tables: &'a Tables,
+    changes: watch::Receiver<Snapshot>,
+    /// Parked tables, with why: their rows are set aside as dead letters.
+    parked: BTreeMap<usize, String>,
+    /// The tables changed: the session ends at the next group boundary, to start again with them.
+    reshaped: bool,
     desktop: tokio_postgres::Client,
     target: Target,
     replication: ReplicationClient,
@@ -261,12 +298,26 @@ impl ReverseWorker<'_> {
     async fn connected(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
         let desktop = db::connect(Side::Desktop, &self.config.desktop.url).await?;
         let cloud = db::connect(Side::Cloud, &self.config.cloud.url).await?;
-        if self.prepared.is_none() {
-            let mapping = Mapping::load(self.config, &desktop, &cloud).await?;
+        let tables = self.changes.borrow_and_update().clone();
+        if self
+            .prepared
+            .as_ref()
+            .is_none_or(|p| p.generation != tables.generation)
+        {
+            let mapping = tables.mapping.clone();
             let plan = Reverse::new(&mapping);
-            self.prepared = Some(Prepared { mapping, plan });
+            self.prepared = Some(Prepared {
+                generation: tables.generation,
+                mapping,
+                plan,
+            });
         }
         let prepared = self.prepared.as_ref().expect("prepared above");
+        let parked: BTreeMap<usize, String> = tables
+            .parked
+            .iter()
+            .map(|(&i, p)| (i, format!("{}; fix: {}", p.reason, p.fix)))
+            .collect();
         let target = Target::prepare(&desktop, Direction::Reverse, prepared.plan.staging()).await?;
         let stored = reverse::stored_position(&desktop).await?;
         let start = stored.map(|s| s.0);
@@ -289,17 +340,24 @@ impl ReverseWorker<'_> {
                 .ctx(Side::Cloud, "marking the end of what run --once applies")?;
             self.once_token = Some(token);
         }
-        drop(cloud);
         let sync = &self.config.sync;
+        let mut encoder = Encoder::new(&prepared.mapping);
+        for &i in parked.keys() {
+            encoder.park(i);
+        }
         let mut stream = Stream {
             mapping: &prepared.mapping,
             plan: &prepared.plan,
+            tables: &self.tables,
+            changes: self.changes.clone(),
+            parked,
+            reshaped: false,
             desktop,
             target,
             replication,
             relations: RelationCache::new(),
             maps: HashMap::new(),
-            encoder: Encoder::new(&prepared.mapping),
+            encoder,
             stored,
             careful_through: self.careful_through,
             last_final: CommitLsn::default(),
@@ -318,6 +376,9 @@ impl ReverseWorker<'_> {
             max_rows: sync.batch_max_rows as u64,
             max_time: std::time::Duration::from_millis(sync.batch_max_wait_ms),
         };
+        // Tables that resumed bring their rows set aside while parked.
+        stream.resume(&cloud, &mut self.stats).await?;
+        drop(cloud);
         let result = stream
             .run(shutdown, self.once_token.as_deref(), &mut self.stats)
             .await;
@@ -354,6 +415,9 @@ impl Stream<'_> {
         stats: &mut RunStats,
     ) -> Result<(), RunError> {
         loop {
+            if self.reshaped && !self.in_transaction && self.pending.is_none() {
+                return Err(RunError::Reshaped);
+            }
             // At a commit boundary with a group staged, take the next event only if it is already here:
             // otherwise apply the group now (latency first).
             let event = if self.pending.is_some() && !self.in_transaction {
@@ -385,6 +449,10 @@ impl Stream<'_> {
                             self.apply(stats).await?;
                         }
                         return Ok(());
+                    }
+                    _ = self.changes.changed(), if !self.reshaped => {
+                        self.reshaped = true;
+                        continue;
                     }
                     event = self.replication.recv() => event.map_err(stream_error)?,
                 }
@@ -458,10 +526,26 @@ impl Stream<'_> {
                     .position_in_cloud(&relation.name.schema, &relation.name.name)
                     .filter(|&i| self.mapping.tables[i].reverse)
                     .map(|i| RelationMap::new(self.mapping, i, &relation));
-                if let Some(missing) = map.as_ref().map(RelationMap::missing)
-                    && !missing.is_empty()
+                // Rows without a configured column (renamed or dropped in the cloud) would reach the
+                // desktop without it: the table is parked, its rows set aside until it fits again.
+                if let Some(map) = &map
+                    && !map.missing().is_empty()
+                    && !self.parked.contains_key(&map.table)
                 {
-                    tracing::error!(table = %relation.name, columns = ?missing, "the cloud table no longer has these configured columns");
+                    let table = map.table;
+                    let parked = Parked {
+                        reason: format!(
+                            "cloud table {} has no column {} any more (the stream's rows lack it)",
+                            relation.name,
+                            map.missing().join(", ")
+                        ),
+                        fix: "rename or add the column back in the cloud, or change the config and run `tandem init`"
+                            .to_string(),
+                    };
+                    self.tables.park(table, parked.clone()).await?;
+                    self.parked
+                        .insert(table, format!("{}; fix: {}", parked.reason, parked.fix));
+                    self.encoder.park(table);
                 }
                 self.maps.insert(relation.id, map);
                 self.relations.update(relation);
@@ -558,6 +642,88 @@ impl Stream<'_> {
         }
     }
 
+    /// Brings back what tables that are not parked (any more) set aside while they were: each row
+    /// the cloud still holds as mobile-owned is re-saved there (by `cloud`, tandem's session) so its
+    /// current version streams again, and applies against the old image its dead letter kept; a row
+    /// the cloud no longer holds was deleted meanwhile, and its delete is applied from that image; a
+    /// row now desktop-owned, or one the desktop never had and the cloud no longer holds, needs nothing.
+    async fn resume(
+        &mut self,
+        cloud: &tokio_postgres::Client,
+        stats: &mut RunStats,
+    ) -> Result<(), RunError> {
+        let mapping = self.mapping;
+        let mut marked = false;
+        let mut deleted = Vec::new();
+        for (i, t) in mapping.tables.iter().enumerate() {
+            if self.parked.contains_key(&i) || !t.reverse {
+                continue;
+            }
+            let name = t.table.desktop.to_string();
+            let open = retry::open(&self.desktop, &name, Some(PARKED_SQLSTATE)).await?;
+            if open.is_empty() {
+                continue;
+            }
+            if !marked {
+                cloud
+                    .execute("SELECT set_config($1, 'on', false)", &[&APPLYING_SETTING])
+                    .await
+                    .ctx(Side::Cloud, "marking the session as tandem's")?;
+                marked = true;
+            }
+            let row = retry::CloudRow::new(t);
+            let (mut resaved, mut settled) = (Vec::new(), Vec::new());
+            for dl in open {
+                let found = match &dl.row_key {
+                    Some(key) => row.resave(cloud, key).await?,
+                    None => retry::Found::Gone,
+                };
+                match (found, dl.old_image) {
+                    (retry::Found::Resaved, _) => resaved.push(dl.id),
+                    (retry::Found::Gone, Some(serde_json::Value::Object(old))) => {
+                        self.encoder.claim(
+                            i,
+                            Claim {
+                                delete: true,
+                                schema: t.table.cloud.schema.clone(),
+                                table: t.table.cloud.name.clone(),
+                                old,
+                            },
+                        );
+                        deleted.push(dl.id);
+                    }
+                    _ => settled.push(dl.id),
+                }
+            }
+            tracing::info!(
+                table = %name,
+                resaved = resaved.len(),
+                deleted_meanwhile = deleted.len(),
+                settled = settled.len(),
+                "a resumed table's rows set aside while parked come back"
+            );
+            retry::mark(&self.desktop, &resaved, false).await?;
+            retry::mark(&self.desktop, &settled, true).await?;
+        }
+        if deleted.is_empty() {
+            return Ok(());
+        }
+        self.flush().await?;
+        let complex = self.encoder.take_complex();
+        let group = Group {
+            end: self.stored.unwrap_or_default(),
+            complex: &complex,
+            parked: &self.parked,
+            resumed: true,
+        };
+        let outcome = self
+            .plan
+            .commit(&mut self.target, &self.desktop, mapping, &group)
+            .await?;
+        stats.outcome.add(&outcome);
+        Ok(())
+    }
+
     async fn apply(&mut self, stats: &mut RunStats) -> Result<(), RunError> {
         let Some((end, _)) = self.pending.take() else {
             return Ok(());
@@ -566,9 +732,15 @@ impl Stream<'_> {
         let rows = std::mem::take(&mut self.group_rows);
         let complex = self.encoder.take_complex();
         let started = Instant::now();
+        let group = Group {
+            end,
+            complex: &complex,
+            parked: &self.parked,
+            resumed: false,
+        };
         let committed = self
             .plan
-            .commit(&mut self.target, &self.desktop, self.mapping, end, &complex)
+            .commit(&mut self.target, &self.desktop, self.mapping, &group)
             .await;
         let outcome = committed.map_err(|e| self.refused(e))?;
         failpoint("reverse-after-commit");

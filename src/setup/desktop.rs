@@ -23,6 +23,7 @@ pub const REQUIRED_RELATIONS: &[&str] = &[
     "tandem.conflicts",
     "tandem.dead_letters",
     "tandem.outbox",
+    "tandem.table_state",
 ];
 pub const CAPTURE_FUNCTION: &str = "tandem.capture()";
 pub const REQUIRED_FUNCTIONS: &[&str] = &[CAPTURE_FUNCTION];

@@ -21,6 +21,8 @@ pub struct Plan {
 
 fn blocker(subject: &str, problem: impl Into<String>, fix: impl Into<String>) -> Finding {
     Finding {
+        table: None,
+        parks: false,
         severity: Severity::Error,
         subject: subject.to_string(),
         problem: problem.into(),

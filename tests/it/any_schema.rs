@@ -34,9 +34,11 @@ pub async fn installed_with(desktop: &str, cloud: &str, tables: &str) -> (TestDb
 
 /// `tandem run --once`: both directions apply what was committed before the call.
 pub async fn run_once(config: &Config) -> (RunStats, RunStats) {
-    pipeline::run(config, RunOptions { once: true }, CancellationToken::new())
+    let report = pipeline::run(config, RunOptions { once: true }, CancellationToken::new())
         .await
-        .unwrap_or_else(|e| panic!("run --once: {e}"))
+        .unwrap_or_else(|e| panic!("run --once: {e}"));
+    assert!(report.parked.is_empty(), "parked: {:?}", report.parked);
+    (report.forward, report.reverse)
 }
 
 fn no_trouble((forward, reverse): &(RunStats, RunStats)) {

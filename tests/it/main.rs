@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod forward;
 mod init;
+mod parking;
 mod pgoutput;
 mod property;
 mod reverse;

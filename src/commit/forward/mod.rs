@@ -8,7 +8,7 @@
 
 pub mod sql;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::Client;
 
@@ -129,9 +129,11 @@ impl Forward {
             .copied()
             .filter(|i| tables.contains(i))
             .collect();
+        let none = BTreeMap::new();
         let batch = Batch {
             names: &self.names,
             id: batch_id,
+            reasons: &none,
         };
         let (dead_letters, null_scopes) = self
             .prepare(target, cloud, &order, truncated, batch)

@@ -285,12 +285,12 @@ impl ForwardSql {
         };
         let images = |plan: Option<&str>| {
             let of_rows = format!(
-                "SELECT {}, {} FROM {rows} s WHERE s._n = $1",
+                "SELECT {}, {}, NULL::jsonb FROM {rows} s WHERE s._n = $1",
                 st.key_json("s"),
                 st.incoming()
             );
             let of_keys = format!(
-                "SELECT {}, (SELECT to_jsonb(c.*) FROM {target} c WHERE {} LIMIT 1) FROM {keys} k WHERE k._n = $1",
+                "SELECT {}, (SELECT to_jsonb(c.*) FROM {target} c WHERE {} LIMIT 1), NULL::jsonb FROM {keys} k WHERE k._n = $1",
                 st.key_json("k"),
                 st.c_is_k(true),
             );
@@ -303,7 +303,7 @@ impl ForwardSql {
                     },
                     Some(plan),
                 ) => format!(
-                    "SELECT {}, to_jsonb(c.*) FROM {plan} p JOIN {target} c ON {} WHERE p._n = $1",
+                    "SELECT {}, to_jsonb(c.*), NULL::jsonb FROM {plan} p JOIN {target} c ON {} WHERE p._n = $1",
                     st.key_json_of_target(),
                     same_key(&format!("c.{}", q(cloud_key)), "p._ck", cloud_key_type),
                 ),

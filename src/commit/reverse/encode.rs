@@ -108,6 +108,11 @@ impl Encoder {
         self.careful = careful;
     }
 
+    /// A parked table's rows are staged, never written straight in (they are set aside).
+    pub fn park(&mut self, table: usize) {
+        self.direct[table] = false;
+    }
+
     /// Takes what is buffered: parents first, and per table its direct rows before its staged ones.
     pub fn take(&mut self) -> Vec<Chunk> {
         let mut chunks: Vec<Chunk> = self

@@ -13,9 +13,10 @@ pub mod encode;
 pub mod layout;
 mod plan;
 pub mod relation;
+pub mod retry;
 pub mod sql;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use tokio_postgres::Client;
 
@@ -28,6 +29,19 @@ use sql::ReverseSql;
 
 /// Above this many staged rows, a staging table is analyzed before the statements that read it.
 const ANALYZE_ABOVE: u64 = 10_000;
+
+/// A group of cloud transactions to commit on the desktop.
+#[derive(Debug, Clone, Copy)]
+pub struct Group<'a> {
+    /// The end of its last transaction: the position recorded with it.
+    pub end: EndLsn,
+    /// Tables that staged more than new rows (see [`Reverse::commit`]).
+    pub complex: &'a HashSet<usize>,
+    /// Parked tables, with why.
+    pub parked: &'a BTreeMap<usize, String>,
+    /// The deletes of a resumed table's rows, staged from its dead letters (not from the stream).
+    pub resumed: bool,
+}
 
 /// The reverse direction's statements, per configured table, built once per mapping.
 #[derive(Debug, Clone)]
@@ -143,14 +157,21 @@ impl Reverse {
     /// and go through the reduction; the others are inserted straight from staging. Rows written
     /// straight into desktop tables are already there. Does nothing (and records nothing) when no
     /// transaction is open.
+    ///
+    /// Tables in `group.parked` (with why) are not applied: their net changes are kept as dead letters.
     pub async fn commit(
         &self,
         target: &mut Target,
         desktop: &Client,
         mapping: &Mapping,
-        end: EndLsn,
-        complex: &HashSet<usize>,
+        group: &Group<'_>,
     ) -> Result<BatchOutcome, CommitError> {
+        let Group {
+            end,
+            complex,
+            parked,
+            resumed,
+        } = *group;
         let mut out = BatchOutcome::default();
         if !target.is_open() {
             return Ok(out);
@@ -167,15 +188,21 @@ impl Reverse {
             .filter(|&i| target.staging.is_used(i))
             .collect();
         if !tables.is_empty() {
-            let batch_id = format!("reverse {end}");
+            let batch_id = if resumed {
+                format!("reverse {end} (a parked table resumed)")
+            } else {
+                format!("reverse {end}")
+            };
             let batch = Batch {
                 names: &self.names,
                 id: &batch_id,
+                reasons: parked,
             };
-            let (reduced, direct): (Vec<usize>, Vec<usize>) =
-                tables.iter().partition(|i| complex.contains(i));
-            self.reduce(target, desktop, &reduced).await?;
-            let plan = self.plan(target, desktop, &tables, &direct).await?;
+            let (reduced, direct): (Vec<usize>, Vec<usize>) = tables
+                .iter()
+                .partition(|i| complex.contains(i) || parked.contains_key(i));
+            self.reduce(target, desktop, &reduced, parked).await?;
+            let plan = self.plan(target, desktop, &tables, &direct, parked).await?;
             out = target.apply(desktop, &plan, batch).await?;
         }
         out.written += target.staging.take_direct_written();
@@ -190,11 +217,12 @@ impl Reverse {
         target: &mut Target,
         desktop: &Client,
         tables: &[usize],
+        parked: &BTreeMap<usize, String>,
     ) -> Result<(), CommitError> {
         let mut statements = Vec::new();
         for &i in tables {
             let of_table = |e| CommitError::of_table(e, i);
-            for sql in self.reduction(target, i) {
+            for sql in self.reduction(target, i, parked.contains_key(&i)) {
                 let statement = target
                     .statements
                     .get(desktop, sql)
@@ -218,13 +246,18 @@ impl Reverse {
         Ok(())
     }
 
-    /// The statements that reduce table `i`'s staged changes, in order.
-    fn reduction(&self, target: &Target, i: usize) -> Vec<&str> {
+    /// The statements that reduce table `i`'s staged changes, in order (a parked table's only to its
+    /// net changes, which are set aside).
+    fn reduction(&self, target: &Target, i: usize, parked: bool) -> Vec<&str> {
         let sql = &self.sql[i];
         let mut out = vec![sql.reduce.as_str()];
+        if parked {
+            return out;
+        }
         if target.staging.staged(i) > ANALYZE_ABOVE {
             out.push(&sql.analyze_net);
         }
+        out.push(&sql.inherit);
         if let Some(plan) = &sql.plan {
             out.push(plan);
         }

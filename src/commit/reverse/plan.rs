@@ -1,5 +1,7 @@
 //! The steps of a group's plan: which statements, in what order, with what parameters.
 
+use std::collections::BTreeMap;
+
 use tokio_postgres::Client;
 
 use crate::change::Side;
@@ -23,11 +25,29 @@ impl Reverse {
         desktop: &Client,
         tables: &[usize],
         direct: &[usize],
+        parked: &BTreeMap<usize, String>,
     ) -> Result<Plan<'a>, CommitError> {
-        let fast = self.steps(target, desktop, tables, direct).await?;
-        let mut careful: Vec<Step<'a>> = Vec::new();
+        // A parked table's changes are set aside first; nothing else of it runs.
+        let mut set_aside = Vec::new();
+        for &i in tables.iter().filter(|i| parked.contains_key(i)) {
+            set_aside.push(Step::whole(
+                i,
+                "keeping a parked table's mobile rows as dead letters",
+                &self.sql[i].set_aside,
+                Params::TableBatchAndReason,
+                Count::DeadLetters,
+            ));
+        }
+        let active: Vec<usize> = tables
+            .iter()
+            .copied()
+            .filter(|i| !parked.contains_key(i))
+            .collect();
+        let mut fast = set_aside.clone();
+        fast.extend(self.steps(target, desktop, &active, direct).await?);
+        let mut careful: Vec<Step<'a>> = set_aside;
         for &i in direct {
-            for sql in self.reduction(target, i) {
+            for sql in self.reduction(target, i, false) {
                 careful.push(Step::whole(
                     i,
                     "reducing the staged mobile changes",
@@ -37,7 +57,7 @@ impl Reverse {
                 ));
             }
         }
-        careful.extend(self.steps(target, desktop, tables, &[]).await?);
+        careful.extend(self.steps(target, desktop, &active, &[]).await?);
         Ok(Plan { fast, careful })
     }
 

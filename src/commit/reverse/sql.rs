@@ -14,6 +14,9 @@ use crate::commit::log_conflicts;
 use crate::expr::{col, is_integer, json_object, key_json_value, lit, q, row_text, same_key, text};
 use crate::transform::{Kind, MappedColumn, TableMapping};
 
+/// The SQLSTATE of the dead letters of a parked table's rows (not an error of the desktop's).
+pub const PARKED_SQLSTATE: &str = "TPARK";
+
 /// The start of a `resolve` statement, and the dead letters it may resolve.
 const RESOLVE: &str = "UPDATE tandem.dead_letters dl SET resolved_at = now()";
 const RESOLVE_OPEN: &str = "dl.direction = 'reverse' AND dl.table_name = $1 AND dl.resolved_at IS NULL \
@@ -46,8 +49,14 @@ pub struct ReverseSql {
     pub delete: Ranged,
     pub update: Ranged,
     pub insert: Ranged,
-    /// `(row_key, row_image)` of `N` row `$1`, for a dead letter.
+    /// `(row_key, row_image, old_image)` of `N` row `$1`, for a dead letter.
     pub dead_letter_image: String,
+    /// After the reduction: a key with an open dead letter compares its change with the old image that
+    /// dead letter recorded (what the desktop still holds), not with the change's own.
+    pub inherit: String,
+    /// A parked table's net changes, kept as dead letters ($1: table name, $2: batch, $3: why), one
+    /// per key: a later change of a key updates its open dead letter and keeps its old image.
+    pub set_aside: String,
     /// Resolves the open dead letters of rows `N` holds a later version of ($1: table name, $2: the
     /// group's batch, whose own dead letters stay open): that version was applied, or logged as a
     /// conflict, or is a delete of a row the desktop never had.
@@ -219,6 +228,28 @@ impl ReverseSql {
             .collect::<Vec<_>>()
             .join(", ");
         let old_row = c.old_row();
+        let table_name = lit(&t.table.desktop.to_string());
+        let inherit = |key_json: &str| {
+            format!(
+                "UPDATE {net} n SET _first_old = CASE WHEN dl.old_image = 'null'::jsonb THEN NULL ELSE dl.old_image END \
+                 FROM tandem.dead_letters dl WHERE dl.direction = 'reverse' AND dl.table_name = {table_name} \
+                 AND dl.resolved_at IS NULL AND dl.old_image IS NOT NULL AND dl.row_key = {key_json}"
+            )
+        };
+        let set_aside = |key_json: &str| {
+            format!(
+                "WITH parked AS (SELECT {key_json} AS k, {incoming} AS r, coalesce(n._first_old, 'null'::jsonb) AS o \
+                                 FROM {net} n), \
+                      kept AS (UPDATE tandem.dead_letters dl SET attempts = dl.attempts + 1, failed_at = now(), \
+                                      row_image = p.r, old_image = coalesce(dl.old_image, p.o), \
+                                      sqlstate = '{PARKED_SQLSTATE}', message = $3, batch = $2 \
+                                 FROM parked p WHERE dl.direction = 'reverse' AND dl.table_name = $1 \
+                                  AND dl.resolved_at IS NULL AND dl.row_key = p.k RETURNING dl.row_key) \
+                 INSERT INTO tandem.dead_letters (direction, table_name, row_key, row_image, old_image, sqlstate, message, batch) \
+                 SELECT 'reverse', $1, p.k, p.r, p.o, '{PARKED_SQLSTATE}', $3, $2 FROM parked p \
+                 WHERE NOT EXISTS (SELECT 1 FROM kept WHERE kept.row_key = p.k)"
+            )
+        };
         let numbered = |what: &'static str, sql: String| Ranged {
             what,
             sql,
@@ -400,10 +431,12 @@ impl ReverseSql {
                     no_key_index: !t.desktop_key_indexed,
                     analyze_net: format!("ANALYZE {net}"),
                     dead_letter_image: format!(
-                        "SELECT {}, {} FROM {net} n WHERE n._n = $1",
+                        "SELECT {}, {}, coalesce(n._first_old, 'null'::jsonb) FROM {net} n WHERE n._n = $1",
                         key_json("n"),
                         c.json("n")
                     ),
+                    inherit: inherit(&key_json("n")),
+                    set_aside: set_aside(&key_json("n")),
                     resolve: format!(
                         "{RESOLVE} FROM {net} n WHERE {RESOLVE_OPEN} AND dl.row_key = {}",
                         key_json("n")
@@ -529,9 +562,12 @@ impl ReverseSql {
                     },
                     analyze_net: format!("ANALYZE {net}"),
                     dead_letter_image: format!(
-                        "SELECT jsonb_build_object('cloud_key', n._ck), {} FROM {net} n WHERE n._n = $1",
+                        "SELECT jsonb_build_object('cloud_key', n._ck), {}, coalesce(n._first_old, 'null'::jsonb) \
+                         FROM {net} n WHERE n._n = $1",
                         c.json("n")
                     ),
+                    inherit: inherit("jsonb_build_object('cloud_key', n._ck)"),
+                    set_aside: set_aside("jsonb_build_object('cloud_key', n._ck)"),
                     resolve: format!(
                         "{RESOLVE} FROM {net} n WHERE {RESOLVE_OPEN} AND dl.row_key = jsonb_build_object('cloud_key', n._ck)"
                     ),
