@@ -1,0 +1,359 @@
+//! One connected stretch of the reverse worker: events from the slot, encoded and staged on the
+//! desktop, applied per group, acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::logical::{CLAIM_PREFIX, Claim};
+use crate::capture::pgoutput::{self, RelationCache};
+use crate::change::{CommitLsn, EndLsn, PgOutput, WalEnd};
+use crate::commit::reverse::encode::Encoder;
+use crate::commit::reverse::relation::RelationMap;
+use crate::commit::reverse::{Group, Reverse};
+use crate::commit::{CommitError, Target};
+use crate::db::ErrorKind;
+use crate::transform::Mapping;
+
+use crate::pipeline::ack::{self, Event, Held};
+use crate::pipeline::nap::Nap;
+use crate::pipeline::tables::{Parked, Snapshot, Tables};
+use crate::pipeline::{RunError, RunStats, StreamError, failpoint};
+
+use super::diagnose::stream_error;
+use super::{NAP_AFTER_CHANGES, ONCE_PREFIX};
+
+/// The state of one connected stretch.
+pub(super) struct Stream<'a> {
+    pub(super) mapping: &'a Mapping,
+    pub(super) plan: &'a Reverse,
+    pub(super) tables: &'a Tables,
+    pub(super) changes: watch::Receiver<Snapshot>,
+    /// Parked tables, with why: their rows are set aside as dead letters.
+    pub(super) parked: BTreeMap<usize, String>,
+    /// The tables changed: the session ends at the next group boundary, to start again with them.
+    pub(super) reshaped: bool,
+    pub(super) desktop: tokio_postgres::Client,
+    pub(super) target: Target,
+    pub(super) replication: ReplicationClient,
+    pub(super) relations: RelationCache,
+    pub(super) maps: HashMap<u32, Option<RelationMap>>,
+    pub(super) encoder: Encoder,
+    /// End LSN of the last transaction applied to the desktop.
+    pub(super) stored: Option<EndLsn>,
+    pub(super) careful_through: Option<CommitLsn>,
+    /// Commit position of the last transaction that began: where a replay must reach.
+    pub(super) last_final: CommitLsn,
+    /// The last position told to the slot.
+    pub(super) acknowledged: Option<crate::change::Lsn>,
+    pub(super) in_transaction: bool,
+    /// Changes received in the transaction in progress.
+    pub(super) tx_changes: u64,
+    pub(super) nap: Nap,
+    pub(super) skip_transaction: bool,
+    /// End LSN of the last committed transaction of the group not yet applied, and when it began.
+    pub(super) pending: Option<(EndLsn, Instant)>,
+    /// Rows staged for the group not yet applied (sent to the desktop already, or still buffered).
+    pub(super) group_rows: u64,
+    /// When the first transaction of the group began to arrive.
+    pub(super) group_began: Option<Instant>,
+    pub(super) flush_bytes: usize,
+    pub(super) max_rows: u64,
+    pub(super) max_time: std::time::Duration,
+}
+
+impl Stream<'_> {
+    /// Inside a big transaction, when no event is waiting: the thread sleeps for a moment (see
+    /// [`Nap`]) instead of waking for every row. Nothing of the transaction can be applied before its
+    /// commit arrives anyway, so latency loses at most one nap per transaction; small transactions
+    /// never nap.
+    ///
+    /// A blocking sleep on purpose: the reverse worker has its thread and its single-threaded runtime
+    /// to itself, and the point is that the replication transport's task does not run either.
+    fn nap_if_dry(&mut self) -> Option<pgwire_replication::Result<Option<ReplicationEvent>>> {
+        let waiting = self.replication.recv().now_or_never();
+        if waiting.is_none() {
+            std::thread::sleep(self.nap.next());
+        }
+        waiting
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        shutdown: &CancellationToken,
+        once: Option<&str>,
+        stats: &mut RunStats,
+    ) -> Result<(), RunError> {
+        loop {
+            if self.reshaped && !self.in_transaction && self.pending.is_none() {
+                return Err(RunError::Reshaped);
+            }
+            // At a commit boundary with a group staged, take the next event only if it is already here:
+            // otherwise apply the group now (latency first).
+            let event = if self.pending.is_some() && !self.in_transaction {
+                let (_, started) = self.pending.expect("checked");
+                let rows = self.group_rows + self.encoder.staged_rows();
+                let small = rows < self.max_rows && started.elapsed() < self.max_time;
+                match small
+                    .then(|| self.replication.recv().now_or_never())
+                    .flatten()
+                {
+                    Some(event) => event.map_err(stream_error)?,
+                    None => {
+                        self.apply(stats).await?;
+                        continue;
+                    }
+                }
+            } else if let Some(event) = (self.in_transaction
+                && self.tx_changes >= NAP_AFTER_CHANGES)
+                .then(|| self.nap_if_dry())
+                .flatten()
+            {
+                event.map_err(stream_error)?
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        // A transaction half received is replayed next time; a whole group is applied.
+                        if !self.in_transaction && self.pending.is_some() {
+                            self.apply(stats).await?;
+                        }
+                        return Ok(());
+                    }
+                    _ = self.changes.changed(), if !self.reshaped => {
+                        self.reshaped = true;
+                        continue;
+                    }
+                    event = self.replication.recv() => event.map_err(stream_error)?,
+                }
+            };
+            let Some(event) = event else {
+                return Err(StreamError::transient("the replication stream ended").into());
+            };
+            match event {
+                ReplicationEvent::Begin { final_lsn, .. } => {
+                    let final_lsn = CommitLsn(crate::change::Lsn(final_lsn.as_u64()));
+                    self.in_transaction = true;
+                    self.tx_changes = 0;
+                    self.nap.begin();
+                    self.group_began.get_or_insert_with(Instant::now);
+                    self.skip_transaction = final_lsn.applied_by(self.stored);
+                    self.last_final = final_lsn;
+                    self.encoder
+                        .set_careful(self.careful_through.is_some_and(|c| final_lsn <= c));
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    self.tx_changes += 1;
+                    self.nap.received(data.len());
+                    self.change(&data).await?
+                }
+                ReplicationEvent::Message {
+                    prefix, content, ..
+                } => {
+                    if prefix == CLAIM_PREFIX && !self.skip_transaction {
+                        self.claim(&content);
+                    } else if prefix == ONCE_PREFIX
+                        && once.is_some_and(|t| t.as_bytes() == content.as_ref())
+                    {
+                        if self.pending.is_some() {
+                            self.apply(stats).await?;
+                        }
+                        return Ok(());
+                    }
+                }
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    self.in_transaction = false;
+                    self.encoder.end_transaction();
+                    if !self.skip_transaction {
+                        let started = self.pending.map_or_else(Instant::now, |(_, s)| s);
+                        self.pending =
+                            Some((EndLsn(crate::change::Lsn(end_lsn.as_u64())), started));
+                        stats.outbox_rows += 1;
+                    }
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    // When everything before it is applied, the slot moves on: a quiet publication
+                    // must not pin WAL, and the cloud's fast shutdown waits for this.
+                    let wal_end = WalEnd(crate::change::Lsn(wal_end.as_u64()));
+                    self.acknowledge(Event::KeepAlive(wal_end));
+                }
+                ReplicationEvent::StoppedAt { .. } => return Ok(()),
+            }
+        }
+    }
+
+    async fn change(&mut self, data: &bytes::Bytes) -> Result<(), RunError> {
+        let message =
+            pgoutput::decode_bytes(data).map_err(|e| StreamError::transient(e.to_string()))?;
+        // Borrowed, not cloned: this runs for every row.
+        let maps = &self.maps;
+        let encoder = &mut self.encoder;
+        let mapped = |id: u32| maps.get(&id).and_then(Option::as_ref);
+        let kept = match message {
+            PgOutput::Relation(relation) => {
+                let map = self
+                    .mapping
+                    .position_in_cloud(&relation.name.schema, &relation.name.name)
+                    .filter(|&i| self.mapping.tables[i].reverse)
+                    .map(|i| RelationMap::new(self.mapping, i, &relation));
+                // Rows without a configured column (renamed or dropped in the cloud) would reach the
+                // desktop without it: the table is parked, its rows set aside until it fits again.
+                if let Some(map) = &map
+                    && !map.missing().is_empty()
+                    && !self.parked.contains_key(&map.table)
+                {
+                    let table = map.table;
+                    let parked = Parked {
+                        reason: format!(
+                            "cloud table {} has no column {} any more (the stream's rows lack it)",
+                            relation.name,
+                            map.missing().join(", ")
+                        ),
+                        fix: "rename or add the column back in the cloud, or change the config and run `tandem init`"
+                            .to_string(),
+                    };
+                    self.tables.park(table, parked.clone()).await?;
+                    self.parked
+                        .insert(table, format!("{}; fix: {}", parked.reason, parked.fix));
+                    self.encoder.park(table);
+                }
+                self.maps.insert(relation.id, map);
+                self.relations.update(relation);
+                return Ok(());
+            }
+            _ if self.skip_transaction => return Ok(()),
+            PgOutput::Insert { relation, new } => mapped(relation).map(|m| encoder.insert(m, &new)),
+            PgOutput::Update { relation, old, new } => {
+                mapped(relation).map(|m| encoder.update(m, old.as_ref(), &new))
+            }
+            PgOutput::Delete { relation, old } => mapped(relation).map(|m| encoder.delete(m, &old)),
+            PgOutput::Truncate { relations, .. } => {
+                for id in relations {
+                    if let Some(r) = self.relations.get(id) {
+                        tracing::warn!(
+                            table = %r.name,
+                            "the cloud table was truncated; tandem never truncates a desktop table: its desktop rows were left as they are"
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        if kept == Some(false) {
+            tracing::debug!(
+                "a change of a row that is not mobile-owned was ignored (the publication's row filter should not send it)"
+            );
+        }
+        if self.encoder.buffered_bytes() >= self.flush_bytes {
+            self.flush().await?;
+            failpoint("reverse-mid-transaction");
+        }
+        Ok(())
+    }
+
+    fn claim(&mut self, content: &[u8]) {
+        tracing::debug!(claim = %String::from_utf8_lossy(content), "claim received");
+        let Some(claim) = Claim::parse(content) else {
+            tracing::warn!("a tandem.claim message that is not valid JSON was ignored");
+            return;
+        };
+        let table = self
+            .mapping
+            .position_in_cloud(&claim.schema, &claim.table)
+            .filter(|&i| self.mapping.tables[i].reverse);
+        if let Some(i) = table {
+            self.encoder.claim(i, claim);
+        }
+    }
+
+    /// Sends the buffered rows towards the desktop (the COPY goes on in the background while the
+    /// stream is read).
+    pub(super) async fn flush(&mut self) -> Result<(), RunError> {
+        for chunk in self.encoder.take() {
+            self.group_rows += chunk.rows;
+            let staged = self
+                .plan
+                .stage(
+                    &mut self.target,
+                    &self.desktop,
+                    chunk.table,
+                    chunk.dest,
+                    chunk.data,
+                    chunk.rows,
+                )
+                .await;
+            staged.map_err(|e| self.refused(e))?;
+        }
+        Ok(())
+    }
+
+    /// A desktop error while the group wrote rows straight into desktop tables: a refused row there
+    /// means receiving the group again, staged.
+    fn refused(&self, e: CommitError) -> RunError {
+        if e.kind() == ErrorKind::BadRow && self.target.staging.wrote_direct() {
+            RunError::Replay(e, self.last_final)
+        } else {
+            e.into()
+        }
+    }
+
+    /// Tells the slot what [`ack::acknowledgeable`] allows after `event`.
+    fn acknowledge(&mut self, event: Event) {
+        let held = Held {
+            in_transaction: self.in_transaction,
+            pending: self.pending.is_some(),
+            acknowledged: self.acknowledged,
+        };
+        if let Some(position) = ack::acknowledgeable(held, event) {
+            self.replication
+                .update_applied_lsn(pgwire_replication::Lsn::from_u64(position.0));
+            self.acknowledged = Some(position);
+        }
+    }
+
+    async fn apply(&mut self, stats: &mut RunStats) -> Result<(), RunError> {
+        let Some((end, _)) = self.pending.take() else {
+            return Ok(());
+        };
+        self.flush().await?;
+        let rows = std::mem::take(&mut self.group_rows);
+        let complex = self.encoder.take_complex();
+        let started = Instant::now();
+        let group = Group {
+            end,
+            complex: &complex,
+            parked: &self.parked,
+            resumed: false,
+        };
+        let committed = self
+            .plan
+            .commit(&mut self.target, &self.desktop, self.mapping, &group)
+            .await;
+        let outcome = committed.map_err(|e| self.refused(e))?;
+        failpoint("reverse-after-commit");
+        self.acknowledge(Event::Applied(end));
+        self.stored = Some(end);
+        stats.batches += 1;
+        stats.outcome.add(&outcome);
+        stats.outcome.staged_rows += rows;
+        let received = self.group_began.take().map(|b| started.duration_since(b));
+        tracing::debug!(
+            position = %end,
+            received = ?received,
+            staged = rows,
+            written = outcome.written,
+            deleted = outcome.deleted,
+            conflicts = outcome.conflicts,
+            dead_letters = outcome.dead_letters,
+            elapsed = ?started.elapsed(),
+            nap = ?self.nap.length(),
+            "reverse group applied"
+        );
+        Ok(())
+    }
+}
