@@ -81,7 +81,7 @@ impl MappedColumn {
     }
 }
 
-/// `CAST(expr AS ty)`, or `expr` when it is text already and `ty` is text.
+/// `CAST(expr AS ty)`.
 fn cast(expr: &str, ty: &str) -> String {
     format!("CAST({expr} AS {ty})")
 }

@@ -398,21 +398,22 @@ impl Target {
         let mut outcome = BatchOutcome::default();
         // The first error is the cause; the statements after it only say the transaction is aborted.
         for (step, result) in steps.iter().zip(results) {
-            match result {
-                Ok(n) => outcome.tally(step.count, n),
-                Err(e) => {
-                    let e = Err::<(), _>(e)
-                        .ctx(
-                            side,
-                            format!("{} on {}", step.what, batch.names[step.table]),
-                        )
-                        .unwrap_err();
-                    if e.kind() == ErrorKind::BadRow {
-                        return Ok(Err(e));
-                    }
-                    return Err(CommitError::of_table(e, step.table));
+            let source = match result {
+                Ok(n) => {
+                    outcome.tally(step.count, n);
+                    continue;
                 }
+                Err(source) => source,
+            };
+            let e = DbError::Query {
+                side,
+                context: format!("{} on {}", step.what, batch.names[step.table]),
+                source,
+            };
+            if e.kind() == ErrorKind::BadRow {
+                return Ok(Err(e));
             }
+            return Err(CommitError::of_table(e, step.table));
         }
         Ok(Ok(outcome))
     }
