@@ -332,10 +332,6 @@ impl Target {
         batch: Batch<'_>,
     ) -> Result<BatchOutcome, CommitError> {
         let side = self.side();
-        client
-            .batch_execute("SAVEPOINT tandem_apply")
-            .await
-            .ctx(side, "SAVEPOINT")?;
         match self.fast(client, &plan.fast, batch).await? {
             Ok(outcome) => Ok(outcome),
             Err(refused) => {
@@ -353,8 +349,8 @@ impl Target {
         }
     }
 
-    /// Every step as one pipeline. A refused row comes back as the inner error (the caller goes
-    /// careful); anything else fails the batch.
+    /// The savepoint, then every step, as one pipeline. A refused row comes back as the inner error
+    /// (the caller goes careful from the savepoint); anything else fails the batch.
     async fn fast(
         &mut self,
         client: &Client,
@@ -362,6 +358,7 @@ impl Target {
         batch: Batch<'_>,
     ) -> Result<Result<BatchOutcome, DbError>, CommitError> {
         let side = self.side();
+        let savepoint = self.statements.get(client, "SAVEPOINT tandem_apply").await?;
         let mut prepared = Vec::with_capacity(steps.len());
         for step in steps {
             let statement = self
@@ -372,17 +369,19 @@ impl Target {
             prepared.push(statement);
         }
         let whole = (i64::MIN, i64::MAX);
-        let results = db::pipelined(
-            steps
-                .iter()
-                .zip(&prepared)
+        // The savepoint first (no step), in the same round trip.
+        let mut results = db::pipelined(
+            std::iter::once((None, &savepoint))
+                .chain(steps.iter().map(Some).zip(&prepared))
                 .map(|(step, statement)| {
-                    let name = &batch.names[step.table];
-                    let reason = batch.reason(step.table);
-                    let kind = step.params;
                     let whole = &whole;
                     async move {
-                        let params: Vec<&(dyn ToSql + Sync)> = match kind {
+                        let Some(step) = step else {
+                            return client.execute(statement, &[]).await;
+                        };
+                        let name = &batch.names[step.table];
+                        let reason = batch.reason(step.table);
+                        let params: Vec<&(dyn ToSql + Sync)> = match step.params {
                             Params::None => vec![],
                             Params::Table => vec![name],
                             Params::TableAndBatch => vec![name, &batch.id],
@@ -394,7 +393,12 @@ impl Target {
                 })
                 .collect(),
         )
-        .await;
+        .await
+        .into_iter();
+        results
+            .next()
+            .expect("the savepoint's result")
+            .ctx(side, "SAVEPOINT")?;
         let mut outcome = BatchOutcome::default();
         // The first error is the cause; the statements after it only say the transaction is aborted.
         for (step, result) in steps.iter().zip(results) {

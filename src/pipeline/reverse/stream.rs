@@ -124,7 +124,9 @@ impl Stream<'_> {
                         }
                         return Ok(());
                     }
-                    _ = self.changes.changed(), if !self.reshaped => {
+                    // Between transactions only: inside one, every event would register and drop a
+                    // waiter on the watch (a lock each), and the session ends after it anyway.
+                    _ = self.changes.changed(), if !self.reshaped && !self.in_transaction => {
                         self.reshaped = true;
                         continue;
                     }
