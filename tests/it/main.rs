@@ -4,6 +4,7 @@ mod any_schema;
 mod check;
 mod cli;
 mod forward;
+mod generated;
 mod init;
 mod parking;
 mod pgoutput;
