@@ -358,7 +358,10 @@ impl Target {
         batch: Batch<'_>,
     ) -> Result<Result<BatchOutcome, DbError>, CommitError> {
         let side = self.side();
-        let savepoint = self.statements.get(client, "SAVEPOINT tandem_apply").await?;
+        let savepoint = self
+            .statements
+            .get(client, "SAVEPOINT tandem_apply")
+            .await?;
         let mut prepared = Vec::with_capacity(steps.len());
         for step in steps {
             let statement = self

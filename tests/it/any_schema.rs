@@ -361,3 +361,51 @@ async fn failure_5_a_lasting_cloud_outage_after_a_batch_is_retried_with_growing_
         .unwrap()
         .unwrap();
 }
+
+/// Found by the generated-schema test (500 cases): a phone's edit of a row, then an edit of another of
+/// its columns, in one group: the second change carries the first one's big (TOASTed) value as
+/// "unchanged", and the desktop must get that value, not keep its own older one.
+#[tokio::test]
+async fn a_big_value_a_phone_wrote_survives_its_next_edit_of_another_column_in_the_same_group() {
+    let (db, config) = installed_with(
+        "CREATE TABLE doc (id int PRIMARY KEY, body text, n int);
+         CREATE TABLE page (grp int, body text, n int); CREATE INDEX ON page (grp);",
+        &format!(
+            "CREATE TABLE doc (id int PRIMARY KEY, body text, n int, {OWNERSHIP});
+             CREATE TABLE page (page_id bigserial PRIMARY KEY, grp int, body text, n int, {OWNERSHIP});
+             CREATE INDEX ON page (grp);"
+        ),
+        "[[tables]]\ndesktop = \"doc\"\nkey = [\"id\"]\n\
+         [[tables]]\ndesktop = \"page\"\ncloud_key = \"page_id\"\nscope = [\"grp\"]\n",
+    )
+    .await;
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    desktop
+        .batch_execute(
+            "INSERT INTO doc VALUES (1, repeat('ü', 100000), 0);
+             INSERT INTO page VALUES (1, repeat('ü', 100000), 0);",
+        )
+        .await
+        .unwrap();
+    no_trouble(&run_once(&config).await);
+    let big = "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 3000) i)";
+    for table in ["doc", "page"] {
+        cloud
+            .batch_execute(&format!(
+                "UPDATE {table} SET body = {big}; UPDATE {table} SET n = 1;"
+            ))
+            .await
+            .unwrap();
+    }
+    no_trouble(&run_once(&config).await);
+    for table in ["doc", "page"] {
+        let all = "md5(body), n";
+        assert_eq!(
+            rows(&desktop, table, all, "true").await,
+            rows(&cloud, table, all, "true").await,
+            "{table}"
+        );
+        assert_eq!(rows(&desktop, table, "n", "true").await, vec!["(1)"]);
+    }
+    nothing_logged(&db).await;
+}

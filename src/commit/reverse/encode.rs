@@ -183,6 +183,26 @@ impl Encoder {
         if !map.is_mobile(new) {
             return false;
         }
+        // An unchanged TOAST value is the old row's: with REPLICA IDENTITY FULL (which tandem sets) the
+        // old row carries it inline. Taken from there, the change's version is whole: a later change in
+        // the same group keeps it, where the desktop's value may be older still.
+        let filled;
+        let new = match old {
+            Some(OldImage::Full(o)) if new.0.contains(&Value::UnchangedToast) => {
+                filled = RowImage(
+                    new.0
+                        .iter()
+                        .zip(o.0.iter().chain(std::iter::repeat(&Value::UnchangedToast)))
+                        .map(|(n, o)| match (n, o) {
+                            (Value::UnchangedToast, Value::Text(_) | Value::Null) => o.clone(),
+                            _ => n.clone(),
+                        })
+                        .collect(),
+                );
+                &filled
+            }
+            _ => new,
+        };
         let old = match old {
             Some(OldImage::Full(row)) | Some(OldImage::Key(row)) => Some(row),
             None => None,
@@ -433,7 +453,7 @@ mod tests {
     }
 
     #[test]
-    fn values_are_escaped_for_copy_and_unchanged_toast_is_listed() {
+    fn values_are_escaped_for_copy_and_unchanged_toast_comes_from_the_old_row() {
         let (mapping, map) = setup();
         let mut encoder = careful(&mapping);
         encoder.insert(
@@ -449,10 +469,19 @@ mod tests {
         assert!(encoder.take_complex().contains(&0));
         let got = lines(&mut encoder);
         assert_eq!(got[0], "1\tI\t\\N\t\\N\t\\N\t1\ttab\\there\\nnew\\\\line");
+        // The full old row holds the value the change did not carry.
         assert_eq!(
             got[1],
-            "2\tI\t{2}\t{\"id\":\"1\",\"note\":\"x\",\"source\":\"M\"}\t\\N\t1\t\\N"
+            "2\tI\t\\N\t{\"id\":\"1\",\"note\":\"x\",\"source\":\"M\"}\t\\N\t1\tx"
         );
+        // Without it (a key-only old row), the column is listed: the desktop keeps its value.
+        let key_only = OldImage::Key(RowImage(vec![text("1"), Value::Null, Value::Null]));
+        encoder.update(
+            &map,
+            Some(&key_only),
+            &RowImage(vec![text("1"), Value::UnchangedToast, text("M")]),
+        );
+        assert!(lines(&mut encoder)[0].starts_with("3\tI\t{2}\t"));
     }
 
     #[test]
