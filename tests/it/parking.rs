@@ -31,6 +31,34 @@ async fn three_tables() -> (TestDb, Config) {
     .await
 }
 
+/// `tandem run` streaming in the background.
+struct Streaming {
+    shutdown: CancellationToken,
+    run: tokio::task::JoinHandle<Result<pipeline::RunReport, pipeline::RunError>>,
+}
+
+impl Streaming {
+    fn start(config: &Config) -> Self {
+        let shutdown = CancellationToken::new();
+        let (config, stop) = (config.clone(), shutdown.clone());
+        let run =
+            tokio::spawn(
+                async move { pipeline::run(&config, RunOptions { once: false }, stop).await },
+            );
+        Streaming { shutdown, run }
+    }
+
+    /// Shuts it down (it must stop within 30 s) and returns what it did.
+    async fn stop(self) -> pipeline::RunReport {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.run)
+            .await
+            .expect("run stops on shutdown")
+            .unwrap()
+            .unwrap()
+    }
+}
+
 /// Waits until `sql` (a boolean query) holds on `client`, with a deadline.
 async fn until(client: &tokio_postgres::Client, what: &str, sql: &str) {
     let held = tandem::cluster::wait_until(Duration::from_secs(60), || async {
@@ -64,13 +92,7 @@ async fn a_cloud_column_renamed_while_run_streams_parks_its_table_alone_and_ever
         )
         .await
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let run = {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(
-            async move { pipeline::run(&config, RunOptions { once: false }, shutdown).await },
-        )
-    };
+    let run = Streaming::start(&config);
     until(
         &cloud,
         "the desktop's notes arrive",
@@ -225,12 +247,7 @@ async fn a_cloud_column_renamed_while_run_streams_parks_its_table_alone_and_ever
         "SELECT count(*) = 0 FROM tandem.dead_letters WHERE resolved_at IS NULL",
     )
     .await;
-    shutdown.cancel();
-    let report = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("run stops on shutdown")
-        .unwrap()
-        .unwrap();
+    let report = run.stop().await;
     assert!(report.parked.is_empty(), "{:?}", report.parked);
     let all = "id, body, tag";
     assert_eq!(
@@ -359,13 +376,7 @@ async fn a_cloud_column_added_with_a_default_while_run_streams_parks_nothing() {
         .batch_execute("INSERT INTO note VALUES (1, 'desk', 'a')")
         .await
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let run = {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(
-            async move { pipeline::run(&config, RunOptions { once: false }, shutdown).await },
-        )
-    };
+    let run = Streaming::start(&config);
     until(
         &cloud,
         "the first note arrives",
@@ -407,12 +418,7 @@ async fn a_cloud_column_added_with_a_default_while_run_streams_parks_nothing() {
         "SELECT count(*) = 1 FROM note WHERE body = 'desk two, edited'",
     )
     .await;
-    shutdown.cancel();
-    let report = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("run stops on shutdown")
-        .unwrap()
-        .unwrap();
+    let report = run.stop().await;
     assert!(report.parked.is_empty(), "{:?}", report.parked);
     assert_eq!(
         report.forward.retries + report.reverse.retries,
