@@ -60,7 +60,7 @@ struct OpenCopy {
 /// The staging tables of one connection, by mapping index, and what the open transaction put in them.
 pub struct StagingTables {
     side: Side,
-    tables: Vec<Option<TableStaging>>,
+    tables: Vec<TableStaging>,
     /// Rows staged per table in the open transaction (a table is here once it was emptied for it).
     used: BTreeMap<usize, u64>,
     copy: Option<OpenCopy>,
@@ -81,10 +81,19 @@ impl std::fmt::Debug for StagingTables {
 }
 
 impl StagingTables {
-    pub fn new(side: Side, count: usize) -> Self {
+    /// The staging tables of every configured table, in mapping order: their names and the SQL
+    /// creating them.
+    pub fn declared(side: Side, tables: impl IntoIterator<Item = (Vec<String>, String)>) -> Self {
         StagingTables {
             side,
-            tables: vec![None; count],
+            tables: tables
+                .into_iter()
+                .map(|(names, create)| TableStaging {
+                    create,
+                    names,
+                    since_truncate: 0,
+                })
+                .collect(),
             used: BTreeMap::new(),
             copy: None,
             direct_sent: 0,
@@ -92,19 +101,9 @@ impl StagingTables {
         }
     }
 
-    /// Declares table `i`'s staging tables: their names and the SQL creating them.
-    pub fn declare(&mut self, i: usize, names: Vec<String>, create: String) {
-        self.tables[i] = Some(TableStaging {
-            create,
-            names,
-            since_truncate: 0,
-        });
-    }
-
     pub fn create_sql(&self) -> String {
         self.tables
             .iter()
-            .flatten()
             .map(|t| t.create.as_str())
             .collect::<Vec<_>>()
             .join("\n")
@@ -118,9 +117,7 @@ impl StagingTables {
             return String::new();
         }
         self.used.insert(i, 0);
-        let Some(t) = self.tables[i].as_mut() else {
-            return String::new();
-        };
+        let t = &mut self.tables[i];
         if t.since_truncate > TRUNCATE_AFTER {
             t.since_truncate = 0;
             format!("TRUNCATE {};", t.names.join(", "))
@@ -135,9 +132,7 @@ impl StagingTables {
     /// Counts `rows` staged into table `i`.
     pub fn add(&mut self, i: usize, rows: u64) {
         *self.used.entry(i).or_default() += rows;
-        if let Some(t) = self.tables[i].as_mut() {
-            t.since_truncate += rows;
-        }
+        self.tables[i].since_truncate += rows;
     }
 
     /// Rows staged into table `i` in the open transaction.

@@ -54,11 +54,12 @@ impl Forward {
 
     /// The staging tables a cloud connection needs.
     pub fn staging(&self) -> StagingTables {
-        let mut staging = StagingTables::new(Side::Cloud, self.sql.len());
-        for (i, sql) in self.sql.iter().enumerate() {
-            staging.declare(i, sql.staging_tables(), sql.create.clone());
-        }
-        staging
+        StagingTables::declared(
+            Side::Cloud,
+            self.sql
+                .iter()
+                .map(|sql| (sql.staging_tables(), sql.create.clone())),
+        )
     }
 
     /// Stages table `i`'s keys and rows from the desktop snapshot into the open cloud transaction.

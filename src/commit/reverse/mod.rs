@@ -94,11 +94,12 @@ impl Reverse {
 
     /// The staging tables a desktop connection needs.
     pub fn staging(&self) -> StagingTables {
-        let mut staging = StagingTables::new(Side::Desktop, self.sql.len());
-        for (i, sql) in self.sql.iter().enumerate() {
-            staging.declare(i, sql.staging_tables(), sql.create.clone());
-        }
-        staging
+        StagingTables::declared(
+            Side::Desktop,
+            self.sql
+                .iter()
+                .map(|sql| (sql.staging_tables(), sql.create.clone())),
+        )
     }
 
     /// Sends `rows` rows of table `i` (COPY text) towards its staging table or, for `Dest::Direct`,
