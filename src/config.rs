@@ -70,7 +70,31 @@ pub struct Config {
     pub desktop: DesktopConfig,
     pub cloud: CloudConfig,
     pub sync: SyncConfig,
+    pub reconcile: ReconcileConfig,
     pub tables: Vec<TableConfig>,
+}
+
+/// The reconcile `tandem run` runs by itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileConfig {
+    /// Every day at this local time `(hour, minute)`; never when absent.
+    pub at: Option<(u8, u8)>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    at: Option<String>,
+}
+
+/// `HH:MM` (24-hour clock).
+fn parse_time_of_day(text: &str) -> Option<(u8, u8)> {
+    let (h, m) = text.trim().split_once(':')?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u8, u8) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some((h, m))
 }
 
 #[derive(Debug, Clone)]
@@ -237,6 +261,18 @@ impl Config {
             .filter_map(|(i, t)| t.resolve(i, &mut problems))
             .collect();
         check_tables(&tables, &mut problems);
+        let at = match raw.reconcile.at.as_deref() {
+            None => None,
+            Some(text) => {
+                let at = parse_time_of_day(text);
+                if at.is_none() {
+                    problems.push(format!(
+                        "[reconcile] at = {text:?} is not a time of day; write it as \"HH:MM\" (24-hour, local time), e.g. \"02:00\", or remove it to schedule no reconcile"
+                    ));
+                }
+                at
+            }
+        };
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -255,6 +291,7 @@ impl Config {
                 publication: raw.cloud.publication,
             },
             sync: raw.sync,
+            reconcile: ReconcileConfig { at },
             tables,
         })
     }
@@ -346,6 +383,8 @@ struct RawConfig {
     cloud: RawCloud,
     #[serde(default)]
     sync: SyncConfig,
+    #[serde(default)]
+    reconcile: RawReconcile,
     #[serde(default)]
     tables: Vec<RawTable>,
 }

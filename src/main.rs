@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use tandem::cli::{Cli, Command, LogFormat};
+use tandem::cli::{Cli, Command, LogFormat, ReconcileDirection, report};
 use tandem::config::Config;
-use tandem::ops::{check, dead_letters as deadletters};
+use tandem::ops::{check, dead_letters as deadletters, reconcile};
 use tandem::pipeline::{self, RunOptions};
 use tandem::setup::{self, Step};
 use tandem::{db, demo, sample};
@@ -93,7 +93,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { once } => run_command(&load()?, once).await,
-        Command::Reconcile { .. } => not_built("reconcile", "a later issue (reconcile)"),
+        Command::Reconcile {
+            tables,
+            direction,
+            dry_run,
+            json,
+        } => reconcile(&load()?, tables, direction, dry_run, json).await,
         Command::Status { .. } => not_built("status", "a later issue (operator surface)"),
         Command::DeadLetters { json, all, retry } => dead_letters(&load()?, json, all, retry).await,
     }
@@ -191,6 +196,13 @@ async fn run_command(config: &Config, once: bool) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     tracing::info!(desktop = %config.desktop.url, cloud = %config.cloud.url, once, "starting both directions");
+    if let (Some(at), false) = (config.reconcile.at, once) {
+        tokio::spawn(reconcile::scheduled(
+            config.clone(),
+            at,
+            shutdown.child_token(),
+        ));
+    }
     let report = pipeline::run(config, RunOptions { once }, shutdown).await?;
     let (forward, reverse) = (report.forward, report.reverse);
     let (f, r) = (forward.outcome, reverse.outcome);
@@ -227,6 +239,37 @@ async fn run_command(config: &Config, once: bool) -> anyhow::Result<ExitCode> {
     } else {
         Ok(ExitCode::FAILURE)
     }
+}
+
+async fn reconcile(
+    config: &Config,
+    tables: Vec<String>,
+    direction: ReconcileDirection,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let request = reconcile::Request {
+        tables,
+        direction: match direction {
+            ReconcileDirection::Forward => reconcile::Direction::Forward,
+            ReconcileDirection::Reverse => reconcile::Direction::Reverse,
+            ReconcileDirection::Both => reconcile::Direction::Both,
+        },
+        dry_run,
+        trigger: "command",
+    };
+    let progress = report::Progress::new(json);
+    let report = reconcile::reconcile(config, &request, &progress).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report::print(&report);
+    }
+    Ok(if report.complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn dead_letters(

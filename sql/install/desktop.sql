@@ -14,7 +14,8 @@ CREATE TABLE IF NOT EXISTS tandem.outbox (
     captured_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- Each configured table's state in `tandem run`: `streaming`, or `parked` with why and how to fix it
+-- Each configured table's state: `new` (init added it; the next run syncs it first), `syncing`,
+-- `streaming`, or `parked` with why and how to fix it
 -- (its statements do not fit the schema; its changes wait: outbox rows stay, mobile rows are kept as
 -- dead letters). Kept on the desktop, by the table's desktop name, so it can be read while run is stopped.
 CREATE TABLE IF NOT EXISTS tandem.table_state (
@@ -23,6 +24,32 @@ CREATE TABLE IF NOT EXISTS tandem.table_state (
     reason     text,
     fix        text,
     since      timestamptz NOT NULL DEFAULT now()
+);
+-- When the table's initial sync (or the reconcile after a new slot) finished; NULL: it is due.
+ALTER TABLE tandem.table_state ADD COLUMN IF NOT EXISTS synced_at timestamptz;
+-- The cloud position a reconcile brought the table's mobile rows to: the reverse stream skips the
+-- table's changes of transactions that committed before it (the reconcile brought them already).
+ALTER TABLE tandem.table_state ADD COLUMN IF NOT EXISTS sync_lsn pg_lsn;
+
+-- A reconcile's cut in the reverse stream (a logical message at the cloud position its scan sees): the
+-- reverse worker, on reaching it, applies what came before, says so, and waits until the reconcile has
+-- brought the table's mobile rows (done), so the scan's snapshot and the desktop meet exactly there.
+CREATE TABLE IF NOT EXISTS tandem.cuts (
+    id         text PRIMARY KEY,
+    table_name text,
+    made_at    timestamptz NOT NULL DEFAULT now(),
+    reached_at timestamptz,
+    done_at    timestamptz
+);
+
+-- Each reconcile (and initial sync) run: when, what triggered it, and its report per table.
+CREATE TABLE IF NOT EXISTS tandem.reconciles (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at  timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    trigger     text NOT NULL,      -- command, schedule, sync
+    dry_run     boolean NOT NULL,
+    report      jsonb NOT NULL
 );
 
 -- The capture function. Trigger arguments: the key (or scope) columns of the table. Statement-level with

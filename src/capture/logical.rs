@@ -12,6 +12,8 @@ use crate::db::DbError;
 /// desktop-owned row (payload: `{"op", "schema", "table", "names", "old"}`: the table's column names,
 /// and the old row's text as a record, `(1,"a b",)`, which holds each column's exact text).
 pub const CLAIM_PREFIX: &str = "tandem.claim";
+/// The prefix of a reconcile's cut (a non-transactional message; its content is the cut's id).
+pub const CUT_PREFIX: &str = "tandem.cut";
 
 /// A claim: the row a phone took over (its update arrives next, as an insert) or deleted.
 #[derive(Debug, Clone, PartialEq)]

@@ -31,8 +31,6 @@ pub struct OutboxBatch {
     pub keyed: BTreeSet<usize>,
     /// Mapping indexes of the tables truncated in the batch.
     pub truncated: BTreeSet<usize>,
-    /// Rows for tables that are not configured (triggers left from an older config).
-    pub unconfigured: Vec<String>,
 }
 
 impl OutboxBatch {
@@ -55,13 +53,14 @@ const MIN_SETTING: &str = "tandem.batch_min_id";
 const MAX_SETTING: &str = "tandem.batch_max_id";
 const SNAPSHOT_SETTING: &str = "tandem.batch_snapshot";
 
-/// The oldest `$1` outbox rows (of transactions snapshot `$2` sees, unless `$2` is empty) of tables other
-/// than `($3, $4)` (schemas and names of the parked tables, whose rows wait), and the batch bounds set
-/// for the snapshot's later queries, in one round trip.
+/// The oldest `$1` outbox rows (of transactions snapshot `$2` sees, unless `$2` is empty) of tables
+/// `($3, $4)` (schemas and names of the tables that stream: a parked table's rows wait, and so do those of
+/// a table `init` added before this run picked it up), and the batch bounds set for the snapshot's later
+/// queries, in one round trip.
 const BATCH_SQL: &str = "WITH batch AS (
         SELECT id, table_schema, table_name, op::text AS op FROM tandem.outbox
          WHERE ($2 = '' OR pg_visible_in_snapshot(xid, $2::pg_snapshot))
-           AND (table_schema, table_name) NOT IN (SELECT * FROM unnest($3::text[], $4::text[]))
+           AND (table_schema, table_name) IN (SELECT * FROM unnest($3::text[], $4::text[]))
          ORDER BY id LIMIT $1),
      bounds AS (
         SELECT set_config('tandem.batch_min_id', coalesce(min(id), 0)::text, true),
@@ -70,16 +69,16 @@ const BATCH_SQL: &str = "WITH batch AS (
           FROM batch)
      SELECT b.id, b.table_schema, b.table_name, b.op FROM batch b, bounds ORDER BY b.id";
 
-/// Tables whose outbox rows a batch leaves alone (parked tables), as the batch query takes them.
+/// The tables whose outbox rows a batch takes (those that stream), as the batch query takes them.
 #[derive(Debug, Clone, Default)]
-pub struct Excluded {
+pub struct Taken {
     schemas: Vec<String>,
     names: Vec<String>,
 }
 
-impl Excluded {
+impl Taken {
     pub fn new(tables: &[&crate::change::QualifiedName]) -> Self {
-        Excluded {
+        Taken {
             schemas: tables.iter().map(|t| t.schema.clone()).collect(),
             names: tables.iter().map(|t| t.name.clone()).collect(),
         }
@@ -87,7 +86,7 @@ impl Excluded {
 }
 
 /// Begins the batch's REPEATABLE READ transaction on the desktop and takes up to `limit` outbox rows in
-/// it, leaving those of `excluded` tables alone. With `snapshot` (a `pg_snapshot` text), only rows of transactions that snapshot sees: `run
+/// it, of `taken` tables only. With `snapshot` (a `pg_snapshot` text), only rows of transactions that snapshot sees: `run
 /// --once` drains what was committed when it started and stops. The transaction stays open (its
 /// snapshot is what the batch's rows are read from) until [`finish_batch`].
 pub async fn begin_batch(
@@ -96,12 +95,12 @@ pub async fn begin_batch(
     mapping: &Mapping,
     limit: i64,
     snapshot: Option<&str>,
-    excluded: &Excluded,
+    taken: &Taken,
 ) -> Result<OutboxBatch, DbError> {
     let snapshot = snapshot.unwrap_or("");
     let statement = statements.get(client, BATCH_SQL).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-        [&limit, &snapshot, &excluded.schemas, &excluded.names];
+        [&limit, &snapshot, &taken.schemas, &taken.names];
     // One round trip: BEGIN and the batch query are pipelined.
     let begin = statements
         .get(client, "BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -130,10 +129,24 @@ pub async fn begin_batch(
             Some(i) => {
                 batch.keyed.insert(i);
             }
-            None => batch.unconfigured.push(format!("{schema}.{name}")),
+            None => {}
         }
     }
     Ok(batch)
+}
+
+/// Whether the outbox holds rows of transactions `snapshot` sees, of `taken` tables.
+pub async fn pending(client: &Client, snapshot: &str, taken: &Taken) -> Result<bool, DbError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM tandem.outbox
+              WHERE pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+                AND (table_schema, table_name) IN (SELECT * FROM unnest($2::text[], $3::text[])))",
+            &[&snapshot, &taken.schemas, &taken.names],
+        )
+        .await
+        .ctx(Side::Desktop, "reading what tandem.outbox still holds")?;
+    Ok(row.get(0))
 }
 
 /// Deletes a batch's outbox rows by id and ends the desktop transaction: called once the cloud

@@ -23,6 +23,7 @@
 
 pub mod forward;
 pub mod isolate;
+pub mod reconcile;
 pub mod reverse;
 mod staging;
 
@@ -209,6 +210,8 @@ pub enum Progress {
     Forward,
     /// The end of the last cloud transaction applied.
     Reverse(EndLsn),
+    /// Nothing to record (a reconcile's repairs are no position of any source).
+    Nothing,
 }
 
 const FORWARD_PROGRESS: &str =
@@ -309,6 +312,13 @@ impl Target {
         let mut sql = String::new();
         if !self.open {
             sql.push_str("BEGIN;");
+            if self.direction == Direction::Reverse {
+                sql.push_str(&format!(
+                    "SELECT pg_advisory_xact_lock({}, {});",
+                    db::LOCK_CLASS,
+                    db::REVERSE_LOCK
+                ));
+            }
         }
         for i in tables {
             sql.push_str(&self.staging.first_use(i));
@@ -490,6 +500,15 @@ impl Target {
         let (sql, position) = match progress {
             Progress::Forward => (FORWARD_PROGRESS, None),
             Progress::Reverse(end) => (REVERSE_PROGRESS, Some(end.to_string())),
+            Progress::Nothing => {
+                client
+                    .execute(&commit, &[])
+                    .await
+                    .ctx(side, "committing the batch")?;
+                self.open = false;
+                self.staging.end_transaction();
+                return Ok(());
+            }
         };
         let record = self.statements.get(client, sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = match &position {

@@ -294,3 +294,23 @@ fn all_problems_are_reported_at_once() {
     );
     assert_eq!(found.len(), 3, "{found:#?}");
 }
+
+#[test]
+fn the_reconcile_schedule_is_a_time_of_day() {
+    let with = |at: &str| {
+        parse(&format!(
+            "[desktop]\nurl='x'\n[cloud]\nurl='y'\n[reconcile]\nat={at:?}\n[[tables]]\ndesktop='t'\nkey=['id']\n"
+        ))
+    };
+    assert_eq!(with("02:00").unwrap().reconcile.at, Some((2, 0)));
+    assert_eq!(with("23:59").unwrap().reconcile.at, Some((23, 59)));
+    for bad in ["24:00", "2am", "02:0", "12:60", ""] {
+        let err = with(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("[reconcile] at") && err.contains("HH:MM"),
+            "{bad}: {err}"
+        );
+    }
+    let none = parse("[desktop]\nurl='x'\n[cloud]\nurl='y'\n[[tables]]\ndesktop='t'\nkey=['id']\n");
+    assert_eq!(none.unwrap().reconcile.at, None);
+}

@@ -27,6 +27,18 @@ pub use url::{ConnectTarget, RootCerts, SslMode};
 /// (nothing echoes back) and the cloud ownership trigger leaves their `source` as written.
 pub const APPLYING_SETTING: &str = "tandem.applying";
 
+/// The advisory locks of tandem's appliers, `(class, object)`, on the desktop. One class of tandem's own
+/// (`'tand'` in ASCII), so an application's advisory locks cannot meet them.
+pub const LOCK_CLASS: i32 = 0x7461_6e64;
+/// Held by the forward applier (a run's forward worker) for its whole session: one at a time, so two
+/// appliers never read the same keys at different moments and commit them in the other order. A
+/// reconcile that finds it taken hands its keys to that applier through the outbox.
+pub const FORWARD_LOCK: i32 = 1;
+/// Taken by every desktop transaction that applies mobile rows (the reverse worker's groups, a
+/// reconcile's repairs), until it commits: each compares the desktop's rows with what it brings under
+/// the lock, so the two never interleave.
+pub const REVERSE_LOCK: i32 = 2;
+
 /// The settings every tandem session runs with, so a value's text is the same in every session of
 /// either side: it is what tandem compares and hashes values by (see `commit::sql`). Dates and times
 /// in ISO style at UTC, intervals in the `postgres` style, floats in their shortest exact form, bytea
@@ -118,6 +130,9 @@ pub enum DbError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Data from the server tandem could not read (a COPY stream cut or malformed).
+    #[error("{side}: {message}")]
+    Protocol { side: Side, message: String },
 }
 
 impl DbError {
@@ -144,6 +159,7 @@ impl DbError {
                 code => classify(code),
             },
             DbError::Query { source, .. } => classify(source.code()),
+            DbError::Protocol { .. } => ErrorKind::Transient,
         }
     }
 
@@ -152,7 +168,8 @@ impl DbError {
             DbError::BadUrl { side, .. }
             | DbError::Tls { side, .. }
             | DbError::Connect { side, .. }
-            | DbError::Query { side, .. } => *side,
+            | DbError::Query { side, .. }
+            | DbError::Protocol { side, .. } => *side,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! What operators run beside streaming: `check` (is everything in place?) and `dead-letters` (the
-//! rows a target refused: listed, retried).
+//! What operators run beside streaming: `check` (is everything in place?), `dead-letters` (the rows a
+//! target refused: listed, retried) and `reconcile` (both sides made to share what they do not).
 
 pub mod check;
 pub mod dead_letters;
+pub mod reconcile;

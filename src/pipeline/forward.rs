@@ -27,7 +27,7 @@ use crate::db::{self, Context, Notifications, StatementCache};
 use crate::transform::Mapping;
 
 use super::session::{Worker, reconnecting};
-use super::tables::{Snapshot, Tables};
+use super::tables::{Snapshot, Tables, WorkerId};
 use super::{BatchSize, RunError, RunOptions, RunStats, failpoint, parks};
 
 /// The forward direction of `tandem run`. Returns when `shutdown` fires, or with `once` when the
@@ -146,13 +146,13 @@ impl ForwardWorker<'_> {
             });
         }
         let state = self.state.as_ref().expect("prepared above");
-        // Parked tables' outbox rows stay where they are.
-        let parked: Vec<&QualifiedName> = tables
-            .parked
-            .keys()
-            .map(|&i| &state.mapping.tables[i].table.desktop)
+        self.tables.running(WorkerId::Forward, tables.generation);
+        // Parked tables' outbox rows stay where they are (and those of tables not configured yet).
+        let streaming: Vec<&QualifiedName> = (0..state.mapping.tables.len())
+            .filter(|i| !tables.is_parked(*i))
+            .map(|i| &state.mapping.tables[i].table.desktop)
             .collect();
-        let parked = outbox::Excluded::new(&parked);
+        let taken = outbox::Taken::new(&streaming);
         let target = Target::prepare(&cloud, Direction::Forward, state.plan.staging()).await?;
         desktop
             .batch_execute("SET plan_cache_mode = force_custom_plan")
@@ -162,6 +162,33 @@ impl ForwardWorker<'_> {
             .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
             .await
             .ctx(Side::Desktop, "LISTEN for outbox notifications")?;
+        // One forward applier at a time (see `db::FORWARD_LOCK`), held until this session's connection
+        // closes. `run --once` beside a running applier lets that one apply what it would have.
+        let held: bool = desktop
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
+            )
+            .await
+            .ctx(Side::Desktop, "taking the forward applier lock")?
+            .get(0);
+        if !held {
+            if self.options.once {
+                return wait_applied_elsewhere(&desktop, &taken, shutdown).await;
+            }
+            tracing::warn!(
+                "another tandem process applies this desktop's outbox; waiting for it to stop"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                locked = desktop.execute(
+                    "SELECT pg_advisory_lock($1, $2)",
+                    &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
+                ) => {
+                    locked.ctx(Side::Desktop, "waiting for the forward applier lock")?;
+                }
+            }
+        }
         if self.options.once && self.once_snapshot.is_none() {
             let row = desktop
                 .query_one("SELECT pg_current_snapshot()::text", &[])
@@ -190,7 +217,7 @@ impl ForwardWorker<'_> {
                 let read = Read {
                     limit,
                     snapshot: self.once_snapshot.as_deref(),
-                    parked: &parked,
+                    taken: &taken,
                     tables: &tables,
                 };
                 let Some((rows, outcome)) = one_batch(state, &mut conn, read).await? else {
@@ -228,6 +255,27 @@ impl ForwardWorker<'_> {
     }
 }
 
+/// `run --once` while another process holds the forward direction: waits until the outbox rows
+/// committed now (of tables not parked) are applied by it.
+async fn wait_applied_elsewhere(
+    desktop: &Client,
+    taken: &outbox::Taken,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    let snapshot: String = desktop
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await
+        .ctx(Side::Desktop, "reading the current snapshot")?
+        .get(0);
+    loop {
+        let pending = outbox::pending(desktop, &snapshot, taken).await?;
+        if !pending || shutdown.is_cancelled() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Sleeps until a notification (or shutdown, or the tables changing: a resumed table's queued rows
 /// send no notification); swallows the others already queued.
 async fn wait_for_changes(
@@ -255,7 +303,7 @@ struct Read<'a> {
     limit: i64,
     /// With `once`: only rows of transactions this snapshot sees.
     snapshot: Option<&'a str>,
-    parked: &'a outbox::Excluded,
+    taken: &'a outbox::Taken,
     tables: &'a Snapshot,
 }
 
@@ -272,18 +320,12 @@ async fn one_batch(
         mapping,
         read.limit,
         read.snapshot,
-        read.parked,
+        read.taken,
     )
     .await?;
     if batch.is_empty() {
         outbox::finish_batch(&conn.desktop, &mut conn.desktop_statements, &[]).await?;
         return Ok(None);
-    }
-    if !batch.unconfigured.is_empty() {
-        tracing::warn!(
-            tables = ?batch.unconfigured,
-            "outbox rows of tables that are not configured were dropped; run `tandem init` to remove their triggers"
-        );
     }
     // A parked table is not written, not even as a lookup's dependent.
     let mut tables = batch.tables(mapping);

@@ -6,6 +6,7 @@ pub mod forward;
 mod nap;
 pub mod reverse;
 mod session;
+pub mod sync;
 pub mod tables;
 
 use std::time::Duration;
@@ -174,10 +175,15 @@ pub async fn run(
 ) -> Result<RunReport, RunError> {
     preflight(config).await?;
     let tables = Tables::start(config).await?;
+    // Tables new since init are synced before the workers start: what the sync hands to the outbox,
+    // the forward worker applies; what the slot holds from before the sync, the reverse worker finds
+    // already on the desktop.
+    sync::due(config, &tables, &sync::Quiet).await?;
     let stop = shutdown.child_token();
     if !options.once {
         let every = Duration::from_millis(config.sync.schema_recheck_ms.max(1));
         tokio::spawn(tables.clone().rechecking(every, stop.clone()));
+        tokio::spawn(sync::syncing(config.clone(), tables.clone(), stop.clone()));
     }
     let forward = run_forward_with(config, options, tables.clone(), stop.clone());
     let reverse = run_reverse_with(config, options, tables.clone(), stop.clone());

@@ -53,14 +53,25 @@ impl Snapshot {
 
 /// The table states of one run.
 pub struct Tables {
-    config: Config,
     state: watch::Sender<Snapshot>,
     /// Serializes rechecks.
     checks: Mutex<Checks>,
+    /// The generation each worker's current session runs with (forward, reverse); `None` before its
+    /// first session.
+    sessions: watch::Sender<[Option<u64>; 2]>,
 }
 
-#[derive(Default)]
+/// A worker of a run, as [`Tables::running`] is told.
+#[derive(Debug, Clone, Copy)]
+pub enum WorkerId {
+    Forward = 0,
+    Reverse = 1,
+}
+
 struct Checks {
+    /// The config as this run knows it: the file is read again on rechecks, and a table `init` added
+    /// is picked up.
+    config: Config,
     /// Each table's schema fingerprint (both sides) when the mapping was built.
     fingerprints: Vec<u64>,
     /// Tables parked because a statement failed although the schema seemed to fit, with the
@@ -88,9 +99,14 @@ impl Tables {
             parked: Arc::new(BTreeMap::new()),
         });
         let tables = Arc::new(Tables {
-            config: config.clone(),
             state,
-            checks: Mutex::new(Checks::default()),
+            checks: Mutex::new(Checks {
+                config: config.clone(),
+                fingerprints: Vec::new(),
+                failed: BTreeMap::new(),
+                warned: BTreeSet::new(),
+            }),
+            sessions: watch::channel([None, None]).0,
         });
         {
             let mut checks = tables.checks.lock().await;
@@ -102,6 +118,27 @@ impl Tables {
 
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.state.subscribe()
+    }
+
+    /// A worker's session started with the tables of `generation`.
+    pub fn running(&self, worker: WorkerId, generation: u64) {
+        self.sessions
+            .send_modify(|s| s[worker as usize] = Some(generation));
+    }
+
+    /// Waits until both workers run sessions of `generation` or later; false on shutdown.
+    pub async fn workers_at(&self, generation: u64, shutdown: &CancellationToken) -> bool {
+        let mut sessions = self.sessions.subscribe();
+        let at = |s: &[Option<u64>; 2]| s.iter().all(|g| g.is_some_and(|g| g >= generation));
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            done = sessions.wait_for(at) => done.is_ok(),
+        }
+    }
+
+    /// The config as this run knows it now.
+    pub async fn config(&self) -> Config {
+        self.checks.lock().await.config.clone()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -122,7 +159,16 @@ impl Tables {
     /// mapping when a table's shape changed.
     pub async fn recheck(&self) -> Result<(), RunError> {
         let mut checks = self.checks.lock().await;
-        let look = look(&self.config).await?;
+        if let Some(config) = reloaded(&checks.config).await? {
+            tracing::info!(
+                tables = config.tables.len(),
+                "the config names tables `tandem init` set up since this run started; picking them up"
+            );
+            // Tables may have moved in the config: what was found by position is found again.
+            checks.failed.clear();
+            checks.config = config;
+        }
+        let look = look(&checks.config).await?;
         self.settle(&mut checks, look, None).await
     }
 
@@ -130,7 +176,7 @@ impl Tables {
     /// parked unless its shape changed since its statements were built (then they are rebuilt).
     pub async fn failed(&self, table: usize, error: &CommitError) -> Result<(), RunError> {
         let mut checks = self.checks.lock().await;
-        let look = look(&self.config).await?;
+        let look = look(&checks.config).await?;
         let name = &look.mapping.tables[table].table;
         let parked = Parked {
             reason: format!("its statement failed: {}", error.source),
@@ -145,7 +191,7 @@ impl Tables {
     /// Parks `table` for a reason a worker found (the stream's relation lacks its columns).
     pub async fn park(&self, table: usize, parked: Parked) -> Result<(), RunError> {
         let mut checks = self.checks.lock().await;
-        let look = look(&self.config).await?;
+        let look = look(&checks.config).await?;
         self.settle(&mut checks, look, Some((table, parked))).await
     }
 
@@ -227,7 +273,7 @@ impl Tables {
             }
         }
         if first || reshaped || parked != *old.parked {
-            self.record(&look.mapping, &parked).await?;
+            record(&checks.config, &look.mapping, &parked).await?;
         }
         if reshaped || parked != *old.parked {
             let mapping = if reshaped {
@@ -243,49 +289,97 @@ impl Tables {
         }
         Ok(())
     }
+}
 
-    /// Writes every table's state into the desktop's `tandem.table_state` (a row changes only when its
-    /// state does).
-    async fn record(
-        &self,
-        mapping: &Mapping,
-        parked: &BTreeMap<usize, Parked>,
-    ) -> Result<(), RunError> {
-        let desktop = db::connect(Side::Desktop, &self.config.desktop.url).await?;
-        let names: Vec<String> = mapping
-            .tables
-            .iter()
-            .map(|t| t.table.desktop.to_string())
-            .collect();
-        let states: Vec<&str> = (0..names.len())
-            .map(|i| {
-                if parked.contains_key(&i) {
-                    "parked"
-                } else {
-                    "streaming"
-                }
-            })
-            .collect();
-        let reasons: Vec<Option<&str>> = (0..names.len())
-            .map(|i| parked.get(&i).map(|p| p.reason.as_str()))
-            .collect();
-        let fixes: Vec<Option<&str>> = (0..names.len())
-            .map(|i| parked.get(&i).map(|p| p.fix.as_str()))
-            .collect();
-        desktop
-            .execute(
-                "INSERT INTO tandem.table_state (table_name, state, reason, fix)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                 ON CONFLICT (table_name) DO UPDATE SET state = EXCLUDED.state, reason = EXCLUDED.reason,
-                        fix = EXCLUDED.fix, since = now()
-                  WHERE (tandem.table_state.state, tandem.table_state.reason)
-                        IS DISTINCT FROM (EXCLUDED.state, EXCLUDED.reason)",
-                &[&names, &states, &reasons, &fixes],
-            )
-            .await
-            .ctx(Side::Desktop, "recording the tables' states in tandem.table_state")?;
-        Ok(())
+/// Writes every table's state into the desktop's `tandem.table_state` (a row changes only when its
+/// state does). A table not parked is `new` until its initial sync finished (`synced_at`), `syncing`
+/// while it runs ([`crate::pipeline::sync`] writes those), `streaming` after.
+async fn record(
+    config: &Config,
+    mapping: &Mapping,
+    parked: &BTreeMap<usize, Parked>,
+) -> Result<(), RunError> {
+    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+    let names: Vec<String> = mapping
+        .tables
+        .iter()
+        .map(|t| t.table.desktop.to_string())
+        .collect();
+    let parked_now: Vec<bool> = (0..names.len()).map(|i| parked.contains_key(&i)).collect();
+    let reasons: Vec<Option<&str>> = (0..names.len())
+        .map(|i| parked.get(&i).map(|p| p.reason.as_str()))
+        .collect();
+    let fixes: Vec<Option<&str>> = (0..names.len())
+        .map(|i| parked.get(&i).map(|p| p.fix.as_str()))
+        .collect();
+    desktop
+        .execute(
+            "WITH now AS (
+                SELECT u.name, u.reason, u.fix,
+                       CASE WHEN u.parked THEN 'parked'
+                            WHEN s.synced_at IS NOT NULL THEN 'streaming'
+                            WHEN s.state = 'syncing' THEN 'syncing'
+                            ELSE 'new' END AS state
+                  FROM unnest($1::text[], $2::bool[], $3::text[], $4::text[]) AS u(name, parked, reason, fix)
+                  LEFT JOIN tandem.table_state s ON s.table_name = u.name)
+             INSERT INTO tandem.table_state (table_name, state, reason, fix)
+             SELECT name, state, reason, fix FROM now
+             ON CONFLICT (table_name) DO UPDATE SET state = EXCLUDED.state, reason = EXCLUDED.reason,
+                    fix = EXCLUDED.fix, since = now()
+              WHERE (tandem.table_state.state, tandem.table_state.reason)
+                    IS DISTINCT FROM (EXCLUDED.state, EXCLUDED.reason)",
+            &[&names, &parked_now, &reasons, &fixes],
+        )
+        .await
+        .ctx(Side::Desktop, "recording the tables' states in tandem.table_state")?;
+    Ok(())
+}
+
+/// The config file again, when it names tables this run does not have yet and `init` has set every one
+/// of them up (each has a row in `tandem.table_state`, which `init` writes after its triggers, the
+/// publication and the slot). The connection settings stay the run's.
+async fn reloaded(current: &Config) -> Result<Option<Config>, RunError> {
+    let path = std::path::Path::new(&current.origin);
+    if !path.is_file() {
+        return Ok(None);
     }
+    let mut config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "the config file no longer loads; this run goes on with the config it started with");
+            return Ok(None);
+        }
+    };
+    let known: BTreeSet<String> = current
+        .tables
+        .iter()
+        .map(|t| t.table.desktop.to_string())
+        .collect();
+    let added: Vec<String> = config
+        .tables
+        .iter()
+        .map(|t| t.table.desktop.to_string())
+        .filter(|n| !known.contains(n))
+        .collect();
+    if added.is_empty() {
+        return Ok(None);
+    }
+    let desktop = db::connect(Side::Desktop, &current.desktop.url).await?;
+    let registered: i64 = desktop
+        .query_one(
+            "SELECT count(*) FROM tandem.table_state WHERE table_name = ANY($1)",
+            &[&added],
+        )
+        .await
+        .ctx(Side::Desktop, "reading tandem.table_state")?
+        .get(0);
+    if registered < added.len() as i64 {
+        return Ok(None);
+    }
+    config.desktop = current.desktop.clone();
+    config.cloud = current.cloud.clone();
+    config.sync = current.sync.clone();
+    Ok(Some(config))
 }
 
 /// Both schemas now.

@@ -28,6 +28,7 @@ pub const REQUIRED_RELATIONS: &[&str] = &[
     "tandem.conflicts",
     "tandem.dead_letters",
     "tandem.replica_identity_before",
+    "tandem.journal",
 ];
 pub const MARK_FUNCTION: &str = "tandem.mark_mobile()";
 pub const REQUIRED_FUNCTIONS: &[&str] = &[MARK_FUNCTION];

@@ -24,6 +24,8 @@ pub const REQUIRED_RELATIONS: &[&str] = &[
     "tandem.dead_letters",
     "tandem.outbox",
     "tandem.table_state",
+    "tandem.reconciles",
+    "tandem.cuts",
 ];
 pub const CAPTURE_FUNCTION: &str = "tandem.capture()";
 pub const REQUIRED_FUNCTIONS: &[&str] = &[CAPTURE_FUNCTION];

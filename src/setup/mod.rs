@@ -353,12 +353,55 @@ pub async fn init(config: &Config, dry_run: bool) -> Result<InitReport, SetupErr
     if !dry_run {
         apply(&mut desktop, &dplan.steps).await?;
         apply(&mut cloud, &cplan.steps).await?;
+        let new_slot = cplan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::CreateSlot { .. }));
+        register_tables(&desktop, config, new_slot).await?;
     }
     Ok(InitReport {
         desktop: dplan.steps,
         cloud: cplan.steps,
         warnings,
     })
+}
+
+/// Gives every configured table a row in `tandem.table_state`, once its triggers, the publication and the
+/// slot exist: a table new to it is `new`, and the next `tandem run` (or the one running, which picks it
+/// up) syncs it first. With a new slot (the first, or one made again after a lost slot) every table is
+/// due again: what phones did while no slot kept their changes is found by the sync.
+async fn register_tables(desktop: &Client, config: &Config, new_slot: bool) -> Result<(), DbError> {
+    let names: Vec<String> = config
+        .tables
+        .iter()
+        .map(|t| t.table.desktop.to_string())
+        .collect();
+    desktop
+        .execute(
+            "INSERT INTO tandem.table_state (table_name, state) SELECT unnest($1::text[]), 'new'
+             ON CONFLICT (table_name) DO NOTHING",
+            &[&names],
+        )
+        .await
+        .ctx(
+            Side::Desktop,
+            "registering the tables in tandem.table_state",
+        )?;
+    if new_slot {
+        desktop
+            .execute(
+                "UPDATE tandem.table_state SET synced_at = NULL, since = now(),
+                        state = CASE WHEN state = 'parked' THEN state ELSE 'new' END
+                  WHERE table_name = ANY($1)",
+                &[&names],
+            )
+            .await
+            .ctx(
+                Side::Desktop,
+                "marking the tables due to sync after a new slot",
+            )?;
+    }
+    Ok(())
 }
 
 /// What `uninstall` will remove, and what is lost with it (pending changes, conflicts, dead letters).

@@ -6,6 +6,8 @@ mod cli;
 mod forward;
 mod generated;
 mod init;
+mod initial_sync;
+mod lost_slot;
 mod parking;
 mod pgoutput;
 mod property;

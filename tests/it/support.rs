@@ -141,6 +141,34 @@ impl TestDb {
         Self::on_ports(desktop, cloud).await
     }
 
+    /// Empty databases whose cloud is on a cluster of its own that keeps at most 1 MB of WAL for a
+    /// slot, so a test can really lose a slot (wal_status `lost`) without touching the clusters other
+    /// tests share. No timed checkpoint: only a test's CHECKPOINT invalidates a slot. Slots on it share
+    /// its WAL, so its tests must not run at the same time.
+    pub async fn with_small_slot_cloud() -> TestDb {
+        static SMALL_SLOT: OnceLock<u16> = OnceLock::new();
+        init_logging();
+        let (desktop, cloud) = tokio::task::spawn_blocking(|| {
+            let cloud = *SMALL_SLOT.get_or_init(|| {
+                start(
+                    "small-slot",
+                    &ClusterOptions {
+                        settings: vec![
+                            ("max_slot_wal_keep_size".into(), "'1MB'".into()),
+                            ("wal_keep_size".into(), "0".into()),
+                            ("checkpoint_timeout".into(), "'1d'".into()),
+                        ],
+                        ..Default::default()
+                    },
+                )
+            });
+            (pair().desktop, cloud)
+        })
+        .await
+        .unwrap();
+        Self::on_ports(desktop, cloud).await
+    }
+
     async fn on_ports(desktop: u16, cloud: u16) -> TestDb {
         let name = format!(
             "t{}_{}",

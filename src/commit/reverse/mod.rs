@@ -33,14 +33,25 @@ const ANALYZE_ABOVE: u64 = 10_000;
 /// A group of cloud transactions to commit on the desktop.
 #[derive(Debug, Clone, Copy)]
 pub struct Group<'a> {
-    /// The end of its last transaction: the position recorded with it.
+    /// The end of its last transaction: the position recorded with it (none for a reconcile's).
     pub end: EndLsn,
     /// Tables that staged more than new rows (see [`Reverse::commit`]).
     pub complex: &'a HashSet<usize>,
     /// Parked tables, with why.
     pub parked: &'a BTreeMap<usize, String>,
-    /// The deletes of a resumed table's rows, staged from its dead letters (not from the stream).
-    pub resumed: bool,
+    /// Where the changes come from.
+    pub origin: Origin,
+}
+
+/// Where a group's changes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The stream: `end` is recorded as the reverse position.
+    Stream,
+    /// The deletes of a resumed table's rows, staged from its dead letters (`end`: the stored position).
+    Resumed,
+    /// A reconcile's repairs, staged from a table scan: no position is recorded.
+    Reconcile,
 }
 
 /// The reverse direction's statements, per configured table, built once per mapping.
@@ -171,7 +182,7 @@ impl Reverse {
             end,
             complex,
             parked,
-            resumed,
+            origin,
         } = *group;
         let mut out = BatchOutcome::default();
         if !target.is_open() {
@@ -189,10 +200,10 @@ impl Reverse {
             .filter(|&i| target.staging.is_used(i))
             .collect();
         if !tables.is_empty() {
-            let batch_id = if resumed {
-                format!("reverse {end} (a parked table resumed)")
-            } else {
-                format!("reverse {end}")
+            let batch_id = match origin {
+                Origin::Stream => format!("reverse {end}"),
+                Origin::Resumed => format!("reverse {end} (a parked table resumed)"),
+                Origin::Reconcile => "reverse (reconcile)".to_string(),
             };
             let batch = Batch {
                 names: &self.names,
@@ -207,7 +218,11 @@ impl Reverse {
             out = target.apply(desktop, &plan, batch).await?;
         }
         out.written += target.staging.take_direct_written();
-        target.commit(desktop, Progress::Reverse(end)).await?;
+        let progress = match origin {
+            Origin::Stream | Origin::Resumed => Progress::Reverse(end),
+            Origin::Reconcile => Progress::Nothing,
+        };
+        target.commit(desktop, progress).await?;
         Ok(out)
     }
 

@@ -32,7 +32,7 @@ use crate::transform::Mapping;
 
 use crate::pipeline::nap::Nap;
 use crate::pipeline::session::{Worker, reconnecting};
-use crate::pipeline::tables::{Snapshot, Tables};
+use crate::pipeline::tables::{Snapshot, Tables, WorkerId};
 use crate::pipeline::{RunError, RunOptions, RunStats, parks};
 
 use diagnose::{diagnose, stream_error};
@@ -216,6 +216,7 @@ impl ReverseWorker<'_> {
             });
         }
         let prepared = self.prepared.as_ref().expect("prepared above");
+        self.tables.running(WorkerId::Reverse, tables.generation);
         let parked: BTreeMap<usize, String> = tables
             .parked
             .iter()
@@ -223,6 +224,7 @@ impl ReverseWorker<'_> {
             .collect();
         let target = Target::prepare(&desktop, Direction::Reverse, prepared.plan.staging()).await?;
         let stored = reverse::stored_position(&desktop).await?;
+        let sync_points = sync_points(&desktop, &prepared.mapping).await?;
         let start = stored.map(|s| s.0);
         let replication_config =
             logical::replication_config(self.config, start.unwrap_or_default(), start)?;
@@ -264,6 +266,7 @@ impl ReverseWorker<'_> {
             stored,
             careful_through: self.careful_through,
             last_final: CommitLsn::default(),
+            sync_points,
             acknowledged: start,
             in_transaction: false,
             tx_changes: 0,
@@ -293,6 +296,36 @@ impl ReverseWorker<'_> {
         .await;
         result
     }
+}
+
+/// Where a reconcile brought each table's mobile rows to (`tandem.table_state.sync_lsn`): the table's
+/// changes of transactions that committed before are not applied again.
+async fn sync_points(
+    desktop: &tokio_postgres::Client,
+    mapping: &crate::transform::Mapping,
+) -> Result<HashMap<usize, CommitLsn>, RunError> {
+    let rows = desktop
+        .query(
+            "SELECT table_name, sync_lsn::text FROM tandem.table_state WHERE sync_lsn IS NOT NULL",
+            &[],
+        )
+        .await
+        .ctx(Side::Desktop, "reading the tables' sync points")?;
+    let mut points = HashMap::new();
+    for row in rows {
+        let (name, lsn): (String, String) = (row.get(0), row.get(1));
+        let Some(i) = mapping
+            .tables
+            .iter()
+            .position(|t| t.table.desktop.to_string() == name)
+        else {
+            continue;
+        };
+        if let Ok(lsn) = lsn.parse() {
+            points.insert(i, CommitLsn(lsn));
+        }
+    }
+    Ok(points)
 }
 
 #[cfg(test)]

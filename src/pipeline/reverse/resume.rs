@@ -3,7 +3,7 @@
 use crate::capture::logical::Claim;
 use crate::change::Side;
 use crate::commit::reverse::sql::PARKED_SQLSTATE;
-use crate::commit::reverse::{Group, retry};
+use crate::commit::reverse::{Group, Origin, retry};
 use crate::db::{APPLYING_SETTING, Context};
 
 use crate::pipeline::{RunError, RunStats};
@@ -83,7 +83,7 @@ impl Stream<'_> {
             end: self.stored.unwrap_or_default(),
             complex: &complex,
             parked: &self.parked,
-            resumed: true,
+            origin: Origin::Resumed,
         };
         let outcome = self
             .plan

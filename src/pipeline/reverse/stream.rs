@@ -9,14 +9,15 @@ use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::logical::{CLAIM_PREFIX, Claim};
+use crate::capture::logical::{CLAIM_PREFIX, CUT_PREFIX, Claim};
 use crate::capture::pgoutput::{self, RelationCache};
+use crate::change::Side;
 use crate::change::{CommitLsn, EndLsn, PgOutput, WalEnd};
 use crate::commit::reverse::encode::Encoder;
 use crate::commit::reverse::relation::RelationMap;
-use crate::commit::reverse::{Group, Reverse};
+use crate::commit::reverse::{Group, Origin, Reverse};
 use crate::commit::{CommitError, Target};
-use crate::db::ErrorKind;
+use crate::db::{Context, ErrorKind};
 use crate::transform::Mapping;
 
 use crate::pipeline::ack::{self, Event, Held};
@@ -26,6 +27,9 @@ use crate::pipeline::{RunError, RunStats, StreamError, failpoint};
 
 use super::diagnose::stream_error;
 use super::{NAP_AFTER_CHANGES, ONCE_PREFIX};
+
+/// How long the stream waits at a reconcile's cut at most (the reconcile gives up after 10 minutes).
+const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(660);
 
 /// The state of one connected stretch.
 pub(super) struct Stream<'a> {
@@ -48,6 +52,9 @@ pub(super) struct Stream<'a> {
     pub(super) careful_through: Option<CommitLsn>,
     /// Commit position of the last transaction that began: where a replay must reach.
     pub(super) last_final: CommitLsn,
+    /// Per table, the position a reconcile brought its mobile rows to: the table's changes of
+    /// transactions that committed before it are skipped.
+    pub(super) sync_points: HashMap<usize, CommitLsn>,
     /// The last position told to the slot.
     pub(super) acknowledged: Option<crate::change::Lsn>,
     pub(super) in_transaction: bool,
@@ -158,6 +165,8 @@ impl Stream<'_> {
                 } => {
                     if prefix == CLAIM_PREFIX && !self.skip_transaction {
                         self.claim(&content);
+                    } else if prefix == CUT_PREFIX && !self.in_transaction {
+                        self.cut(&content, shutdown, stats).await?;
                     } else if prefix == ONCE_PREFIX
                         && once.is_some_and(|t| t.as_bytes() == content.as_ref())
                     {
@@ -194,7 +203,13 @@ impl Stream<'_> {
         // Borrowed, not cloned: this runs for every row.
         let maps = &self.maps;
         let encoder = &mut self.encoder;
-        let mapped = |id: u32| maps.get(&id).and_then(Option::as_ref);
+        let (points, last_final) = (&self.sync_points, self.last_final);
+        // A table a reconcile brought past this transaction has it already.
+        let mapped = |id: u32| {
+            maps.get(&id)
+                .and_then(Option::as_ref)
+                .filter(|m| points.get(&m.table).is_none_or(|&at| last_final >= at))
+        };
         let kept = match message {
             PgOutput::Relation(relation) => {
                 let map = self
@@ -268,8 +283,64 @@ impl Stream<'_> {
             .mapping
             .position_in_cloud(&claim.schema, &claim.table)
             .filter(|&i| self.mapping.tables[i].reverse);
-        if let Some(i) = table {
+        if let Some(i) = table
+            && self
+                .sync_points
+                .get(&i)
+                .is_none_or(|&at| self.last_final >= at)
+        {
             self.encoder.claim(i, claim);
+        }
+    }
+
+    /// A reconcile's cut (see `crate::pipeline::sync`): everything before it is applied, the reconcile
+    /// is told, and the stream waits until it has brought the table's mobile rows (its scan saw the
+    /// cloud exactly here), at most a little longer than the reconcile waits for it.
+    async fn cut(
+        &mut self,
+        content: &[u8],
+        shutdown: &CancellationToken,
+        stats: &mut RunStats,
+    ) -> Result<(), RunError> {
+        if self.pending.is_some() {
+            self.apply(stats).await?;
+        }
+        let id = String::from_utf8_lossy(content).into_owned();
+        self.desktop
+            .execute(
+                "UPDATE tandem.cuts SET reached_at = now() WHERE id = $1 AND reached_at IS NULL",
+                &[&id],
+            )
+            .await
+            .ctx(
+                Side::Desktop,
+                "recording that the stream reached a reconcile's cut",
+            )?;
+        let deadline = Instant::now() + CUT_WAIT;
+        let mut said = false;
+        loop {
+            // A cut the desktop does not know (or one done already) holds nothing up.
+            let waiting: bool = self
+                .desktop
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM tandem.cuts WHERE id = $1 AND done_at IS NULL)",
+                    &[&id],
+                )
+                .await
+                .ctx(Side::Desktop, "reading tandem.cuts")?
+                .get(0);
+            if !waiting || shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(cut = %id, "a reconcile's cut was not done in time; streaming on");
+                return Ok(());
+            }
+            if !said {
+                tracing::info!(cut = %id, "the reverse stream waits while a reconcile brings a table's mobile rows");
+                said = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
@@ -330,7 +401,7 @@ impl Stream<'_> {
             end,
             complex: &complex,
             parked: &self.parked,
-            resumed: false,
+            origin: Origin::Stream,
         };
         let committed = self
             .plan

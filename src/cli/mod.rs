@@ -1,4 +1,7 @@
-//! The command line: clap derive, whose doc comments are the help text.
+//! The command line: clap derive, whose doc comments are the help text; and how reports are shown
+//! ([`report`]).
+
+pub mod report;
 
 use std::path::PathBuf;
 
@@ -26,6 +29,15 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReconcileDirection {
+    /// Desktop rows to the cloud.
+    Forward,
+    /// Mobile rows to the desktop.
+    Reverse,
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,11 +77,24 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Compare every table and repair the difference (not built yet).
+    /// Compare both sides table by table and write only what differs: desktop rows to the cloud
+    /// (missing ones inserted, changed ones updated, desktop-owned rows the desktop no longer has
+    /// deleted; mobile-owned rows never touched), mobile rows to the desktop. Open dead letters of both
+    /// directions are retried first. Safe while `tandem run` streams: it applies the forward repairs.
+    /// Exits 1 when a table could not be reconciled (parked, or its reconcile failed).
     Reconcile {
-        /// Print what would change, per table.
+        /// Only this table (desktop or cloud name); repeat for more. Default: every configured table.
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
+        /// Which way to repair.
+        #[arg(long, value_enum, default_value_t = ReconcileDirection::Both)]
+        direction: ReconcileDirection,
+        /// Count the differences per table; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Lag, backlog, conflicts and dead letters per direction (not built yet).
     Status {

@@ -1,0 +1,583 @@
+//! The reconcile plan builder: what a merged pair of table scans ([`crate::capture::scan`]) says to do,
+//! and the desktop repairs it stages through the reverse plan.
+//!
+//! Both directions' repairs go through the commit engine as the streams' changes do:
+//! - **Forward** (the desktop's rows to the cloud): the keys (or scopes) that differ are handed to the
+//!   forward applier through the outbox, as the capture triggers hand theirs. The applier makes the
+//!   cloud equal the desktop's rows for them *as they are when it applies*, so a repair can never put
+//!   back an older version than a desktop change made meanwhile, and mobile-owned rows are left alone
+//!   (logged as conflicts) by the same statements as always.
+//! - **Reverse** (mobile rows to the desktop): staged here as changes in the reverse layout, each with
+//!   the old image the desktop must still hold for it to apply, and committed by the reverse plan under
+//!   the lock its stream takes ([`crate::db::REVERSE_LOCK`]): a desktop row changed since it was scanned
+//!   is a conflict, not overwritten; a row the stream already brought is not written twice.
+//!
+//! **After a lost slot** tandem tells a phone's delete or edit it missed from a desktop row the cloud
+//! has not seen yet by the cloud's journal (`tandem.journal`, written by the ownership trigger on every
+//! phone UPDATE and DELETE: the row as it was). A desktop row the cloud lacks is deleted on the desktop
+//! only when its last version is in the journal as deleted; otherwise it is the desktop's, and goes to
+//! the cloud. A mobile row that differs from the desktop's is applied over it only when the journal
+//! shows the desktop holds the version the phone changed; otherwise both sides changed the row, or a
+//! phone created a key the desktop holds for another row: a conflict, never an overwrite.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use crate::capture::scan::{Hashes, Key, ScanSql};
+use crate::change::Side;
+use crate::db::{Context, DbError};
+
+use super::reverse::encode::copy_escape;
+use super::reverse::layout::{META, Meta};
+use super::reverse::{Group, Origin, Reverse};
+use super::{BatchOutcome, CommitError, Dest, Target};
+use crate::transform::{Kind, Mapping};
+
+/// A journal entry: a phone's UPDATE or DELETE of a row, with the row before it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: i64,
+    pub deleted: bool,
+    /// The row's cloud key (cloud-key tables).
+    pub cloud_key: Option<String>,
+    /// The `reverse` hash of the row before the change (see [`Hashes`]).
+    pub reverse: i64,
+    /// The row before the change, as reverse old images are written (column name → text).
+    pub old: String,
+    /// Its key (or scope).
+    pub key: Key,
+}
+
+/// Reads table `sql`'s journal entries (in the caller's snapshot).
+pub async fn journal(cloud: &Client, sql: &ScanSql, table: &str) -> Result<Vec<Entry>, DbError> {
+    let rows = cloud
+        .query(&sql.journal, &[])
+        .await
+        .ctx(Side::Cloud, format!("reading the journal of {table}"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let key = (0..sql.width)
+                .map(|n| {
+                    r.get::<_, Option<String>>(5 + n)
+                        .map(|s| bytes::Bytes::from(s.into_bytes()))
+                })
+                .collect();
+            Entry {
+                id: r.get(0),
+                deleted: r.get::<_, String>(1) == "D",
+                cloud_key: r.get(2),
+                reverse: r.get(3),
+                old: r.get(4),
+                key: Key(key),
+            }
+        })
+        .collect())
+}
+
+/// What to do with one key of a desktop-key table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyDecision {
+    Unchanged,
+    /// Forward: the cloud lacks the desktop's row.
+    Insert,
+    /// Forward: the cloud's desktop-owned row differs.
+    Update,
+    /// Forward: the desktop no longer has the cloud's desktop-owned row.
+    Delete,
+    /// Reverse: bring the mobile row; with the old image the desktop holds (a phone's edit it missed),
+    /// or none (a new row for the desktop).
+    Bring {
+        old: Option<String>,
+    },
+    /// Reverse: the mobile row differs from a desktop row the journal does not explain: a conflict. With
+    /// the old image a phone changed (both sides changed the row), or none (a phone made a key the
+    /// desktop holds for another row). Staged like [`KeyDecision::Bring`]: the reverse plan logs it.
+    Collision {
+        old: Option<String>,
+    },
+    /// Reverse: a phone deleted the row the desktop still holds (its old image).
+    Remove {
+        old: String,
+    },
+}
+
+/// A desktop-key table's key: the desktop's row (`None`: none; several rows with one key are always
+/// sent forward, where the commit engine sorts them out), the cloud's (with whether it is mobile-owned),
+/// and the journal's entries for the key, oldest first.
+pub fn decide_key(
+    desktop: Option<Hashes>,
+    cloud: Option<(Hashes, bool)>,
+    entries: &[&Entry],
+) -> KeyDecision {
+    let last = |deleted: bool, reverse: i64| {
+        entries
+            .iter()
+            .rev()
+            .find(|e| e.deleted == deleted && e.reverse == reverse)
+            .map(|e| e.old.clone())
+    };
+    match (desktop, cloud) {
+        (Some(d), Some((c, false))) if d.forward == c.forward => KeyDecision::Unchanged,
+        (Some(_), Some((_, false))) => KeyDecision::Update,
+        (Some(d), Some((c, true))) if d.reverse == c.reverse => KeyDecision::Unchanged,
+        (Some(d), Some((_, true))) => match last(false, d.reverse) {
+            Some(old) => KeyDecision::Bring { old: Some(old) },
+            None => KeyDecision::Collision {
+                old: entries
+                    .iter()
+                    .rev()
+                    .find(|e| !e.deleted)
+                    .map(|e| e.old.clone()),
+            },
+        },
+        (Some(d), None) => match last(true, d.reverse) {
+            Some(old) => KeyDecision::Remove { old },
+            None => KeyDecision::Insert,
+        },
+        (None, Some((_, false))) => KeyDecision::Delete,
+        (None, Some((_, true))) => KeyDecision::Bring { old: None },
+        (None, None) => KeyDecision::Unchanged,
+    }
+}
+
+/// A cloud row of a scope.
+#[derive(Debug, Clone)]
+pub struct CloudRow {
+    pub hashes: Hashes,
+    pub mobile: bool,
+    pub cloud_key: Option<String>,
+}
+
+/// A reverse repair of a cloud-key table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeRepair {
+    /// Bring mobile row `cloud_key`, over the desktop row holding `old` (or as a new row). `contested`:
+    /// no desktop row holds the version the phone changed (the desktop changed its copy too): the
+    /// reverse plan logs a conflict, as the stream would.
+    Bring {
+        cloud_key: String,
+        old: Option<String>,
+        contested: bool,
+    },
+    /// Delete the desktop row equal to `old` (a phone deleted the row; `cloud_key` was its key).
+    Remove {
+        cloud_key: Option<String>,
+        old: String,
+    },
+}
+
+/// What one scope of a cloud-key table needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeDecision {
+    /// Desktop rows matched with desktop-owned rows, and with mobile-owned rows.
+    pub unchanged: u64,
+    pub unchanged_mobile: u64,
+    /// Forward: desktop rows the cloud lacks, and desktop-owned cloud rows the desktop lacks. Either
+    /// makes the scope one to replace.
+    pub inserts: u64,
+    pub deletes: u64,
+    pub repairs: Vec<ScopeRepair>,
+}
+
+/// Matches a scope's rows as multisets: desktop rows first with mobile rows (a mobile row's copy is
+/// never sent back as desktop-owned), then with desktop-owned rows; mobile rows left over are brought
+/// to the desktop (over the version a journal entry shows it holds, when one does), desktop rows left
+/// over are removed when the journal shows a phone deleted them, sent forward otherwise.
+pub fn decide_scope(desktop: &[Hashes], cloud: &[CloudRow], entries: &[&Entry]) -> ScopeDecision {
+    let mut out = ScopeDecision::default();
+    let mut left: Vec<Option<Hashes>> = desktop.iter().copied().map(Some).collect();
+    let take = |left: &mut Vec<Option<Hashes>>, matches: &dyn Fn(&Hashes) -> bool| {
+        left.iter_mut()
+            .find(|d| d.as_ref().is_some_and(matches))
+            .and_then(Option::take)
+            .is_some()
+    };
+    let mut mobile_left = Vec::new();
+    for m in cloud.iter().filter(|c| c.mobile) {
+        if take(&mut left, &|d| d.reverse == m.hashes.reverse) {
+            out.unchanged_mobile += 1;
+        } else {
+            mobile_left.push(m);
+        }
+    }
+    for c in cloud.iter().filter(|c| !c.mobile) {
+        if take(&mut left, &|d| d.forward == c.hashes.forward) {
+            out.unchanged += 1;
+        } else {
+            out.deletes += 1;
+        }
+    }
+    for m in mobile_left {
+        let Some(cloud_key) = m.cloud_key.clone() else {
+            continue;
+        };
+        let of_row = |e: &&&Entry| !e.deleted && e.cloud_key.as_deref() == Some(cloud_key.as_str());
+        let held = entries.iter().rev().filter(of_row).find(|e| {
+            left.iter()
+                .any(|d| d.is_some_and(|d| d.reverse == e.reverse))
+        });
+        let repair = match held {
+            Some(e) => {
+                take(&mut left, &|d| d.reverse == e.reverse);
+                ScopeRepair::Bring {
+                    cloud_key,
+                    old: Some(e.old.clone()),
+                    contested: false,
+                }
+            }
+            None => match entries.iter().rev().find(of_row) {
+                Some(e) => ScopeRepair::Bring {
+                    cloud_key,
+                    old: Some(e.old.clone()),
+                    contested: true,
+                },
+                None => ScopeRepair::Bring {
+                    cloud_key,
+                    old: None,
+                    contested: false,
+                },
+            },
+        };
+        out.repairs.push(repair);
+    }
+    for e in entries.iter().rev().filter(|e| e.deleted) {
+        if take(&mut left, &|d| d.reverse == e.reverse) {
+            out.repairs.push(ScopeRepair::Remove {
+                cloud_key: e.cloud_key.clone(),
+                old: e.old.clone(),
+            });
+        }
+    }
+    out.inserts = left.iter().flatten().count() as u64;
+    out
+}
+
+/// A desktop repair to stage.
+#[derive(Debug, Clone)]
+pub enum Repair {
+    /// Bring the mobile row of `key` (desktop-key tables) or `cloud_key` (cloud-key tables) as the cloud
+    /// holds it when the repair is applied; over `old`, or as a new row.
+    Bring {
+        key: Key,
+        cloud_key: Option<String>,
+        old: Option<String>,
+    },
+    /// Delete the desktop row holding `old`.
+    Remove {
+        cloud_key: Option<String>,
+        old: String,
+    },
+}
+
+/// Stages `repairs` of table `i` on the desktop in the transaction of `target` (the reverse direction's,
+/// begun here if none is open: it takes the reverse lock), with the mobile rows' versions read from
+/// `cloud` (in the scan's snapshot: the stream brings what came after). Returns the rows staged; they
+/// are applied by [`commit`].
+pub async fn stage(
+    target: &mut Target,
+    plan: &Reverse,
+    desktop: &Client,
+    cloud: &Client,
+    mapping: &Mapping,
+    i: usize,
+    sql: &ScanSql,
+    repairs: &[Repair],
+) -> Result<u64, CommitError> {
+    let of_table = |e| CommitError::of_table(e, i);
+    target.begin(desktop, []).await.map_err(of_table)?;
+    let table = mapping.tables[i].table.to_string();
+    let width = mapping.tables[i].reverse_columns.len();
+    // The mobile rows' current versions, by key (or cloud key).
+    let scoped = matches!(mapping.tables[i].kind, Kind::Scoped { .. });
+    let mut keys: Vec<Vec<Option<String>>> = vec![Vec::new(); if scoped { 1 } else { sql.width }];
+    for r in repairs {
+        if let Repair::Bring { key, cloud_key, .. } = r {
+            match cloud_key {
+                Some(ck) => keys[0].push(Some(ck.clone())),
+                None => {
+                    for (n, part) in key.texts().into_iter().enumerate() {
+                        keys[n].push(part);
+                    }
+                }
+            }
+        }
+    }
+    let mut current: HashMap<String, Vec<Option<String>>> = HashMap::new();
+    if keys.first().is_some_and(|k| !k.is_empty()) {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = keys
+            .iter()
+            .map(|k| k as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = cloud
+            .query(&sql.fetch, &params)
+            .await
+            .ctx(
+                Side::Cloud,
+                format!("reading the mobile rows of {table} to bring"),
+            )
+            .map_err(of_table)?;
+        for r in rows {
+            let ident = if scoped {
+                r.get::<_, Option<String>>(sql.width).unwrap_or_default()
+            } else {
+                key_ident(&(0..sql.width).map(|n| r.get(n)).collect::<Vec<_>>())
+            };
+            let values = (0..width).map(|j| r.get(sql.width + 1 + j)).collect();
+            current.insert(ident, values);
+        }
+    }
+    let mut data = Vec::new();
+    let mut rows = 0;
+    for (seq, r) in repairs.iter().enumerate() {
+        let (op, old, ck, values) = match r {
+            Repair::Bring {
+                key,
+                cloud_key,
+                old,
+            } => {
+                let ident = match cloud_key {
+                    Some(ck) => ck.clone(),
+                    None => key_ident(&key.texts()),
+                };
+                // Gone, or no longer mobile-owned: nothing to bring.
+                let Some(values) = current.get(&ident) else {
+                    continue;
+                };
+                (b'I', old.as_deref(), cloud_key.as_deref(), Some(values))
+            }
+            Repair::Remove { cloud_key, old } => {
+                (b'D', Some(old.as_str()), cloud_key.as_deref(), None)
+            }
+        };
+        for (n, (meta, _, _)) in META.iter().enumerate() {
+            if n > 0 {
+                data.push(b'\t');
+            }
+            match meta {
+                Meta::Seq => data.extend_from_slice((seq + 1).to_string().as_bytes()),
+                Meta::Op => data.push(op),
+                Meta::Unchanged => data.extend_from_slice(b"\\N"),
+                Meta::Old => field(&mut data, old),
+                Meta::CloudKey => field(&mut data, ck),
+            }
+        }
+        for j in 0..width {
+            data.push(b'\t');
+            field(&mut data, values.and_then(|v| v[j].as_deref()));
+        }
+        data.push(b'\n');
+        rows += 1;
+    }
+    if rows > 0 {
+        plan.stage(target, desktop, i, Dest::Staging, data, rows)
+            .await?;
+    }
+    Ok(rows)
+}
+
+/// Applies what [`stage`] staged for table `i`, runs `also` (statements of the caller's) in the same
+/// transaction, and commits. No position of the stream is recorded.
+pub async fn commit(
+    target: &mut Target,
+    plan: &Reverse,
+    desktop: &Client,
+    mapping: &Mapping,
+    i: usize,
+    also: &str,
+) -> Result<BatchOutcome, CommitError> {
+    let of_table = |e| CommitError::of_table(e, i);
+    target.begin(desktop, []).await.map_err(of_table)?;
+    // The staging COPY in progress ends first: the connection runs one statement at a time.
+    target
+        .staging
+        .finish_copy()
+        .await
+        .map_err(|(t, e)| CommitError::of_table(e, t))?;
+    if !also.is_empty() {
+        desktop
+            .batch_execute(also)
+            .await
+            .ctx(Side::Desktop, "recording the reconcile's position")
+            .map_err(of_table)?;
+    }
+    let complex = std::collections::HashSet::from([i]);
+    let parked = std::collections::BTreeMap::new();
+    let group = Group {
+        end: Default::default(),
+        complex: &complex,
+        parked: &parked,
+        origin: Origin::Reconcile,
+    };
+    plan.commit(target, desktop, mapping, &group).await
+}
+
+fn field(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(v) => copy_escape(out, v.as_bytes()),
+        None => out.extend_from_slice(b"\\N"),
+    }
+}
+
+/// A key's texts as one string, for matching fetched rows with repairs.
+fn key_ident(parts: &[Option<String>]) -> String {
+    serde_json::to_string(parts).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(forward: i64, reverse: i64) -> Hashes {
+        Hashes { forward, reverse }
+    }
+
+    fn entry(deleted: bool, ck: Option<&str>, reverse: i64, old: &str) -> Entry {
+        Entry {
+            id: 1,
+            deleted,
+            cloud_key: ck.map(str::to_string),
+            reverse,
+            old: old.to_string(),
+            key: Key(vec![]),
+        }
+    }
+
+    #[test]
+    fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
+        assert_eq!(
+            decide_key(Some(h(1, 1)), Some((h(1, 1), false)), &[]),
+            KeyDecision::Unchanged
+        );
+        assert_eq!(
+            decide_key(Some(h(1, 1)), Some((h(2, 1), false)), &[]),
+            KeyDecision::Update
+        );
+        assert_eq!(decide_key(Some(h(1, 1)), None, &[]), KeyDecision::Insert);
+        assert_eq!(
+            decide_key(None, Some((h(1, 1), false)), &[]),
+            KeyDecision::Delete
+        );
+        let gone = entry(true, None, 1, "v1");
+        assert_eq!(
+            decide_key(Some(h(1, 1)), None, &[&gone]),
+            KeyDecision::Remove { old: "v1".into() }
+        );
+        // The desktop changed the row after the phone deleted it: the desktop's row stays and travels.
+        assert_eq!(
+            decide_key(Some(h(5, 5)), None, &[&gone]),
+            KeyDecision::Insert
+        );
+    }
+
+    #[test]
+    fn a_mobile_row_applies_over_the_desktop_only_where_the_journal_shows_what_it_changed() {
+        // The desktop holds the mobile row: nothing to do, whatever the forward columns say.
+        assert_eq!(
+            decide_key(Some(h(1, 7)), Some((h(2, 7), true)), &[]),
+            KeyDecision::Unchanged
+        );
+        assert_eq!(
+            decide_key(None, Some((h(1, 1), true)), &[]),
+            KeyDecision::Bring { old: None }
+        );
+        let edited = entry(false, None, 3, "v3");
+        assert_eq!(
+            decide_key(Some(h(3, 3)), Some((h(4, 4), true)), &[&edited]),
+            KeyDecision::Bring {
+                old: Some("v3".into())
+            }
+        );
+        // The desktop holds something the phone never started from.
+        assert_eq!(
+            decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[&edited]),
+            KeyDecision::Collision {
+                old: Some("v3".into())
+            }
+        );
+        assert_eq!(
+            decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[]),
+            KeyDecision::Collision { old: None }
+        );
+    }
+
+    fn row(forward: i64, reverse: i64, mobile: bool, ck: &str) -> CloudRow {
+        CloudRow {
+            hashes: h(forward, reverse),
+            mobile,
+            cloud_key: Some(ck.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_scope_is_compared_as_a_multiset_mobile_rows_first() {
+        // Two equal desktop rows, one desktop-owned and one mobile-owned copy in the cloud: in sync.
+        let d = [h(1, 1), h(1, 1)];
+        let same = decide_scope(&d, &[row(1, 1, true, "7"), row(1, 1, false, "8")], &[]);
+        assert_eq!((same.unchanged, same.unchanged_mobile), (1, 1));
+        assert_eq!((same.inserts, same.deletes), (0, 0));
+        assert!(same.repairs.is_empty());
+        // One desktop row, a desktop-owned and a mobile copy: the desktop row is the mobile one's copy,
+        // the desktop-owned one is stray.
+        let stray = decide_scope(&d[..1], &[row(1, 1, true, "7"), row(1, 1, false, "8")], &[]);
+        assert_eq!(
+            (stray.unchanged_mobile, stray.inserts, stray.deletes),
+            (1, 0, 1)
+        );
+        // A mobile row the desktop lacks is brought; a desktop row the cloud lacks goes forward.
+        let missing = decide_scope(&[h(2, 2)], &[row(3, 3, true, "9")], &[]);
+        assert_eq!(missing.inserts, 1);
+        assert_eq!(
+            missing.repairs,
+            vec![ScopeRepair::Bring {
+                cloud_key: "9".into(),
+                old: None,
+                contested: false
+            }]
+        );
+    }
+
+    #[test]
+    fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
+        let edited = entry(false, Some("9"), 2, "v2");
+        let gone = entry(true, Some("5"), 4, "v4");
+        let d = [h(2, 2), h(4, 4), h(6, 6)];
+        let out = decide_scope(&d, &[row(3, 3, true, "9")], &[&edited, &gone]);
+        assert_eq!(
+            out.repairs,
+            vec![
+                ScopeRepair::Bring {
+                    cloud_key: "9".into(),
+                    old: Some("v2".into()),
+                    contested: false
+                },
+                ScopeRepair::Remove {
+                    cloud_key: Some("5".into()),
+                    old: "v4".into()
+                },
+            ]
+        );
+        assert_eq!(
+            out.inserts, 1,
+            "the row no journal entry explains is the desktop's"
+        );
+        // A delete the stream applied long ago: the desktop's equal row is matched with the cloud's
+        // first, and is not removed.
+        let twin = decide_scope(&[h(4, 4)], &[row(4, 4, false, "6")], &[&gone]);
+        assert!(twin.repairs.is_empty());
+        assert_eq!(twin.unchanged, 1);
+        // Both sides changed a row: the phone's version is staged over the version it changed, which
+        // the desktop no longer holds: a conflict (the desktop's row goes forward as its own).
+        let both = decide_scope(&[h(8, 8)], &[row(3, 3, true, "9")], &[&edited]);
+        assert_eq!(
+            both.repairs,
+            vec![ScopeRepair::Bring {
+                cloud_key: "9".into(),
+                old: Some("v2".into()),
+                contested: true
+            }]
+        );
+        assert_eq!(both.inserts, 1);
+    }
+}

@@ -1,0 +1,349 @@
+//! `tandem reconcile`: both sides made to share what they do not, per table and direction, writing
+//! only what differs (see [`crate::pipeline::sync`] for how, and why it is safe beside streaming), with
+//! the open dead letters of both directions retried first. Also run by `tandem run` on a schedule
+//! (`[reconcile] at`). Every run is recorded in the desktop's `tandem.reconciles`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::change::Side;
+use crate::config::Config;
+use crate::db::{self, Context};
+use crate::pipeline::sync::{self, Counts, Request as Scan, TableReport, Watch, Writer};
+use crate::pipeline::{RunError, Tables};
+
+use super::dead_letters;
+
+/// Which way a reconcile repairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Forward,
+    Reverse,
+    Both,
+}
+
+/// What to reconcile.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Desktop (or cloud) table names as an operator writes them; empty: every configured table.
+    pub tables: Vec<String>,
+    pub direction: Direction,
+    pub dry_run: bool,
+    /// What started it, as recorded: `command`, `schedule`.
+    pub trigger: &'static str,
+}
+
+/// One row of the report: a table in one direction.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub table: String,
+    pub direction: &'static str,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub seconds: f64,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    pub direction: Direction,
+    pub seconds: f64,
+    /// Per table and direction.
+    pub rows: Vec<Row>,
+    /// Tables not reconciled, with why (parked, or their reconcile failed).
+    pub skipped: Vec<Skipped>,
+    /// Open dead letters retried before the scan: forward keys queued again, reverse rows re-saved.
+    pub dead_letters_retried: Retried,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub table: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Retried {
+    pub forward: usize,
+    pub reverse: usize,
+}
+
+impl Report {
+    /// Rows written (or, in a dry run, to write), both directions.
+    pub fn written(&self) -> u64 {
+        self.rows.iter().map(|r| r.counts.written()).sum()
+    }
+
+    /// Whether every table was reconciled.
+    pub fn complete(&self) -> bool {
+        self.skipped.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(
+        "no configured table is named {0}; the configured tables are: {1}\nfix: name a table of the config's [[table]] entries (its desktop or cloud name)"
+    )]
+    UnknownTable(String, String),
+}
+
+impl From<crate::db::DbError> for ReconcileError {
+    fn from(e: crate::db::DbError) -> Self {
+        ReconcileError::Run(e.into())
+    }
+}
+
+/// Reconciles `request.tables` (all when empty).
+pub async fn reconcile(
+    config: &Config,
+    request: &Request,
+    watch: &dyn Watch,
+) -> Result<Report, ReconcileError> {
+    let started = Instant::now();
+    let tables = Tables::start(config).await?;
+    let snapshot = tables.snapshot();
+    let mapping = &snapshot.mapping;
+    let mut selected = Vec::new();
+    for name in &request.tables {
+        let found = mapping.tables.iter().position(|t| {
+            t.table.desktop.to_string() == *name
+                || t.table.cloud.to_string() == *name
+                || t.table.desktop.quoted() == *name
+        });
+        match found {
+            Some(i) => selected.push(i),
+            None => {
+                let names: Vec<String> =
+                    mapping.tables.iter().map(|t| t.table.to_string()).collect();
+                return Err(ReconcileError::UnknownTable(name.clone(), names.join(", ")));
+            }
+        }
+    }
+    if selected.is_empty() {
+        selected = mapping.parents_first.clone();
+    } else {
+        selected.sort_by_key(|i| mapping.parents_first.iter().position(|p| p == i));
+        selected.dedup();
+    }
+    let scan = Scan {
+        forward: request.direction != Direction::Reverse,
+        reverse: request.direction != Direction::Forward,
+        dry_run: request.dry_run,
+    };
+    let mut retried = Retried::default();
+    if !request.dry_run {
+        if scan.forward {
+            retried.forward = dead_letters::retry_forward(config).await?;
+        }
+        if scan.reverse {
+            retried.reverse = dead_letters::retry_reverse(config).await?.resent;
+        }
+    }
+    let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+    let since: std::time::SystemTime = cloud
+        .query_one("SELECT now()", &[])
+        .await
+        .ctx(Side::Cloud, "reading the cloud's clock")?
+        .get(0);
+    let mut writer = Writer::connect(config, mapping).await?;
+    let mut reports: Vec<TableReport> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut handed = Vec::new();
+    let mut upto = None;
+    for &i in &selected {
+        let t = &mapping.tables[i];
+        if let Some(p) = snapshot.parked.get(&i) {
+            skipped.push(Skipped {
+                table: t.table.to_string(),
+                reason: format!("parked: {}; fix: {}", p.reason, p.fix),
+            });
+            continue;
+        }
+        match sync::table(config, mapping, i, scan, &mut writer, watch).await {
+            Ok((report, h)) => {
+                watch.finish(&report);
+                if h.upto.is_some() {
+                    handed.push((t.table.desktop.schema.clone(), t.table.desktop.name.clone()));
+                    upto = upto.max(h.upto);
+                }
+                reports.push(report);
+            }
+            Err(e) => {
+                tracing::error!(table = %t.table, error = %e, "the table's reconcile failed; going on with the others");
+                skipped.push(Skipped {
+                    table: t.table.to_string(),
+                    reason: format!("its reconcile failed: {e}"),
+                });
+                // The session may be in a failed transaction: start a clean one.
+                writer = Writer::connect(config, mapping).await?;
+            }
+        }
+    }
+    if let Some(upto) = upto {
+        sync::forward_applied(config, &handed, upto).await?;
+    }
+    // What the forward applier refused or found owned by phones, per cloud table.
+    if scan.forward && !request.dry_run {
+        for report in reports.iter_mut() {
+            let cloud_name = mapping
+                .tables
+                .iter()
+                .find(|t| t.table.to_string() == report.table)
+                .map(|t| t.table.cloud.to_string())
+                .unwrap_or_default();
+            let row = cloud
+                .query_one(
+                    "SELECT (SELECT count(*) FROM tandem.conflicts
+                              WHERE direction = 'forward' AND table_name = $1 AND detected_at >= $2),
+                            (SELECT count(*) FROM tandem.dead_letters
+                              WHERE direction = 'forward' AND table_name = $1 AND failed_at >= $2)",
+                    &[&cloud_name, &since],
+                )
+                .await
+                .ctx(Side::Cloud, "counting the forward conflicts and dead letters")?;
+            let f = &mut report.forward;
+            f.conflicts = row.get::<_, i64>(0) as u64;
+            f.dead_letters = row.get::<_, i64>(1) as u64;
+            // A row the cloud refused was not written: it counts as a dead letter only (an insert
+            // first, the commonest refusal: a parent missing).
+            let mut refused = f.dead_letters;
+            for n in [&mut f.inserted, &mut f.updated, &mut f.deleted] {
+                let less = refused.min(*n);
+                *n -= less;
+                refused -= less;
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for r in &reports {
+        if scan.forward {
+            rows.push(Row {
+                table: r.table.clone(),
+                direction: "forward",
+                counts: r.forward,
+                seconds: r.seconds,
+            });
+        }
+        if scan.reverse {
+            rows.push(Row {
+                table: r.table.clone(),
+                direction: "reverse",
+                counts: r.reverse,
+                seconds: r.seconds,
+            });
+        }
+    }
+    let report = Report {
+        dry_run: request.dry_run,
+        direction: request.direction,
+        seconds: started.elapsed().as_secs_f64(),
+        rows,
+        skipped,
+        dead_letters_retried: retried,
+    };
+    sync::record(config, request.trigger, started, &report).await?;
+    Ok(report)
+}
+
+/// Runs a whole reconcile every day at `at` (local time, `(hour, minute)`) until `shutdown`.
+pub async fn scheduled(
+    config: Config,
+    at: (u8, u8),
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let wait = until_local(at);
+        tracing::info!(in_seconds = wait.as_secs(), "next scheduled reconcile");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let request = Request {
+            tables: Vec::new(),
+            direction: Direction::Both,
+            dry_run: false,
+            trigger: "schedule",
+        };
+        match reconcile(&config, &request, &sync::Quiet).await {
+            Ok(report) => tracing::info!(
+                written = report.written(),
+                skipped = report.skipped.len(),
+                seconds = report.seconds,
+                "scheduled reconcile done"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "the scheduled reconcile failed; it runs again tomorrow")
+            }
+        }
+        // Never twice in the same minute.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(61)) => {}
+        }
+    }
+}
+
+/// How long until the next `(hour, minute)` of local time.
+fn until_local(at: (u8, u8)) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    next_local(now, at).map_or(Duration::from_secs(3600), |t| {
+        Duration::from_secs((t - now).max(1) as u64)
+    })
+}
+
+/// The next instant (Unix seconds) after `now` whose local time is `(hour, minute)`.
+#[cfg(unix)]
+fn next_local(now: i64, (hour, minute): (u8, u8)) -> Option<i64> {
+    // SAFETY: localtime_r and mktime write only into the `tm` given; `tm` is plain data.
+    unsafe {
+        let t: libc::time_t = now as libc::time_t;
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return None;
+        }
+        for day in 0..3 {
+            let mut target = tm;
+            target.tm_mday += day;
+            target.tm_hour = i32::from(hour);
+            target.tm_min = i32::from(minute);
+            target.tm_sec = 0;
+            target.tm_isdst = -1;
+            let at = libc::mktime(&mut target) as i64;
+            if at > now {
+                return Some(at);
+            }
+        }
+        None
+    }
+}
+
+/// Elsewhere: `at` is read as UTC.
+#[cfg(not(unix))]
+fn next_local(now: i64, (hour, minute): (u8, u8)) -> Option<i64> {
+    let day = now - now.rem_euclid(86_400);
+    let at = day + i64::from(hour) * 3600 + i64::from(minute) * 60;
+    Some(if at > now { at } else { at + 86_400 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_scheduled_time_is_ahead_and_within_a_day() {
+        let now = 1_790_000_000;
+        for at in [(0, 0), (2, 0), (23, 59), (12, 30)] {
+            let next = next_local(now, at).expect("a time");
+            assert!(next > now && next <= now + 86_400 + 3600, "{at:?}: {next}");
+        }
+    }
+}
