@@ -60,6 +60,15 @@ pub fn text(expr: &str) -> String {
     format!("({expr})::text")
 }
 
+/// The text of `expr` as its type's output function writes it, as the replication stream sends it:
+/// unlike a cast to `text`, which drops the padding of `bpchar` (`'x  '` → `'x'`). NULL stays NULL;
+/// a record whose fields are all NULL (`(,)`, which `IS NULL` calls null) is not NULL.
+pub fn output_text(expr: &str) -> String {
+    format!(
+        "(CASE WHEN pg_catalog.num_nulls({expr}) = 1 THEN NULL ELSE pg_catalog.concat({expr}) END)"
+    )
+}
+
 /// The text of a row of `exprs`: NULL is distinct from every value (`()` against `("")`).
 pub fn row_text(exprs: &[String]) -> String {
     format!("ROW({})::text", exprs.join(", "))

@@ -205,12 +205,36 @@ pub struct ReadSql {
     pub copy_rows: String,
 }
 
+/// The desktop temporary table a reconcile lists table `i`'s keys in (`k1..kN`, text), for
+/// [`ReadSql::listed`].
+pub fn key_list(i: usize) -> String {
+    format!("pg_temp.tandem_keys_{i}")
+}
+
 impl ReadSql {
+    /// For the keys of the current outbox batch, and of the rows its lookups' sources changed.
     pub fn build(mapping: &Mapping, i: usize) -> ReadSql {
+        Self::with_sources(mapping, i, false)
+    }
+
+    /// For the keys listed in [`key_list`] (a reconcile's: their text, as the capture triggers write it).
+    pub fn listed(mapping: &Mapping, i: usize) -> ReadSql {
+        Self::with_sources(mapping, i, true)
+    }
+
+    fn with_sources(mapping: &Mapping, i: usize, listed: bool) -> ReadSql {
         let t = &mapping.tables[i];
         let table = t.table.desktop.quoted();
         let keys = t.key_columns();
-        let width = keys.len();
+        if listed {
+            let cast: Vec<String> = keys
+                .iter()
+                .enumerate()
+                .map(|(n, k)| format!("CAST(o.k{} AS {}) AS {}", n + 1, k.desktop.base, col(n)))
+                .collect();
+            let sources = vec![format!("SELECT {} FROM {} o", cast.join(", "), key_list(i))];
+            return Self::reading(mapping, i, sources);
+        }
         // The captured keys are their columns' text under tandem's settings (the capture function runs
         // with them): read back exactly.
         let captured: Vec<String> = keys
@@ -253,6 +277,16 @@ impl ReadSql {
                 batch_rows(from, true)
             ));
         }
+        Self::reading(mapping, i, sources)
+    }
+
+    /// The statements reading the keys `sources` select (`c1..cN`, of the key's desktop types), and the
+    /// current rows for them.
+    fn reading(mapping: &Mapping, i: usize, sources: Vec<String>) -> ReadSql {
+        let t = &mapping.tables[i];
+        let table = t.table.desktop.quoted();
+        let keys = t.key_columns();
+        let width = keys.len();
         let distinct: Vec<String> = keys
             .iter()
             .enumerate()

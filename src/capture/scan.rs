@@ -27,7 +27,7 @@ use tokio_postgres::{Client, CopyOutStream};
 use crate::change::{Side, quote_literal};
 use crate::config::SOURCE_COLUMN;
 use crate::db::{Context, DbError};
-use crate::expr::{json_object, q, row_text, same_key, text};
+use crate::expr::{json_object, output_text, q, row_text, same_key, text};
 use crate::transform::{Kind, MappedColumn, Mapping};
 
 /// The two hashes of a row.
@@ -70,7 +70,7 @@ fn held_as(c: &MappedColumn, expr: &str, towards_cloud: bool) -> String {
     if towards_cloud {
         c.cloud_shaped(&c.desktop_read(expr))
     } else {
-        c.desktop_shaped(&text(expr))
+        c.desktop_shaped(&output_text(expr))
     }
 }
 
@@ -184,7 +184,7 @@ impl ScanSql {
         let old_image: Vec<(String, String)> = t
             .reverse_columns
             .iter()
-            .map(|c| (c.name.clone(), text(&format!("r.{}", q(&c.name)))))
+            .map(|c| (c.name.clone(), output_text(&format!("r.{}", q(&c.name)))))
             .collect();
         let (schema, name) = (
             quote_literal(&t.table.cloud.schema),
@@ -208,10 +208,11 @@ impl ScanSql {
             "DELETE FROM tandem.journal WHERE table_schema = {schema} AND table_name = {name} AND id <= $1"
         );
 
+        // The values as the stream would send them (see `output_text`).
         let values: Vec<String> = t
             .reverse_columns
             .iter()
-            .map(|c| text(&format!("c.{}", q(&c.name))))
+            .map(|c| output_text(&format!("c.{}", q(&c.name))))
             .collect();
         let fetch = match &t.kind {
             Kind::Key(key) => {

@@ -271,20 +271,33 @@ pub enum Repair {
     },
 }
 
+/// Where desktop repairs of table `i` are written: the reverse direction's target and plan.
+pub struct Desktop<'a> {
+    pub target: &'a mut Target,
+    pub plan: &'a Reverse,
+    pub desktop: &'a Client,
+    pub mapping: &'a Mapping,
+    pub i: usize,
+}
+
 /// Stages `repairs` of table `i` on the desktop in the transaction of `target` (the reverse direction's,
 /// begun here if none is open: it takes the reverse lock), with the mobile rows' versions read from
 /// `cloud` (in the scan's snapshot: the stream brings what came after). Returns the rows staged; they
 /// are applied by [`commit`].
 pub async fn stage(
-    target: &mut Target,
-    plan: &Reverse,
-    desktop: &Client,
+    on: &mut Desktop<'_>,
     cloud: &Client,
-    mapping: &Mapping,
-    i: usize,
     sql: &ScanSql,
     repairs: &[Repair],
 ) -> Result<u64, CommitError> {
+    let Desktop {
+        target,
+        plan,
+        desktop,
+        mapping,
+        i,
+    } = on;
+    let (plan, desktop, mapping, i) = (*plan, *desktop, *mapping, *i);
     let of_table = |e| CommitError::of_table(e, i);
     target.begin(desktop, []).await.map_err(of_table)?;
     let table = mapping.tables[i].table.to_string();
@@ -379,14 +392,15 @@ pub async fn stage(
 
 /// Applies what [`stage`] staged for table `i`, runs `also` (statements of the caller's) in the same
 /// transaction, and commits. No position of the stream is recorded.
-pub async fn commit(
-    target: &mut Target,
-    plan: &Reverse,
-    desktop: &Client,
-    mapping: &Mapping,
-    i: usize,
-    also: &str,
-) -> Result<BatchOutcome, CommitError> {
+pub async fn commit(on: &mut Desktop<'_>, also: &str) -> Result<BatchOutcome, CommitError> {
+    let Desktop {
+        target,
+        plan,
+        desktop,
+        mapping,
+        i,
+    } = on;
+    let (plan, desktop, mapping, i) = (*plan, *desktop, *mapping, *i);
     let of_table = |e| CommitError::of_table(e, i);
     target.begin(desktop, []).await.map_err(of_table)?;
     // The staging COPY in progress ends first: the connection runs one statement at a time.

@@ -13,8 +13,6 @@ use crate::db::{self, Context};
 use crate::pipeline::sync::{self, Counts, Request as Scan, TableReport, Watch, Writer};
 use crate::pipeline::{RunError, Tables};
 
-use super::dead_letters;
-
 /// Which way a reconcile repairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,7 +53,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Tables not reconciled, with why (parked, or their reconcile failed).
     pub skipped: Vec<Skipped>,
-    /// Open dead letters retried before the scan: forward keys queued again, reverse rows re-saved.
+    /// Open dead letters the reconcile tried again (the scan compares their rows again and applies them
+    /// through the commit engine; none in a dry run).
     pub dead_letters_retried: Retried,
 }
 
@@ -136,25 +135,40 @@ pub async fn reconcile(
         reverse: request.direction != Direction::Forward,
         dry_run: request.dry_run,
     };
-    let mut retried = Retried::default();
-    if !request.dry_run {
-        if scan.forward {
-            retried.forward = dead_letters::retry_forward(config).await?;
-        }
-        if scan.reverse {
-            retried.reverse = dead_letters::retry_reverse(config).await?.resent;
-        }
-    }
+    // Open dead letters are retried by the scan itself: a refused row is a difference like any other,
+    // compared again and applied through the commit engine, which resolves its dead letter once it
+    // applies (no cloud row is re-saved for it).
+    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
     let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+    let names = |side: Side| -> Vec<String> {
+        selected
+            .iter()
+            .map(|&i| match side {
+                Side::Desktop => mapping.tables[i].table.desktop.to_string(),
+                Side::Cloud => mapping.tables[i].table.cloud.to_string(),
+            })
+            .collect()
+    };
+    let retried = Retried {
+        forward: if scan.forward && !request.dry_run {
+            count_open(&cloud, Side::Cloud, "forward", &names(Side::Cloud)).await? as usize
+        } else {
+            0
+        },
+        reverse: if scan.reverse && !request.dry_run {
+            count_open(&desktop, Side::Desktop, "reverse", &names(Side::Desktop)).await? as usize
+        } else {
+            0
+        },
+    };
     let since: std::time::SystemTime = cloud
         .query_one("SELECT now()", &[])
         .await
         .ctx(Side::Cloud, "reading the cloud's clock")?
         .get(0);
-    let mut writer = Writer::connect(config, mapping).await?;
+    let mut writer = Writer::connect(config, mapping, !request.dry_run).await?;
     let mut reports: Vec<TableReport> = Vec::new();
     let mut skipped = Vec::new();
-    let mut handed = Vec::new();
     let mut upto = None;
     for &i in &selected {
         let t = &mapping.tables[i];
@@ -168,10 +182,7 @@ pub async fn reconcile(
         match sync::table(config, mapping, i, scan, &mut writer, watch).await {
             Ok((report, h)) => {
                 watch.finish(&report);
-                if h.upto.is_some() {
-                    handed.push((t.table.desktop.schema.clone(), t.table.desktop.name.clone()));
-                    upto = upto.max(h.upto);
-                }
+                upto = upto.max(h.upto);
                 reports.push(report);
             }
             Err(e) => {
@@ -181,43 +192,78 @@ pub async fn reconcile(
                     reason: format!("its reconcile failed: {e}"),
                 });
                 // The session may be in a failed transaction: start a clean one.
-                writer = Writer::connect(config, mapping).await?;
+                writer = Writer::connect(config, mapping, !request.dry_run).await?;
             }
         }
     }
-    if let Some(upto) = upto {
-        sync::forward_applied(config, &handed, upto).await?;
-    }
-    // What the forward applier refused or found owned by phones, per cloud table.
+    // The forward keys handed to the outbox (and the dead letters queued again) are applied before
+    // the report: by the running `run`, or here once the writer let the forward lock go.
+    drop(writer);
     if scan.forward && !request.dry_run {
-        for report in reports.iter_mut() {
-            let cloud_name = mapping
-                .tables
-                .iter()
-                .find(|t| t.table.to_string() == report.table)
-                .map(|t| t.table.cloud.to_string())
-                .unwrap_or_default();
-            let row = cloud
-                .query_one(
-                    "SELECT (SELECT count(*) FROM tandem.conflicts
-                              WHERE direction = 'forward' AND table_name = $1 AND detected_at >= $2),
-                            (SELECT count(*) FROM tandem.dead_letters
-                              WHERE direction = 'forward' AND table_name = $1 AND failed_at >= $2)",
-                    &[&cloud_name, &since],
-                )
-                .await
-                .ctx(Side::Cloud, "counting the forward conflicts and dead letters")?;
+        let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+        let queued: Option<i64> = desktop
+            .query_one("SELECT max(id) FROM tandem.outbox", &[])
+            .await
+            .ctx(Side::Desktop, "reading tandem.outbox")?
+            .get(0);
+        let reconciled: Vec<(String, String)> = reports
+            .iter()
+            .filter_map(|r| {
+                mapping
+                    .tables
+                    .iter()
+                    .find(|t| t.table.desktop.to_string() == r.table)
+            })
+            .map(|t| (t.table.desktop.schema.clone(), t.table.desktop.name.clone()))
+            .collect();
+        if let Some(upto) = queued.max(upto) {
+            sync::forward_applied(config, &reconciled, upto).await?;
+        }
+    }
+    // What the targets refused (open dead letters: a dry run reports those a real run would meet
+    // again) and, forward, what they found owned by phones; a refused row counts as a dead letter
+    // only, not as written.
+    for report in reports.iter_mut() {
+        let Some(t) = mapping
+            .tables
+            .iter()
+            .find(|t| t.table.desktop.to_string() == report.table)
+        else {
+            continue;
+        };
+        if scan.forward {
+            let cloud_name = t.table.cloud.to_string();
             let f = &mut report.forward;
-            f.conflicts = row.get::<_, i64>(0) as u64;
-            f.dead_letters = row.get::<_, i64>(1) as u64;
-            // A row the cloud refused was not written: it counts as a dead letter only (an insert
-            // first, the commonest refusal: a parent missing).
-            let mut refused = f.dead_letters;
-            for n in [&mut f.inserted, &mut f.updated, &mut f.deleted] {
-                let less = refused.min(*n);
-                *n -= less;
-                refused -= less;
+            f.dead_letters = count_open(
+                &cloud,
+                Side::Cloud,
+                "forward",
+                std::slice::from_ref(&cloud_name),
+            )
+            .await?;
+            if !request.dry_run {
+                let row = cloud
+                    .query_one(
+                        "SELECT count(*) FROM tandem.conflicts
+                          WHERE direction = 'forward' AND table_name = $1 AND detected_at >= $2",
+                        &[&cloud_name, &since],
+                    )
+                    .await
+                    .ctx(Side::Cloud, "counting the forward conflicts")?;
+                f.conflicts = row.get::<_, i64>(0) as u64;
             }
+            refused(f);
+        }
+        if scan.reverse {
+            let r = &mut report.reverse;
+            r.dead_letters = count_open(
+                &desktop,
+                Side::Desktop,
+                "reverse",
+                std::slice::from_ref(&report.table),
+            )
+            .await?;
+            refused(r);
         }
     }
     let mut rows = Vec::new();
@@ -249,6 +295,35 @@ pub async fn reconcile(
     };
     sync::record(config, request.trigger, started, &report).await?;
     Ok(report)
+}
+
+/// Takes the rows refused (`dead_letters`) off what was written: inserts first (the commonest refusal:
+/// a parent missing), then updates, then deletes.
+fn refused(c: &mut Counts) {
+    let mut refused = c.dead_letters;
+    for n in [&mut c.inserted, &mut c.updated, &mut c.deleted] {
+        let less = refused.min(*n);
+        *n -= less;
+        refused -= less;
+    }
+}
+
+/// Open dead letters of `direction` of tables `names`, on the side that keeps them.
+async fn count_open(
+    client: &tokio_postgres::Client,
+    side: Side,
+    direction: &str,
+    names: &[String],
+) -> Result<u64, RunError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM tandem.dead_letters
+              WHERE direction = $1 AND resolved_at IS NULL AND table_name = ANY($2)",
+            &[&direction, &names],
+        )
+        .await
+        .ctx(side, "counting the open dead letters")?;
+    Ok(row.get::<_, i64>(0) as u64)
 }
 
 /// Runs a whole reconcile every day at `at` (local time, `(hour, minute)`) until `shutdown`.

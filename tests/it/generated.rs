@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{TestDb, count};
 
 /// User-defined types in a schema of their own, the same on both sides.
-const TYPES_DDL: &str = r#"CREATE SCHEMA "typ's";
+pub(crate) const TYPES_DDL: &str = r#"CREATE SCHEMA "typ's";
 CREATE TYPE "typ's"."order" AS ENUM ('a', 'it''s', 'with space', 'ü');
 CREATE DOMAIN "typ's"."pos int" AS int4 CHECK (VALUE > 0);
 CREATE TYPE "typ's"."Pair" AS (a int, "b c" text);
@@ -39,16 +39,16 @@ const CITEXT: &str = "/usr/share/postgresql/15/extension/citext.control";
 const OWNERSHIP: &str = "source char(1), created_at timestamptz NOT NULL DEFAULT now(), \
                          updated_at timestamptz NOT NULL DEFAULT now()";
 /// Both test connections read and write values under these, so a value's text is the same on both.
-const SETTINGS: &str =
+pub(crate) const SETTINGS: &str =
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres';
     SET extra_float_digits = 3; SET bytea_output = 'hex'; SET lc_monetary = 'C';";
 const MAX_ROWS: usize = 20;
-const MAX_COLUMNS: usize = 7;
+pub(crate) const MAX_COLUMNS: usize = 7;
 
 /// (type, usable as a key or scope, edge values as SQL literals). Within a type no two edges are equal
 /// under its `=` or have the same text: keys drawn from them are unique, and a row is found by its text.
 #[rustfmt::skip]
-static TYPES: &[(&str, bool, &[&str])] = &[
+pub(crate) static TYPES: &[(&str, bool, &[&str])] = &[
     ("int2", true, &["-32768", "32767", "0"]), ("int4", true, &["-2147483648", "2147483647", "0", "-1"]),
     ("int8", true, &["-9223372036854775808", "9223372036854775807", "0"]),
     ("bool", true, &["true", "false"]),
@@ -117,12 +117,12 @@ const NAMES: &[&str] = &[
     "with space", "quo\"te", "it's", "ünïcödé", "日付", LONG,
 ];
 #[rustfmt::skip]
-const SCHEMAS: &[&str] = &[
+pub(crate) const SCHEMAS: &[&str] = &[
     "public", "user", "MixedCase", "with space", "it's", "quo\"te", "日付", "order", LONG,
 ];
 
 /// Indexes into TYPES of the types this machine has (citext is an extension), and of the key types.
-fn available() -> &'static (Vec<usize>, Vec<usize>) {
+pub(crate) fn available() -> &'static (Vec<usize>, Vec<usize>) {
     static AVAILABLE: OnceLock<(Vec<usize>, Vec<usize>)> = OnceLock::new();
     AVAILABLE.get_or_init(|| {
         let citext = std::path::Path::new(CITEXT).exists();
@@ -134,7 +134,7 @@ fn available() -> &'static (Vec<usize>, Vec<usize>) {
     })
 }
 
-fn q(name: &str) -> String {
+pub(crate) fn q(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -142,18 +142,18 @@ fn toml_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn join<T>(items: impl IntoIterator<Item = T>, f: impl FnMut(T) -> String) -> String {
+pub(crate) fn join<T>(items: impl IntoIterator<Item = T>, f: impl FnMut(T) -> String) -> String {
     items.into_iter().map(f).collect::<Vec<_>>().join(", ")
 }
 
 #[derive(Debug, Clone)]
-struct Table {
-    schema: &'static str,
-    name: &'static str,
+pub(crate) struct Table {
+    pub(crate) schema: &'static str,
+    pub(crate) name: &'static str,
     /// Name and index into TYPES. The first `ident` columns are the key or, with a cloud key, the scope.
-    cols: Vec<(&'static str, usize)>,
-    ident: usize,
-    cloud_key: Option<&'static str>,
+    pub(crate) cols: Vec<(&'static str, usize)>,
+    pub(crate) ident: usize,
+    pub(crate) cloud_key: Option<&'static str>,
 }
 
 /// A row of the model: an edge index per column (`None` is NULL), and whether the phone owns it.
@@ -164,25 +164,25 @@ struct Row {
 }
 
 impl Table {
-    fn qualified(&self) -> String {
+    pub(crate) fn qualified(&self) -> String {
         format!("{}.{}", q(self.schema), q(self.name))
     }
 
-    fn edges(&self, col: usize) -> &'static [&'static str] {
+    pub(crate) fn edges(&self, col: usize) -> &'static [&'static str] {
         TYPES[self.cols[col].1].2
     }
 
     /// How many values a key or scope column takes: its edges, and NULL in a scope.
-    fn radix(&self, col: usize) -> usize {
+    pub(crate) fn radix(&self, col: usize) -> usize {
         self.edges(col).len() + usize::from(self.cloud_key.is_some())
     }
 
     /// Keys (or scopes) are numbered: even ones are the desktop's, odd ones the phone's.
-    fn units(&self) -> usize {
+    pub(crate) fn units(&self) -> usize {
         (0..self.ident).map(|c| self.radix(c)).product()
     }
 
-    fn decode(&self, mut unit: usize) -> Vec<Option<usize>> {
+    pub(crate) fn decode(&self, mut unit: usize) -> Vec<Option<usize>> {
         let mut vals = vec![None; self.ident];
         for c in (0..self.ident).rev() {
             let v = unit % self.radix(c);
@@ -192,18 +192,18 @@ impl Table {
         vals
     }
 
-    fn unit(&self, vals: &[Option<usize>]) -> usize {
+    pub(crate) fn unit(&self, vals: &[Option<usize>]) -> usize {
         (0..self.ident).fold(0, |u, c| {
             u * self.radix(c) + vals[c].unwrap_or(self.edges(c).len())
         })
     }
 
-    fn value(&self, col: usize, pick: Index) -> Option<usize> {
+    pub(crate) fn value(&self, col: usize, pick: Index) -> Option<usize> {
         let n = self.edges(col).len();
         Some(pick.index(n + 1)).filter(|&i| i < n)
     }
 
-    fn literal(&self, col: usize, val: Option<usize>) -> String {
+    pub(crate) fn literal(&self, col: usize, val: Option<usize>) -> String {
         let ty = TYPES[self.cols[col].1].0;
         match val {
             Some(i) => format!("({})::{ty}", self.edges(col)[i]),
@@ -211,15 +211,15 @@ impl Table {
         }
     }
 
-    fn texts(&self) -> String {
+    pub(crate) fn texts(&self) -> String {
         join(&self.cols, |(n, _)| format!("{}::text", q(n)))
     }
 
-    fn texts_of(&self, vals: &[Option<usize>]) -> String {
+    pub(crate) fn texts_of(&self, vals: &[Option<usize>]) -> String {
         join(0..vals.len(), |c| self.literal(c, vals[c]) + "::text")
     }
 
-    fn insert(&self, vals: &[Option<usize>]) -> String {
+    pub(crate) fn insert(&self, vals: &[Option<usize>]) -> String {
         let (table, names) = (self.qualified(), join(&self.cols, |(n, _)| q(n)));
         let values = join(0..vals.len(), |c| self.literal(c, vals[c]));
         format!("INSERT INTO {table} ({names}) VALUES ({values})")
@@ -246,7 +246,7 @@ impl Table {
         format!("DELETE FROM {table} {row}")
     }
 
-    fn ddl(&self, cloud: bool) -> String {
+    pub(crate) fn ddl(&self, cloud: bool) -> String {
         let mut sql = String::new();
         if self.schema != "public" {
             sql += &format!("CREATE SCHEMA IF NOT EXISTS {};\n", q(self.schema));
@@ -272,7 +272,7 @@ impl Table {
         sql
     }
 
-    fn toml(&self) -> String {
+    pub(crate) fn toml(&self) -> String {
         let ident = format!("[{}]", join(&self.cols[..self.ident], |(n, _)| toml_str(n)));
         let identity = match self.cloud_key {
             None => format!("key = {ident}"),
@@ -283,7 +283,7 @@ impl Table {
     }
 }
 
-fn table() -> impl Strategy<Value = Table> {
+pub(crate) fn table() -> impl Strategy<Value = Table> {
     let names = Just(NAMES.to_vec()).prop_shuffle();
     let types = prop::collection::vec(any::<Index>(), 2..=MAX_COLUMNS);
     (names, any::<Index>(), any::<bool>(), 1..=2usize, types).prop_map(
@@ -413,7 +413,7 @@ struct Model {
     dirty: [HashSet<usize>; 2],
 }
 
-fn pick(from: Vec<usize>, at: Index) -> Option<usize> {
+pub(crate) fn pick(from: Vec<usize>, at: Index) -> Option<usize> {
     (!from.is_empty()).then(|| from[at.index(from.len())])
 }
 
@@ -516,9 +516,9 @@ impl Model {
     }
 }
 
-type Texts = Vec<Vec<Option<String>>>;
+pub(crate) type Texts = Vec<Vec<Option<String>>>;
 
-fn show(value: &Option<String>, limit: usize) -> String {
+pub(crate) fn show(value: &Option<String>, limit: usize) -> String {
     let Some(s) = value else { return "NULL".into() };
     match s.char_indices().nth(limit) {
         Some((at, _)) => format!("{:?}… ({} bytes)", &s[..at], s.len()),
@@ -527,7 +527,7 @@ fn show(value: &Option<String>, limit: usize) -> String {
 }
 
 /// The rows only in `a` and only in `b`, as multisets.
-fn diff(a_name: &str, a: &Texts, b_name: &str, b: &Texts) -> String {
+pub(crate) fn diff(a_name: &str, a: &Texts, b_name: &str, b: &Texts) -> String {
     let mut only_b: Vec<&Vec<Option<String>>> = b.iter().collect();
     let mut only_a = Vec::new();
     for x in a {
@@ -548,7 +548,7 @@ fn diff(a_name: &str, a: &Texts, b_name: &str, b: &Texts) -> String {
     )
 }
 
-async fn query_texts(client: &Client, sql: &str) -> Result<Texts, String> {
+pub(crate) async fn query_texts(client: &Client, sql: &str) -> Result<Texts, String> {
     let rows = client
         .query(sql, &[])
         .await
@@ -742,7 +742,7 @@ async fn exercise(db: &TestDb, case: &Case) -> Result<(), String> {
 
 /// Drops the case's databases. The slot can be dropped only once the server has ended the last run's
 /// replication session.
-async fn remove(db: TestDb) -> Result<(), String> {
+pub(crate) async fn remove(db: TestDb) -> Result<(), String> {
     let cloud = db.cloud().await;
     let sql =
         "SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active";

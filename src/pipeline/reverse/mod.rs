@@ -226,6 +226,12 @@ impl ReverseWorker<'_> {
         let stored = reverse::stored_position(&desktop).await?;
         let sync_points = sync_points(&desktop, &prepared.mapping).await?;
         let start = stored.map(|s| s.0);
+        // `run --once` beside a running `run`: the slot is that run's; it applies what was committed
+        // before now, and this one waits for it.
+        if self.options.once && applied_elsewhere(&cloud, &self.config.cloud.slot, shutdown).await?
+        {
+            return Ok(());
+        }
         let replication_config =
             logical::replication_config(self.config, start.unwrap_or_default(), start)?;
         let replication = ReplicationClient::connect(replication_config)
@@ -295,6 +301,53 @@ impl ReverseWorker<'_> {
         })
         .await;
         result
+    }
+}
+
+/// With the slot streaming to another process: marks the cloud's position now (a transaction of its
+/// own, which that process applies and acknowledges like any other) and waits until the slot's
+/// confirmed position passes it. False when the slot is not in use (or stops being): this process
+/// streams itself.
+async fn applied_elsewhere(
+    cloud: &tokio_postgres::Client,
+    slot: &str,
+    shutdown: &CancellationToken,
+) -> Result<bool, RunError> {
+    let state = "SELECT active, confirmed_flush_lsn > $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1";
+    let row = cloud
+        .query_opt(state, &[&slot, &"0/0"])
+        .await
+        .ctx(Side::Cloud, format!("reading replication slot {slot}"))?;
+    if !row.is_some_and(|r| r.get::<_, bool>(0)) {
+        return Ok(false);
+    }
+    let mark: String = cloud
+        .query_one(
+            "SELECT pg_logical_emit_message(true, $1, 'another tandem run applies')::text",
+            &[&ONCE_PREFIX],
+        )
+        .await
+        .ctx(Side::Cloud, "marking the end of what run --once waits for")?
+        .get(0);
+    tracing::info!(
+        slot,
+        "another tandem process streams from the slot; waiting for it to apply what was committed before now"
+    );
+    loop {
+        let row = cloud
+            .query_opt(state, &[&slot, &mark])
+            .await
+            .ctx(Side::Cloud, format!("reading replication slot {slot}"))?;
+        match row {
+            Some(r) if !r.get::<_, bool>(0) => return Ok(false),
+            Some(r) if r.get::<_, Option<bool>>(1) == Some(true) => return Ok(true),
+            None => return Ok(false),
+            _ => {}
+        }
+        if shutdown.is_cancelled() {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

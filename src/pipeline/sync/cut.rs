@@ -1,0 +1,120 @@
+//! A reconcile's cut in the reverse stream: where the cloud scan's snapshot is, in the stream's order.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::capture::logical::CUT_PREFIX;
+use crate::change::Side;
+use crate::config::Config;
+use crate::db::Context;
+use crate::transform::Mapping;
+
+use super::super::RunError;
+
+/// How long a reconcile waits for the running reverse worker to reach its cut.
+const CUT_DEADLINE: Duration = Duration::from_secs(600);
+
+/// A reconcile's cut in the reverse stream (see `tandem.cuts`).
+pub(super) struct Cut {
+    id: String,
+    /// The cloud position of the scan's snapshot (`pg_lsn` text).
+    pub(super) position: String,
+}
+
+impl Cut {
+    /// Takes the scan's snapshot on `scan` (a cloud connection) where the stream is cut: with the
+    /// table locked against writes for a moment, no transaction writing it is in flight, so those that
+    /// committed before the cut's message are exactly those the snapshot sees. When a reverse worker
+    /// streams, waits until it has applied everything before the cut (it then waits for [`Cut::done`]).
+    pub(super) async fn make(
+        config: &Config,
+        writer: &super::Writer,
+        mapping: &Mapping,
+        i: usize,
+    ) -> Result<Cut, RunError> {
+        let (desktop, scan, lock) = (&writer.desktop, &writer.scan_cloud, &writer.cutter);
+        let t = &mapping.tables[i];
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let id = format!("{}-{}-{i}", std::process::id(), since_epoch.as_nanos());
+        let name = t.table.desktop.to_string();
+        desktop
+            .execute(
+                "INSERT INTO tandem.cuts (id, table_name) VALUES ($1, $2)",
+                &[&id, &name],
+            )
+            .await
+            .ctx(Side::Desktop, "recording a reconcile's cut in tandem.cuts")?;
+        lock.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; LOCK TABLE {} IN SHARE MODE",
+            t.table.cloud.quoted()
+        ))
+        .await
+        .ctx(
+            Side::Cloud,
+            format!("locking {} for a moment to cut the stream", t.table.cloud),
+        )?;
+        let row = lock
+            .query_one(
+                "SELECT pg_export_snapshot(), pg_logical_emit_message(false, $1, $2)::text,
+                        (SELECT active FROM pg_replication_slots WHERE slot_name = $3)",
+                &[&CUT_PREFIX, &id, &config.cloud.slot],
+            )
+            .await
+            .ctx(Side::Cloud, "cutting the reverse stream")?;
+        let (snapshot, position, streaming): (String, String, Option<bool>) =
+            (row.get(0), row.get(1), row.get(2));
+        scan.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            crate::change::quote_literal(&snapshot)
+        ))
+        .await
+        .ctx(
+            Side::Cloud,
+            format!("beginning the scan of {}", t.table.cloud),
+        )?;
+        lock.batch_execute("COMMIT")
+            .await
+            .ctx(Side::Cloud, "ending the cut")?;
+        let cut = Cut { id, position };
+        if streaming == Some(true) {
+            let deadline = Instant::now() + CUT_DEADLINE;
+            loop {
+                let reached: bool = desktop
+                    .query_one(
+                        "SELECT reached_at IS NOT NULL FROM tandem.cuts WHERE id = $1",
+                        &[&cut.id],
+                    )
+                    .await
+                    .ctx(Side::Desktop, "reading tandem.cuts")?
+                    .get(0);
+                if reached {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    cut.done(desktop).await?;
+                    return Err(RunError::Worker(format!(
+                        "the running `tandem run` did not reach the reconcile's cut of {name} in {} s: is its reverse direction stuck? (see its log, or stop it and reconcile again)",
+                        CUT_DEADLINE.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(cut)
+    }
+
+    /// Lets the reverse worker go on past the cut.
+    pub(super) async fn done(&self, desktop: &Client) -> Result<(), RunError> {
+        desktop
+            .execute(
+                "UPDATE tandem.cuts SET done_at = now() WHERE id = $1",
+                &[&self.id],
+            )
+            .await
+            .ctx(Side::Desktop, "recording a reconcile's cut as done")?;
+        Ok(())
+    }
+}

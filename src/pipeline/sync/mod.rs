@@ -1,0 +1,605 @@
+//! Initial sync and reconcile: make both sides share what they do not, table by table, by reading
+//! hashes ([`crate::capture::scan`]), deciding per key ([`crate::commit::reconcile`]) and writing only
+//! what differs, through the commit engine.
+//!
+//! **Nothing falls between the copy and the stream, and nothing changes a row twice.** A table is
+//! scanned only once its capture triggers and its slot exist (`init` made them, and registered the
+//! table after them).
+//! - *Forward.* A desktop change is older than the desktop scan (the scan sees it) or in the outbox (the
+//!   forward applier applies it), or both. Forward repairs are applied exactly as captured changes are:
+//!   "make the cloud equal the desktop's rows for these keys, as they are now", by the one forward
+//!   applier ([`Direct`] when this process holds the forward lock, else the running `run` through the
+//!   outbox). Applying a key a second time finds the cloud equal and writes nothing, and an older
+//!   version can never follow a newer one: both read the desktop when they apply, one after the other.
+//! - *Reverse.* The cloud scan's snapshot is taken at a cut ([`cut`]): with the table locked against
+//!   writes for a moment, the transactions that wrote it before the cut's position are exactly those
+//!   the snapshot sees. A running reverse worker applies everything before the cut, then waits; the
+//!   repairs bring the desktop to the snapshot, and the cut's position is recorded as the table's
+//!   `sync_lsn` in the repairs' own transaction, so the stream skips the table's transactions from
+//!   before it (still in the slot when no worker ran) and applies those after it, once. A repair is
+//!   compared with the desktop's row as it is under the lock the stream's groups take: a desktop
+//!   change made meanwhile is a conflict, never overwritten.
+//!
+//! **Memory** is bounded by the differences, not the tables: scan lines are merged as they stream, the
+//! keys to send forward are listed on the desktop (or handed to the outbox) every [`FLUSH_KEYS`], and
+//! only the desktop repairs wait in memory until the scan ends. A cloud-key table holds one scope at a
+//! time.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::capture::scan::{Key, Lines, ScanSql};
+use crate::change::Side;
+use crate::commit::forward::Forward;
+use crate::commit::reconcile::{self, Entry};
+use crate::commit::reverse::Reverse;
+use crate::commit::{Direction, Target};
+use crate::config::Config;
+use crate::db::{self, Context, StatementCache};
+use crate::transform::Mapping;
+
+use super::{RunError, RunOptions};
+
+mod cut;
+mod scan;
+
+use cut::Cut;
+use scan::{Grouped, Scan};
+
+/// Keys sent forward per outbox insert.
+const FLUSH_KEYS: usize = 10_000;
+/// Desktop repairs fetched and staged at a time (all in one transaction).
+pub(super) const REPAIRS_PER_STAGE: usize = 5_000;
+
+/// What to reconcile.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    pub forward: bool,
+    pub reverse: bool,
+    /// Count the differences; write nothing.
+    pub dry_run: bool,
+}
+
+/// What a reconcile found and did in one direction of one table.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    pub conflicts: u64,
+    pub dead_letters: u64,
+}
+
+impl Counts {
+    /// Rows written (or, in a dry run, to write).
+    pub fn written(&self) -> u64 {
+        self.inserted + self.updated + self.deleted
+    }
+
+    pub fn add(&mut self, other: &Counts) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+        self.unchanged += other.unchanged;
+        self.conflicts += other.conflicts;
+        self.dead_letters += other.dead_letters;
+    }
+}
+
+/// One table's reconcile.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// The desktop table, as an operator writes it.
+    pub table: String,
+    pub forward: Counts,
+    pub reverse: Counts,
+    pub seconds: f64,
+    /// Why the table was not reconciled (parked), if it was not.
+    pub skipped: Option<String>,
+}
+
+/// Told how a reconcile goes (a progress bar, log lines).
+pub trait Watch: Send + Sync {
+    /// Table `table` starts; about `rows` rows on the desktop (when known).
+    fn start(&self, table: &str, rows: Option<u64>);
+    /// `rows` more desktop rows were compared.
+    fn advance(&self, rows: u64);
+    fn finish(&self, report: &TableReport);
+}
+
+/// A [`Watch`] that says nothing.
+pub struct Quiet;
+
+impl Watch for Quiet {
+    fn start(&self, _: &str, _: Option<u64>) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self, _: &TableReport) {}
+}
+
+/// What one table's scan left to finish: the outbox rows it added (applied by the forward applier).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Handed {
+    /// The highest outbox id the scan added.
+    pub upto: Option<i64>,
+}
+
+/// The desktop session a reconcile writes with: marked as tandem's, with the reverse staging tables.
+/// When it holds the forward applier lock (no `run` applies the outbox), it is the forward applier too:
+/// see [`Direct`].
+pub struct Writer {
+    pub desktop: Client,
+    target: Target,
+    plan: Reverse,
+    direct: Option<Direct>,
+    /// The scans' sessions (and the one that cuts the stream), kept from table to table.
+    scan_desktop: Client,
+    scan_cloud: Client,
+    cutter: Client,
+}
+
+/// The forward applier of a reconcile that holds the forward lock: the keys that differ are listed on
+/// the desktop and applied at the end of the table's scan through the forward plan, in one cloud
+/// transaction, from the desktop's rows as they are then (a table-scan source beside the outbox). Safe
+/// for the same reason the outbox is: nobody else applies while the lock is held, and every desktop
+/// change since is in the outbox, applied after.
+pub(super) struct Direct {
+    cloud: Client,
+    target: Target,
+    plan: Forward,
+    statements: StatementCache,
+}
+
+impl Writer {
+    /// With `apply_forward`, takes the forward applier lock if it is free (released when the writer is
+    /// dropped: its session ends).
+    pub async fn connect(
+        config: &Config,
+        mapping: &Mapping,
+        apply_forward: bool,
+    ) -> Result<Writer, RunError> {
+        let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+        let plan = Reverse::new(mapping);
+        let target = Target::prepare(&desktop, Direction::Reverse, plan.staging()).await?;
+        let mut direct = None;
+        if apply_forward {
+            let held: bool = desktop
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, $2)",
+                    &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
+                )
+                .await
+                .ctx(Side::Desktop, "taking the forward applier lock")?
+                .get(0);
+            if held {
+                let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+                let plan = Forward::new(mapping);
+                let target = Target::prepare(&cloud, Direction::Forward, plan.staging()).await?;
+                direct = Some(Direct {
+                    cloud,
+                    target,
+                    plan,
+                    statements: StatementCache::new(Side::Desktop),
+                });
+            }
+        }
+        let (scan_desktop, scan_cloud, cutter) = tokio::try_join!(
+            db::connect(Side::Desktop, &config.desktop.url),
+            db::connect(Side::Cloud, &config.cloud.url),
+            db::connect(Side::Cloud, &config.cloud.url)
+        )?;
+        Ok(Writer {
+            desktop,
+            target,
+            plan,
+            direct,
+            scan_desktop,
+            scan_cloud,
+            cutter,
+        })
+    }
+
+    /// Whether this writer applies the forward repairs itself.
+    pub fn applies_forward(&self) -> bool {
+        self.direct.is_some()
+    }
+}
+
+/// Reconciles table `i`: scans both sides, writes the desktop repairs, hands the forward keys to the
+/// outbox. The forward keys are applied by whoever applies the outbox (see [`forward_applied`]).
+pub async fn table(
+    config: &Config,
+    mapping: &Mapping,
+    i: usize,
+    request: Request,
+    writer: &mut Writer,
+    watch: &dyn Watch,
+) -> Result<(TableReport, Handed), RunError> {
+    let started = Instant::now();
+    let t = &mapping.tables[i];
+    let name = t.table.desktop.to_string();
+    let sql = ScanSql::build(mapping, i);
+    let estimate = writer
+        .scan_desktop
+        .query_one(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = $1::text::regclass",
+            &[&t.table.desktop.quoted()],
+        )
+        .await
+        .ctx(Side::Desktop, format!("estimating the rows of {name}"))?
+        .get::<_, i64>(0);
+    watch.start(&name, u64::try_from(estimate).ok());
+    // The journal and the cloud's rows in one snapshot: an entry describes a change the scan sees. A
+    // reconcile that writes mobile rows cuts the reverse stream where that snapshot is.
+    let cut = if request.reverse && !request.dry_run {
+        Some(Cut::make(config, writer, mapping, i).await?)
+    } else {
+        writer
+            .scan_cloud
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .ctx(
+                Side::Cloud,
+                format!("beginning the scan of {}", t.table.cloud),
+            )?;
+        None
+    };
+    let result = compare_and_repair(mapping, i, sql, request, writer, watch, cut.as_ref()).await;
+    if let Some(cut) = &cut {
+        // After a failure the writer's session may be in a failed transaction: a session of its own.
+        match &result {
+            Ok(_) => cut.done(&writer.desktop).await?,
+            Err(_) => {
+                let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+                cut.done(&desktop).await?;
+            }
+        }
+    }
+    let (mut report, handed) = result?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok((report, handed))
+}
+
+/// [`table`] once both scans' snapshots are taken.
+#[allow(clippy::too_many_arguments)]
+async fn compare_and_repair(
+    mapping: &Mapping,
+    i: usize,
+    sql: ScanSql,
+    request: Request,
+    writer: &mut Writer,
+    watch: &dyn Watch,
+    cut: Option<&Cut>,
+) -> Result<(TableReport, Handed), RunError> {
+    let Writer {
+        desktop,
+        target,
+        plan,
+        direct,
+        scan_desktop: desktop_scan,
+        scan_cloud: cloud_scan,
+        ..
+    } = writer;
+    let (desktop_scan, cloud_scan) = (&*desktop_scan, &*cloud_scan);
+    let t = &mapping.tables[i];
+    let name = t.table.desktop.to_string();
+    let entries = reconcile::journal(cloud_scan, &sql, &name).await?;
+    let journal_upto = entries.iter().map(|e| e.id).max();
+    let mut by_key: HashMap<&Key, Vec<&Entry>> = HashMap::new();
+    for e in &entries {
+        by_key.entry(&e.key).or_default().push(e);
+    }
+    let width = sql.width;
+    let (scanning_desktop, scanning_cloud) = (
+        format!("scanning {name}"),
+        format!("scanning {}", t.table.cloud),
+    );
+    let (d, c) = tokio::try_join!(
+        Lines::start(
+            desktop_scan,
+            Side::Desktop,
+            &sql.desktop,
+            width,
+            &scanning_desktop
+        ),
+        Lines::start(cloud_scan, Side::Cloud, &sql.cloud, width, &scanning_cloud)
+    )?;
+    let mut scan = Scan {
+        mapping,
+        i,
+        sql,
+        request,
+        desktop,
+        target,
+        plan,
+        direct: direct.as_mut(),
+        listed: 0,
+        report: TableReport {
+            table: name.clone(),
+            forward: Counts::default(),
+            reverse: Counts::default(),
+            seconds: 0.0,
+            skipped: None,
+        },
+        forward_now: Vec::new(),
+        forward_after: Vec::new(),
+        repairs: Vec::new(),
+        handed: Handed::default(),
+    };
+    scan.list_keys().await?;
+    let (mut d, mut c) = (Grouped::new(d), Grouped::new(c));
+    let (mut dg, mut cg) = tokio::try_join!(d.next(), c.next())?;
+    let mut seen = 0;
+    while dg.is_some() || cg.is_some() {
+        let order = match (&dg, &cg) {
+            (Some(a), Some(b)) => a.0.cmp(&b.0),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        let (desktop, cloud) = match order {
+            std::cmp::Ordering::Less => (dg.take(), None),
+            std::cmp::Ordering::Greater => (None, cg.take()),
+            std::cmp::Ordering::Equal => (dg.take(), cg.take()),
+        };
+        let key = desktop
+            .as_ref()
+            .or(cloud.as_ref())
+            .map(|g| g.0.clone())
+            .expect("one side has the key");
+        let journal = by_key.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let rows = desktop.as_ref().map_or(0, |g| g.1.len() as u64);
+        scan.decide(
+            key,
+            desktop.map(|g| g.1).unwrap_or_default(),
+            cloud.map(|g| g.1).unwrap_or_default(),
+            journal,
+        );
+        if scan.forward_now.len() >= FLUSH_KEYS {
+            scan.flush(false).await?;
+        }
+        seen += rows;
+        if seen >= 10_000 {
+            watch.advance(seen);
+            seen = 0;
+        }
+        if dg.is_none() {
+            dg = d.next().await?;
+        }
+        if cg.is_none() {
+            cg = c.next().await?;
+        }
+    }
+    watch.advance(seen);
+    scan.flush(false).await?;
+    // The mobile rows to bring are read in the scan's snapshot: what came after, the stream brings.
+    scan.repair(cloud_scan, cut).await?;
+    cloud_scan
+        .batch_execute("COMMIT")
+        .await
+        .ctx(Side::Cloud, "ending the scan")?;
+    scan.flush(true).await?;
+    scan.apply_listed().await?;
+    if request.reverse
+        && !request.dry_run
+        && let Some(upto) = journal_upto
+    {
+        cloud_scan.execute(&scan.sql.prune, &[&upto]).await.ctx(
+            Side::Cloud,
+            format!("pruning the journal of {}", t.table.cloud),
+        )?;
+    }
+    let Scan { report, handed, .. } = scan;
+    Ok((report, handed))
+}
+
+/// Syncs the tables whose initial sync is due (`tandem.table_state.synced_at` is NULL: `init` added
+/// them, or made a new slot) and that are not parked, both ways. A table is `syncing` while its scan
+/// runs and `streaming` once its repairs are written and its forward keys handed to the outbox (the
+/// forward worker applies those in order with every captured change). A table whose sync fails stays
+/// due, and the others go on.
+pub async fn due(
+    config: &Config,
+    tables: &super::Tables,
+    watch: &dyn Watch,
+) -> Result<Vec<TableReport>, RunError> {
+    let snapshot = tables.snapshot();
+    let mapping = &snapshot.mapping;
+    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+    let names: Vec<String> = desktop
+        .query(
+            "SELECT table_name FROM tandem.table_state WHERE synced_at IS NULL",
+            &[],
+        )
+        .await
+        .ctx(Side::Desktop, "reading which tables are due to sync")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let due: Vec<usize> = mapping
+        .parents_first
+        .iter()
+        .copied()
+        .filter(|&i| {
+            !snapshot.is_parked(i) && names.contains(&mapping.tables[i].table.desktop.to_string())
+        })
+        .collect();
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let started = Instant::now();
+    let mut writer = Writer::connect(config, mapping, true).await?;
+    let request = Request {
+        forward: true,
+        reverse: true,
+        dry_run: false,
+    };
+    let mut reports = Vec::new();
+    for i in due {
+        let name = mapping.tables[i].table.desktop.to_string();
+        set_state(&desktop, &name, "syncing").await?;
+        match table(config, mapping, i, request, &mut writer, watch).await {
+            Ok((report, _)) => {
+                watch.finish(&report);
+                set_state(&desktop, &name, "streaming").await?;
+                tracing::info!(
+                    table = %name,
+                    to_cloud = report.forward.written(),
+                    to_desktop = report.reverse.written(),
+                    unchanged = report.forward.unchanged + report.reverse.unchanged,
+                    conflicts = report.reverse.conflicts,
+                    seconds = report.seconds,
+                    "initial sync done; the table streams"
+                );
+                reports.push(report);
+            }
+            Err(e) => {
+                tracing::error!(table = %name, error = %e, "the table's initial sync failed; it is tried again on the next change of the tables or the next run");
+                set_state(&desktop, &name, "new").await?;
+                writer = Writer::connect(config, mapping, true).await?;
+            }
+        }
+    }
+    record(
+        config,
+        "sync",
+        started,
+        &serde_json::json!({ "dry_run": false, "tables": reports }),
+    )
+    .await?;
+    Ok(reports)
+}
+
+async fn set_state(desktop: &Client, table: &str, state: &str) -> Result<(), RunError> {
+    desktop
+        .execute(
+            "UPDATE tandem.table_state SET state = $2, since = now(),
+                    synced_at = CASE WHEN $2 = 'streaming' THEN now() ELSE synced_at END
+              WHERE table_name = $1 AND state <> 'parked'",
+            &[&table, &state],
+        )
+        .await
+        .ctx(
+            Side::Desktop,
+            format!("recording {table} as {state} in tandem.table_state"),
+        )?;
+    Ok(())
+}
+
+/// Syncs the tables that become due while `run` streams (a table `init` added, picked up by the
+/// recheck), once both workers run with the tables that include them: a phone's change after the scan
+/// is then received by a session that knows the table.
+pub async fn syncing(
+    config: Config,
+    tables: std::sync::Arc<super::Tables>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut changes = tables.subscribe();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let generation = changes.borrow_and_update().generation;
+        if !tables.workers_at(generation, &shutdown).await {
+            return;
+        }
+        if let Err(e) = due(&config, &tables, &Quiet).await {
+            tracing::warn!(error = %e, "syncing the tables due failed; trying again on the next change");
+        }
+    }
+}
+
+/// Records a reconcile (or an initial sync) in the desktop's `tandem.reconciles`.
+pub async fn record(
+    config: &Config,
+    trigger: &str,
+    started: Instant,
+    report: &impl Serialize,
+) -> Result<(), RunError> {
+    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+    let json = serde_json::to_value(report).unwrap_or_default();
+    let dry_run = json
+        .get("dry_run")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let ago = started.elapsed().as_secs_f64();
+    desktop
+        .execute(
+            "INSERT INTO tandem.reconciles (started_at, trigger, dry_run, report)
+             VALUES (now() - make_interval(secs => $1), $2, $3, $4)",
+            &[&ago, &trigger, &dry_run, &json],
+        )
+        .await
+        .ctx(
+            Side::Desktop,
+            "recording the reconcile in tandem.reconciles",
+        )?;
+    Ok(())
+}
+
+/// Waits until the outbox rows up to `upto` of `tables` (desktop schema and name) are applied: by the
+/// running forward applier if there is one, by this process otherwise.
+pub async fn forward_applied(
+    config: &Config,
+    tables: &[(String, String)],
+    upto: i64,
+) -> Result<(), RunError> {
+    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+    let (schemas, names): (Vec<&str>, Vec<&str>) =
+        tables.iter().map(|(s, n)| (s.as_str(), n.as_str())).unzip();
+    let mut waited = Instant::now();
+    let mut applied_here = false;
+    loop {
+        let pending: bool = desktop
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM tandem.outbox WHERE id <= $1
+                    AND (table_schema, table_name) IN (SELECT * FROM unnest($2::text[], $3::text[])))",
+                &[&upto, &schemas, &names],
+            )
+            .await
+            .ctx(Side::Desktop, "reading what tandem.outbox still holds")?
+            .get(0);
+        if !pending {
+            return Ok(());
+        }
+        if applied_here {
+            return Err(RunError::Worker(format!(
+                "the forward direction left outbox rows of {} unapplied (is a table parked? see `tandem check`)",
+                names.join(", ")
+            )));
+        }
+        let free: bool = desktop
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
+            )
+            .await
+            .ctx(Side::Desktop, "looking for a running forward applier")?
+            .get(0);
+        if free {
+            desktop
+                .execute(
+                    "SELECT pg_advisory_unlock($1, $2)",
+                    &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
+                )
+                .await
+                .ctx(Side::Desktop, "releasing the forward applier lock")?;
+            super::run_forward(
+                config,
+                RunOptions { once: true },
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await?;
+            applied_here = true;
+            continue;
+        }
+        if waited.elapsed() > Duration::from_secs(30) {
+            tracing::info!("waiting for the running `tandem run` to apply the reconcile's keys");
+            waited = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

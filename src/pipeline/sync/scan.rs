@@ -1,0 +1,400 @@
+//! One table's merge: the decision per key (or scope) and what it leads to (keys handed forward,
+//! desktop repairs).
+
+use tokio_postgres::Client;
+
+use std::collections::BTreeSet;
+
+use futures_util::SinkExt;
+
+use crate::capture::outbox::{NOTIFY_CHANNEL, ReadSql, key_list};
+use crate::capture::scan::{Key, Line, Lines, ScanSql};
+use crate::change::Side;
+use crate::commit::reconcile::{self, CloudRow, Entry, KeyDecision, Repair, ScopeRepair};
+use crate::commit::reverse::Reverse;
+use crate::commit::reverse::encode::copy_escape;
+use crate::commit::{Progress, Target};
+use crate::db::{Context, DbError};
+use crate::transform::{Kind, Mapping};
+
+use super::super::RunError;
+use super::cut::Cut;
+use super::{Handed, REPAIRS_PER_STAGE, Request, TableReport};
+
+/// One table's connections and statements.
+pub(super) struct Scan<'a> {
+    pub(super) mapping: &'a Mapping,
+    pub(super) i: usize,
+    pub(super) sql: ScanSql,
+    pub(super) request: Request,
+    /// The desktop session that writes (outbox rows, repairs).
+    pub(super) desktop: &'a Client,
+    pub(super) target: &'a mut Target,
+    pub(super) plan: &'a Reverse,
+    pub(super) report: TableReport,
+    pub(super) forward_now: Vec<Key>,
+    /// Keys to send forward once the desktop repairs of their scope are committed.
+    pub(super) forward_after: Vec<Key>,
+    pub(super) repairs: Vec<Repair>,
+    pub(super) handed: Handed,
+    /// This process applies the forward repairs itself (see [`super::Direct`]).
+    pub(super) direct: Option<&'a mut super::Direct>,
+    /// Keys listed for it.
+    pub(super) listed: u64,
+}
+
+impl Scan<'_> {
+    /// Makes the desktop list of the table's keys to send forward empty (direct application only).
+    pub(super) async fn list_keys(&mut self) -> Result<(), RunError> {
+        if self.direct.is_none() || self.request.dry_run || !self.request.forward {
+            return Ok(());
+        }
+        let columns: Vec<String> = (1..=self.sql.width).map(|n| format!("k{n} text")).collect();
+        let list = key_list(self.i);
+        let name = list.trim_start_matches("pg_temp.");
+        self.desktop
+            .batch_execute(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS {name} ({}); TRUNCATE {list}",
+                columns.join(", ")
+            ))
+            .await
+            .ctx(Side::Desktop, "creating the list of keys to send forward")?;
+        Ok(())
+    }
+
+    /// Applies the listed keys through the forward plan: the desktop's rows for them, as they are now,
+    /// in one cloud transaction.
+    pub(super) async fn apply_listed(&mut self) -> Result<(), RunError> {
+        let Some(direct) = self.direct.as_deref_mut() else {
+            return Ok(());
+        };
+        if self.listed == 0 {
+            return Ok(());
+        }
+        let i = self.i;
+        let read = ReadSql::listed(self.mapping, i);
+        self.desktop
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .ctx(Side::Desktop, "beginning the read of the rows to send")?;
+        direct
+            .plan
+            .stage(
+                &mut direct.target,
+                i,
+                &read,
+                self.desktop,
+                &mut direct.statements,
+                &direct.cloud,
+            )
+            .await?;
+        let tables = BTreeSet::from([i]);
+        let batch = format!("reconcile {}", self.mapping.tables[i].table);
+        direct
+            .plan
+            .apply(
+                &mut direct.target,
+                &direct.cloud,
+                self.mapping,
+                &tables,
+                &BTreeSet::new(),
+                &batch,
+            )
+            .await?;
+        direct
+            .target
+            .commit(&direct.cloud, Progress::Forward)
+            .await?;
+        self.desktop
+            .batch_execute("COMMIT")
+            .await
+            .ctx(Side::Desktop, "ending the read of the rows sent")?;
+        Ok(())
+    }
+
+    /// Decides one key (or scope) from both sides' lines.
+    pub(super) fn decide(
+        &mut self,
+        key: Key,
+        desktop: Vec<Line>,
+        cloud: Vec<Line>,
+        journal: &[&Entry],
+    ) {
+        let (forward, reverse) = (self.request.forward, self.request.reverse);
+        let f = &mut self.report.forward;
+        let r = &mut self.report.reverse;
+        match &self.mapping.tables[self.i].kind {
+            Kind::Key(_) => {
+                // Several desktop rows with one key: the forward statements sort them out as always.
+                let decision = if desktop.len() > 1 {
+                    KeyDecision::Update
+                } else {
+                    reconcile::decide_key(
+                        desktop.first().map(|l| l.hashes),
+                        cloud.first().map(|l| (l.hashes, l.mobile)),
+                        journal,
+                    )
+                };
+                let mobile = cloud.first().is_some_and(|l| l.mobile);
+                match decision {
+                    KeyDecision::Unchanged if mobile => r.unchanged += 1,
+                    KeyDecision::Unchanged => f.unchanged += 1,
+                    KeyDecision::Insert | KeyDecision::Update | KeyDecision::Delete => {
+                        match decision {
+                            KeyDecision::Insert => f.inserted += 1,
+                            KeyDecision::Update => f.updated += 1,
+                            _ => f.deleted += 1,
+                        }
+                        if forward {
+                            self.forward_now.push(key);
+                        }
+                    }
+                    KeyDecision::Bring { old } => {
+                        if old.is_some() {
+                            r.updated += 1;
+                        } else {
+                            r.inserted += 1;
+                        }
+                        if reverse {
+                            self.repairs.push(Repair::Bring {
+                                key,
+                                cloud_key: None,
+                                old,
+                            });
+                        }
+                    }
+                    KeyDecision::Collision { old } => {
+                        // Staged all the same: the reverse plan logs the desktop's row and the phone's
+                        // as a conflict and changes nothing.
+                        r.conflicts += 1;
+                        if reverse {
+                            self.repairs.push(Repair::Bring {
+                                key,
+                                cloud_key: None,
+                                old,
+                            });
+                        }
+                    }
+                    KeyDecision::Remove { old } => {
+                        r.deleted += 1;
+                        if reverse {
+                            self.repairs.push(Repair::Remove {
+                                cloud_key: None,
+                                old,
+                            });
+                        }
+                    }
+                }
+            }
+            Kind::Scoped { .. } => {
+                let d: Vec<_> = desktop.iter().map(|l| l.hashes).collect();
+                let c: Vec<CloudRow> = cloud
+                    .into_iter()
+                    .map(|l| CloudRow {
+                        hashes: l.hashes,
+                        mobile: l.mobile,
+                        cloud_key: l.cloud_key,
+                    })
+                    .collect();
+                let out = reconcile::decide_scope(&d, &c, journal);
+                f.unchanged += out.unchanged;
+                r.unchanged += out.unchanged_mobile;
+                f.inserted += out.inserts;
+                f.deleted += out.deletes;
+                let repaired = !out.repairs.is_empty();
+                for repair in out.repairs {
+                    match repair {
+                        ScopeRepair::Bring {
+                            cloud_key,
+                            old,
+                            contested,
+                        } => {
+                            if contested {
+                                r.conflicts += 1;
+                            } else if old.is_some() {
+                                r.updated += 1;
+                            } else {
+                                r.inserted += 1;
+                            }
+                            self.repairs.push(Repair::Bring {
+                                key: key.clone(),
+                                cloud_key: Some(cloud_key),
+                                old,
+                            });
+                        }
+                        ScopeRepair::Remove { cloud_key, old } => {
+                            r.deleted += 1;
+                            self.repairs.push(Repair::Remove { cloud_key, old });
+                        }
+                    }
+                }
+                if !reverse {
+                    self.repairs.clear();
+                }
+                if forward && out.inserts + out.deletes > 0 {
+                    // A scope whose desktop rows a repair changes is replaced after it, from the rows
+                    // the repair left (a forward-only reconcile leaves it for a whole one).
+                    if !repaired {
+                        self.forward_now.push(key);
+                    } else if reverse {
+                        self.forward_after.push(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands the keys waiting to be sent forward to the outbox (`after`: those waiting for repairs).
+    pub(super) async fn flush(&mut self, after: bool) -> Result<(), RunError> {
+        let keys = std::mem::take(if after {
+            &mut self.forward_after
+        } else {
+            &mut self.forward_now
+        });
+        if keys.is_empty() || self.request.dry_run || !self.request.forward {
+            return Ok(());
+        }
+        if self.direct.is_some() {
+            return self.list(&keys).await;
+        }
+        let t = &self.mapping.tables[self.i];
+        let width = self.sql.width;
+        let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); width];
+        for key in &keys {
+            for (n, part) in key.texts().into_iter().enumerate() {
+                columns[n].push(part);
+            }
+        }
+        let args: Vec<String> = (0..width).map(|n| format!("${}::text[]", n + 3)).collect();
+        let names: Vec<String> = (1..=width).map(|n| format!("u.k{n}")).collect();
+        let sql = format!(
+            "WITH added AS (INSERT INTO tandem.outbox (table_schema, table_name, op, row_key)
+                SELECT $1, $2, 'U', ARRAY[{names}] FROM unnest({args}) AS u({aliases}) RETURNING id)
+             SELECT max(id), pg_notify('{NOTIFY_CHANNEL}', '') FROM added",
+            names = names.join(", "),
+            args = args.join(", "),
+            aliases = (1..=width)
+                .map(|n| format!("k{n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&t.table.desktop.schema, &t.table.desktop.name];
+        for c in &columns {
+            params.push(c);
+        }
+        let row = self.desktop.query_one(&sql, &params).await.ctx(
+            Side::Desktop,
+            format!("handing the keys of {} to tandem.outbox", t.table.desktop),
+        )?;
+        let upto: Option<i64> = row.get(0);
+        self.handed.upto = self.handed.upto.max(upto);
+        Ok(())
+    }
+
+    /// Adds `keys` to the desktop list of keys to send forward (COPY text).
+    async fn list(&mut self, keys: &[Key]) -> Result<(), RunError> {
+        let mut data = Vec::new();
+        for key in keys {
+            for (n, part) in key.0.iter().enumerate() {
+                if n > 0 {
+                    data.push(b'\t');
+                }
+                match part {
+                    Some(v) => copy_escape(&mut data, v),
+                    None => data.extend_from_slice(b"\\N"),
+                }
+            }
+            data.push(b'\n');
+        }
+        let sink = self
+            .desktop
+            .copy_in(&format!("COPY {} FROM STDIN", key_list(self.i)))
+            .await
+            .ctx(Side::Desktop, "listing the keys to send forward")?;
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(data))
+            .await
+            .ctx(Side::Desktop, "listing the keys to send forward")?;
+        sink.finish()
+            .await
+            .ctx(Side::Desktop, "listing the keys to send forward")?;
+        self.listed += keys.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the desktop repairs in one transaction, staged [`REPAIRS_PER_STAGE`] at a time, with the
+    /// cut's position recorded as the table's sync point in the same transaction: the reverse stream
+    /// skips the table's transactions from before it (the repairs brought them), whether this process
+    /// crashes before or after the commit.
+    pub(super) async fn repair(
+        &mut self,
+        cloud: &Client,
+        cut: Option<&Cut>,
+    ) -> Result<(), RunError> {
+        if self.request.dry_run || !self.request.reverse {
+            return Ok(());
+        }
+        let i = self.i;
+        let mut on = reconcile::Desktop {
+            target: &mut *self.target,
+            plan: self.plan,
+            desktop: self.desktop,
+            mapping: self.mapping,
+            i,
+        };
+        for chunk in self.repairs.chunks(REPAIRS_PER_STAGE) {
+            reconcile::stage(&mut on, cloud, &self.sql, chunk).await?;
+        }
+        let also = match cut {
+            Some(cut) => format!(
+                "UPDATE tandem.table_state SET sync_lsn = {}::pg_lsn WHERE table_name = {}",
+                crate::change::quote_literal(&cut.position),
+                crate::change::quote_literal(&self.mapping.tables[i].table.desktop.to_string()),
+            ),
+            None => String::new(),
+        };
+        let outcome = reconcile::commit(&mut on, &also).await?;
+        // Conflicts standing since an earlier reconcile are not logged again, but they are counted.
+        let r = &mut self.report.reverse;
+        r.conflicts = r.conflicts.max(outcome.conflicts);
+        r.dead_letters = outcome.dead_letters;
+        Ok(())
+    }
+}
+
+/// Scan lines grouped by key (a cloud-key table's scope, or a desktop key held by several rows).
+pub(super) struct Grouped {
+    lines: Lines,
+    pending: Option<Line>,
+}
+
+impl Grouped {
+    pub(super) fn new(lines: Lines) -> Self {
+        Grouped {
+            lines,
+            pending: None,
+        }
+    }
+
+    pub(super) async fn next(&mut self) -> Result<Option<(Key, Vec<Line>)>, DbError> {
+        let first = match self.pending.take() {
+            Some(line) => line,
+            None => match self.lines.next().await? {
+                Some(line) => line,
+                None => return Ok(None),
+            },
+        };
+        let key = first.key.clone();
+        let mut group = vec![first];
+        while let Some(line) = self.lines.next().await? {
+            if line.key == key {
+                group.push(line);
+            } else {
+                self.pending = Some(line);
+                break;
+            }
+        }
+        Ok(Some((key, group)))
+    }
+}
