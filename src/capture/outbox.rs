@@ -205,6 +205,28 @@ pub struct ReadSql {
     pub copy_rows: String,
 }
 
+/// The joins that read table `i`'s lookup columns on the desktop (rows of `t`), and each lookup's value:
+/// the source table's column for the row whose key is `t`'s join column (the first, should the legacy
+/// desktop hold the key twice).
+pub fn lookup_joins(mapping: &Mapping, i: usize) -> (String, Vec<String>) {
+    let t = &mapping.tables[i];
+    let mut joins = String::new();
+    let mut values = Vec::new();
+    for (n, lookup) in t.lookups.iter().enumerate() {
+        let from = &mapping.tables[lookup.from];
+        let from_key = &from.key_columns()[0];
+        let on = q(&lookup.on);
+        joins.push_str(&format!(
+            " LEFT JOIN LATERAL (SELECT l.{column} FROM {from} l WHERE {matching} LIMIT 1) lk{n} ON true",
+            column = q(&lookup.column.name),
+            from = from.table.desktop.quoted(),
+            matching = same_key(&format!("l.{on}"), &format!("t.{on}"), &from_key.desktop),
+        ));
+        values.push(format!("lk{n}.{}", q(&lookup.column.name)));
+    }
+    (joins, values)
+}
+
 /// The desktop temporary table a reconcile lists table `i`'s keys in (`k1..kN`, text), for
 /// [`ReadSql::listed`].
 pub fn key_list(i: usize) -> String {
@@ -313,23 +335,13 @@ impl ReadSql {
             .iter()
             .map(|c| c.desktop_read(&format!("t.{}", q(&c.name))))
             .collect();
-        let mut joins = String::new();
-        for (n, lookup) in t.lookups.iter().enumerate() {
-            let from = &mapping.tables[lookup.from];
-            let from_key = &from.key_columns()[0];
-            let on = q(&lookup.on);
-            joins.push_str(&format!(
-                " LEFT JOIN LATERAL (SELECT l.{column} FROM {from} l WHERE {matching} LIMIT 1) lk{n} ON true",
-                column = q(&lookup.column.name),
-                from = from.table.desktop.quoted(),
-                matching = same_key(&format!("l.{on}"), &format!("t.{on}"), &from_key.desktop),
-            ));
-            select.push(
-                lookup
-                    .column
-                    .desktop_read(&format!("lk{n}.{}", q(&lookup.column.name))),
-            );
-        }
+        let (joins, looked_up) = lookup_joins(mapping, i);
+        select.extend(
+            t.lookups
+                .iter()
+                .zip(&looked_up)
+                .map(|(lookup, value)| lookup.column.desktop_read(value)),
+        );
         let matching = |or_null: bool| {
             let m = if or_null { same_key_or_null } else { same_key };
             keys.iter()

@@ -24,6 +24,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
 
+use crate::capture::outbox::lookup_joins;
 use crate::change::{Side, quote_literal};
 use crate::config::SOURCE_COLUMN;
 use crate::db::{Context, DbError};
@@ -101,23 +102,13 @@ impl ScanSql {
             .iter()
             .map(|c| held_as(c, &format!("t.{}", q(&c.name)), true))
             .collect();
-        let mut joins = String::new();
-        for (n, lookup) in t.lookups.iter().enumerate() {
-            let from = &mapping.tables[lookup.from];
-            let from_key = &from.key_columns()[0];
-            let on = q(&lookup.on);
-            joins.push_str(&format!(
-                " LEFT JOIN LATERAL (SELECT l.{column} FROM {from} l WHERE {matching} LIMIT 1) lk{n} ON true",
-                column = q(&lookup.column.name),
-                from = from.table.desktop.quoted(),
-                matching = same_key(&format!("l.{on}"), &format!("t.{on}"), &from_key.desktop),
-            ));
-            forward.push(held_as(
-                &lookup.column,
-                &format!("lk{n}.{}", q(&lookup.column.name)),
-                true,
-            ));
-        }
+        let (joins, looked_up) = lookup_joins(mapping, i);
+        forward.extend(
+            t.lookups
+                .iter()
+                .zip(&looked_up)
+                .map(|(lookup, value)| held_as(&lookup.column, value, true)),
+        );
         let reverse: Vec<String> = t
             .reverse_columns
             .iter()

@@ -280,6 +280,12 @@ pub struct Desktop<'a> {
     pub i: usize,
 }
 
+impl<'a> Desktop<'a> {
+    fn parts(&mut self) -> (&mut Target, &'a Reverse, &'a Client, &'a Mapping, usize) {
+        (self.target, self.plan, self.desktop, self.mapping, self.i)
+    }
+}
+
 /// Stages `repairs` of table `i` on the desktop in the transaction of `target` (the reverse direction's,
 /// begun here if none is open: it takes the reverse lock), with the mobile rows' versions read from
 /// `cloud` (in the scan's snapshot: the stream brings what came after). Returns the rows staged; they
@@ -290,14 +296,7 @@ pub async fn stage(
     sql: &ScanSql,
     repairs: &[Repair],
 ) -> Result<u64, CommitError> {
-    let Desktop {
-        target,
-        plan,
-        desktop,
-        mapping,
-        i,
-    } = on;
-    let (plan, desktop, mapping, i) = (*plan, *desktop, *mapping, *i);
+    let (target, plan, desktop, mapping, i) = on.parts();
     let of_table = |e| CommitError::of_table(e, i);
     target.begin(desktop, []).await.map_err(of_table)?;
     let table = mapping.tables[i].table.to_string();
@@ -393,14 +392,7 @@ pub async fn stage(
 /// Applies what [`stage`] staged for table `i`, runs `also` (statements of the caller's) in the same
 /// transaction, and commits. No position of the stream is recorded.
 pub async fn commit(on: &mut Desktop<'_>, also: &str) -> Result<BatchOutcome, CommitError> {
-    let Desktop {
-        target,
-        plan,
-        desktop,
-        mapping,
-        i,
-    } = on;
-    let (plan, desktop, mapping, i) = (*plan, *desktop, *mapping, *i);
+    let (target, plan, desktop, mapping, i) = on.parts();
     let of_table = |e| CommitError::of_table(e, i);
     target.begin(desktop, []).await.map_err(of_table)?;
     // The staging COPY in progress ends first: the connection runs one statement at a time.

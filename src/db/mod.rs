@@ -39,6 +39,19 @@ pub const FORWARD_LOCK: i32 = 1;
 /// the lock, so the two never interleave.
 pub const REVERSE_LOCK: i32 = 2;
 
+/// Takes tandem's session-level advisory lock `object` (see [`LOCK_CLASS`]) if it is free; it is held
+/// until the session ends.
+pub async fn try_lock(client: &Client, side: Side, object: i32) -> Result<bool, DbError> {
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&LOCK_CLASS, &object],
+        )
+        .await
+        .ctx(side, "taking tandem's applier lock")?
+        .get(0))
+}
+
 /// The settings every tandem session runs with, so a value's text is the same in every session of
 /// either side: it is what tandem compares and hashes values by (see `commit::sql`). Dates and times
 /// in ISO style at UTC, intervals in the `postgres` style, floats in their shortest exact form, bytea

@@ -164,15 +164,7 @@ impl ForwardWorker<'_> {
             .ctx(Side::Desktop, "LISTEN for outbox notifications")?;
         // One forward applier at a time (see `db::FORWARD_LOCK`), held until this session's connection
         // closes. `run --once` beside a running applier lets that one apply what it would have.
-        let held: bool = desktop
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
-            )
-            .await
-            .ctx(Side::Desktop, "taking the forward applier lock")?
-            .get(0);
-        if !held {
+        if !db::try_lock(&desktop, Side::Desktop, db::FORWARD_LOCK).await? {
             if self.options.once {
                 return wait_applied_elsewhere(&desktop, &taken, shutdown).await;
             }

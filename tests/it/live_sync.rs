@@ -16,39 +16,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::any_schema::{OWNERSHIP, installed_with};
-use crate::support::{TestDb, count, rows};
-
-/// `tandem run` streaming in the background.
-struct Streaming {
-    shutdown: CancellationToken,
-    run: tokio::task::JoinHandle<Result<pipeline::RunReport, pipeline::RunError>>,
-}
-
-impl Streaming {
-    fn start(config: &Config) -> Self {
-        let shutdown = CancellationToken::new();
-        let (config, stop) = (config.clone(), shutdown.clone());
-        let run =
-            tokio::spawn(
-                async move { pipeline::run(&config, RunOptions { once: false }, stop).await },
-            );
-        Streaming { shutdown, run }
-    }
-
-    /// Shuts it down (it must have run until now, and stop within 30 s) and returns what it did.
-    async fn stop(self) -> pipeline::RunReport {
-        assert!(
-            !self.run.is_finished(),
-            "the run ended before it was stopped"
-        );
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.run)
-            .await
-            .expect("run stops on shutdown")
-            .unwrap()
-            .unwrap()
-    }
-}
+use crate::support::{Streaming, TestDb, count, rows};
 
 /// Waits until `sql` (a boolean query) holds on `client`, with a deadline.
 async fn until(client: &Client, what: &str, sql: &str) {

@@ -8,7 +8,7 @@ use tandem::pipeline::{self, RunOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::any_schema::{OWNERSHIP, installed_with};
-use crate::support::{TestDb, count, rows};
+use crate::support::{Streaming, TestDb, count, rows};
 
 const TABLES: &str = "[[tables]]\ndesktop = \"note\"\nkey = [\"id\"]\n\
                       [[tables]]\ndesktop = \"item\"\nkey = [\"id\"]\n\
@@ -29,34 +29,6 @@ async fn three_tables() -> (TestDb, Config) {
         TABLES,
     )
     .await
-}
-
-/// `tandem run` streaming in the background.
-struct Streaming {
-    shutdown: CancellationToken,
-    run: tokio::task::JoinHandle<Result<pipeline::RunReport, pipeline::RunError>>,
-}
-
-impl Streaming {
-    fn start(config: &Config) -> Self {
-        let shutdown = CancellationToken::new();
-        let (config, stop) = (config.clone(), shutdown.clone());
-        let run =
-            tokio::spawn(
-                async move { pipeline::run(&config, RunOptions { once: false }, stop).await },
-            );
-        Streaming { shutdown, run }
-    }
-
-    /// Shuts it down (it must stop within 30 s) and returns what it did.
-    async fn stop(self) -> pipeline::RunReport {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.run)
-            .await
-            .expect("run stops on shutdown")
-            .unwrap()
-            .unwrap()
-    }
 }
 
 /// Waits until `sql` (a boolean query) holds on `client`, with a deadline.

@@ -411,3 +411,34 @@ fn port_of(url: &str) -> u16 {
     let after = url.split("127.0.0.1:").nth(1).expect("a loopback URL");
     after.split('/').next().unwrap().parse().unwrap()
 }
+
+/// `tandem run` streaming in the background.
+pub struct Streaming {
+    shutdown: tokio_util::sync::CancellationToken,
+    run: tokio::task::JoinHandle<Result<tandem::pipeline::RunReport, tandem::pipeline::RunError>>,
+}
+
+impl Streaming {
+    pub fn start(config: &Config) -> Self {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (config, stop) = (config.clone(), shutdown.clone());
+        let run = tokio::spawn(async move {
+            tandem::pipeline::run(&config, tandem::pipeline::RunOptions { once: false }, stop).await
+        });
+        Streaming { shutdown, run }
+    }
+
+    /// Shuts it down (it must have run until now, and stop within 30 s) and returns what it did.
+    pub async fn stop(self) -> tandem::pipeline::RunReport {
+        assert!(
+            !self.run.is_finished(),
+            "the run ended before it was stopped"
+        );
+        self.shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.run)
+            .await
+            .expect("run stops on shutdown")
+            .unwrap()
+            .unwrap()
+    }
+}

@@ -165,26 +165,16 @@ impl Writer {
         let plan = Reverse::new(mapping);
         let target = Target::prepare(&desktop, Direction::Reverse, plan.staging()).await?;
         let mut direct = None;
-        if apply_forward {
-            let held: bool = desktop
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, $2)",
-                    &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
-                )
-                .await
-                .ctx(Side::Desktop, "taking the forward applier lock")?
-                .get(0);
-            if held {
-                let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
-                let plan = Forward::new(mapping);
-                let target = Target::prepare(&cloud, Direction::Forward, plan.staging()).await?;
-                direct = Some(Direct {
-                    cloud,
-                    target,
-                    plan,
-                    statements: StatementCache::new(Side::Desktop),
-                });
-            }
+        if apply_forward && db::try_lock(&desktop, Side::Desktop, db::FORWARD_LOCK).await? {
+            let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+            let plan = Forward::new(mapping);
+            let target = Target::prepare(&cloud, Direction::Forward, plan.staging()).await?;
+            direct = Some(Direct {
+                cloud,
+                target,
+                plan,
+                statements: StatementCache::new(Side::Desktop),
+            });
         }
         let (scan_desktop, scan_cloud, cutter) = tokio::try_join!(
             db::connect(Side::Desktop, &config.desktop.url),
@@ -571,15 +561,7 @@ pub async fn forward_applied(
                 names.join(", ")
             )));
         }
-        let free: bool = desktop
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
-            )
-            .await
-            .ctx(Side::Desktop, "looking for a running forward applier")?
-            .get(0);
-        if free {
+        if db::try_lock(&desktop, Side::Desktop, db::FORWARD_LOCK).await? {
             desktop
                 .execute(
                     "SELECT pg_advisory_unlock($1, $2)",
