@@ -71,16 +71,19 @@ const BY_ID: &str = "id";
 const BY_TEXT: &str = "id::text COLLATE \"C\"";
 
 /// Diagnostic: `TANDEM_BENCH_EXPLAIN=FILE` loads auto_explain into the cloud's sessions (plans of
-/// statements over 200 ms, nested ones too, with ANALYZE and BUFFERS), copies the cloud's log of the
-/// seeds part to FILE and stops there.
+/// statements over `TANDEM_BENCH_EXPLAIN_MS`, 200 ms unless set, nested ones too, with ANALYZE and
+/// BUFFERS), copies the cloud's log of the seeds part to FILE and stops there.
 const EXPLAIN_ENV: &str = "TANDEM_BENCH_EXPLAIN";
+const EXPLAIN_MS_ENV: &str = "TANDEM_BENCH_EXPLAIN_MS";
 
 fn main() -> Result<()> {
     let explain = std::env::var_os(EXPLAIN_ENV).is_some();
+    let explain_ms = std::env::var(EXPLAIN_MS_ENV).unwrap_or_else(|_| "200".into());
+    let explain_ms = format!("'{explain_ms}ms'");
     let settings = if explain {
         [
             ("session_preload_libraries", "'auto_explain'"),
-            ("auto_explain.log_min_duration", "'200ms'"),
+            ("auto_explain.log_min_duration", explain_ms.as_str()),
             ("auto_explain.log_analyze", "on"),
             ("auto_explain.log_buffers", "on"),
             ("auto_explain.log_nested_statements", "on"),
@@ -91,7 +94,11 @@ fn main() -> Result<()> {
     } else {
         Vec::new()
     };
-    let note = if explain { "; auto_explain on the cloud" } else { "" };
+    let note = if explain {
+        "; auto_explain on the cloud"
+    } else {
+        ""
+    };
     support::with_clusters("sync", settings, note, |desktop, cloud| {
         Box::pin(bench(desktop, cloud))
     })
@@ -119,9 +126,13 @@ async fn bench(desktop: &LocalCluster, cloud: &LocalCluster) -> Result<()> {
     };
     let seeds = seeds(&mut env).await?;
     if let Some(file) = std::env::var_os(EXPLAIN_ENV) {
-        std::fs::copy(cloud.dir().join("server.log"), &file)
-            .with_context(|| format!("copying the cloud's log to {}", Path::new(&file).display()))?;
-        println!("\nthe cloud's log (auto_explain): {}", Path::new(&file).display());
+        std::fs::copy(cloud.dir().join("server.log"), &file).with_context(|| {
+            format!("copying the cloud's log to {}", Path::new(&file).display())
+        })?;
+        println!(
+            "\nthe cloud's log (auto_explain): {}",
+            Path::new(&file).display()
+        );
         return Ok(());
     }
     let big = big(&mut env).await?;

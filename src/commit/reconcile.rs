@@ -227,13 +227,17 @@ pub fn decide_scope(desktop: &[Hashes], cloud: &[CloudRow], entries: &[&Entry]) 
                     contested: false,
                 }
             }
+            // A phone edited the row, and the desktop holds no version it changed: when the desktop has
+            // a row of the scope left unexplained, both sides changed it (a conflict, as the stream
+            // logs it); when it has none, the desktop never had the row (a phone made it, then edited
+            // it): a new row for the desktop.
             None => match entries.iter().rev().find(of_row) {
-                Some(e) => ScopeRepair::Bring {
+                Some(e) if left.iter().any(Option::is_some) => ScopeRepair::Bring {
                     cloud_key,
                     old: Some(e.old.clone()),
                     contested: true,
                 },
-                None => ScopeRepair::Bring {
+                _ => ScopeRepair::Bring {
                     cloud_key,
                     old: None,
                     contested: false,
@@ -585,5 +589,15 @@ mod tests {
             }]
         );
         assert_eq!(both.inserts, 1);
+        // A phone made the row and edited it before the desktop ever had it: a new row.
+        let made = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited]);
+        assert_eq!(
+            made.repairs,
+            vec![ScopeRepair::Bring {
+                cloud_key: "9".into(),
+                old: None,
+                contested: false
+            }]
+        );
     }
 }

@@ -22,10 +22,15 @@ use super::{
     Batch, BatchOutcome, CommitError, Count, Isolate, Params, Plan, Staged, StagingTables, Step,
     Target, pipe,
 };
-use sql::{ForwardSql, Ranged};
+use sql::{ForwardSql, Write};
 
-/// Above this many staged rows, the staging tables are analyzed so the planner sizes its joins.
-const ANALYZE_ABOVE: u64 = 100_000;
+/// Above this many staged rows (keys and rows), the staging tables are analyzed before the statements
+/// that read them (in the same pipelines: no round trip of its own). Temp tables have no statistics
+/// otherwise: the fast path's whole range (`_n BETWEEN $1 AND $2`) is then estimated at 0.5% of the
+/// rows, `P._ck IS NULL` at 0.5% too, and the planner joins `S` and `P` by a nested loop, quadratic:
+/// the seeds' 1,208 taskchecklist rows took 90 ms to insert that way (1.46M comparisons), a few ms
+/// once analyzed. Analyzing a thousand-row staging table takes about a millisecond.
+const ANALYZE_ABOVE: u64 = 1_000;
 
 /// The forward direction's statements, per configured table, built once per mapping.
 #[derive(Debug, Clone)]
@@ -100,13 +105,6 @@ impl Forward {
             .await
             .map_err(of_table)?;
         target.staging.add(i, keys.rows + rows.rows);
-        if rows.rows + keys.rows > ANALYZE_ABOVE {
-            cloud
-                .batch_execute(&format!("ANALYZE {}, {}", sql.rows, sql.keys))
-                .await
-                .ctx(Side::Cloud, "analyzing the staging tables")
-                .map_err(of_table)?;
-        }
         Ok(Staged {
             rows: rows.rows,
             bytes: rows.bytes + keys.bytes,
@@ -136,76 +134,77 @@ impl Forward {
             id: batch_id,
             reasons: &none,
         };
+        let big: BTreeSet<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| target.staging.staged(i) > ANALYZE_ABOVE)
+            .collect();
         let (dead_letters, null_scopes) = self
-            .prepare(target, cloud, &order, truncated, batch)
+            .prepare(target, cloud, &order, truncated, &big, batch)
             .await?;
-        let plan = self.plan(&order, &null_scopes);
+        let plan = self.plan(&order, &null_scopes, &big);
         let mut outcome = target.apply(cloud, &plan, batch).await?;
         outcome.dead_letters += dead_letters;
         Ok(outcome)
     }
 
     /// What decides the plan, in one round trip: a TRUNCATE adds every desktop-owned key of its
-    /// table to the batch's keys, before anything reads them; keys the desktop holds twice become dead
-    /// letters and leave the batch; scopes holding NULL need the plan that matches NULL.
+    /// table to the batch's keys, before anything reads them; the `big` tables' staging is analyzed;
+    /// keys the desktop holds twice become dead letters and leave the batch; scopes holding NULL need
+    /// the plan that matches NULL.
     async fn prepare(
         &self,
         target: &mut Target,
         cloud: &Client,
         order: &[usize],
         truncated: &BTreeSet<usize>,
+        big: &BTreeSet<usize>,
         batch: Batch<'_>,
     ) -> Result<(u64, BTreeSet<usize>), CommitError> {
         let names = batch.names;
-        let mut truncates = Vec::new();
+        // (table, statement, what it does, whether its rows are the check's)
+        let mut statements = Vec::new();
         for &i in order.iter().filter(|i| truncated.contains(i)) {
-            let statement = target
-                .statements
-                .get(cloud, &self.sql[i].truncate_keys)
-                .await
-                .map_err(|e| CommitError::of_table(e, i))?;
-            truncates.push((i, statement));
+            let sql = &self.sql[i].truncate_keys;
+            statements.push((i, sql, "applying a TRUNCATE", false));
         }
-        let mut checks = Vec::new();
+        for &i in order.iter().filter(|i| big.contains(i)) {
+            let sql = &self.sql[i].analyze_staged;
+            statements.push((i, sql, "analyzing the staging tables", false));
+        }
         for &i in order {
             let sql = &self.sql[i];
-            let check = sql.duplicate_rows.as_ref().or(sql.keys_have_null.as_ref());
-            if let Some(check) = check {
-                let statement = target
-                    .statements
-                    .get(cloud, check)
-                    .await
-                    .map_err(|e| CommitError::of_table(e, i))?;
-                checks.push((i, statement));
+            if let Some(check) = sql.duplicate_rows.as_ref().or(sql.keys_have_null.as_ref()) {
+                statements.push((i, check, "reading the staged keys", true));
             }
         }
-        let truncated_keys = db::pipelined(
-            truncates
-                .iter()
-                .map(|(_, s)| cloud.execute(s, &[]))
-                .collect(),
-        )
-        .await;
-        let results =
-            db::pipelined(checks.iter().map(|(_, s)| cloud.query(s, &[])).collect()).await;
-        for ((i, _), result) in truncates.iter().zip(truncated_keys) {
-            result
-                .ctx(Side::Cloud, format!("applying a TRUNCATE of {}", names[*i]))
-                .map_err(|e| CommitError::of_table(e, *i))?;
+        let mut prepared = Vec::with_capacity(statements.len());
+        for &(i, sql, _, _) in &statements {
+            let statement = target
+                .statements
+                .get(cloud, sql)
+                .await
+                .map_err(|e| CommitError::of_table(e, i))?;
+            prepared.push(statement);
+        }
+        let results = db::pipelined(prepared.iter().map(|s| cloud.query(s, &[])).collect()).await;
+        let mut checks = Vec::new();
+        // The first error is the cause; the statements after it only say the transaction is aborted.
+        for (&(i, _, what, check), result) in statements.iter().zip(results) {
+            let rows = result
+                .ctx(Side::Cloud, format!("{what} of {}", names[i]))
+                .map_err(|e| CommitError::of_table(e, i))?;
+            if check {
+                checks.push((i, rows));
+            }
         }
         let mut dead_letters = 0;
         let mut null_scopes = BTreeSet::new();
-        for ((i, _), result) in checks.iter().zip(results) {
-            let rows = result
-                .ctx(
-                    Side::Cloud,
-                    format!("reading the staged keys of {}", names[*i]),
-                )
-                .map_err(|e| CommitError::of_table(e, *i))?;
+        for (i, rows) in &checks {
             if self.sql[*i].duplicate_rows.is_some() {
                 if !rows.is_empty() {
                     dead_letters += self
-                        .set_aside_duplicates(cloud, *i, batch, &rows)
+                        .set_aside_duplicates(cloud, *i, batch, rows)
                         .await
                         .map_err(|e| CommitError::of_table(e, *i))?;
                 }
@@ -218,8 +217,27 @@ impl Forward {
 
     /// The plan: scoped tables' multiset match and every table's conflicts first (they read the cloud
     /// as it is), deletes children first, writes parents first, then the dead letters of keys that
-    /// applied resolved. The careful path runs the same steps.
-    fn plan<'a>(&'a self, order: &[usize], null_scopes: &BTreeSet<usize>) -> Plan<'a> {
+    /// applied resolved. The careful path runs the same steps, with its write statements as they are
+    /// (see [`sql::CUSTOM_PLANS`]).
+    fn plan<'a>(
+        &'a self,
+        order: &[usize],
+        null_scopes: &BTreeSet<usize>,
+        big: &BTreeSet<usize>,
+    ) -> Plan<'a> {
+        Plan {
+            fast: self.steps(order, null_scopes, big, true),
+            careful: self.steps(order, null_scopes, big, false),
+        }
+    }
+
+    fn steps<'a>(
+        &'a self,
+        order: &[usize],
+        null_scopes: &BTreeSet<usize>,
+        big: &BTreeSet<usize>,
+        fast: bool,
+    ) -> Vec<Step<'a>> {
         let mut steps = Vec::new();
         for &i in order {
             let sql = &self.sql[i];
@@ -236,6 +254,15 @@ impl Forward {
                     Params::None,
                     Count::Nothing,
                 ));
+                if let Some(analyze) = sql.analyze_plan.as_ref().filter(|_| big.contains(&i)) {
+                    steps.push(Step::whole(
+                        i,
+                        "analyzing the scope's match",
+                        analyze,
+                        Params::None,
+                        Count::Nothing,
+                    ));
+                }
             }
             for conflicts in &sql.conflicts {
                 steps.push(Step::whole(
@@ -248,13 +275,13 @@ impl Forward {
             }
         }
         for &i in order.iter().rev() {
-            steps.push(self.ranged(i, &self.sql[i].delete, Count::Deleted));
+            self.write(&mut steps, i, &self.sql[i].delete, Count::Deleted, fast);
         }
         for &i in order {
             let sql = &self.sql[i];
-            steps.push(self.ranged(i, &sql.write, Count::Written));
+            self.write(&mut steps, i, &sql.write, Count::Written, fast);
             if let Some(update) = &sql.lookup_update {
-                steps.push(self.ranged(i, update, Count::Written));
+                self.write(&mut steps, i, update, Count::Written, fast);
             }
             steps.push(Step::whole(
                 i,
@@ -264,24 +291,39 @@ impl Forward {
                 Count::Nothing,
             ));
         }
-        Plan {
-            careful: steps.clone(),
-            fast: steps,
-        }
+        steps
     }
 
-    fn ranged<'a>(&'a self, i: usize, ranged: &'a Ranged, count: Count) -> Step<'a> {
-        let sql = &self.sql[i];
-        Step::ranged(
+    /// A ranged write step; on the fast path, its foreign keys' checks reuse their plans and the
+    /// step after it plans each execution again.
+    fn write<'a>(
+        &'a self,
+        steps: &mut Vec<Step<'a>>,
+        i: usize,
+        write: &'a Write,
+        count: Count,
+        fast: bool,
+    ) {
+        let (sql, ranged) = (&self.sql[i], &write.ranged);
+        steps.push(Step::ranged(
             i,
             ranged.what,
-            &ranged.sql,
+            if fast { &write.fast } else { &ranged.sql },
             count,
             Isolate {
                 numbered: sql.numbered_table(ranged.numbered),
                 image: sql.dead_letter_image(ranged.numbered),
             },
-        )
+        ));
+        if fast {
+            steps.push(Step::whole(
+                i,
+                "planning each statement for its batch again",
+                sql::CUSTOM_PLANS,
+                Params::None,
+                Count::Nothing,
+            ));
+        }
     }
 
     /// Keys the desktop holds more than once: one dead letter each, and out of the batch.
