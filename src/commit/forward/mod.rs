@@ -274,14 +274,23 @@ impl Forward {
                 ));
             }
         }
+        // Only big batches let their foreign keys' checks reuse plans: a small one has few rows to check,
+        // and its latency is the statements it sends.
+        let generic = |i: usize| fast && big.contains(&i);
         for &i in order.iter().rev() {
-            self.write(&mut steps, i, &self.sql[i].delete, Count::Deleted, fast);
+            self.write(
+                &mut steps,
+                i,
+                &self.sql[i].delete,
+                Count::Deleted,
+                generic(i),
+            );
         }
         for &i in order {
             let sql = &self.sql[i];
-            self.write(&mut steps, i, &sql.write, Count::Written, fast);
+            self.write(&mut steps, i, &sql.write, Count::Written, generic(i));
             if let Some(update) = &sql.lookup_update {
-                self.write(&mut steps, i, update, Count::Written, fast);
+                self.write(&mut steps, i, update, Count::Written, generic(i));
             }
             steps.push(Step::whole(
                 i,
@@ -294,8 +303,8 @@ impl Forward {
         steps
     }
 
-    /// A ranged write step; on the fast path, its foreign keys' checks reuse their plans and the
-    /// step after it plans each execution again.
+    /// A ranged write step; with `fast` (the fast path of a big batch), its foreign keys' checks reuse
+    /// their plans and the step after it plans each execution again.
     fn write<'a>(
         &'a self,
         steps: &mut Vec<Step<'a>>,
