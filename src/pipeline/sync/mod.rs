@@ -79,15 +79,6 @@ impl Counts {
     pub fn written(&self) -> u64 {
         self.inserted + self.updated + self.deleted
     }
-
-    pub fn add(&mut self, other: &Counts) {
-        self.inserted += other.inserted;
-        self.updated += other.updated;
-        self.deleted += other.deleted;
-        self.unchanged += other.unchanged;
-        self.conflicts += other.conflicts;
-        self.dead_letters += other.dead_letters;
-    }
 }
 
 /// One table's reconcile.
@@ -190,11 +181,6 @@ impl Writer {
             scan_cloud,
             cutter,
         })
-    }
-
-    /// Whether this writer applies the forward repairs itself.
-    pub fn applies_forward(&self) -> bool {
-        self.direct.is_some()
     }
 }
 
