@@ -192,13 +192,14 @@ pub async fn reconcile(
                     reason: format!("its reconcile failed: {e}"),
                 });
                 // The session may be in a failed transaction: start a clean one.
+                writer.close().await;
                 writer = Writer::connect(config, mapping, !request.dry_run).await?;
             }
         }
     }
     // The forward keys handed to the outbox (and the dead letters queued again) are applied before
     // the report: by the running `run`, or here once the writer let the forward lock go.
-    drop(writer);
+    writer.close().await;
     if scan.forward && !request.dry_run {
         let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
         let queued: Option<i64> = desktop

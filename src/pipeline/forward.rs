@@ -166,18 +166,21 @@ impl ForwardWorker<'_> {
         // closes. `run --once` beside a running applier lets that one apply what it would have.
         if !db::try_lock(&desktop, Side::Desktop, db::FORWARD_LOCK).await? {
             if self.options.once {
-                return wait_applied_elsewhere(&desktop, &taken, shutdown).await;
-            }
-            tracing::warn!(
-                "another tandem process applies this desktop's outbox; waiting for it to stop"
-            );
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                locked = desktop.execute(
-                    "SELECT pg_advisory_lock($1, $2)",
-                    &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
-                ) => {
-                    locked.ctx(Side::Desktop, "waiting for the forward applier lock")?;
+                if wait_applied_elsewhere(&desktop, &taken, shutdown).await? {
+                    return Ok(());
+                }
+            } else {
+                tracing::warn!(
+                    "another tandem process applies this desktop's outbox; waiting for it to stop"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    locked = desktop.execute(
+                        "SELECT pg_advisory_lock($1, $2)",
+                        &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
+                    ) => {
+                        locked.ctx(Side::Desktop, "waiting for the forward applier lock")?;
+                    }
                 }
             }
         }
@@ -247,13 +250,15 @@ impl ForwardWorker<'_> {
     }
 }
 
-/// `run --once` while another process holds the forward direction: waits until the outbox rows
-/// committed now (of tables not parked) are applied by it.
+/// `run --once` while another session holds the forward applier lock: waits until the outbox rows
+/// committed now (of tables not parked) are applied by it. True when they were; false when the lock
+/// came free first (that session ended, or was only ending: a closed connection's backend releases
+/// its locks a moment later), and it is now this session's, which applies them itself.
 async fn wait_applied_elsewhere(
     desktop: &Client,
     taken: &outbox::Taken,
     shutdown: &CancellationToken,
-) -> Result<(), RunError> {
+) -> Result<bool, RunError> {
     let snapshot: String = desktop
         .query_one("SELECT pg_current_snapshot()::text", &[])
         .await
@@ -262,7 +267,10 @@ async fn wait_applied_elsewhere(
     loop {
         let pending = outbox::pending(desktop, &snapshot, taken).await?;
         if !pending || shutdown.is_cancelled() {
-            return Ok(());
+            return Ok(true);
+        }
+        if db::try_lock(desktop, Side::Desktop, db::FORWARD_LOCK).await? {
+            return Ok(false);
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

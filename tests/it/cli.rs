@@ -18,13 +18,11 @@ fn tandem_with(
     if let Some(path) = config {
         cmd.arg("-c").arg(path);
     }
-    let out = cmd
-        .args(args)
-        .env_remove("TANDEM_DESKTOP_URL")
-        .env_remove("TANDEM_CLOUD_URL")
-        .stdin(Stdio::null())
-        .output()
-        .expect("running the tandem binary");
+    let out = crate::support::output_of(
+        cmd.args(args)
+            .env_remove("TANDEM_DESKTOP_URL")
+            .env_remove("TANDEM_CLOUD_URL"),
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

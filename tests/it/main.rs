@@ -1,6 +1,7 @@
 //! Integration tests: tandem against real PostgreSQL clusters started for the run.
 
 mod any_schema;
+mod appliers;
 mod check;
 mod cli;
 mod forward;

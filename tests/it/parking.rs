@@ -424,14 +424,14 @@ async fn the_tandem_binary_names_the_parked_table_its_reason_and_fix_and_exits_n
     let out = tokio::task::spawn_blocking({
         let path = path.clone();
         move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
-                .arg("-c")
-                .arg(&path)
-                .args(["run", "--once"])
-                .env_remove("TANDEM_DESKTOP_URL")
-                .env_remove("TANDEM_CLOUD_URL")
-                .output()
-                .unwrap()
+            crate::support::output_of(
+                std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+                    .arg("-c")
+                    .arg(&path)
+                    .args(["run", "--once"])
+                    .env_remove("TANDEM_DESKTOP_URL")
+                    .env_remove("TANDEM_CLOUD_URL"),
+            )
         }
     })
     .await

@@ -4,7 +4,7 @@
 //! reconciles one table as JSON.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::json;
 use tandem::config::{Config, Identity, TableConfig};
@@ -564,15 +564,11 @@ async fn a_desktop_row_the_cloud_refuses_in_a_renamed_table_is_a_dead_letter_not
 /// Runs the binary with `args` (split at spaces) on `config`: (exit code, stdout, stdout and stderr).
 fn tandem(config: &std::path::Path, args: &str) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
-    cmd.arg("-c")
-        .arg(config)
-        .args(args.split(' '))
-        .stdin(Stdio::null());
-    let out = cmd
-        .env_remove("TANDEM_DESKTOP_URL")
-        .env_remove("TANDEM_CLOUD_URL")
-        .output();
-    let out = out.expect("running the tandem binary");
+    cmd.arg("-c").arg(config).args(args.split(' '));
+    let out = crate::support::output_of(
+        cmd.env_remove("TANDEM_DESKTOP_URL")
+            .env_remove("TANDEM_CLOUD_URL"),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), stdout, all)

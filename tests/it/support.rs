@@ -105,6 +105,88 @@ pub struct TestDb {
     pub name: String,
     pub desktop_url: String,
     pub cloud_url: String,
+    _watchdog: Watchdog,
+}
+
+/// How long one test may hold its databases. A test still running then is stuck (the slowest take
+/// about a minute on a loaded machine): the watchdog names it and ends the whole test process, so a
+/// hang fails CI at once, with the test's name, instead of at CI's own timeout with none.
+const TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// Ends the test process if the test that made it is not over by [`TEST_DEADLINE`].
+struct Watchdog {
+    _over: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn start() -> Watchdog {
+        let (over, wait) = std::sync::mpsc::channel::<()>();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a test")
+            .to_string();
+        std::thread::spawn(move || {
+            // Disconnected (the test's TestDb dropped) before the deadline: the test is over.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                wait.recv_timeout(TEST_DEADLINE)
+            {
+                eprintln!(
+                    "test {test} did not finish within {} s: it is stuck; ending the test run (rerun it \
+                     alone with RUST_LOG=tandem=debug to see where)",
+                    TEST_DEADLINE.as_secs()
+                );
+                std::process::exit(101);
+            }
+        });
+        Watchdog { _over: over }
+    }
+}
+
+/// How long one tandem command a test runs may take before it is stuck.
+const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs a tandem command (stdin closed) and returns what it printed; a command still running after
+/// [`COMMAND_DEADLINE`] is killed and the test fails with what it had printed.
+pub fn output_of(cmd: &mut std::process::Command) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running the tandem binary");
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("piped")));
+    let stderr = read(Box::new(child.stderr.take().expect("piped")));
+    let deadline = std::time::Instant::now() + COMMAND_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the tandem binary") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not end within {} s; it printed:\n{}{}",
+                COMMAND_DEADLINE.as_secs(),
+                String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
+                String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("reading stdout"),
+        stderr: stderr.join().expect("reading stderr"),
+    }
 }
 
 /// Logs to the test's output when RUST_LOG is set (e.g. RUST_LOG=tandem=debug).
@@ -181,6 +263,7 @@ impl TestDb {
             desktop_url: url(desktop, &name),
             cloud_url: url(cloud, &name),
             name,
+            _watchdog: Watchdog::start(),
         }
     }
 

@@ -184,6 +184,24 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Ends the writer's sessions, letting the forward applier lock go now: a dropped connection's
+    /// backend releases it a moment later, when a worker starting next could already find it taken.
+    pub async fn close(self) {
+        if self.direct.is_some() {
+            // After a failure the session may be in a failed transaction.
+            let _ = self.desktop.batch_execute("ROLLBACK").await;
+            let unlock = self.desktop.execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
+            );
+            if let Err(e) = unlock.await {
+                tracing::debug!(error = %e, "releasing the forward applier lock (the session ends anyway)");
+            }
+        }
+    }
+}
+
 /// Reconciles table `i`: scans both sides, writes the desktop repairs, hands the forward keys to the
 /// outbox. The forward keys are applied by whoever applies the outbox (see [`forward_applied`]).
 pub async fn table(
@@ -434,10 +452,12 @@ pub async fn due(
             Err(e) => {
                 tracing::error!(table = %name, error = %e, "the table's initial sync failed; it is tried again on the next change of the tables or the next run");
                 set_state(&desktop, &name, "new").await?;
+                writer.close().await;
                 writer = Writer::connect(config, mapping, true).await?;
             }
         }
     }
+    writer.close().await;
     record(
         config,
         "sync",
