@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod expand;
+mod operator;
 mod secret;
 
 use expand::expand_env;
+pub use operator::{MetricsConfig, StatusConfig};
 pub use secret::{ConnUrl, redact_url};
 
 use crate::change::{QualifiedName, TableRef};
@@ -71,6 +73,8 @@ pub struct Config {
     pub cloud: CloudConfig,
     pub sync: SyncConfig,
     pub reconcile: ReconcileConfig,
+    pub metrics: MetricsConfig,
+    pub status: StatusConfig,
     pub tables: Vec<TableConfig>,
 }
 
@@ -123,6 +127,9 @@ pub struct SyncConfig {
     pub batch_max_wait_ms: u64,
     /// How often `run` checks both schemas again: parked tables resume, changed shapes are picked up.
     pub schema_recheck_ms: u64,
+    /// How long a direction that cannot run (its slot or publication lost, a side not set up) waits
+    /// before it tries again; the other direction goes on meanwhile.
+    pub broken_retry_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -132,6 +139,7 @@ impl Default for SyncConfig {
             batch_max_bytes: 32 * 1024 * 1024,
             batch_max_wait_ms: 500,
             schema_recheck_ms: 30_000,
+            broken_retry_ms: 60_000,
         }
     }
 }
@@ -292,6 +300,8 @@ impl Config {
             },
             sync: raw.sync,
             reconcile: ReconcileConfig { at },
+            metrics: raw.metrics,
+            status: raw.status,
             tables,
         })
     }
@@ -385,6 +395,10 @@ struct RawConfig {
     sync: SyncConfig,
     #[serde(default)]
     reconcile: RawReconcile,
+    #[serde(default)]
+    metrics: MetricsConfig,
+    #[serde(default)]
+    status: StatusConfig,
     #[serde(default)]
     tables: Vec<RawTable>,
 }

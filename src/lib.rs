@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod retry;
 pub mod sample;
 pub mod setup;
+pub mod telemetry;
 pub mod transform;
 
 #[cfg(test)]
@@ -42,6 +43,7 @@ mod layers {
         ("change", 0),
         ("retry", 0),
         ("cluster", 0),
+        ("telemetry", 0),
         ("config", 1),
         ("db", 2),
         ("catalog", 3),

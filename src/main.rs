@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use tandem::cli::{Cli, Command, LogFormat, ReconcileDirection, report};
+use tandem::cli::{Cli, Command, ConflictsAction, Keep, LogFormat, ReconcileDirection, report};
 use tandem::config::Config;
-use tandem::ops::{check, dead_letters as deadletters, reconcile};
+use tandem::ops::{
+    check, conflicts as conflict, dead_letters as deadletters, metrics, reconcile, status as state,
+};
 use tandem::pipeline::{self, RunOptions};
 use tandem::setup::{self, Step};
 use tandem::{db, demo, sample};
@@ -35,6 +37,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only on a terminal: in a file or a service log the escape codes are noise.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -92,21 +96,84 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo::run(scale).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { once } => run_command(&load()?, once).await,
+        Command::Run { once, metrics_addr } => run_command(&load()?, once, metrics_addr).await,
         Command::Reconcile {
             tables,
             direction,
             dry_run,
             json,
         } => reconcile(&load()?, tables, direction, dry_run, json).await,
-        Command::Status { .. } => not_built("status", "a later issue (operator surface)"),
+        Command::Status { json, watch } => status(&load()?, json, watch).await,
+        Command::Conflicts { action, json } => conflicts(&load()?, action, json).await,
         Command::DeadLetters { json, all, retry } => dead_letters(&load()?, json, all, retry).await,
     }
 }
 
-fn not_built(command: &str, issue: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("tandem {command} is not built yet: it arrives with issue {issue}");
-    Ok(ExitCode::from(2))
+async fn status(config: &Config, json: bool, watch: bool) -> anyhow::Result<ExitCode> {
+    let terminal = std::io::stdout().is_terminal();
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    loop {
+        let s = state::collect(config).await;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            if watch && terminal {
+                // Redrawn in place: cursor home, clear the screen.
+                print!("\x1b[H\x1b[2J");
+            }
+            print!("{}", tandem::cli::status::render(&s));
+        }
+        std::io::stdout().flush()?;
+        if !watch {
+            return Ok(ExitCode::from(s.health.exit_code()));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(ExitCode::from(s.health.exit_code())),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+async fn conflicts(
+    config: &Config,
+    action: Option<ConflictsAction>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    match action.unwrap_or(ConflictsAction::List { all: false }) {
+        ConflictsAction::List { all } => {
+            let list = conflict::list(config, all).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for c in &list {
+                    println!("{c}");
+                }
+                let open = list.iter().filter(|c| c.resolved_at.is_none()).count();
+                println!("conflicts: {open} open");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ConflictsAction::Resolve { ids, keep } => {
+            let keep = match keep {
+                Keep::Desktop => conflict::Keep::Desktop,
+                Keep::Mobile => conflict::Keep::Mobile,
+            };
+            let done = conflict::resolve(config, &ids, keep).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                for r in &done {
+                    println!("{r}");
+                }
+            }
+            Ok(if done.iter().all(|r| r.resolved) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }
 
 fn print_steps(side: &str, url: &str, steps: &[Step]) {
@@ -192,10 +259,20 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-async fn run_command(config: &Config, once: bool) -> anyhow::Result<ExitCode> {
+async fn run_command(
+    config: &Config,
+    once: bool,
+    metrics_addr: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     tracing::info!(desktop = %config.desktop.url, cloud = %config.cloud.url, once, "starting both directions");
+    if let Some(addr) = metrics_addr.or_else(|| config.metrics.addr.clone()) {
+        metrics::serve(&addr, config, shutdown.child_token()).await?;
+    }
+    if !once {
+        tokio::spawn(metrics::monitor(config.clone(), shutdown.child_token()));
+    }
     if let (Some(at), false) = (config.reconcile.at, once) {
         tokio::spawn(reconcile::scheduled(
             config.clone(),

@@ -17,6 +17,11 @@ CREATE TABLE IF NOT EXISTS tandem.progress (
     lsn        pg_lsn,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+-- reverse: the cloud's commit time of the last transaction applied (what `tandem status` measures the
+-- lag in seconds from).
+ALTER TABLE tandem.progress ADD COLUMN IF NOT EXISTS committed_at timestamptz;
+-- reverse: when the running worker last found nothing unapplied in what the cloud sent.
+ALTER TABLE tandem.progress ADD COLUMN IF NOT EXISTS caught_up_at timestamptz;
 
 -- Changes that were not applied because the target row is owned by the other side (or, for mobile rows,
 -- because the desktop already holds different desktop-made content under that key).
@@ -31,6 +36,9 @@ CREATE TABLE IF NOT EXISTS tandem.conflicts (
     reason      text NOT NULL,
     resolved_at timestamptz
 );
+-- How an operator resolved it (`tandem conflicts resolve`): the side kept, and who chose.
+ALTER TABLE tandem.conflicts ADD COLUMN IF NOT EXISTS resolution text;
+ALTER TABLE tandem.conflicts ADD COLUMN IF NOT EXISTS resolved_by text;
 
 -- Rows the target refused (foreign key, NOT NULL, length, check, ...): kept, listed, retried.
 CREATE TABLE IF NOT EXISTS tandem.dead_letters (

@@ -31,6 +31,8 @@ pub struct OutboxBatch {
     pub keyed: BTreeSet<usize>,
     /// Mapping indexes of the tables truncated in the batch.
     pub truncated: BTreeSet<usize>,
+    /// When the oldest change in the batch was captured (its transaction's start on the desktop).
+    pub oldest: Option<std::time::SystemTime>,
 }
 
 impl OutboxBatch {
@@ -58,7 +60,7 @@ const SNAPSHOT_SETTING: &str = "tandem.batch_snapshot";
 /// a table `init` added before this run picked it up), and the batch bounds set for the snapshot's later
 /// queries, in one round trip.
 const BATCH_SQL: &str = "WITH batch AS (
-        SELECT id, table_schema, table_name, op::text AS op FROM tandem.outbox
+        SELECT id, table_schema, table_name, op::text AS op, captured_at FROM tandem.outbox
          WHERE ($2 = '' OR pg_visible_in_snapshot(xid, $2::pg_snapshot))
            AND (table_schema, table_name) IN (SELECT * FROM unnest($3::text[], $4::text[]))
          ORDER BY id LIMIT $1),
@@ -67,7 +69,7 @@ const BATCH_SQL: &str = "WITH batch AS (
                set_config('tandem.batch_max_id', coalesce(max(id), 0)::text, true),
                set_config('tandem.batch_snapshot', $2, true)
           FROM batch)
-     SELECT b.id, b.table_schema, b.table_name, b.op FROM batch b, bounds ORDER BY b.id";
+     SELECT b.id, b.table_schema, b.table_name, b.op, b.captured_at FROM batch b, bounds ORDER BY b.id";
 
 /// The tables whose outbox rows a batch takes (those that stream), as the batch query takes them.
 #[derive(Debug, Clone, Default)]
@@ -121,6 +123,8 @@ pub async fn begin_batch(
     let mut batch = OutboxBatch::default();
     for row in &rows {
         batch.ids.push(OutboxId(row.get(0)));
+        let captured: std::time::SystemTime = row.get(4);
+        batch.oldest = Some(batch.oldest.map_or(captured, |o| o.min(captured)));
         let (schema, name, op): (&str, &str, &str) = (row.get(1), row.get(2), row.get(3));
         match mapping.position(schema, name) {
             Some(i) if op == "T" => {

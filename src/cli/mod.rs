@@ -2,6 +2,7 @@
 //! ([`report`]).
 
 pub mod report;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -40,6 +41,31 @@ pub enum ReconcileDirection {
     Both,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ConflictsAction {
+    /// The open conflicts (the default); with --all, the resolved ones too.
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Resolve conflicts by applying the chosen side's row through the commit engine: `desktop`
+    /// writes the desktop's row to the cloud as desktop-owned, `mobile` the cloud's mobile row to the
+    /// desktop. Records who chose, and when.
+    Resolve {
+        /// Conflict ids, as `tandem conflicts list` shows them (f12: forward, r7: reverse).
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[arg(long, value_enum)]
+        keep: Keep,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Keep {
+    Desktop,
+    Mobile,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -76,6 +102,10 @@ pub enum Command {
         /// Apply everything committed before the start, then exit.
         #[arg(long)]
         once: bool,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics and health at /healthz (overrides
+        /// `[metrics] addr`).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
     },
     /// Compare both sides table by table and write only what differs: desktop rows to the cloud
     /// (missing ones inserted, changed ones updated, desktop-owned rows the desktop no longer has
@@ -96,9 +126,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Lag, backlog, conflicts and dead letters per direction (not built yet).
+    /// How both directions are doing, read from the two databases (works while `run` is stopped):
+    /// outbox backlog and age, slot lag in bytes and seconds, wal_status, safe_wal_size, table
+    /// states, open conflicts and dead letters, the last reconcile. Exits 0 healthy, 1 degraded,
+    /// 2 broken (thresholds in `[status]`).
     Status {
+        /// Print it as JSON (every field is documented in the README, Operations).
         #[arg(long)]
+        json: bool,
+        /// Read it again every 2 seconds, redrawn in place, until ctrl-c.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// The conflicts tandem recorded (a change not applied because the other side owns the row, or
+    /// both sides changed it): list them, or resolve them by choosing a side.
+    Conflicts {
+        #[command(subcommand)]
+        action: Option<ConflictsAction>,
+        /// Print them as JSON.
+        #[arg(long, global = true)]
         json: bool,
     },
     /// List the rows a target refused (foreign key, NOT NULL, too long, ...), with the error; retry them.

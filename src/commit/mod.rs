@@ -208,8 +208,8 @@ pub enum Progress {
     /// The forward direction records when it last applied (its position is the outbox itself: applied
     /// rows are deleted from it after the commit).
     Forward,
-    /// The end of the last cloud transaction applied.
-    Reverse(EndLsn),
+    /// The end of the last cloud transaction applied, and its commit time on the cloud when known.
+    Reverse(EndLsn, Option<std::time::SystemTime>),
     /// Nothing to record (a reconcile's repairs are no position of any source).
     Nothing,
 }
@@ -218,8 +218,10 @@ const FORWARD_PROGRESS: &str =
     "INSERT INTO tandem.progress (direction, applied_at) VALUES ('forward', now())
      ON CONFLICT (direction) DO UPDATE SET applied_at = EXCLUDED.applied_at";
 /// Monotonic: a replayed transaction never moves the position back.
-const REVERSE_PROGRESS: &str = "INSERT INTO tandem.progress (direction, lsn, applied_at) VALUES ('reverse', $1::text::pg_lsn, now())
-     ON CONFLICT (direction) DO UPDATE SET lsn = GREATEST(tandem.progress.lsn, EXCLUDED.lsn), applied_at = EXCLUDED.applied_at";
+const REVERSE_PROGRESS: &str = "INSERT INTO tandem.progress (direction, lsn, applied_at, committed_at)
+     VALUES ('reverse', $1::text::pg_lsn, now(), $2)
+     ON CONFLICT (direction) DO UPDATE SET lsn = GREATEST(tandem.progress.lsn, EXCLUDED.lsn), applied_at = EXCLUDED.applied_at,
+         committed_at = GREATEST(tandem.progress.committed_at, EXCLUDED.committed_at)";
 
 /// A failure of the engine, with the configured table whose statement failed (when one did).
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +264,8 @@ pub struct Target {
     pub statements: StatementCache,
     pub staging: StagingTables,
     open: bool,
+    /// Rows the open transaction wrote or deleted, per table: counted once it commits.
+    applied: Vec<(String, u64)>,
 }
 
 impl Target {
@@ -290,7 +294,21 @@ impl Target {
             statements: StatementCache::new(side),
             staging,
             open: false,
+            applied: Vec::new(),
         })
+    }
+
+    /// Counts `rows` written or deleted in `table` by the open transaction (see [`Target::commit`]).
+    pub fn count_applied(&mut self, table: &str, rows: u64) {
+        self.applied.push((table.to_string(), rows));
+    }
+
+    /// The open transaction committed: its rows are counted in the metrics.
+    fn committed(&mut self) {
+        let direction = self.direction.as_str();
+        for (table, rows) in self.applied.drain(..) {
+            crate::telemetry::rows_applied(direction, &table, rows);
+        }
     }
 
     pub fn side(&self) -> Side {
@@ -328,6 +346,7 @@ impl Target {
                 .batch_execute(&sql)
                 .await
                 .ctx(self.side(), "beginning the transaction")?;
+            self.applied.clear();
         }
         self.open = true;
         Ok(())
@@ -413,11 +432,15 @@ impl Target {
             .expect("the savepoint's result")
             .ctx(side, "SAVEPOINT")?;
         let mut outcome = BatchOutcome::default();
+        let mut applied = Vec::new();
         // The first error is the cause; the statements after it only say the transaction is aborted.
         for (step, result) in steps.iter().zip(results) {
             let source = match result {
                 Ok(n) => {
                     outcome.tally(step.count, n);
+                    if matches!(step.count, Count::Written | Count::Deleted) {
+                        applied.push((batch.names[step.table].clone(), n));
+                    }
                     continue;
                 }
                 Err(source) => source,
@@ -432,6 +455,7 @@ impl Target {
             }
             return Err(CommitError::of_table(e, step.table));
         }
+        self.applied.extend(applied);
         Ok(Ok(outcome))
     }
 
@@ -489,6 +513,9 @@ impl Target {
                 }
             };
             outcome.tally(step.count, affected);
+            if matches!(step.count, Count::Written | Count::Deleted) {
+                self.applied.push((name.to_string(), affected));
+            }
         }
         Ok(outcome)
     }
@@ -499,7 +526,9 @@ impl Target {
         let commit = self.statements.get(client, "COMMIT").await?;
         let (sql, position) = match progress {
             Progress::Forward => (FORWARD_PROGRESS, None),
-            Progress::Reverse(end) => (REVERSE_PROGRESS, Some(end.to_string())),
+            Progress::Reverse(end, committed) => {
+                (REVERSE_PROGRESS, Some((end.to_string(), committed)))
+            }
             Progress::Nothing => {
                 client
                     .execute(&commit, &[])
@@ -507,12 +536,13 @@ impl Target {
                     .ctx(side, "committing the batch")?;
                 self.open = false;
                 self.staging.end_transaction();
+                self.committed();
                 return Ok(());
             }
         };
         let record = self.statements.get(client, sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = match &position {
-            Some(p) => vec![p],
+            Some((p, committed)) => vec![p, committed],
             None => vec![],
         };
         let mut done = db::pipelined(vec![
@@ -526,12 +556,14 @@ impl Target {
         committed.ctx(side, "committing the batch")?;
         self.open = false;
         self.staging.end_transaction();
+        self.committed();
         Ok(())
     }
 
     /// Rolls the open transaction back (what was staged in it is gone too).
     pub async fn rollback(&mut self, client: &Client) -> Result<(), DbError> {
         self.open = false;
+        self.applied.clear();
         self.staging.end_transaction();
         client
             .batch_execute("ROLLBACK")

@@ -68,6 +68,8 @@ pub struct StagingTables {
     /// finished COPYs.
     direct_sent: u64,
     direct_written: u64,
+    /// `direct_written` per table (by mapping index).
+    direct_tables: Vec<(usize, u64)>,
 }
 
 impl std::fmt::Debug for StagingTables {
@@ -98,6 +100,7 @@ impl StagingTables {
             copy: None,
             direct_sent: 0,
             direct_written: 0,
+            direct_tables: Vec::new(),
         }
     }
 
@@ -151,10 +154,14 @@ impl StagingTables {
         self.direct_sent > 0 || self.copy.as_ref().is_some_and(|c| c.dest == Dest::Direct)
     }
 
-    /// Rows written straight into target tables in the open transaction, confirmed.
-    pub fn take_direct_written(&mut self) -> u64 {
+    /// Rows written straight into target tables in the open transaction, confirmed: in all, and per
+    /// table (by mapping index).
+    pub fn take_direct_written(&mut self) -> (u64, Vec<(usize, u64)>) {
         self.direct_sent = 0;
-        std::mem::take(&mut self.direct_written)
+        (
+            std::mem::take(&mut self.direct_written),
+            std::mem::take(&mut self.direct_tables),
+        )
     }
 
     pub(super) fn end_transaction(&mut self) {
@@ -162,6 +169,7 @@ impl StagingTables {
         self.copy = None;
         self.direct_sent = 0;
         self.direct_written = 0;
+        self.direct_tables.clear();
     }
 
     /// Sends `data` (COPY text, `rows` rows) through the COPY in progress if it goes where `into` says,
@@ -222,6 +230,7 @@ impl StagingTables {
                 .map_err(|e| (open.table, e))?;
             if open.dest == Dest::Direct {
                 self.direct_written += n;
+                self.direct_tables.push((open.table, n));
             }
         }
         Ok(())

@@ -2,5 +2,8 @@
 //! target refused: listed, retried) and `reconcile` (both sides made to share what they do not).
 
 pub mod check;
+pub mod conflicts;
 pub mod dead_letters;
+pub mod metrics;
 pub mod reconcile;
+pub mod status;

@@ -57,7 +57,7 @@ pub async fn run_forward_with(
         once_snapshot: None,
         stats: RunStats::default(),
     };
-    reconnecting(&mut worker, &shutdown).await?;
+    reconnecting(&mut worker, &shutdown, options.broken_retry(&config.sync)).await?;
     Ok(worker.stats)
 }
 
@@ -198,6 +198,7 @@ impl ForwardWorker<'_> {
             target,
         };
         let mut size = BatchSize::new(&self.config.sync);
+        crate::telemetry::up("forward");
         loop {
             // Drain: batch after batch until the outbox is empty.
             loop {
@@ -356,6 +357,12 @@ async fn one_batch(
         .apply(target, cloud, mapping, &tables, &batch.truncated, &batch_id)
         .await?;
     target.commit(cloud, Progress::Forward).await?;
+    crate::telemetry::batch_committed(
+        "forward",
+        outcome.conflicts,
+        outcome.dead_letters,
+        batch.oldest,
+    );
     outcome.staged_rows = rows;
     outcome.staged_bytes = bytes;
     failpoint("after-cloud-commit");

@@ -89,12 +89,38 @@ impl RunError {
     pub fn is_transient(&self) -> bool {
         self.kind() == ErrorKind::Transient
     }
+
+    /// What kind of trouble it was, as the retries metric labels it.
+    pub fn cause(&self) -> &'static str {
+        let db = match self {
+            RunError::Db(e) | RunError::Mapping(MappingError::Db(e)) => Some(e),
+            RunError::Commit(e) => Some(&e.source),
+            _ => None,
+        };
+        match (self, db.map(|e| e.code().map(|c| c.code()))) {
+            (_, Some(None)) | (RunError::ListenerLost, _) => "connection",
+            (_, Some(Some("57014"))) => "timeout",
+            (_, Some(Some("40001" | "40P01" | "55P03"))) => "contention",
+            (_, Some(Some(_))) => "server",
+            (RunError::Stream(_), _) => "stream",
+            (RunError::Replay(..), _) => "replay",
+            (RunError::Reshaped, _) => "reshaped",
+            _ => "other",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
     /// Apply what was committed on the desktop when the run started, then return.
     pub once: bool,
+}
+
+impl RunOptions {
+    /// How long a direction that cannot run waits to try again; none with `once`, which fails.
+    pub fn broken_retry(&self, sync: &SyncConfig) -> Option<Duration> {
+        (!self.once).then(|| Duration::from_millis(sync.broken_retry_ms.max(1)))
+    }
 }
 
 /// Totals of a run.
@@ -166,14 +192,15 @@ pub struct RunReport {
 }
 
 /// Both directions until `shutdown` (or, with `once`, until both have applied what was committed when
-/// they started). A direction that fails for good stops the other and returns its error; a table that
-/// does not fit its schema is parked, not the run.
+/// they started). Without `once`, a direction that cannot run stops alone and tries again on a slow
+/// timer (`[sync] broken_retry_ms`) while the other streams; with `once`, it stops the other and its
+/// error is returned. A table that does not fit its schema is parked, not the run.
 pub async fn run(
     config: &Config,
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunReport, RunError> {
-    preflight(config).await?;
+    preflight(config, options).await?;
     let tables = Tables::start(config).await?;
     // Tables new since init are synced before the workers start: what the sync hands to the outbox,
     // the forward worker applies; what the slot holds from before the sync, the reverse worker finds
@@ -185,7 +212,12 @@ pub async fn run(
         tokio::spawn(tables.clone().rechecking(every, stop.clone()));
         tokio::spawn(sync::syncing(config.clone(), tables.clone(), stop.clone()));
     }
-    let forward = run_forward_with(config, options, tables.clone(), stop.clone());
+    tables.forward_running(false);
+    let forward = async {
+        let result = run_forward_with(config, options, tables.clone(), stop.clone()).await;
+        tables.forward_running(true);
+        result
+    };
     let reverse = run_reverse_with(config, options, tables.clone(), stop.clone());
     tokio::pin!(forward, reverse);
     let (mut f, mut r) = (None, None);
@@ -218,36 +250,59 @@ fn parks(e: &CommitError) -> Option<usize> {
 }
 
 /// Before streaming: is everything `init` installs in place for this config? A missing outbox, trigger
-/// or slot would otherwise surface as a bare "does not exist" from deep inside a worker.
-async fn preflight(config: &Config) -> Result<(), RunError> {
+/// or slot would otherwise surface as a bare "does not exist" from deep inside a worker. Without
+/// `once`, what only the reverse direction needs (the slot, the publication) does not stop the run:
+/// it is logged, the forward direction streams, and the reverse one retries on its slow timer until
+/// `tandem init` repaired it.
+async fn preflight(config: &Config, options: RunOptions) -> Result<(), RunError> {
     use crate::change::Side;
+    use crate::setup::Step;
     let desktop = crate::db::connect(Side::Desktop, &config.desktop.url).await?;
     let cloud = crate::db::connect(Side::Cloud, &config.cloud.url).await?;
     let desktop_plan = crate::setup::plan_desktop(&desktop, config).await?;
     let cloud_plan = crate::setup::plan_cloud(&cloud, config).await?;
-    let mut missing: Vec<String> = desktop_plan
-        .steps
-        .iter()
-        .map(|s| format!("desktop: missing: {s}"))
-        .chain(
-            cloud_plan
-                .steps
-                .iter()
-                .map(|s| format!("cloud: missing: {s}")),
-        )
-        .collect();
-    missing.extend(
-        cloud_plan
-            .blockers
-            .iter()
-            .chain(&desktop_plan.blockers)
-            .map(|b| b.to_string()),
-    );
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(RunError::NotInstalled(missing))
+    let reverse_only = |s: &Step| {
+        matches!(
+            s,
+            Step::CreatePublication { .. }
+                | Step::SetPublicationTables { .. }
+                | Step::CreateSlot { .. }
+        ) || matches!(s, Step::Record { item, .. } if item == "slot" || item == "publication")
+    };
+    let (mut missing, mut reverse) = (Vec::new(), Vec::new());
+    for (side, plan) in [("desktop", &desktop_plan), ("cloud", &cloud_plan)] {
+        for step in &plan.steps {
+            let line = format!("{side}: missing: {step}");
+            if reverse_only(step) {
+                reverse.push(line)
+            } else {
+                missing.push(line)
+            }
+        }
     }
+    for b in cloud_plan.blockers.iter().chain(&desktop_plan.blockers) {
+        let line = b.to_string();
+        if b.subject.contains("slot") || b.subject.contains("publication") {
+            reverse.push(line);
+        } else {
+            missing.push(line);
+        }
+    }
+    if options.once || !missing.is_empty() {
+        missing.extend(reverse);
+        return if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(RunError::NotInstalled(missing))
+        };
+    }
+    if !reverse.is_empty() {
+        tracing::error!(
+            problems = %reverse.join("; "),
+            "the reverse direction cannot run until this is fixed (run `tandem init`, then `tandem reconcile`); the forward direction streams meanwhile"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -261,6 +316,7 @@ mod tests {
             batch_max_bytes: 1_000_000,
             batch_max_wait_ms: 100,
             schema_recheck_ms: 1000,
+            ..SyncConfig::default()
         };
         let mut size = BatchSize::new(&sync);
         assert_eq!(size.limit(), 1000);

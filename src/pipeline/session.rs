@@ -9,7 +9,7 @@ use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::retry;
+use crate::{retry, telemetry};
 
 use super::RunError;
 
@@ -41,24 +41,42 @@ pub trait Worker {
 pub async fn reconnecting<W: Worker>(
     worker: &mut W,
     shutdown: &CancellationToken,
+    broken_retry: Option<std::time::Duration>,
 ) -> Result<(), RunError> {
     let mut delays = retry::backoff();
     loop {
         let before = worker.progress();
         let error = match worker.session(shutdown).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                telemetry::down(W::NAME, None);
+                return Ok(());
+            }
             Err(error) => error,
         };
         let Err(error) = worker.recover(error) else {
             continue;
         };
+        telemetry::down(W::NAME, Some(error.to_string()));
         if !error.is_transient() {
-            return Err(error);
+            // A direction that cannot run stops alone: the other goes on, and this one tries again
+            // on a slow timer (it resumes by itself once `tandem init` repaired what it lacks).
+            let Some(wait) = broken_retry else {
+                return Err(error);
+            };
+            tracing::error!(error = %error, retry_in = ?wait, "{}: the direction cannot run; it stops until this is fixed, the other direction goes on", W::NAME);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            delays = retry::backoff();
+            continue;
         }
         if worker.progress() > before {
             delays = retry::backoff();
         }
         worker.retried();
+        telemetry::retried(W::NAME, error.cause());
         let delay = delays.next().expect("the backoff never ends");
         tracing::warn!(error = %error, retry_in = ?delay, "{}: transient error; reconnecting", W::NAME);
         tokio::select! {
@@ -116,7 +134,7 @@ mod tests {
             stop_after: 8,
         };
         let shutdown = CancellationToken::new();
-        reconnecting(&mut worker, &shutdown).await.unwrap();
+        reconnecting(&mut worker, &shutdown, None).await.unwrap();
         let gaps: Vec<Duration> = worker
             .sessions
             .windows(2)
@@ -147,7 +165,7 @@ mod tests {
                 unreachable!("not retried")
             }
         }
-        let result = reconnecting(&mut Broken, &CancellationToken::new()).await;
+        let result = reconnecting(&mut Broken, &CancellationToken::new(), None).await;
         assert!(matches!(result, Err(RunError::Worker(_))), "{result:?}");
     }
 }

@@ -59,6 +59,9 @@ pub struct Tables {
     /// The generation each worker's current session runs with (forward, reverse); `None` before its
     /// first session.
     sessions: watch::Sender<[Option<u64>; 2]>,
+    /// With `run --once` of both directions: whether the forward worker is done (`None`: no forward
+    /// worker in this run).
+    forward_done: watch::Sender<Option<bool>>,
 }
 
 /// A worker of a run, as [`Tables::running`] is told.
@@ -107,6 +110,7 @@ impl Tables {
                 warned: BTreeSet::new(),
             }),
             sessions: watch::channel([None, None]).0,
+            forward_done: watch::channel(None).0,
         });
         {
             let mut checks = tables.checks.lock().await;
@@ -124,6 +128,21 @@ impl Tables {
     pub fn running(&self, worker: WorkerId, generation: u64) {
         self.sessions
             .send_modify(|s| s[worker as usize] = Some(generation));
+    }
+
+    /// A forward worker runs beside the reverse one (`done` false), or ended (`done` true).
+    pub fn forward_running(&self, done: bool) {
+        self.forward_done.send_replace(Some(done));
+    }
+
+    /// Waits until the forward worker of this run ended; at once when there is none. False on
+    /// shutdown.
+    pub async fn forward_ended(&self, shutdown: &CancellationToken) -> bool {
+        let mut done = self.forward_done.subscribe();
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            ended = done.wait_for(|d| d.is_none_or(|d| d)) => ended.is_ok(),
+        }
     }
 
     /// Waits until both workers run sessions of `generation` or later; false on shutdown.

@@ -192,15 +192,48 @@ impl Step {
                     .await
                     .ctx(side, format!("{self}"))?;
             }
-            Step::DropSlot { name } => {
-                client
-                    .execute("SELECT pg_drop_replication_slot($1)", &[name])
-                    .await
-                    .ctx(side, format!("{self}"))?;
-            }
+            Step::DropSlot { name } => drop_slot(client, side, name, self).await?,
             Step::DropSchema { .. } => run(UNINSTALL_SQL.to_string()).await?,
         }
         Ok(())
+    }
+}
+
+/// Drops a slot, ending the walsender that streams from it first (a running `tandem run` reconnects
+/// and finds what this init made); tried again for a few seconds while the walsender exits.
+async fn drop_slot(
+    client: &impl GenericClient,
+    side: Side,
+    name: &str,
+    step: &Step,
+) -> Result<(), DbError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        client
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                  WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                &[&name],
+            )
+            .await
+            .ctx(
+                side,
+                format!("{step}: ending the session that streams from it"),
+            )?;
+        match client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&name])
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // object_in_use: its walsender is still exiting.
+            Err(e)
+                if e.code().map(|c| c.code()) == Some("55006")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).ctx(side, format!("{step}")),
+        }
     }
 }
 

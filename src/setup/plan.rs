@@ -205,8 +205,24 @@ pub async fn plan_cloud(client: &Client, config: &Config) -> Result<Plan, DbErro
             format!("drop it (SELECT pg_drop_replication_slot('{old}')) or set [cloud] slot back to {old:?}"),
         ));
     }
+    // A slot whose publication is gone cannot decode past the moment it went (pgoutput looks the
+    // publication up as of each change): made again, like a lost one; `tandem reconcile` repairs what
+    // it missed. Only when this install made the publication before (it is recorded).
+    let publication_lost = old_pub.as_ref() == Some(pub_name)
+        && plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::CreatePublication { name, .. } if name == pub_name))
+        && !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::DropPublication { name } if name == pub_name));
     match logical::slot_state(client, slot).await? {
         None => plan.steps.push(Step::CreateSlot { name: slot.clone() }),
+        Some(_) if publication_lost => {
+            plan.steps.push(Step::DropSlot { name: slot.clone() });
+            plan.steps.push(Step::CreateSlot { name: slot.clone() });
+        }
         Some(state) => {
             if let Some((problem, fix)) = state.problem(slot) {
                 plan.blockers.push(blocker("[cloud] slot", problem, fix));

@@ -47,13 +47,6 @@ fn config_file_with(db: &TestDb, edit: impl Fn(String) -> String) -> std::path::
 }
 
 #[test]
-fn commands_not_built_yet_say_so() {
-    let (code, text) = tandem(&["status"], None);
-    assert_eq!(code, 2, "{text}");
-    assert!(text.contains("is not built yet"), "{text}");
-}
-
-#[test]
 fn a_missing_config_file_is_named() {
     let (code, text) = tandem(
         &["check"],

@@ -251,6 +251,30 @@ impl TestDb {
         Self::on_ports(desktop, cloud).await
     }
 
+    /// Empty databases whose cloud is on a cluster of its own that nothing else writes to (so the
+    /// cloud's WAL position moves only with this test's writes), with `max_slot_wal_keep_size` 64MB.
+    /// One test only: a second would write to its WAL.
+    pub async fn with_quiet_cloud() -> TestDb {
+        init_logging();
+        let (desktop, cloud) = tokio::task::spawn_blocking(|| {
+            let cloud = start(
+                "quiet",
+                &ClusterOptions {
+                    settings: vec![
+                        ("max_slot_wal_keep_size".into(), "'64MB'".into()),
+                        ("autovacuum".into(), "off".into()),
+                        ("checkpoint_timeout".into(), "'1d'".into()),
+                    ],
+                    ..Default::default()
+                },
+            );
+            (pair().desktop, cloud)
+        })
+        .await
+        .unwrap();
+        Self::on_ports(desktop, cloud).await
+    }
+
     async fn on_ports(desktop: u16, cloud: u16) -> TestDb {
         let name = format!(
             "t{}_{}",

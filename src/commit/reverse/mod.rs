@@ -46,8 +46,9 @@ pub struct Group<'a> {
 /// Where a group's changes come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// The stream: `end` is recorded as the reverse position.
-    Stream,
+    /// The stream: `end` is recorded as the reverse position, with the cloud's commit time of the
+    /// group's last transaction.
+    Stream { committed: std::time::SystemTime },
     /// The deletes of a resumed table's rows, staged from its dead letters (`end`: the stored position).
     Resumed,
     /// A reconcile's repairs, staged from a table scan: no position is recorded.
@@ -201,7 +202,7 @@ impl Reverse {
             .collect();
         if !tables.is_empty() {
             let batch_id = match origin {
-                Origin::Stream => format!("reverse {end}"),
+                Origin::Stream { .. } => format!("reverse {end}"),
                 Origin::Resumed => format!("reverse {end} (a parked table resumed)"),
                 Origin::Reconcile => "reverse (reconcile)".to_string(),
             };
@@ -217,9 +218,14 @@ impl Reverse {
             let plan = self.plan(target, desktop, &tables, &direct, parked).await?;
             out = target.apply(desktop, &plan, batch).await?;
         }
-        out.written += target.staging.take_direct_written();
+        let (direct, per_table) = target.staging.take_direct_written();
+        out.written += direct;
+        for (i, n) in per_table {
+            target.count_applied(&self.names[i], n);
+        }
         let progress = match origin {
-            Origin::Stream | Origin::Resumed => Progress::Reverse(end),
+            Origin::Stream { committed } => Progress::Reverse(end, Some(committed)),
+            Origin::Resumed => Progress::Reverse(end, None),
             Origin::Reconcile => Progress::Nothing,
         };
         target.commit(desktop, progress).await?;

@@ -103,9 +103,10 @@ async fn reverse_worker(
         prepared: None,
         stats: RunStats::default(),
         once_token: None,
+        final_marker: false,
         careful_through: None,
     };
-    reconnecting(&mut worker, &shutdown).await?;
+    reconnecting(&mut worker, &shutdown, options.broken_retry(&config.sync)).await?;
     Ok(worker.stats)
 }
 
@@ -125,7 +126,9 @@ struct ReverseWorker<'a> {
     prepared: Option<Prepared>,
     stats: RunStats,
     /// With `once`: the marker this run emitted; reaching it means everything before the start is here.
-    once_token: Option<String>,
+    once_token: Option<(String, crate::change::Lsn)>,
+    /// `run --once`: whether the second marker (after the forward worker ended) was written.
+    final_marker: bool,
     /// Transactions committed at or before this position stage every row (they are being received
     /// again after the desktop refused a row written straight into its table).
     careful_through: Option<CommitLsn>,
@@ -237,19 +240,9 @@ impl ReverseWorker<'_> {
         let replication = ReplicationClient::connect(replication_config)
             .await
             .map_err(stream_error)?;
+        crate::telemetry::up("reverse");
         if self.options.once && self.once_token.is_none() {
-            let since_epoch = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let token = format!("{}-{}", std::process::id(), since_epoch.as_nanos());
-            cloud
-                .execute(
-                    "SELECT pg_logical_emit_message(false, $1, $2)",
-                    &[&ONCE_PREFIX, &token],
-                )
-                .await
-                .ctx(Side::Cloud, "marking the end of what run --once applies")?;
-            self.once_token = Some(token);
+            self.once_token = Some(once_marker(&cloud).await?);
         }
         let sync = &self.config.sync;
         let mut encoder = Encoder::new(&prepared.mapping);
@@ -279,6 +272,8 @@ impl ReverseWorker<'_> {
             nap: Nap::default(),
             skip_transaction: false,
             pending: None,
+            commit_times: None,
+            caught_up_written: None,
             group_rows: 0,
             group_began: None,
             // Small enough that the desktop writes rows while the stream is read (what is still buffered
@@ -290,10 +285,53 @@ impl ReverseWorker<'_> {
         };
         // Tables that resumed bring their rows set aside while parked.
         stream.resume(&cloud, &mut self.stats).await?;
-        drop(cloud);
-        let result = stream
-            .run(shutdown, self.once_token.as_deref(), &mut self.stats)
+        let mut result = stream
+            .run(
+                shutdown,
+                self.once_token.as_ref().map(|(t, end)| (t.as_str(), *end)),
+                &mut self.stats,
+            )
             .await;
+        // The forward worker of the same `run --once` wrote to the cloud meanwhile: WAL after the
+        // marker, which the slot would hold as unconfirmed lag. Once it is done, a second marker
+        // takes the slot past it (and anything a phone committed meanwhile is applied too).
+        if result.is_ok() && self.options.once && !self.final_marker {
+            self.final_marker = true;
+            if !self.tables.forward_ended(shutdown).await {
+                return Ok(());
+            }
+            self.once_token = Some(once_marker(&cloud).await?);
+            result = stream
+                .run(
+                    shutdown,
+                    self.once_token.as_ref().map(|(t, end)| (t.as_str(), *end)),
+                    &mut self.stats,
+                )
+                .await;
+        }
+        // `run --once` reached its marker: the slot's position moves to it before the stream stops
+        // (the transport sends positions at most every status interval, and not when it stops).
+        if let (Ok(()), Some((_, end))) = (&result, &self.once_token) {
+            let slot = &self.config.cloud.slot;
+            let end = end.to_string();
+            tracing::debug!(end = %end, "run --once: waiting for the slot to confirm its marker");
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+                loop {
+                    let told = cloud
+                        .query_opt(
+                            "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                            &[slot, &end],
+                        )
+                        .await;
+                    if !matches!(told, Ok(Some(ref r)) if !r.get::<_, Option<bool>>(0).unwrap_or(false)) {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+        }
+        drop(cloud);
         stream.replication.stop();
         // Let the replication worker end the stream cleanly (briefly: it is only politeness).
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
@@ -302,6 +340,26 @@ impl ReverseWorker<'_> {
         .await;
         result
     }
+}
+
+/// Writes `run --once`'s marker in the cloud's WAL: a token of this process, and where its record
+/// ends (what the slot is told once the marker arrives).
+async fn once_marker(
+    cloud: &tokio_postgres::Client,
+) -> Result<(String, crate::change::Lsn), RunError> {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let token = format!("{}-{}", std::process::id(), since_epoch.as_nanos());
+    let end: String = cloud
+        .query_one(
+            "SELECT pg_logical_emit_message(false, $1, $2)::text",
+            &[&ONCE_PREFIX, &token],
+        )
+        .await
+        .ctx(Side::Cloud, "marking the end of what run --once applies")?
+        .get(0);
+    Ok((token, end.parse().unwrap_or_default()))
 }
 
 /// With the slot streaming to another process: marks the cloud's position now (a transaction of its

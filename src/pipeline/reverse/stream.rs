@@ -64,6 +64,10 @@ pub(super) struct Stream<'a> {
     pub(super) skip_transaction: bool,
     /// End LSN of the last committed transaction of the group not yet applied, and when it began.
     pub(super) pending: Option<(EndLsn, Instant)>,
+    /// The cloud's commit times of the group's first and last transactions (see [`pg_time`]).
+    pub(super) commit_times: Option<(i64, i64)>,
+    /// When `tandem.progress.caught_up_at` was last written.
+    pub(super) caught_up_written: Option<Instant>,
     /// Rows staged for the group not yet applied (sent to the desktop already, or still buffered).
     pub(super) group_rows: u64,
     /// When the first transaction of the group began to arrive.
@@ -92,7 +96,7 @@ impl Stream<'_> {
     pub(super) async fn run(
         &mut self,
         shutdown: &CancellationToken,
-        once: Option<&str>,
+        once: Option<(&str, crate::change::Lsn)>,
         stats: &mut RunStats,
     ) -> Result<(), RunError> {
         loop {
@@ -168,18 +172,31 @@ impl Stream<'_> {
                     } else if prefix == CUT_PREFIX && !self.in_transaction {
                         self.cut(&content, shutdown, stats).await?;
                     } else if prefix == ONCE_PREFIX
-                        && once.is_some_and(|t| t.as_bytes() == content.as_ref())
+                        && once.is_some_and(|(t, _)| t.as_bytes() == content.as_ref())
                     {
                         if self.pending.is_some() {
                             self.apply(stats).await?;
                         }
+                        // Everything that committed before it is applied: the slot moves to its end,
+                        // as for a keepalive (a non-transactional message is outside any transaction).
+                        if let Some((_, end)) = once
+                            && !self.in_transaction
+                        {
+                            self.acknowledge(Event::KeepAlive(WalEnd(end)));
+                        }
                         return Ok(());
                     }
                 }
-                ReplicationEvent::Commit { end_lsn, .. } => {
+                ReplicationEvent::Commit {
+                    end_lsn,
+                    commit_time_micros,
+                    ..
+                } => {
                     self.in_transaction = false;
                     self.encoder.end_transaction();
                     if !self.skip_transaction {
+                        let first = self.commit_times.map_or(commit_time_micros, |(f, _)| f);
+                        self.commit_times = Some((first, commit_time_micros));
                         let started = self.pending.map_or_else(Instant::now, |(_, s)| s);
                         self.pending =
                             Some((EndLsn(crate::change::Lsn(end_lsn.as_u64())), started));
@@ -191,6 +208,9 @@ impl Stream<'_> {
                     // must not pin WAL, and the cloud's fast shutdown waits for this.
                     let wal_end = WalEnd(crate::change::Lsn(wal_end.as_u64()));
                     self.acknowledge(Event::KeepAlive(wal_end));
+                    if self.pending.is_none() && !self.in_transaction {
+                        self.caught_up().await?;
+                    }
                 }
                 ReplicationEvent::StoppedAt { .. } => return Ok(()),
             }
@@ -389,10 +409,36 @@ impl Stream<'_> {
         }
     }
 
+    /// A keepalive found nothing unapplied: records that the desktop holds everything the cloud had
+    /// sent (`tandem status` reads the lag as zero while this is recent), at most every
+    /// [`CAUGHT_UP_EVERY`].
+    async fn caught_up(&mut self) -> Result<(), RunError> {
+        if self
+            .caught_up_written
+            .is_some_and(|at| at.elapsed() < CAUGHT_UP_EVERY)
+        {
+            return Ok(());
+        }
+        self.desktop
+            .execute(
+                "INSERT INTO tandem.progress (direction, caught_up_at) VALUES ('reverse', now())
+                 ON CONFLICT (direction) DO UPDATE SET caught_up_at = now()",
+                &[],
+            )
+            .await
+            .ctx(
+                Side::Desktop,
+                "recording that the reverse direction is caught up",
+            )?;
+        self.caught_up_written = Some(Instant::now());
+        Ok(())
+    }
+
     async fn apply(&mut self, stats: &mut RunStats) -> Result<(), RunError> {
         let Some((end, _)) = self.pending.take() else {
             return Ok(());
         };
+        let (first, last) = self.commit_times.take().unwrap_or_default();
         self.flush().await?;
         let rows = std::mem::take(&mut self.group_rows);
         let complex = self.encoder.take_complex();
@@ -401,7 +447,9 @@ impl Stream<'_> {
             end,
             complex: &complex,
             parked: &self.parked,
-            origin: Origin::Stream,
+            origin: Origin::Stream {
+                committed: pg_time(last),
+            },
         };
         let committed = self
             .plan
@@ -409,6 +457,12 @@ impl Stream<'_> {
             .await;
         let outcome = committed.map_err(|e| self.refused(e))?;
         failpoint("reverse-after-commit");
+        crate::telemetry::batch_committed(
+            "reverse",
+            outcome.conflicts,
+            outcome.dead_letters,
+            Some(pg_time(first)),
+        );
         self.acknowledge(Event::Applied(end));
         self.stored = Some(end);
         stats.batches += 1;
@@ -428,5 +482,20 @@ impl Stream<'_> {
             "reverse group applied"
         );
         Ok(())
+    }
+}
+
+/// How often a caught-up reverse worker says so in `tandem.progress` (keepalives come about every
+/// 10 s while the publication is quiet).
+pub const CAUGHT_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A time the replication protocol sends (microseconds since 2000-01-01 UTC).
+fn pg_time(micros: i64) -> std::time::SystemTime {
+    const PG_EPOCH_FROM_UNIX: u64 = 946_684_800;
+    let epoch = std::time::UNIX_EPOCH + std::time::Duration::from_secs(PG_EPOCH_FROM_UNIX);
+    if micros >= 0 {
+        epoch + std::time::Duration::from_micros(micros as u64)
+    } else {
+        epoch - std::time::Duration::from_micros(micros.unsigned_abs())
     }
 }

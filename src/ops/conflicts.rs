@@ -1,0 +1,409 @@
+//! `tandem conflicts`: the changes tandem did not apply because the other side owns the row or both
+//! sides changed it, listed from both sides, and resolved by an operator's choice.
+//!
+//! A conflict is resolved through the same engine that refused it: the choice is written down where
+//! the reconcile reads ownership, and a reconcile of the table applies it.
+//! - `--keep desktop`: the cloud row becomes desktop-owned (`source = 'D'`); the forward reconcile then
+//!   writes the desktop's row over it (or deletes it, when the desktop no longer has the row).
+//! - `--keep mobile`: the cloud's journal records the desktop's row as the version the phone replaced;
+//!   the reverse reconcile then brings the mobile row over it (as for a phone's edit the stream
+//!   missed).
+//!
+//! Each conflict is then marked resolved with the side kept and who chose (the operating system user).
+//! Only desktop-key tables: a cloud-key table's rows have no key of the desktop's to name them by.
+
+use std::fmt;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::change::Side;
+use crate::config::Config;
+use crate::db::{self, Context, DbError};
+use crate::expr::{output_text, q, same_key};
+use crate::ops::reconcile::{self, Direction, Request};
+use crate::pipeline::Tables;
+use crate::transform::Kind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    Desktop,
+    Mobile,
+}
+
+/// One conflict. Its id is the side it is recorded on and its number there: `f12` (forward, in the
+/// cloud's `tandem.conflicts`), `r7` (reverse, in the desktop's).
+#[derive(Debug, Clone, Serialize)]
+pub struct Conflict {
+    pub id: String,
+    pub direction: String,
+    pub table: String,
+    pub detected_at: String,
+    pub row_key: Option<serde_json::Value>,
+    pub incoming: Option<serde_json::Value>,
+    pub current: Option<serde_json::Value>,
+    pub reason: String,
+    pub resolved_at: Option<String>,
+    pub resolution: Option<String>,
+    pub resolved_by: Option<String>,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = self
+            .row_key
+            .as_ref()
+            .map(|k| k.to_string())
+            .unwrap_or_default();
+        write!(
+            f,
+            "{} {} {} {key}: {} (detected {}",
+            self.id, self.direction, self.table, self.reason, self.detected_at
+        )?;
+        match (&self.resolved_at, &self.resolution) {
+            (Some(at), Some(kept)) => write!(
+                f,
+                "; resolved {at}, kept {kept}, by {})",
+                self.resolved_by.as_deref().unwrap_or("?")
+            ),
+            _ => write!(f, "; open)"),
+        }?;
+        if self.resolved_at.is_none() {
+            let incoming = self
+                .incoming
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let current = self
+                .current
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            write!(f, "\n    incoming: {incoming}\n    current:  {current}")?;
+        }
+        Ok(())
+    }
+}
+
+const LIST_SQL: &str = "SELECT id, direction, table_name,
+        to_char(detected_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+        row_key, incoming, current, reason,
+        to_char(resolved_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), resolution, resolved_by
+   FROM tandem.conflicts WHERE $1 OR resolved_at IS NULL ORDER BY detected_at, id";
+
+async fn read(client: &Client, side: Side, all: bool) -> Result<Vec<Conflict>, DbError> {
+    let prefix = if side == Side::Cloud { "f" } else { "r" };
+    let rows = client
+        .query(LIST_SQL, &[&all])
+        .await
+        .ctx(side, "reading tandem.conflicts")?;
+    Ok(rows
+        .iter()
+        .map(|r| Conflict {
+            id: format!("{prefix}{}", r.get::<_, i64>(0)),
+            direction: r.get(1),
+            table: r.get(2),
+            detected_at: r.get(3),
+            row_key: r.get(4),
+            incoming: r.get(5),
+            current: r.get(6),
+            reason: r.get(7),
+            resolved_at: r.get(8),
+            resolution: r.get(9),
+            resolved_by: r.get(10),
+        })
+        .collect())
+}
+
+/// The open conflicts of both sides (with `all`, the resolved ones too), oldest first.
+pub async fn list(config: &Config, all: bool) -> Result<Vec<Conflict>, DbError> {
+    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+    let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+    let mut out = read(&cloud, Side::Cloud, all).await?;
+    out.extend(read(&desktop, Side::Desktop, all).await?);
+    out.sort_by(|a, b| a.detected_at.cmp(&b.detected_at));
+    Ok(out)
+}
+
+/// What resolving one conflict did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolved {
+    pub id: String,
+    pub resolved: bool,
+    /// What was applied, or why nothing was.
+    pub message: String,
+}
+
+impl fmt::Display for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = if self.resolved {
+            "resolved"
+        } else {
+            "NOT resolved"
+        };
+        write!(f, "{} {tag}: {}", self.id, self.message)
+    }
+}
+
+fn chooser() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown user".into());
+    format!("{user} (tandem conflicts resolve)")
+}
+
+/// Resolves conflicts `ids` (as [`list`] names them) keeping `keep`'s row.
+pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Result<Vec<Resolved>> {
+    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+    let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+    // tandem's session: the ownership trigger leaves `source` as written.
+    cloud
+        .batch_execute(&format!("SET {} = on", db::APPLYING_SETTING))
+        .await
+        .ctx(Side::Cloud, "marking the session as tandem's")?;
+    let tables = Tables::start(config).await?;
+    let snapshot = tables.snapshot();
+    let mapping = &snapshot.mapping;
+    let open: Vec<Conflict> = [
+        read(&cloud, Side::Cloud, true).await?,
+        read(&desktop, Side::Desktop, true).await?,
+    ]
+    .concat();
+    let mut out = Vec::new();
+    let mut reconcile_tables: Vec<String> = Vec::new();
+    // Keys already chosen for in this call: a row's forward and reverse conflicts are one choice.
+    let mut chosen: Vec<(usize, Vec<String>)> = Vec::new();
+    for id in ids {
+        let no = |message: String| Resolved {
+            id: id.clone(),
+            resolved: false,
+            message,
+        };
+        let Some(c) = open.iter().find(|c| &c.id == id) else {
+            out.push(no(
+                "no such conflict (ids look like f12 or r7: see `tandem conflicts list`)".into(),
+            ));
+            continue;
+        };
+        if c.resolved_at.is_some() {
+            out.push(no(format!(
+                "already resolved, kept {}",
+                c.resolution.as_deref().unwrap_or("?")
+            )));
+            continue;
+        }
+        let Some(i) = mapping.tables.iter().position(|t| {
+            t.table.desktop.to_string() == c.table || t.table.cloud.to_string() == c.table
+        }) else {
+            out.push(no(format!("table {} is not configured any more", c.table)));
+            continue;
+        };
+        let t = &mapping.tables[i];
+        let Kind::Key(key) = &t.kind else {
+            out.push(no(format!(
+                "{} is a cloud-key table: resolve it by editing the row on the side to keep, then `tandem reconcile --table {}`",
+                c.table, t.table.desktop
+            )));
+            continue;
+        };
+        let Some(values) = key_texts(c.row_key.as_ref(), key.iter().map(|k| k.name.as_str()))
+        else {
+            out.push(no("its row key does not name every key column".into()));
+            continue;
+        };
+        let cloud_match: Vec<String> = key
+            .iter()
+            .enumerate()
+            .map(|(n, k)| {
+                same_key(
+                    &format!("t.{}", q(&k.name)),
+                    &format!("CAST(${}::text AS {})", n + 1, k.cloud.base),
+                    &k.cloud,
+                )
+            })
+            .collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            values.iter().map(|v| v as _).collect();
+        let again = chosen.contains(&(i, values.clone()));
+        let changed = match keep {
+            _ if again => 1,
+            Keep::Desktop => cloud
+                .execute(
+                    &format!(
+                        "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
+                        t.table.cloud,
+                        cloud_match.join(" AND ")
+                    ),
+                    &params,
+                )
+                .await
+                .ctx(
+                    Side::Cloud,
+                    format!("making the row of {} desktop-owned", t.table.cloud),
+                )?,
+            Keep::Mobile => {
+                // The desktop's row as the cloud's row type: the mobile row with the mapped columns
+                // holding the desktop's values.
+                let desktop_match: Vec<String> = key
+                    .iter()
+                    .enumerate()
+                    .map(|(n, k)| {
+                        same_key(
+                            &format!("d.{}", q(&k.name)),
+                            &format!("CAST(${}::text AS {})", n + 1, k.desktop.base),
+                            &k.desktop,
+                        )
+                    })
+                    .collect();
+                let pairs: Vec<String> = t
+                    .reverse_columns
+                    .iter()
+                    .map(|col| {
+                        let v = format!("d.{}", q(&col.name));
+                        let json = matches!(col.cloud.base.as_str(), "json" | "jsonb");
+                        let value = if json {
+                            format!("to_jsonb({v})")
+                        } else {
+                            format!("to_jsonb({})", output_text(&v))
+                        };
+                        format!("{}, {value}", crate::expr::lit(&col.name))
+                    })
+                    .collect();
+                let row = desktop
+                    .query_opt(
+                        &format!(
+                            "SELECT jsonb_build_object({})::text FROM {} d WHERE {}",
+                            pairs.join(", "),
+                            t.table.desktop,
+                            desktop_match.join(" AND ")
+                        ),
+                        &params,
+                    )
+                    .await
+                    .ctx(
+                        Side::Desktop,
+                        format!("reading the row of {}", t.table.desktop),
+                    )?;
+                match row {
+                    None => 0,
+                    Some(r) => {
+                        let image: String = r.get(0);
+                        let mut all = params.clone();
+                        all.push(&image);
+                        let n = values.len() + 1;
+                        cloud
+                            .execute(
+                                &format!(
+                                    "INSERT INTO tandem.journal (table_schema, table_name, op, names, old)
+                                     SELECT {schema}, {name}, 'U',
+                                            ARRAY(SELECT a.attname::text FROM pg_attribute a
+                                                   WHERE a.attrelid = {reg}::regclass AND a.attnum > 0
+                                                     AND NOT a.attisdropped ORDER BY a.attnum),
+                                            jsonb_populate_record(t, ${n}::text::jsonb)::text
+                                       FROM {table} t WHERE source = 'M' AND {matching}",
+                                    schema = crate::expr::lit(&t.table.cloud.schema),
+                                    name = crate::expr::lit(&t.table.cloud.name),
+                                    reg = crate::expr::lit(&t.table.cloud.to_string()),
+                                    table = t.table.cloud,
+                                    matching = cloud_match.join(" AND ")
+                                ),
+                                &all,
+                            )
+                            .await
+                            .ctx(Side::Cloud, "recording the desktop's row in tandem.journal")?
+                    }
+                }
+            }
+        };
+        if changed == 0 {
+            out.push(no(format!(
+                "the cloud holds no mobile row of {} under {:?} any more (or the desktop no row): nothing to choose between; `tandem reconcile --table {}` repairs what differs",
+                c.table, values, t.table.desktop
+            )));
+            continue;
+        }
+        chosen.push((i, values.clone()));
+        let name = t.table.desktop.to_string();
+        if !reconcile_tables.contains(&name) {
+            reconcile_tables.push(name);
+        }
+        let side_client = if c.id.starts_with('f') {
+            &cloud
+        } else {
+            &desktop
+        };
+        let side = if c.id.starts_with('f') {
+            Side::Cloud
+        } else {
+            Side::Desktop
+        };
+        let number: i64 = c.id[1..].parse().unwrap_or_default();
+        let kept = match keep {
+            Keep::Desktop => "desktop",
+            Keep::Mobile => "mobile",
+        };
+        side_client
+            .execute(
+                "UPDATE tandem.conflicts SET resolved_at = now(), resolution = $2, resolved_by = $3 WHERE id = $1",
+                &[&number, &kept, &chooser()],
+            )
+            .await
+            .ctx(side, "marking the conflict resolved")?;
+        out.push(Resolved {
+            id: id.clone(),
+            resolved: true,
+            message: format!("kept the {kept} row of {} {:?}", c.table, values),
+        });
+    }
+    if !reconcile_tables.is_empty() {
+        let request = Request {
+            tables: reconcile_tables,
+            direction: match keep {
+                Keep::Desktop => Direction::Forward,
+                Keep::Mobile => Direction::Reverse,
+            },
+            dry_run: false,
+            trigger: "conflict",
+        };
+        let report = reconcile::reconcile(config, &request, &crate::pipeline::sync::Quiet).await?;
+        if let Some(s) = report.skipped.first() {
+            anyhow::bail!(
+                "the choice is recorded, but applying it failed for {}: {}; run `tandem reconcile --table {}` once that is fixed",
+                s.table,
+                s.reason,
+                s.table
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The key's values as text, in key order, from a conflict's `row_key` object.
+fn key_texts<'a>(
+    row_key: Option<&serde_json::Value>,
+    names: impl Iterator<Item = &'a str>,
+) -> Option<Vec<String>> {
+    let object = row_key?.as_object()?;
+    names
+        .map(|n| match object.get(n)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn key_texts_come_in_key_order_and_all_or_none() {
+        let key = serde_json::json!({"b": "x y", "a": 7});
+        assert_eq!(
+            super::key_texts(Some(&key), ["a", "b"].into_iter()),
+            Some(vec!["7".to_string(), "x y".to_string()])
+        );
+        assert_eq!(super::key_texts(Some(&key), ["a", "c"].into_iter()), None);
+        assert_eq!(super::key_texts(None, ["a"].into_iter()), None);
+    }
+}

@@ -1,0 +1,360 @@
+//! The operator's commands on real clusters: `tandem status` (known values while `run` is stopped,
+//! zero after `run --once`, exit codes, a lost slot reads as broken), `tandem conflicts`, and no
+//! command printing a password.
+
+use std::process::Command;
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use crate::any_schema::{OWNERSHIP, installed_with, run_once};
+use crate::support::{TestDb, count, output_of};
+
+const ITEM: &str = "[[tables]]\ndesktop = \"item\"\nkey = [\"id\"]\n";
+
+/// The config file a `tandem` command of the test reads.
+pub fn config_file(db: &TestDb, name: &str, cloud_url: &str, extra: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{}-{name}.toml", db.name));
+    let text = format!(
+        "[desktop]\nurl = \"{}\"\n[cloud]\nurl = \"{cloud_url}\"\nslot = \"{}\"\n{extra}\n{ITEM}",
+        db.desktop_url, db.name
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `tandem -c FILE args...`: (exit code, stdout, stdout and stderr).
+pub fn tandem(file: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = output_of(
+        Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("-c")
+            .arg(file)
+            .args(args)
+            .env_remove("TANDEM_DESKTOP_URL")
+            .env_remove("TANDEM_CLOUD_URL"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), stdout, all)
+}
+
+fn status(file: &std::path::Path) -> (i32, Value) {
+    let (code, stdout, all) = tandem(file, &["status", "--json"]);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
+    (code, json)
+}
+
+async fn exec(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn item_db() -> (TestDb, tandem::config::Config) {
+    installed_with(
+        "CREATE TABLE item (id int PRIMARY KEY, name text);",
+        &format!("CREATE TABLE item (id int PRIMARY KEY, name text, {OWNERSHIP});"),
+        ITEM,
+    )
+    .await
+}
+
+/// [`item_db`] with the cloud on a cluster of its own (see [`TestDb::with_quiet_cloud`]).
+async fn quiet_item_db() -> (TestDb, tandem::config::Config) {
+    let db = TestDb::with_quiet_cloud().await;
+    exec(
+        &db.desktop().await,
+        "CREATE TABLE item (id int PRIMARY KEY, name text);",
+    )
+    .await;
+    exec(
+        &db.cloud().await,
+        &format!("CREATE TABLE item (id int PRIMARY KEY, name text, {OWNERSHIP});"),
+    )
+    .await;
+    let config = db.config(ITEM).unwrap();
+    tandem::setup::init(&config, false).await.unwrap();
+    (db, config)
+}
+
+#[tokio::test]
+async fn status_reads_known_values_while_run_is_stopped_and_zero_after_run_once() {
+    let (db, config) = quiet_item_db().await;
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    run_once(&config).await;
+    // A phone's row through the stream: the reverse position has a commit time.
+    let applied = std::time::Instant::now();
+    exec(
+        &cloud,
+        "INSERT INTO item (id, name) VALUES (100, 'phone before')",
+    )
+    .await;
+    run_once(&config).await;
+    let file = config_file(&db, "status", &db.cloud_url, "");
+    let (code, s) = status(&file);
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["health"], "healthy", "{s:#}");
+    assert_eq!(s["forward"]["backlog_rows"], 0, "{s:#}");
+    assert_eq!(s["tables"][0]["table"], "item", "{s:#}");
+    assert_eq!(s["tables"][0]["state"], "streaming", "{s:#}");
+    assert!(s["reverse"]["last_commit_at"].is_string(), "{s:#}");
+
+    // tandem stopped: three desktop rows wait in the outbox, two phone rows in the slot.
+    exec(
+        &desktop,
+        "INSERT INTO item VALUES (1, 'a'), (2, 'b'); INSERT INTO item VALUES (3, 'c')",
+    )
+    .await;
+    exec(
+        &cloud,
+        "INSERT INTO item (id, name) VALUES (101, 'p1'), (102, 'p2')",
+    )
+    .await;
+    let (code, s) = status(&file);
+    let waited = applied.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "below every threshold: {s:#}");
+    assert_eq!(s["forward"]["backlog_rows"], 3, "{s:#}");
+    let oldest = s["forward"]["oldest_age_seconds"].as_f64().unwrap();
+    assert!(
+        oldest > 0.0 && oldest < waited + 1.0,
+        "{oldest} vs {waited}: {s:#}"
+    );
+    assert_eq!(s["forward"]["applier_running"], false, "{s:#}");
+    let r = &s["reverse"];
+    assert!(r["slot_lag_bytes"].as_i64().unwrap() > 0, "{s:#}");
+    assert!(
+        r["retained_wal_bytes"].as_i64().unwrap() >= r["slot_lag_bytes"].as_i64().unwrap(),
+        "{s:#}"
+    );
+    let lag = r["lag_seconds"].as_f64().unwrap();
+    assert!(
+        lag > 0.0 && lag < waited + 1.0,
+        "lag {lag} vs {waited}: {s:#}"
+    );
+    assert_eq!(r["active"], false, "{s:#}");
+    assert_eq!(r["wal_status"], "reserved", "{s:#}");
+    assert_eq!(r["max_slot_wal_keep_size"], 64 << 20, "{s:#}");
+    let safe = r["safe_wal_size"].as_i64().unwrap();
+    assert!(safe > 0, "{s:#}");
+    assert_eq!(r["publication_exists"], true, "{s:#}");
+    assert_eq!(s["conflicts"]["open"], 0);
+    assert_eq!(s["dead_letters"]["open"], 0);
+    assert_eq!(s["last_reconcile"]["trigger"], "sync", "{s:#}");
+
+    // A threshold crossed is degraded, exit 1, with the problem named.
+    let strict = config_file(
+        &db,
+        "strict",
+        &db.cloud_url,
+        "[status]\noutbox_age_warn_seconds = 0\n",
+    );
+    let (code, s) = status(&strict);
+    assert_eq!(code, 1, "{s:#}");
+    assert_eq!(s["health"], "degraded");
+    assert_eq!(s["problems"][0]["subject"], "forward", "{s:#}");
+    let (code, text, _) = tandem(&strict, &["status"]);
+    assert_eq!(code, 1);
+    assert!(
+        text.contains("DEGRADED") && text.contains("3 outbox row(s) wait"),
+        "{text}"
+    );
+
+    run_once(&config).await;
+    let (code, s) = status(&file);
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["forward"]["backlog_rows"], 0, "{s:#}");
+    assert_eq!(s["forward"]["oldest_age_seconds"], 0.0, "{s:#}");
+    assert_eq!(s["reverse"]["slot_lag_bytes"], 0, "{s:#}");
+    assert_eq!(s["reverse"]["lag_seconds"], 0.0, "{s:#}");
+    assert!(s["forward"]["last_applied_at"].is_string(), "{s:#}");
+
+    // A lost slot is broken, exit 2, and the fix is named.
+    exec(
+        &cloud,
+        &format!("SELECT pg_drop_replication_slot('{}')", db.name),
+    )
+    .await;
+    let (code, s) = status(&file);
+    assert_eq!(code, 2, "{s:#}");
+    assert_eq!(s["health"], "broken");
+    assert_eq!(s["reverse"]["wal_status"], "missing");
+    let fix = s["problems"][0]["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("tandem init") && fix.contains("tandem reconcile"),
+        "{s:#}"
+    );
+    let (code, text, _) = tandem(&file, &["status"]);
+    assert_eq!(code, 2);
+    assert!(
+        text.contains("BROKEN") && text.contains("does not exist"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(file);
+    let _ = std::fs::remove_file(strict);
+}
+
+#[tokio::test]
+async fn conflicts_are_listed_and_resolved_through_the_engine_keeping_the_chosen_side() {
+    let (db, config) = item_db().await;
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    exec(&desktop, "INSERT INTO item VALUES (1, 'desk'), (2, 'desk')").await;
+    run_once(&config).await;
+    // Both sides edit both rows while tandem is stopped.
+    exec(
+        &desktop,
+        "UPDATE item SET name = 'desk edit' WHERE id IN (1, 2)",
+    )
+    .await;
+    exec(
+        &cloud,
+        "UPDATE item SET name = 'phone edit' WHERE id IN (1, 2)",
+    )
+    .await;
+    run_once(&config).await;
+    let file = config_file(&db, "conflicts", &db.cloud_url, "");
+    let (code, stdout, all) = tandem(&file, &["conflicts", "--json"]);
+    assert_eq!(code, 0, "{all}");
+    let list: Value = serde_json::from_str(&stdout).unwrap();
+    let ids: Vec<(String, i64)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["row_key"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!ids.is_empty(), "{stdout}");
+    let of = |key: i64| -> Vec<&str> {
+        ids.iter()
+            .filter(|(_, k)| *k == key)
+            .map(|(id, _)| id.as_str())
+            .collect()
+    };
+    assert!(!of(1).is_empty() && !of(2).is_empty(), "{stdout}");
+
+    // Row 1: the desktop's. Row 2: the phone's.
+    let mut args = vec!["conflicts", "resolve"];
+    args.extend(of(1));
+    args.extend(["--keep", "desktop"]);
+    let (code, text, all) = tandem(&file, &args);
+    assert_eq!(code, 0, "{all}");
+    assert!(text.contains("resolved: kept the desktop row"), "{text}");
+    let mut args = vec!["conflicts", "resolve"];
+    args.extend(of(2));
+    args.extend(["--keep", "mobile"]);
+    let (code, _, all) = tandem(&file, &args);
+    assert_eq!(code, 0, "{all}");
+
+    assert_eq!(
+        crate::support::rows(&cloud, "item", "name, source", "id = 1").await,
+        vec!["(\"desk edit\",D)".to_string()]
+    );
+    assert_eq!(
+        crate::support::rows(&desktop, "item", "name", "id = 1").await,
+        vec!["(\"desk edit\")".to_string()]
+    );
+    assert_eq!(
+        crate::support::rows(&cloud, "item", "name, source", "id = 2").await,
+        vec!["(\"phone edit\",M)".to_string()]
+    );
+    assert_eq!(
+        crate::support::rows(&desktop, "item", "name", "id = 2").await,
+        vec!["(\"phone edit\")".to_string()]
+    );
+    // Nothing left open, and who chose is recorded.
+    let (_, text, _) = tandem(&file, &["conflicts"]);
+    assert!(text.contains("conflicts: 0 open"), "{text}");
+    let (_, stdout, _) = tandem(&file, &["conflicts", "list", "--all", "--json"]);
+    let all: Value = serde_json::from_str(&stdout).unwrap();
+    for c in all.as_array().unwrap() {
+        assert!(
+            c["resolved_by"]
+                .as_str()
+                .is_some_and(|b| b.contains("tandem conflicts resolve")),
+            "{c:#}"
+        );
+    }
+    // A second resolve of the same id changes nothing and says so.
+    let first = of(1)[0].to_string();
+    let (code, text, _) = tandem(&file, &["conflicts", "resolve", &first, "--keep", "mobile"]);
+    assert_eq!(code, 1);
+    assert!(text.contains("already resolved, kept desktop"), "{text}");
+    assert_eq!(
+        count(
+            &cloud,
+            "SELECT count(*) FROM item WHERE id = 1 AND source = 'D'"
+        )
+        .await,
+        1
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+/// Every command, on success and on failure, with a password in both URLs: none prints it.
+#[tokio::test]
+async fn no_command_prints_a_password() {
+    const SECRET: &str = "Pa55-w0rd-never-shown";
+    let (db, _config) = item_db().await;
+    let with_password = |url: &str| url.replace("postgres@", &format!("postgres:{SECRET}@"));
+    let good = config_file(&db, "secret", &with_password(&db.cloud_url), "");
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace(&db.desktop_url, &with_password(&db.desktop_url));
+    std::fs::write(&good, text).unwrap();
+    // Nothing listens on port 1: every connection fails, and the errors name the URLs.
+    let dead = |url: &str| {
+        let port = url
+            .split("127.0.0.1:")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        with_password(url).replace(&format!(":{port}/"), ":1/")
+    };
+    let bad = config_file(&db, "secret-down", &dead(&db.cloud_url), "");
+    let text = std::fs::read_to_string(&bad)
+        .unwrap()
+        .replace(&db.desktop_url, &dead(&db.desktop_url));
+    std::fs::write(&bad, text).unwrap();
+    let commands: &[&[&str]] = &[
+        &["check"],
+        &["check", "--json"],
+        &["init", "--dry-run"],
+        &["init"],
+        &["run", "--once"],
+        &["--log-format", "json", "run", "--once"],
+        &["status"],
+        &["status", "--json"],
+        &["reconcile", "--dry-run"],
+        &["reconcile", "--json"],
+        &["dead-letters"],
+        &["dead-letters", "--retry"],
+        &["conflicts"],
+        &["uninstall"],
+    ];
+    for file in [&good, &bad] {
+        for args in commands {
+            let (_, _, all) = tandem(file, args);
+            assert!(
+                !all.contains(SECRET),
+                "tandem {args:?} printed the password:\n{all}"
+            );
+            if file == &bad {
+                assert!(
+                    all.contains("127.0.0.1:1")
+                        || all.contains("unreachable")
+                        || all.contains("error"),
+                    "tandem {args:?} said nothing of the failure:\n{all}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_file(good);
+    let _ = std::fs::remove_file(bad);
+}
