@@ -115,6 +115,15 @@ fn describe() {
         t::LAST_RECONCILE,
         "when the last reconcile finished, unix seconds"
     );
+    // Counters exist from the start, at 0: `increase()` sees the first conflict or dead letter.
+    for direction in ["forward", "reverse"] {
+        metrics::counter!(t::CONFLICTS, "direction" => direction).increment(0);
+        metrics::counter!(t::DEAD_LETTERS, "direction" => direction).increment(0);
+        metrics::counter!(t::RETRIES, "direction" => direction, "cause" => "connection").increment(0);
+        if !t::direction(direction).up {
+            t::down(direction, None);
+        }
+    }
 }
 
 /// Reads one request's head and answers it.

@@ -7,28 +7,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Every series `tandem run` serves on `/metrics`.
-const METRICS: &[&str] = &[
-    "tandem_up",
-    "tandem_forward_backlog_rows",
-    "tandem_forward_oldest_age_seconds",
-    "tandem_reverse_slot_active",
-    "tandem_reverse_slot_lag_bytes",
-    "tandem_reverse_retained_wal_bytes",
-    "tandem_reverse_safe_wal_size_bytes",
-    "tandem_reverse_wal_status",
-    "tandem_reverse_lag_seconds",
-    "tandem_apply_latency_seconds",
-    "tandem_rows_applied_total",
-    "tandem_conflicts_open",
-    "tandem_conflicts_total",
-    "tandem_dead_letters_open",
-    "tandem_dead_letters_total",
-    "tandem_retries_total",
-    "tandem_tables_parked",
-    "tandem_table_parked",
-    "tandem_last_reconcile_timestamp_seconds",
-];
+/// The series tandem exports (the names live once, in `tandem::telemetry`).
+const METRICS: &[&str] = tandem::telemetry::ALL;
 
 /// The histograms among [`METRICS`]: a query reads their `_bucket`, `_sum` and `_count` series.
 const HISTOGRAMS: &[&str] = &["tandem_apply_latency_seconds"];

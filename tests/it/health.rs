@@ -170,6 +170,13 @@ async fn run_serves_metrics_promtool_accepts_and_healthz_follows_parking_and_the
     ] {
         assert!(body.contains(series), "{series} missing:\n{body}");
     }
+    // Every series the deploy files read is served (the safe WAL size only where the cloud limits
+    // the slot's WAL: not on the test clusters).
+    for name in tandem::telemetry::ALL {
+        if *name != tandem::telemetry::SAFE_WAL_SIZE_BYTES {
+            assert!(body.contains(&format!("\n{name}")), "{name} missing:\n{body}");
+        }
+    }
     let promtool = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
