@@ -119,7 +119,8 @@ fn describe() {
     for direction in ["forward", "reverse"] {
         metrics::counter!(t::CONFLICTS, "direction" => direction).increment(0);
         metrics::counter!(t::DEAD_LETTERS, "direction" => direction).increment(0);
-        metrics::counter!(t::RETRIES, "direction" => direction, "cause" => "connection").increment(0);
+        metrics::counter!(t::RETRIES, "direction" => direction, "cause" => "connection")
+            .increment(0);
         if !t::direction(direction).up {
             t::down(direction, None);
         }

@@ -130,6 +130,17 @@ async fn run_serves_metrics_promtool_accepts_and_healthz_follows_parking_and_the
         !log.lock().unwrap().contains('\u{1b}'),
         "colour codes in a log that is no terminal"
     );
+    // One summary line per [metrics] interval.
+    let summarized = wait_until(Duration::from_secs(30), || {
+        let log = log.clone();
+        async move {
+            let text = log.lock().unwrap().clone();
+            text.lines()
+                .any(|l| l.contains("summary") && l.contains("forward_backlog="))
+        }
+    })
+    .await;
+    assert!(summarized, "no summary line: {}", log.lock().unwrap());
 
     healthz_becomes(&addr, 200, "both directions streaming").await;
     let (desktop, cloud) = (db.desktop().await, db.cloud().await);
@@ -174,7 +185,10 @@ async fn run_serves_metrics_promtool_accepts_and_healthz_follows_parking_and_the
     // the slot's WAL: not on the test clusters).
     for name in tandem::telemetry::ALL {
         if *name != tandem::telemetry::SAFE_WAL_SIZE_BYTES {
-            assert!(body.contains(&format!("\n{name}")), "{name} missing:\n{body}");
+            assert!(
+                body.contains(&format!("\n{name}")),
+                "{name} missing:\n{body}"
+            );
         }
     }
     let promtool = std::process::Command::new("promtool")
