@@ -336,6 +336,8 @@ async fn no_command_prints_a_password() {
         &["dead-letters"],
         &["dead-letters", "--retry"],
         &["conflicts"],
+        &["conflicts", "resolve", "f1", "--keep", "desktop"],
+        &["seed"],
         &["uninstall"],
     ];
     for file in [&good, &bad] {
@@ -357,4 +359,44 @@ async fn no_command_prints_a_password() {
     }
     let _ = std::fs::remove_file(good);
     let _ = std::fs::remove_file(bad);
+}
+
+/// `--watch` reads again and redraws until stopped.
+#[tokio::test]
+async fn status_watch_redraws_until_stopped() {
+    let (db, _config) = item_db().await;
+    let file = config_file(&db, "watch", &db.cloud_url, "");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("-c")
+        .arg(&file)
+        .args(["status", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while seen.matches("tandem status:").count() < 2 {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(n > 0, "status --watch ended by itself: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "status --watch did not redraw within 30 s: {seen}"
+    );
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("status --watch stops on ctrl-c")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "healthy: {seen}");
+    let _ = std::fs::remove_file(file);
 }
