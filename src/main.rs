@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use tandem::cli::{Cli, Command, LogFormat, ReconcileDirection, report};
+use tandem::cli::{Cli, Command, LogFormat, ReconcileDirection, ServiceAction, report};
 use tandem::config::Config;
-use tandem::ops::{check, dead_letters as deadletters, reconcile};
-use tandem::pipeline::{self, RunOptions};
+use tandem::ops::{check, dead_letters as deadletters, reconcile, service};
+use tandem::pipeline::RunOptions;
 use tandem::setup::{self, Step};
 use tandem::{db, demo, sample};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +35,9 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A Windows console shows the colour codes as text; the Windows service logs to a file.
+        .with_ansi(!cfg!(windows));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -101,6 +103,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => reconcile(&load()?, tables, direction, dry_run, json).await,
         Command::Status { .. } => not_built("status", "a later issue (operator surface)"),
         Command::DeadLetters { json, all, retry } => dead_letters(&load()?, json, all, retry).await,
+        Command::Service { action } => {
+            let done = match action {
+                ServiceAction::Install => service::install(&cli.config),
+                ServiceAction::Uninstall => service::uninstall(),
+                ServiceAction::Run => service::dispatch(&cli.config),
+            };
+            match done {
+                Ok(message) => println!("{message}"),
+                Err(e @ service::ServiceError::NotWindows) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -195,15 +213,7 @@ fn cancel_on_signal(token: CancellationToken) {
 async fn run_command(config: &Config, once: bool) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    tracing::info!(desktop = %config.desktop.url, cloud = %config.cloud.url, once, "starting both directions");
-    if let (Some(at), false) = (config.reconcile.at, once) {
-        tokio::spawn(reconcile::scheduled(
-            config.clone(),
-            at,
-            shutdown.child_token(),
-        ));
-    }
-    let report = pipeline::run(config, RunOptions { once }, shutdown).await?;
+    let report = service::serve(config, RunOptions { once }, shutdown).await?;
     let (forward, reverse) = (report.forward, report.reverse);
     let (f, r) = (forward.outcome, reverse.outcome);
     println!(
