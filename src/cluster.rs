@@ -178,8 +178,8 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// initdb + start. `name` only labels the directory and the error messages ("desktop", "cloud").
     pub fn start(name: &str, options: &ClusterOptions) -> Result<Self, ClusterError> {
-        let bins = PgBinaries::locate()?;
         let run_as = os::run_as()?;
+        let bins = PgBinaries::locate()?;
         let root = clusters_root();
         fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
         // The server user must be able to reach its data directory through the root folder.
