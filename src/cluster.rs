@@ -6,12 +6,9 @@
 //! root the server runs as the unprivileged `postgres` user. Clusters left behind by a process that was
 //! killed before it could clean up are removed by the next start.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +29,11 @@ pub enum ClusterError {
         "running as root: initdb refuses root and there is no unprivileged `postgres` user to run the server as; create one (`useradd postgres`) or run as a normal user"
     )]
     NoUnprivilegedUser,
+    #[error(
+        "throwaway local clusters (`tandem demo`, the tests) need a unix machine; on Windows point tandem at \
+         existing databases with a config file (`tandem -c tandem.toml init`)"
+    )]
+    NotUnix,
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
     #[error("{what}: {source}")]
@@ -154,29 +156,6 @@ impl Default for ClusterOptions {
     }
 }
 
-/// The OS user the server processes run as (only set when we are root).
-#[derive(Debug, Clone, Copy)]
-struct RunAs {
-    uid: u32,
-    gid: u32,
-}
-
-fn run_as() -> Result<Option<RunAs>, ClusterError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(None);
-    }
-    let name = CString::new("postgres").expect("no NUL in literal");
-    // SAFETY: getpwnam returns NULL or a pointer to a static passwd record we read immediately.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return Err(ClusterError::NoUnprivilegedUser);
-    }
-    // SAFETY: pw is non-null and points to a valid passwd record.
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-    Ok(Some(RunAs { uid, gid }))
-}
-
 /// The directory all clusters of this machine live under; each cluster's folder starts with the pid of
 /// the process that made it, so a later process can tell which ones were abandoned.
 pub fn clusters_root() -> PathBuf {
@@ -192,20 +171,19 @@ pub struct LocalCluster {
     bins: PgBinaries,
     dir: PathBuf,
     port: u16,
-    run_as: Option<RunAs>,
+    run_as: Option<os::RunAs>,
     running: bool,
 }
 
 impl LocalCluster {
     /// initdb + start. `name` only labels the directory and the error messages ("desktop", "cloud").
     pub fn start(name: &str, options: &ClusterOptions) -> Result<Self, ClusterError> {
+        let run_as = os::run_as()?;
         let bins = PgBinaries::locate()?;
-        let run_as = run_as()?;
         let root = clusters_root();
         fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
         // The server user must be able to reach its data directory through the root folder.
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o1777))
-            .map_err(io_err(format!("chmod {}", root.display())))?;
+        os::set_mode(&root, 0o1777)?;
         sweep_stale(&bins, run_as);
 
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -215,7 +193,7 @@ impl LocalCluster {
         }
         fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         if let Some(user) = run_as {
-            chown(&dir, user)?;
+            user.chown(&dir)?;
         }
         let mut cluster = LocalCluster {
             name: name.to_string(),
@@ -243,7 +221,7 @@ impl LocalCluster {
         cmd.current_dir(&self.dir);
         cmd.env_remove("PGDATA");
         if let Some(user) = self.run_as {
-            cmd.uid(user.uid).gid(user.gid);
+            user.apply(&mut cmd);
         }
         cmd
     }
@@ -319,10 +297,9 @@ impl LocalCluster {
                     "copying {} into the cluster",
                     from.display()
                 )))?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(0o600))
-                    .map_err(io_err(format!("chmod {}", target.display())))?;
+                os::set_mode(&target, 0o600)?;
                 if let Some(user) = self.run_as {
-                    chown(&target, user)?;
+                    user.chown(&target)?;
                 }
             }
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
@@ -446,11 +423,6 @@ impl Drop for LocalCluster {
     }
 }
 
-fn chown(path: &Path, user: RunAs) -> Result<(), ClusterError> {
-    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
-        .map_err(io_err(format!("chown {}", path.display())))
-}
-
 fn free_port() -> Result<u16, ClusterError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
     Ok(listener
@@ -460,7 +432,7 @@ fn free_port() -> Result<u16, ClusterError> {
 }
 
 /// Stops and removes clusters whose owning process is gone (killed before its cleanup ran).
-fn sweep_stale(bins: &PgBinaries, run_as_user: Option<RunAs>) {
+fn sweep_stale(bins: &PgBinaries, run_as_user: Option<os::RunAs>) {
     let Ok(entries) = fs::read_dir(clusters_root()) else {
         return;
     };
@@ -473,7 +445,7 @@ fn sweep_stale(bins: &PgBinaries, run_as_user: Option<RunAs>) {
         else {
             continue;
         };
-        if pid == std::process::id() as i32 || process_alive(pid) {
+        if pid == std::process::id() as i32 || os::process_alive(pid) {
             continue;
         }
         let data = entry.path().join("data");
@@ -484,7 +456,7 @@ fn sweep_stale(bins: &PgBinaries, run_as_user: Option<RunAs>) {
                 .args(["-m", "immediate", "-w", "stop"]);
             cmd.current_dir(entry.path());
             if let Some(user) = run_as_user {
-                cmd.uid(user.uid).gid(user.gid);
+                user.apply(&mut cmd);
             }
             let _ = cmd.output();
         }
@@ -492,10 +464,97 @@ fn sweep_stale(bins: &PgBinaries, run_as_user: Option<RunAs>) {
     }
 }
 
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+/// What only unix has: running the server as the `postgres` user, file modes, "is that pid alive".
+/// Off unix [`os::run_as`] refuses, so a cluster never starts there and the rest is never reached.
+#[cfg(unix)]
+mod os {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::{ClusterError, io_err};
+
+    /// The OS user the server processes run as (only set when we are root).
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct RunAs {
+        uid: u32,
+        gid: u32,
+    }
+
+    impl RunAs {
+        pub(super) fn apply(self, cmd: &mut Command) {
+            cmd.uid(self.uid).gid(self.gid);
+        }
+
+        pub(super) fn chown(self, path: &Path) -> Result<(), ClusterError> {
+            std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+                .map_err(io_err(format!("chown {}", path.display())))
+        }
+    }
+
+    pub(super) fn run_as() -> Result<Option<RunAs>, ClusterError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(None);
+        }
+        let name = CString::new("postgres").expect("no NUL in literal");
+        // SAFETY: getpwnam returns NULL or a pointer to a static passwd record we read immediately.
+        let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+        if pw.is_null() {
+            return Err(ClusterError::NoUnprivilegedUser);
+        }
+        // SAFETY: pw is non-null and points to a valid passwd record.
+        let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+        Ok(Some(RunAs { uid, gid }))
+    }
+
+    pub(super) fn set_mode(path: &Path, mode: u32) -> Result<(), ClusterError> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("chmod {}", path.display())))
+    }
+
+    pub(super) fn process_alive(pid: i32) -> bool {
+        // SAFETY: kill with signal 0 only checks for existence and permission.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+}
+
+#[cfg(not(unix))]
+mod os {
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::ClusterError;
+
+    /// Never made: there is no user to switch to off unix.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) enum RunAs {}
+
+    impl RunAs {
+        pub(super) fn apply(self, _: &mut Command) {
+            match self {}
+        }
+
+        pub(super) fn chown(self, _: &Path) -> Result<(), ClusterError> {
+            match self {}
+        }
+    }
+
+    pub(super) fn run_as() -> Result<Option<RunAs>, ClusterError> {
+        Err(ClusterError::NotUnix)
+    }
+
+    pub(super) fn set_mode(_: &Path, _: u32) -> Result<(), ClusterError> {
+        Ok(())
+    }
+
+    pub(super) fn process_alive(_: i32) -> bool {
+        true
+    }
 }
 
 /// Polls `condition` until it holds or `timeout` passes; the polling interval grows from 1 ms to 50 ms.

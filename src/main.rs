@@ -6,12 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use tandem::cli::{Cli, Command, ConflictsAction, Keep, LogFormat, ReconcileDirection, report};
+use tandem::cli::{
+    Cli, Command, ConflictsAction, Keep, LogFormat, ReconcileDirection, ServiceAction, report,
+};
 use tandem::config::Config;
 use tandem::ops::{
-    check, conflicts as conflict, dead_letters as deadletters, metrics, reconcile, status as state,
+    check, conflicts as conflict, dead_letters as deadletters, reconcile, service, status as state,
 };
-use tandem::pipeline::{self, RunOptions};
+use tandem::pipeline::RunOptions;
 use tandem::setup::{self, Step};
 use tandem::{db, demo, sample};
 use tokio_util::sync::CancellationToken;
@@ -37,9 +39,10 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Colour only on a terminal: in a file or a service log the escape codes are noise.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal (in a file or a service log the codes are noise), and never on
+        // Windows, whose console shows them as text.
+        .with_ansi(std::io::stderr().is_terminal() && !cfg!(windows));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -106,6 +109,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json, watch } => status(&load()?, json, watch).await,
         Command::Conflicts { action, json } => conflicts(&load()?, action, json).await,
         Command::DeadLetters { json, all, retry } => dead_letters(&load()?, json, all, retry).await,
+        Command::Service { action } => {
+            let done = match action {
+                ServiceAction::Install => service::install(&cli.config),
+                ServiceAction::Uninstall => service::uninstall(),
+                ServiceAction::Run => service::dispatch(&cli.config),
+            };
+            match done {
+                Ok(message) => println!("{message}"),
+                Err(e @ service::ServiceError::NotWindows) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -266,21 +285,7 @@ async fn run_command(
 ) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    tracing::info!(desktop = %config.desktop.url, cloud = %config.cloud.url, once, "starting both directions");
-    if let Some(addr) = metrics_addr.or_else(|| config.metrics.addr.clone()) {
-        metrics::serve(&addr, config, shutdown.child_token()).await?;
-    }
-    if !once {
-        tokio::spawn(metrics::monitor(config.clone(), shutdown.child_token()));
-    }
-    if let (Some(at), false) = (config.reconcile.at, once) {
-        tokio::spawn(reconcile::scheduled(
-            config.clone(),
-            at,
-            shutdown.child_token(),
-        ));
-    }
-    let report = pipeline::run(config, RunOptions { once }, shutdown).await?;
+    let report = service::serve(config, RunOptions { once }, metrics_addr, shutdown).await?;
     let (forward, reverse) = (report.forward, report.reverse);
     let (f, r) = (forward.outcome, reverse.outcome);
     println!(

@@ -137,6 +137,7 @@ pub fn replication_config(
     let publication = config.cloud.publication.clone();
     let port = c.get_ports().first().copied().unwrap_or(5432);
     let mut rc = match c.get_hosts().first() {
+        #[cfg(unix)]
         Some(Host::Unix(dir)) => pgwire_replication::ReplicationConfig::unix(
             dir.display().to_string(),
             port,

@@ -169,6 +169,11 @@ pub enum Command {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
+    /// Run `tandem run` as a Windows service (on Linux: the systemd unit deploy/systemd/tandem.service).
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     /// With no other setup: start two throwaway local PostgreSQL clusters, load the sample and show
     /// tandem at work on it.
     Demo {
@@ -176,4 +181,17 @@ pub enum Command {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum ServiceAction {
+    /// Register the Windows service `tandem` ("tandem replicator", automatic start, restarted when it
+    /// fails) that runs this executable with `-c <this config, absolute> service run`. Run it from an
+    /// administrator prompt, then `sc start tandem`.
+    Install,
+    /// Stop the Windows service (the batch in flight finishes) and delete it.
+    Uninstall,
+    /// What the Windows service manager starts; from a console use `tandem run`.
+    #[command(hide = true)]
+    Run,
 }

@@ -144,7 +144,8 @@ impl ConnectTarget {
 fn first_host(config: &tokio_postgres::Config) -> String {
     match config.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(_)) | None => "localhost".to_string(),
+        // A unix socket directory (unix only), or no host.
+        _ => "localhost".to_string(),
     }
 }
 
@@ -217,14 +218,18 @@ fn percent_decode(s: &str) -> String {
 /// The password of the first matching line of a libpq password file (`host:port:db:user:password`,
 /// `*` matches anything, `\` escapes). Like libpq, a file others can read is ignored.
 fn password_from_file(path: &Path, config: &tokio_postgres::Config) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(
-            file = %path.display(),
-            "password file ignored: it is readable by others; chmod 0600 it"
-        );
-        return None;
+    // Windows has no such modes; libpq does not check there either.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).ok()?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "password file ignored: it is readable by others; chmod 0600 it"
+            );
+            return None;
+        }
     }
     let text = std::fs::read_to_string(path).ok()?;
     let host = first_host(config);
