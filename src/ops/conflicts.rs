@@ -212,17 +212,7 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
             out.push(no("its row key does not name every key column".into()));
             continue;
         };
-        let cloud_match: Vec<String> = key
-            .iter()
-            .enumerate()
-            .map(|(n, k)| {
-                same_key(
-                    &format!("t.{}", q(&k.name)),
-                    &format!("CAST(${}::text AS {})", n + 1, k.cloud.base),
-                    &k.cloud,
-                )
-            })
-            .collect();
+        let cloud_match = key_match("t", key.iter().map(|k| (k.name.as_str(), &k.cloud)));
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             values.iter().map(|v| v as _).collect();
         let again = chosen.contains(&(i, values.clone()));
@@ -245,17 +235,8 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
             Keep::Mobile => {
                 // The desktop's row as the cloud's row type: the mobile row with the mapped columns
                 // holding the desktop's values.
-                let desktop_match: Vec<String> = key
-                    .iter()
-                    .enumerate()
-                    .map(|(n, k)| {
-                        same_key(
-                            &format!("d.{}", q(&k.name)),
-                            &format!("CAST(${}::text AS {})", n + 1, k.desktop.base),
-                            &k.desktop,
-                        )
-                    })
-                    .collect();
+                let desktop_match =
+                    key_match("d", key.iter().map(|k| (k.name.as_str(), &k.desktop)));
                 let pairs: Vec<String> = t
                     .reverse_columns
                     .iter()
@@ -377,6 +358,23 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
         }
     }
     Ok(out)
+}
+
+/// `alias`'s key columns equal to the parameters `$1..`, by each type's btree equality (or text).
+fn key_match<'a>(
+    alias: &str,
+    columns: impl Iterator<Item = (&'a str, &'a crate::catalog::ValueType)>,
+) -> Vec<String> {
+    columns
+        .enumerate()
+        .map(|(n, (name, t))| {
+            same_key(
+                &format!("{alias}.{}", q(name)),
+                &format!("CAST(${}::text AS {})", n + 1, t.base),
+                t,
+            )
+        })
+        .collect()
 }
 
 /// The key's values as text, in key order, from a conflict's `row_key` object.

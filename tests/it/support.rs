@@ -229,9 +229,8 @@ impl TestDb {
     /// its WAL, so its tests must not run at the same time.
     pub async fn with_small_slot_cloud() -> TestDb {
         static SMALL_SLOT: OnceLock<u16> = OnceLock::new();
-        init_logging();
-        let (desktop, cloud) = tokio::task::spawn_blocking(|| {
-            let cloud = *SMALL_SLOT.get_or_init(|| {
+        Self::with_cloud_on(|| {
+            *SMALL_SLOT.get_or_init(|| {
                 start(
                     "small-slot",
                     &ClusterOptions {
@@ -243,21 +242,17 @@ impl TestDb {
                         ..Default::default()
                     },
                 )
-            });
-            (pair().desktop, cloud)
+            })
         })
         .await
-        .unwrap();
-        Self::on_ports(desktop, cloud).await
     }
 
     /// Empty databases whose cloud is on a cluster of its own that nothing else writes to (so the
     /// cloud's WAL position moves only with this test's writes), with `max_slot_wal_keep_size` 64MB.
     /// One test only: a second would write to its WAL.
     pub async fn with_quiet_cloud() -> TestDb {
-        init_logging();
-        let (desktop, cloud) = tokio::task::spawn_blocking(|| {
-            let cloud = start(
+        Self::with_cloud_on(|| {
+            start(
                 "quiet",
                 &ClusterOptions {
                     settings: vec![
@@ -267,11 +262,18 @@ impl TestDb {
                     ],
                     ..Default::default()
                 },
-            );
-            (pair().desktop, cloud)
+            )
         })
         .await
-        .unwrap();
+    }
+
+    /// Empty databases: the desktop on the shared cluster, the cloud on the one `cloud` starts (or
+    /// finds) and returns the port of.
+    async fn with_cloud_on(cloud: impl FnOnce() -> u16 + Send + 'static) -> TestDb {
+        init_logging();
+        let (desktop, cloud) = tokio::task::spawn_blocking(|| (pair().desktop, cloud()))
+            .await
+            .unwrap();
         Self::on_ports(desktop, cloud).await
     }
 
