@@ -12,6 +12,10 @@ use crate::db::DbError;
 /// desktop-owned row (payload: `{"op", "schema", "table", "names", "old"}`: the table's column names,
 /// and the old row's text as a record, `(1,"a b",)`, which holds each column's exact text).
 pub const CLAIM_PREFIX: &str = "tandem.claim";
+/// The prefix of the transactional message that opens a cloud transaction of tandem's own whose
+/// changes the reverse stream must not apply: `tandem conflicts resolve --keep desktop` making a mobile
+/// row desktop-owned, which the publication's row filter (`source = 'M'`) sends as a DELETE.
+pub const OWN_PREFIX: &str = "tandem.own";
 /// The prefix of a reconcile's cut (a non-transactional message; its content is the cut's id).
 pub const CUT_PREFIX: &str = "tandem.cut";
 

@@ -218,20 +218,32 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
         let again = chosen.contains(&(i, values.clone()));
         let changed = match keep {
             _ if again => 1,
-            Keep::Desktop => cloud
-                .execute(
-                    &format!(
-                        "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
-                        t.table.cloud,
-                        cloud_match.join(" AND ")
-                    ),
-                    &params,
-                )
-                .await
-                .ctx(
-                    Side::Cloud,
-                    format!("making the row of {} desktop-owned", t.table.cloud),
-                )?,
+            Keep::Desktop => {
+                // Published as a DELETE (the row leaves `source = 'M'`): the message first in the
+                // transaction tells the reverse stream it is tandem's own, not a phone's delete.
+                let what = format!("making the row of {} desktop-owned", t.table.cloud);
+                cloud
+                    .batch_execute(&format!(
+                        "BEGIN; SELECT pg_logical_emit_message(true, {}, 'conflicts resolve')",
+                        crate::expr::lit(crate::capture::logical::OWN_PREFIX)
+                    ))
+                    .await
+                    .ctx(Side::Cloud, &what)?;
+                let n = cloud
+                    .execute(
+                        &format!(
+                            "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
+                            t.table.cloud,
+                            cloud_match.join(" AND ")
+                        ),
+                        &params,
+                    )
+                    .await
+                    .ctx(Side::Cloud, &what);
+                let end = if n.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                cloud.batch_execute(end).await.ctx(Side::Cloud, &what)?;
+                n?
+            }
             Keep::Mobile => {
                 // The desktop's row as the cloud's row type: the mobile row with the mapped columns
                 // holding the desktop's values.

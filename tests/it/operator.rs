@@ -236,18 +236,18 @@ async fn conflicts_are_listed_and_resolved_through_the_engine_keeping_the_chosen
     };
     assert!(!of(1).is_empty() && !of(2).is_empty(), "{stdout}");
 
-    // Row 1: the desktop's. Row 2: the phone's.
+    // Row 2: the phone's. Row 1: the desktop's (last: nothing after it takes the stream past it).
+    let mut args = vec!["conflicts", "resolve"];
+    args.extend(of(2));
+    args.extend(["--keep", "mobile"]);
+    let (code, _, all) = tandem(&file, &args);
+    assert_eq!(code, 0, "{all}");
     let mut args = vec!["conflicts", "resolve"];
     args.extend(of(1));
     args.extend(["--keep", "desktop"]);
     let (code, text, all) = tandem(&file, &args);
     assert_eq!(code, 0, "{all}");
     assert!(text.contains("resolved: kept the desktop row"), "{text}");
-    let mut args = vec!["conflicts", "resolve"];
-    args.extend(of(2));
-    args.extend(["--keep", "mobile"]);
-    let (code, _, all) = tandem(&file, &args);
-    assert_eq!(code, 0, "{all}");
 
     assert_eq!(
         crate::support::rows(&cloud, "item", "name, source", "id = 1").await,
@@ -264,6 +264,16 @@ async fn conflicts_are_listed_and_resolved_through_the_engine_keeping_the_chosen
     assert_eq!(
         crate::support::rows(&desktop, "item", "name", "id = 2").await,
         vec!["(\"phone edit\")".to_string()]
+    );
+    // The stream afterwards: making the row desktop-owned reached the slot as a DELETE (it left the
+    // publication's `source = 'M'`); it is tandem's own, neither applied nor a new conflict.
+    run_once(&config).await;
+    assert_eq!(
+        crate::support::rows(&desktop, "item", "name", "id IN (1, 2)").await,
+        vec![
+            "(\"desk edit\")".to_string(),
+            "(\"phone edit\")".to_string()
+        ]
     );
     // Nothing left open, and who chose is recorded.
     let (_, text, _) = tandem(&file, &["conflicts"]);

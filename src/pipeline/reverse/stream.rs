@@ -9,7 +9,7 @@ use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::logical::{CLAIM_PREFIX, CUT_PREFIX, Claim};
+use crate::capture::logical::{CLAIM_PREFIX, CUT_PREFIX, Claim, OWN_PREFIX};
 use crate::capture::pgoutput::{self, RelationCache};
 use crate::change::Side;
 use crate::change::{CommitLsn, EndLsn, PgOutput, WalEnd};
@@ -167,7 +167,10 @@ impl Stream<'_> {
                 ReplicationEvent::Message {
                     prefix, content, ..
                 } => {
-                    if prefix == CLAIM_PREFIX && !self.skip_transaction {
+                    if prefix == OWN_PREFIX && self.in_transaction {
+                        // tandem's own change (sent first in its transaction): nothing to apply.
+                        self.skip_transaction = true;
+                    } else if prefix == CLAIM_PREFIX && !self.skip_transaction {
                         self.claim(&content);
                     } else if prefix == CUT_PREFIX && !self.in_transaction {
                         self.cut(&content, shutdown, stats).await?;
