@@ -4,6 +4,7 @@ mod any_schema;
 mod appliers;
 mod check;
 mod cli;
+mod demo;
 mod forward;
 mod generated;
 mod generated_reconcile;
