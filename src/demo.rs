@@ -1,217 +1,199 @@
-//! `tandem demo`: tandem on the PowerCA sample with no setup at all.
+//! `tandem demo`: the migration story on the PowerCA sample, with no setup at all.
 //!
-//! Starts two throwaway PostgreSQL clusters (a "desktop" and a "cloud" with `wal_level = logical`),
-//! loads the sample schema, installs and checks tandem, fills the desktop with a seeds-sized data set
-//! (which streams to the cloud through the outbox), then runs both directions and makes a desktop edit
-//! and a phone's edits, printing how long each took to arrive on the other side.
+//! A real installation starts with a desktop database the app has filled for years and an empty cloud,
+//! so the demo does too: two throwaway PostgreSQL clusters (a "desktop" and a "cloud" with
+//! `wal_level = logical`), the sample schema on both and the seeds-sized data set on the desktop
+//! *before* tandem is installed. Then `init` and `check`, the initial sync with a progress bar, `run`
+//! streaming in the background, edits both ways timed from commit to arrival, a conflict (a phone and
+//! the desktop changing the same row at once) listed and resolved, and `tandem status`. The clusters
+//! are removed at the end, on an error and on ctrl-c; `--keep` leaves them up until ctrl-c, with a
+//! config file pointing at them.
+//!
+//! The edits are the sample's (its tables, its jobs): this module is the one place that tells a story
+//! about that schema, as `sql/powerca/` holds its facts.
+
+mod story;
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
 use crate::change::Side;
-use crate::cluster::{ClusterOptions, LocalCluster, WalLevel, wait_until};
+use crate::cluster::{ClusterOptions, LocalCluster, WalLevel};
 use crate::config::{Config, ConnUrl};
-use crate::ops::check;
-use crate::pipeline::{self, RunOptions};
-use crate::{db, sample, setup};
+use crate::{db, sample};
 
-const DEADLINE: Duration = Duration::from_secs(120);
+/// Every step's heading, in order (the integration test looks for each).
+pub const STEPS: [&str; 7] = [
+    "1/7 two throwaway clusters, the sample schema, and the desktop app's data (before tandem)",
+    "2/7 tandem init, then tandem check",
+    "3/7 the initial sync: what the desktop already holds, to the cloud",
+    "4/7 streaming: tandem run in the background",
+    "5/7 edits both ways, each timed from its commit to its arrival on the other side",
+    "6/7 a conflict: a phone and the desktop change the same job at once",
+    "7/7 tandem status",
+];
 
-async fn count(client: &Client, sql: &str) -> i64 {
+/// How long the demo waits for anything to arrive before it gives up.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn heading(step: usize) {
+    println!("\n== {} ==", STEPS[step]);
+}
+
+/// `SELECT count(*) ...` on `client`, or -1 when it fails (a wait polls it again).
+async fn count(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
     client
-        .query_one(sql, &[])
+        .query_one(sql, params)
         .await
         .map(|r| r.get(0))
         .unwrap_or(-1)
 }
 
-/// Runs `change` on one side, then waits until `arrived` holds on the other; returns the lag.
-async fn timed(
-    label: &str,
-    change: impl std::future::Future<Output = anyhow::Result<()>>,
-    target: &Client,
-    arrived: &str,
-) -> anyhow::Result<()> {
-    change.await?;
+/// Resolves on ctrl-c or SIGTERM.
+async fn interrupted() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The demo's two clusters; dropping them stops both servers and removes their directories (on
+/// success, on an error, on ctrl-c).
+struct Clusters {
+    desktop: LocalCluster,
+    cloud: LocalCluster,
+}
+
+impl Clusters {
+    async fn start() -> anyhow::Result<Clusters> {
+        // synchronous_commit on, as on Supabase: a walsender only sends WAL once it is flushed, so with
+        // it off a phone's change would wait for the WAL writer (up to 200 ms) before it could stream.
+        let settings = vec![("synchronous_commit".to_string(), "on".to_string())];
+        let clusters = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let desktop = LocalCluster::start(
+                "desktop",
+                &ClusterOptions {
+                    wal_level: WalLevel::Replica,
+                    settings: settings.clone(),
+                    ..Default::default()
+                },
+            )?;
+            let cloud = LocalCluster::start(
+                "cloud",
+                &ClusterOptions {
+                    settings,
+                    ..Default::default()
+                },
+            )?;
+            Ok(Clusters { desktop, cloud })
+        })
+        .await??;
+        Ok(clusters)
+    }
+
+    /// Stops and removes both clusters off the async threads (pg_ctl waits for the servers).
+    async fn remove(self) {
+        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
+    }
+}
+
+/// The sample's config, pointing at the demo's clusters.
+fn config_text(clusters: &Clusters) -> String {
+    sample::CONFIG
+        .replace("${DESKTOP_URL}", &clusters.desktop.url("powerca"))
+        .replace("${CLOUD_URL}", &clusters.cloud.url("powerca"))
+}
+
+/// Runs the demo at `scale` (1.0: the seeds' ~92,000 rows); with `keep`, leaves the clusters up until
+/// ctrl-c.
+pub async fn run(scale: f64, keep: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        scale > 0.0 && scale.is_finite(),
+        "--scale must be a positive number (1.0: the seeds' ~92,000 rows)"
+    );
     let started = Instant::now();
-    let ok = wait_until(DEADLINE, || async { count(target, arrived).await == 1 }).await;
-    anyhow::ensure!(ok, "{label}: did not arrive within {DEADLINE:?}");
+    heading(0);
+    let clusters = Clusters::start().await?;
     println!(
-        "  {label}: arrived in {:.1} ms",
-        started.elapsed().as_secs_f64() * 1000.0
+        "  desktop on 127.0.0.1:{}, cloud on 127.0.0.1:{} (wal_level=logical), started in {:.1?}",
+        clusters.desktop.port(),
+        clusters.cloud.port(),
+        started.elapsed()
+    );
+    let outcome = tokio::select! {
+        result = demo(&clusters, scale) => result,
+        _ = interrupted() => Err(anyhow::anyhow!("interrupted; the demo's clusters are removed")),
+    };
+    let outcome = match outcome {
+        Ok(config) if keep => keep_until_interrupted(&config, &clusters).await,
+        other => other.map(drop),
+    };
+    clusters.remove().await;
+    outcome?;
+    println!(
+        "\ndemo done in {:.1?}; the clusters are removed",
+        started.elapsed()
     );
     Ok(())
 }
 
-pub async fn run(scale: f64) -> anyhow::Result<()> {
-    let started = Instant::now();
-    println!("starting two throwaway PostgreSQL clusters...");
-    // synchronous_commit on, as on Supabase: a walsender only sends WAL once it is flushed, so with it
-    // off a phone's change would wait for the WAL writer (up to 200 ms) before it could stream.
-    let settings = vec![("synchronous_commit".to_string(), "on".to_string())];
-    let (desktop_pg, cloud_pg) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let desktop = LocalCluster::start(
-            "desktop",
-            &ClusterOptions {
-                wal_level: WalLevel::Replica,
-                settings: settings.clone(),
-                ..Default::default()
-            },
-        )?;
-        let cloud = LocalCluster::start(
-            "cloud",
-            &ClusterOptions {
-                settings,
-                ..Default::default()
-            },
-        )?;
-        Ok((desktop, cloud))
-    })
-    .await??;
-    println!(
-        "  desktop on 127.0.0.1:{}, cloud on 127.0.0.1:{} (wal_level=logical), in {:.1?}",
-        desktop_pg.port(),
-        cloud_pg.port(),
-        started.elapsed()
-    );
-    for pg in [&desktop_pg, &cloud_pg] {
+/// The story on the clusters; returns the config pointing at them.
+async fn demo(clusters: &Clusters, scale: f64) -> anyhow::Result<Config> {
+    for pg in [&clusters.desktop, &clusters.cloud] {
         let admin = db::connect(Side::Desktop, &ConnUrl::new(pg.url("postgres"))).await?;
-        admin.batch_execute("CREATE DATABASE powerca").await?;
+        admin
+            .batch_execute("CREATE DATABASE powerca")
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "creating database powerca on the {} cluster: {e}",
+                    pg.name()
+                )
+            })?;
     }
-    let urls = [
-        ("DESKTOP_URL", desktop_pg.url("powerca")),
-        ("CLOUD_URL", cloud_pg.url("powerca")),
-    ];
     let config = Config::parse(
         "the demo's config (config/powerca.toml)",
-        sample::CONFIG,
-        &|var| urls.iter().find(|(k, _)| *k == var).map(|(_, v)| v.clone()),
+        &config_text(clusters),
+        &|_| None,
     )?;
-    let result = demo(&config, scale, started).await;
-    tokio::task::spawn_blocking(move || drop((desktop_pg, cloud_pg))).await?;
-    result
+    story::tell(&config, scale).await?;
+    Ok(config)
 }
 
-async fn demo(config: &Config, scale: f64, started: Instant) -> anyhow::Result<()> {
-    let mut desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
-    let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
-    sample::create_schemas(&desktop, &cloud).await?;
-
-    let t = Instant::now();
-    let report = setup::init(config, false).await.context("tandem init")?;
+/// `--keep`: the clusters' URLs and a config file for them, until ctrl-c (then the file is removed).
+async fn keep_until_interrupted(config: &Config, clusters: &Clusters) -> anyhow::Result<()> {
+    let path = std::env::temp_dir().join(format!("tandem-demo-{}.toml", std::process::id()));
+    std::fs::write(&path, config_text(clusters))
+        .with_context(|| format!("writing the demo's config file {}", path.display()))?;
+    println!("\n== --keep: the clusters stay up until ctrl-c ==");
+    println!("  desktop  {}", config.desktop.url.redacted());
+    println!("  cloud    {}", config.cloud.url.redacted());
+    println!("  config   {}", path.display());
     println!(
-        "tandem init: {} change(s) on the desktop, {} in the cloud, in {:.2?}",
-        report.desktop.len(),
-        report.cloud.len(),
-        t.elapsed()
+        "  try: tandem -c {p} status; tandem -c {p} run, then edit either side with psql",
+        p = path.display()
     );
-    let checked = check::check(config).await;
-    anyhow::ensure!(
-        checked.passed(),
-        "tandem check failed on the demo clusters: {:#?}",
-        checked.items
-    );
-    println!("tandem check: all {} checks hold", checked.items.len());
-
-    let shutdown = CancellationToken::new();
-    let worker = {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(
-            async move { pipeline::run(&config, RunOptions { once: false }, shutdown).await },
-        )
-    };
-
-    let seeded = sample::seed(&mut desktop, config, scale).await?;
-    let streaming = Instant::now();
-    println!(
-        "the desktop app writes the PowerCA sample: {} rows in {:.2?}",
-        seeded.total(),
-        seeded.elapsed
-    );
-    let expected = seeded.total() - 3;
-    let tables: Vec<String> = config
-        .tables
-        .iter()
-        .map(|t| format!("(SELECT count(*) FROM {})", t.table.cloud.quoted()))
-        .collect();
-    let total_sql = format!("SELECT {}", tables.join(" + "));
-    let arrived = wait_until(DEADLINE, || async {
-        count(&cloud, &total_sql).await >= expected
-    })
-    .await;
-    anyhow::ensure!(
-        arrived,
-        "the sample did not reach the cloud within {DEADLINE:?}"
-    );
-    let letters = count(&cloud, "SELECT count(*) FROM tandem.dead_letters").await;
-    println!(
-        "  ... streamed to the cloud: {expected} rows in {:.2?}; {letters} dead letter(s): the seeds' 3 clients of an org that does not exist",
-        streaming.elapsed()
-    );
-
-    println!("edits, each timed from its commit to its arrival on the other side:");
-    timed(
-        "the desktop puts job 1 on hold -> cloud",
-        async {
-            desktop
-                .batch_execute("UPDATE jobshead SET job_status = 'On Hold', remarks = 'Waiting for the client''s bank statements' WHERE job_id = 1")
-                .await?;
-            Ok(())
-        },
-        &cloud,
-        "SELECT count(*) FROM jobshead WHERE job_id = 1 AND remarks = 'Waiting for the client''s bank statements'",
-    )
-    .await?;
-    timed(
-        "a phone marks job 2 completed -> desktop",
-        async {
-            cloud
-                .batch_execute("UPDATE jobshead SET job_status = 'Completed', remarks = 'Signed off on site' WHERE job_id = 2")
-                .await?;
-            Ok(())
-        },
-        &desktop,
-        "SELECT count(*) FROM jobshead WHERE job_id = 2 AND remarks = 'Signed off on site'",
-    )
-    .await?;
-    timed(
-        "a phone adds a work-diary entry -> desktop",
-        async {
-            cloud
-                .batch_execute("INSERT INTO workdiary (staff_id, wd_date, hours, narration) VALUES (1, '2026-11-22', 1.5, 'Logged on the phone')")
-                .await?;
-            Ok(())
-        },
-        &desktop,
-        "SELECT count(*) FROM workdiary WHERE narration = 'Logged on the phone'",
-    )
-    .await?;
-    timed(
-        "the desktop edits job 2 again -> cloud keeps the phone's version, logs a conflict",
-        async {
-            desktop
-                .batch_execute("UPDATE jobshead SET job_status = 'Open' WHERE job_id = 2")
-                .await?;
-            Ok(())
-        },
-        &cloud,
-        "SELECT count(*) FROM tandem.conflicts WHERE row_key = '{\"job_id\": 2}'",
-    )
-    .await?;
-
-    shutdown.cancel();
-    let report = worker.await??;
-    let (forward, reverse) = (report.forward, report.reverse);
-    println!(
-        "stopped: forward {} batch(es), {} rows written; reverse {} group(s), {} rows written. Total {:.1?}; removing the clusters.",
-        forward.batches,
-        forward.outcome.written,
-        reverse.batches,
-        reverse.outcome.written,
-        started.elapsed()
-    );
-    Ok(())
+    interrupted().await;
+    let removed = std::fs::remove_file(&path);
+    println!("  ctrl-c: removing the clusters");
+    removed.with_context(|| format!("removing {}", path.display()))
 }

@@ -14,7 +14,8 @@
 //! | 6 | [`commit`], [`setup`] | the commit engine and its plan builders; what `init` installs |
 //! | 7 | [`pipeline`] | the workers: batching, reconnecting, shutdown |
 //! | 8 | [`ops`] | what operators run: check, dead letters |
-//! | 9 | [`cli`], [`demo`] | the command line, the embedded demo |
+//! | 9 | [`cli`] | the command line |
+//! | 10 | [`demo`] | the embedded demo (it shows what the command line shows) |
 
 pub mod capture;
 pub mod catalog;
@@ -56,7 +57,7 @@ mod layers {
         ("pipeline", 7),
         ("ops", 8),
         ("cli", 9),
-        ("demo", 9),
+        ("demo", 10),
     ];
 
     fn layer(module: &str) -> u8 {

@@ -95,8 +95,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("seeded {} rows in {:.2?}", report.total(), report.elapsed);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { scale } => {
-            demo::run(scale).await?;
+        Command::Demo { scale, keep } => {
+            demo::run(scale, keep).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { once, metrics_addr } => run_command(&load()?, once, metrics_addr).await,

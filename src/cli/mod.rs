@@ -180,6 +180,10 @@ pub enum Command {
         /// Multiply the sample's row counts.
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+        /// Leave the clusters running at the end, print their URLs and a config file for them, and
+        /// remove them on ctrl-c.
+        #[arg(long)]
+        keep: bool,
     },
 }
 

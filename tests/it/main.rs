@@ -4,6 +4,7 @@ mod any_schema;
 mod appliers;
 mod check;
 mod cli;
+mod demo;
 mod deploy;
 mod forward;
 mod generated;

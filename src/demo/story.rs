@@ -1,0 +1,336 @@
+//! The demo's steps on the clusters' config, each under its heading: the data before tandem, `init`
+//! and `check`, the initial sync, streaming, edits both ways, a conflict, `tandem status`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::{DEADLINE, count, heading};
+use crate::change::Side;
+use crate::cli::report::Progress;
+use crate::cluster::wait_until;
+use crate::config::Config;
+use crate::ops::conflicts::{self, Keep};
+use crate::ops::{check, status};
+use crate::pipeline::{self, RunOptions, RunReport, Tables};
+use crate::{db, sample, setup};
+
+/// The job both sides change at once in the conflict step (steps 5 edits jobs 1 and 2).
+const CONFLICT_PHONE: &str = "UPDATE jobshead SET job_status = 'Completed', remarks = 'Closed on the phone at the client''s office' WHERE job_id = 3";
+const CONFLICT_DESKTOP: &str = "UPDATE jobshead SET job_status = 'On Hold', remarks = 'Held on the desktop: fees unpaid' WHERE job_id = 3";
+/// Job 3 as each side holds it (the cloud's only once it is desktop-owned again).
+const CONFLICT_ROW_DESKTOP: &str =
+    "SELECT job_status || ' / ' || remarks FROM jobshead WHERE job_id = 3";
+const CONFLICT_ROW_CLOUD: &str =
+    "SELECT job_status || ' / ' || remarks FROM jobshead WHERE job_id = 3 AND source = 'D'";
+
+/// Steps 1 (from the schema on) to 7.
+pub(super) async fn tell(config: &Config, scale: f64) -> anyhow::Result<()> {
+    let mut desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+    let mut cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+    sample::create_schemas(&desktop, &cloud).await?;
+    let seeded = sample::seed(&mut desktop, config, scale).await?;
+    println!(
+        "  the sample schema on both sides; the desktop app has written its data: {} rows in {} tables, in {:.2?}",
+        seeded.total(),
+        seeded.counts.len(),
+        seeded.elapsed
+    );
+    println!("  the cloud is empty, and tandem is not installed yet");
+
+    heading(1);
+    let t = Instant::now();
+    let report = setup::init(config, false).await.context("tandem init")?;
+    println!(
+        "  tandem init: {} step(s) ({} on the desktop, {} in the cloud), in {:.2?}",
+        report.desktop.len() + report.cloud.len(),
+        report.desktop.len(),
+        report.cloud.len(),
+        t.elapsed()
+    );
+    let checked = check::check(config).await;
+    anyhow::ensure!(
+        checked.passed(),
+        "tandem check failed on the demo clusters: {:#?}",
+        checked.items
+    );
+    println!("  tandem check: all {} checks hold", checked.items.len());
+
+    heading(2);
+    initial_sync(config, &desktop, &cloud).await?;
+
+    heading(3);
+    let shutdown = CancellationToken::new();
+    // The run stops however this function ends.
+    let _stop = shutdown.clone().drop_guard();
+    let worker = {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        tokio::spawn(
+            async move { pipeline::run(&config, RunOptions { once: false }, shutdown).await },
+        )
+    };
+    let steps = async {
+        let t = Instant::now();
+        let up = wait_until(DEADLINE, || async {
+            let s = status::collect(config).await;
+            s.forward.applier_running && s.reverse.active
+        })
+        .await;
+        anyhow::ensure!(
+            up,
+            "tandem run did not start streaming within {DEADLINE:?}"
+        );
+        println!(
+            "  tandem run streams both ways (the forward applier holds its lock, slot {} is active), after {:.2?}; the initial sync is not done again",
+            config.cloud.slot,
+            t.elapsed()
+        );
+        heading(4);
+        edits(&desktop, &cloud).await?;
+        heading(5);
+        conflict(config, &desktop, &mut cloud).await?;
+        heading(6);
+        print!("{}", crate::cli::status::render(&status::collect(config).await));
+        Ok(())
+    }
+    .await;
+    shutdown.cancel();
+    let run = worker.await.context("the tandem run task")?;
+    match (steps, run) {
+        (Ok(()), Ok(report)) => {
+            stopped(&report);
+            Ok(())
+        }
+        (Err(e), Err(run)) => Err(e.context(format!("tandem run had stopped: {run}"))),
+        (Err(e), Ok(_)) => Err(e),
+        (Ok(()), Err(run)) => Err(anyhow::Error::new(run).context("tandem run")),
+    }
+}
+
+/// Step 3: the tables' initial sync, with a progress bar per table, before `run` starts (which then
+/// finds nothing due).
+async fn initial_sync(config: &Config, desktop: &Client, cloud: &Client) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let tables = Tables::start(config).await?;
+    let reports = pipeline::sync::due(config, &tables, &Progress::new(false)).await?;
+    anyhow::ensure!(
+        reports.len() == config.tables.len(),
+        "the initial sync finished {} of {} tables (the log above names the others and why)",
+        reports.len(),
+        config.tables.len()
+    );
+    let sum = |f: &dyn Fn(&pipeline::sync::TableReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let open = "SELECT count(*) FROM tandem.dead_letters WHERE resolved_at IS NULL";
+    let letters = count(cloud, open, &[]).await + count(desktop, open, &[]).await;
+    println!(
+        "  synced {} tables in {:.2?}: {} rows sent to the cloud ({letters} refused: dead letters), {} to the desktop",
+        reports.len(),
+        t.elapsed(),
+        sum(&|r| r.forward.written()),
+        sum(&|r| r.reverse.written())
+    );
+    let total = |side: Side| {
+        let counts: Vec<String> = config
+            .tables
+            .iter()
+            .map(|t| {
+                let name = match side {
+                    Side::Desktop => t.table.desktop.quoted(),
+                    Side::Cloud => t.table.cloud.quoted(),
+                };
+                format!("(SELECT count(*) FROM {name})")
+            })
+            .collect();
+        format!("SELECT {}", counts.join(" + "))
+    };
+    println!(
+        "  the desktop holds {} rows, the cloud {}",
+        count(desktop, &total(Side::Desktop), &[]).await,
+        count(cloud, &total(Side::Cloud), &[]).await
+    );
+    if letters > 0 {
+        println!(
+            "  the dead letters are rows the cloud refused (`tandem dead-letters` lists them): the seeds' clients of an org that does not exist"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `change` on `source`, then waits until `arrived` (a count) is 1 on `target`; prints the lag.
+async fn timed(
+    label: &str,
+    source: &Client,
+    change: &str,
+    target: &Client,
+    arrived: &str,
+) -> anyhow::Result<()> {
+    source
+        .batch_execute(change)
+        .await
+        .with_context(|| format!("{label}: {change}"))?;
+    let lag = until_one(target, label, arrived, &[]).await?;
+    println!("  {label}: arrived in {:.1} ms", ms(lag));
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Step 5: a desktop edit to the cloud, a phone's edit and a phone's new row to the desktop.
+async fn edits(desktop: &Client, cloud: &Client) -> anyhow::Result<()> {
+    timed(
+        "the desktop puts job 1 on hold -> cloud",
+        desktop,
+        "UPDATE jobshead SET job_status = 'On Hold', remarks = 'Waiting for the client''s bank statements' WHERE job_id = 1",
+        cloud,
+        "SELECT count(*) FROM jobshead WHERE job_id = 1 AND remarks = 'Waiting for the client''s bank statements'",
+    )
+    .await?;
+    timed(
+        "a phone marks job 2 completed -> desktop",
+        cloud,
+        "UPDATE jobshead SET job_status = 'Completed', remarks = 'Signed off on site' WHERE job_id = 2",
+        desktop,
+        "SELECT count(*) FROM jobshead WHERE job_id = 2 AND remarks = 'Signed off on site'",
+    )
+    .await?;
+    timed(
+        "a phone adds a work-diary entry -> desktop",
+        cloud,
+        "INSERT INTO workdiary (staff_id, wd_date, hours, narration) VALUES (1, '2026-11-22', 1.5, 'Logged on the phone')",
+        desktop,
+        "SELECT count(*) FROM workdiary WHERE narration = 'Logged on the phone'",
+    )
+    .await
+}
+
+/// The one text `sql` yields on `client`, if any.
+async fn text_of(client: &Client, sql: &str) -> Option<String> {
+    client
+        .query_opt(sql, &[])
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.get(0))
+}
+
+/// Step 6: a phone and the desktop change job 3 a moment apart, while `run` streams. The phone's edit
+/// (a plain cloud session: the ownership trigger makes the row mobile-owned) commits first, so the
+/// desktop's change reaching the cloud finds a mobile row: a forward conflict, always. The reverse
+/// direction may log one too (the desktop changed the row before the phone's edit reached it): the
+/// step waits until both directions have handled both edits, then lists the conflicts and resolves
+/// them keeping the desktop's row.
+async fn conflict(config: &Config, desktop: &Client, cloud: &mut Client) -> anyhow::Result<()> {
+    let phone = cloud
+        .transaction()
+        .await
+        .context("beginning the phone's edit")?;
+    phone
+        .batch_execute(CONFLICT_PHONE)
+        .await
+        .context("the phone's edit of job 3")?;
+    // A WAL position inside the phone's transaction: below its commit, above every earlier one.
+    let inside: String = phone
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .context("reading the cloud's WAL position")?
+        .get(0);
+    phone
+        .commit()
+        .await
+        .context("committing the phone's edit")?;
+    let phone_at = Instant::now();
+    desktop
+        .batch_execute(CONFLICT_DESKTOP)
+        .await
+        .context("the desktop's edit of job 3")?;
+    println!(
+        "  a phone marks job 3 completed; {:.1} ms later the desktop puts it on hold",
+        ms(phone_at.elapsed())
+    );
+    let settled = wait_until(DEADLINE, || async {
+        let forward_done = count(desktop, "SELECT count(*) FROM tandem.outbox", &[]).await == 0;
+        let reverse_done = count(
+            desktop,
+            "SELECT count(*) FROM tandem.progress WHERE direction = 'reverse' AND lsn > $1::text::pg_lsn",
+            &[&inside],
+        )
+        .await
+            == 1;
+        let open = "SELECT count(*) FROM tandem.conflicts WHERE resolved_at IS NULL";
+        let logged = count(cloud, open, &[]).await + count(desktop, open, &[]).await > 0;
+        forward_done && reverse_done && logged
+    })
+    .await;
+    anyhow::ensure!(
+        settled,
+        "no conflict was logged within {DEADLINE:?} (or a direction did not apply both edits)"
+    );
+    println!(
+        "  tandem logged it (`tandem conflicts list`), {:.1} ms after the phone's commit:",
+        ms(phone_at.elapsed())
+    );
+    let open = conflicts::list(config, false).await?;
+    for c in &open {
+        println!("  {}", c.to_string().replace('\n', "\n  "));
+    }
+    let ids: Vec<String> = open.iter().map(|c| c.id.clone()).collect();
+    println!(
+        "  `tandem conflicts resolve {} --keep desktop`:",
+        ids.join(" ")
+    );
+    let done = conflicts::resolve(config, &ids, Keep::Desktop).await?;
+    for r in &done {
+        println!("  {r}");
+    }
+    anyhow::ensure!(
+        done.iter().all(|r| r.resolved),
+        "resolving the conflict failed (see above)"
+    );
+    let agree = wait_until(DEADLINE, || async {
+        let d = text_of(desktop, CONFLICT_ROW_DESKTOP).await;
+        d.is_some() && d == text_of(cloud, CONFLICT_ROW_CLOUD).await
+    })
+    .await;
+    anyhow::ensure!(
+        agree,
+        "after the resolution, the cloud's job 3 does not match the desktop's within {DEADLINE:?}"
+    );
+    println!(
+        "  both sides now agree on job 3: {} (and the cloud row is desktop-owned again)",
+        text_of(desktop, CONFLICT_ROW_DESKTOP)
+            .await
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// The run's totals once stopped.
+fn stopped(report: &RunReport) {
+    let (f, r) = (&report.forward, &report.reverse);
+    println!(
+        "\nstopped tandem run: forward {} batch(es), {} rows written, {} conflict(s); reverse {} group(s), {} rows written, {} conflict(s)",
+        f.batches,
+        f.outcome.written,
+        f.outcome.conflicts,
+        r.batches,
+        r.outcome.written,
+        r.outcome.conflicts
+    );
+}
+
+/// Waits until `sql` (a count) is 1 on `client`; the error names `what`.
+async fn until_one(
+    client: &Client,
+    what: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let ok = wait_until(DEADLINE, || async { count(client, sql, params).await == 1 }).await;
+    anyhow::ensure!(ok, "{what}: not there within {DEADLINE:?}");
+    Ok(started.elapsed())
+}
