@@ -70,11 +70,12 @@ pub struct Reverse {
     pub max_slot_wal_keep_size: Option<i64>,
     /// The cloud's WAL insert position minus the slot's confirmed flush position, in bytes.
     pub slot_lag_bytes: Option<i64>,
-    /// Current WAL position minus the slot's restart position: the WAL the slot holds on the cloud's disk.
+    /// The cloud's WAL insert position minus the slot's restart position: the WAL it holds on disk.
     pub retained_wal_bytes: Option<i64>,
     /// 0 when nothing waits (the slot's confirmed position is the cloud's current WAL, or the running
-    /// worker found itself caught up in the last 30 s); otherwise the age of the last applied cloud
-    /// commit, an upper bound of how far behind the desktop is; null when nothing was applied yet.
+    /// worker found itself caught up in the last 90 s: an idle walsender's keepalives come every
+    /// `wal_sender_timeout` / 2, 30 s by default); otherwise the age of the last applied cloud commit,
+    /// an upper bound of how far behind the desktop is; null when nothing was applied yet.
     pub lag_seconds: Option<f64>,
     /// Whether the publication exists.
     pub publication_exists: bool,
@@ -83,7 +84,7 @@ pub struct Reverse {
     pub last_applied_at: Option<String>,
     /// That transaction's commit time on the cloud.
     pub last_commit_at: Option<String>,
-    /// The running worker said it was caught up in the last 30 s.
+    /// The running worker said it was caught up in the last 90 s.
     #[serde(skip)]
     caught_up_recently: bool,
 }
@@ -249,7 +250,7 @@ async fn read_desktop(c: &Client, s: &mut Status, open: &mut OpenRows) -> Result
         .query_opt(
             &format!(
                 "SELECT lsn::text, {}, {}, EXTRACT(epoch FROM now() - committed_at)::float8,
-                        coalesce(caught_up_at > now() - interval '30 seconds' AND caught_up_at >= applied_at, false)
+                        coalesce(caught_up_at > now() - interval '90 seconds' AND caught_up_at >= applied_at, false)
                    FROM tandem.progress WHERE direction = 'reverse'",
                 iso("applied_at"),
                 iso("committed_at")
