@@ -501,6 +501,11 @@ async fn seeds(env: &mut Env<'_>) -> Result<Seeds> {
          the {ORPHANS} orphan clients' dead letters are retried each time)"
     ));
     let before = xmins(&pair.cloud, &cloud_tables).await?;
+    // With TANDEM_BENCH_LOG, the in-sync reconciles' statements are logged too.
+    let logs = match std::env::var_os(LOG_ENV) {
+        Some(_) => Some(SlowLog::start(&[("desktop", env.desktop), ("cloud", env.cloud)]).await?),
+        None => None,
+    };
     for k in 0..IN_SYNC_RUNS {
         let started = Instant::now();
         let again = reconcile::reconcile(&config, &whole(false), &Quiet).await?;
@@ -522,6 +527,9 @@ async fn seeds(env: &mut Env<'_>) -> Result<Seeds> {
         );
         r.in_sync
             .push((elapsed, again.written(), dead_letters(&again)));
+    }
+    if let Some(logs) = logs {
+        logs.stop().await?;
     }
     r.xmins_unchanged = xmins(&pair.cloud, &cloud_tables).await? == before;
     let started = Instant::now();
@@ -550,9 +558,9 @@ async fn seeds(env: &mut Env<'_>) -> Result<Seeds> {
 
 /// Statements slower than this are logged by both servers during the initial sync's run.
 const SLOW_MS: u32 = 100;
-/// Diagnostic: `TANDEM_BENCH_LOG=DIR` logs every statement of the initial sync's run and the floor's
-/// (with its duration and the server's timestamp) and writes each server's log of each to
-/// `DIR/<n>-<side>.log`.
+/// Diagnostic: `TANDEM_BENCH_LOG=DIR` logs every statement of the initial sync's run, the floor's and
+/// the in-sync reconciles' (with its duration and the server's timestamp) and writes each server's log
+/// of each to `DIR/<n>-<side>.log`.
 const LOG_ENV: &str = "TANDEM_BENCH_LOG";
 
 fn slow_ms() -> u32 {

@@ -67,6 +67,23 @@ impl Forward {
         )
     }
 
+    /// The staging tables of a cloud connection that creates each table's only when it first stages
+    /// it ([`Forward::create_staging`]): a reconcile that applies a few tables never creates the others'
+    /// (creating them all takes tens of milliseconds).
+    pub fn staging_on_demand(&self) -> StagingTables {
+        StagingTables::declared(
+            Side::Cloud,
+            self.sql
+                .iter()
+                .map(|sql| (sql.staging_tables(), String::new())),
+        )
+    }
+
+    /// `CREATE TEMP TABLE IF NOT EXISTS` of table `i`'s staging tables, for [`Forward::staging_on_demand`].
+    pub fn create_staging(&self, i: usize) -> &str {
+        &self.sql[i].create
+    }
+
     /// Stages table `i`'s keys and rows from the desktop snapshot into the open cloud transaction.
     pub async fn stage(
         &self,

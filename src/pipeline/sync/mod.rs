@@ -261,7 +261,6 @@ async fn compare_and_repair(
             &scanning_cloud
         )
     )?;
-    scan.list_keys().await?;
     let (mut d, mut c) = (Grouped::new(d), Grouped::new(c));
     let (mut dg, mut cg) = tokio::try_join!(d.next(), c.next())?;
     let mut seen = 0;

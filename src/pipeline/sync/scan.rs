@@ -44,11 +44,8 @@ pub(super) struct Scan<'a> {
 }
 
 impl Scan<'_> {
-    /// Makes the desktop list of the table's keys to send forward empty (direct application only).
-    pub(super) async fn list_keys(&mut self) -> Result<(), RunError> {
-        if self.direct.is_none() || self.request.dry_run || !self.request.forward {
-            return Ok(());
-        }
+    /// Makes the desktop list of the table's keys to send forward, empty (before its first keys).
+    async fn list_keys(&mut self) -> Result<(), RunError> {
         let columns: Vec<String> = (1..=self.sql.width).map(|n| format!("k{n} text")).collect();
         let list = key_list(self.i);
         let name = list.trim_start_matches("pg_temp.");
@@ -116,9 +113,16 @@ impl Scan<'_> {
             &mut direct.target,
             &direct.cloud,
             Direction::Forward,
-            || forward.staging(),
+            || forward.staging_on_demand(),
         )
         .await?;
+        if direct.staged.insert(i) {
+            direct
+                .cloud
+                .batch_execute(forward.create_staging(i))
+                .await
+                .ctx(Side::Cloud, "creating the staging tables")?;
+        }
         self.desktop
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
@@ -337,6 +341,9 @@ impl Scan<'_> {
 
     /// Adds `keys` to the desktop list of keys to send forward (COPY text).
     async fn list(&mut self, keys: &[Key]) -> Result<(), RunError> {
+        if self.listed == 0 {
+            self.list_keys().await?;
+        }
         let mut data = Vec::new();
         for key in keys {
             for (n, part) in key.0.iter().enumerate() {

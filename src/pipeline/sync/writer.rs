@@ -1,6 +1,8 @@
 //! The sessions a reconcile keeps from table to table: the one that writes on the desktop (repairs,
 //! key lists, outbox rows), the scans', the one that cuts the stream, and the forward applier's.
 
+use std::collections::BTreeSet;
+
 use tokio_postgres::Client;
 
 use crate::change::Side;
@@ -34,7 +36,9 @@ pub struct Writer {
 /// change since is in the outbox, applied after. Its target is prepared when it first applies.
 pub(super) struct Direct {
     pub(super) cloud: Client,
+    /// Its staging tables are created table by table, when a table is first applied.
     pub(super) target: Option<Target>,
+    pub(super) staged: BTreeSet<usize>,
     pub(super) plan: Forward,
     pub(super) statements: StatementCache,
 }
@@ -80,6 +84,7 @@ impl Writer {
             direct = Some(Direct {
                 cloud,
                 target: None,
+                staged: BTreeSet::new(),
                 plan: Forward::new(mapping),
                 statements: StatementCache::new(Side::Desktop),
             });
