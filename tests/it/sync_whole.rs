@@ -1,11 +1,23 @@
 //! A table the cloud holds no row of (and its journal no entry of) is synced whole: no hashes, its
 //! rows read as one set through the forward plan, lookups joined as a set when their source's key is
 //! unique on the desktop and row by row otherwise. Counted as a scan counts, and a reconcile right
-//! after finds both sides equal. A cloud table a phone emptied is compared, not refilled.
+//! after finds both sides equal. A cloud table a phone emptied is compared, not refilled. A target
+//! still empty once locked is filled by plain inserts while phones wait; one that gained a row since
+//! the scan is applied through the forward plan (a phone's row kept, the desktop's logged as a
+//! conflict).
 
+use std::collections::BTreeSet;
+
+use tandem::capture::outbox::ReadSql;
+use tandem::change::Side;
+use tandem::commit::forward::Forward;
+use tandem::commit::{self, Progress, Target};
 use tandem::config::Config;
+use tandem::db::{self, StatementCache};
 use tandem::ops::reconcile::{self, Direction, Report, Request};
+use tandem::pipeline::Tables;
 use tandem::pipeline::sync::Quiet;
+use tokio_postgres::Client;
 
 use crate::any_schema::{OWNERSHIP, installed_with, run_once};
 use crate::support::{TestDb, count};
@@ -167,4 +179,132 @@ async fn a_cloud_table_emptied_without_a_trace_is_sent_whole_again() {
         .await
         .unwrap();
     assert_eq!(again.written(), 0, "{:#?}", again.rows);
+}
+
+/// The forward applier's pieces for table `job`, its rows staged from the whole desktop table in an
+/// open cloud transaction.
+struct Staged {
+    forward: Forward,
+    target: Target,
+    cloud: Client,
+    mapping: std::sync::Arc<tandem::transform::Mapping>,
+    i: usize,
+    _desktop: Client,
+}
+
+async fn staged(config: &Config) -> Staged {
+    let tables = Tables::start(config).await.unwrap();
+    let mapping = tables.snapshot().mapping.clone();
+    let i = mapping
+        .tables
+        .iter()
+        .position(|t| t.table.cloud.name == "job")
+        .unwrap();
+    let desktop = db::connect(Side::Desktop, &config.desktop.url)
+        .await
+        .unwrap();
+    let cloud = db::connect(Side::Cloud, &config.cloud.url).await.unwrap();
+    let forward = Forward::new(&mapping);
+    let mut target = Target::prepare(&cloud, commit::Direction::Forward, forward.staging())
+        .await
+        .unwrap();
+    desktop
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let mut statements = StatementCache::new(Side::Desktop);
+    let read = ReadSql::whole(&mapping, i);
+    forward
+        .stage(&mut target, i, &read, &desktop, &mut statements, &cloud)
+        .await
+        .unwrap();
+    Staged {
+        forward,
+        target,
+        cloud,
+        mapping,
+        i,
+        _desktop: desktop,
+    }
+}
+
+#[tokio::test]
+async fn an_empty_target_is_filled_while_phones_wait() {
+    let (db, config) = installed(true).await;
+    let mut s = staged(&config).await;
+    let outcome = s
+        .forward
+        .fill(&mut s.target, &s.cloud, &s.mapping, s.i, "test fill")
+        .await
+        .unwrap()
+        .expect("the target is empty: filled");
+    assert_eq!(outcome.written, JOBS as u64);
+    // Until the fill commits, a phone's write waits for it.
+    let phone = db.cloud().await;
+    phone
+        .batch_execute("SET lock_timeout = '200ms'")
+        .await
+        .unwrap();
+    let blocked = phone
+        .batch_execute("INSERT INTO job (job_id, client_id, name) VALUES (1000, 1, 'phone')")
+        .await
+        .expect_err("a phone's insert while the table is filled must wait");
+    assert_eq!(
+        blocked.code(),
+        Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+        "{blocked}"
+    );
+    s.target.commit(&s.cloud, Progress::Forward).await.unwrap();
+    phone
+        .batch_execute("INSERT INTO job (job_id, client_id, name) VALUES (1000, 1, 'phone')")
+        .await
+        .unwrap();
+    let cloud = db.cloud().await;
+    assert_eq!(
+        count(&cloud, "SELECT count(*) FROM job WHERE source = 'D'").await,
+        JOBS
+    );
+}
+
+#[tokio::test]
+async fn a_target_that_gained_a_phone_row_since_the_scan_is_applied_not_filled() {
+    let (db, config) = installed(true).await;
+    // The scan found the cloud empty; then a phone made job 7.
+    let phone = db.cloud().await;
+    phone
+        .batch_execute("INSERT INTO job (job_id, client_id, name) VALUES (7, 1, 'made on a phone')")
+        .await
+        .unwrap();
+    let mut s = staged(&config).await;
+    let filled = s
+        .forward
+        .fill(&mut s.target, &s.cloud, &s.mapping, s.i, "test fill")
+        .await
+        .unwrap();
+    assert!(
+        filled.is_none(),
+        "a target holding a row must not be filled"
+    );
+    let outcome = s
+        .forward
+        .apply(
+            &mut s.target,
+            &s.cloud,
+            &s.mapping,
+            &BTreeSet::from([s.i]),
+            &BTreeSet::new(),
+            "test apply",
+        )
+        .await
+        .unwrap();
+    s.target.commit(&s.cloud, Progress::Forward).await.unwrap();
+    assert_eq!(outcome.written, JOBS as u64 - 1);
+    assert_eq!(outcome.conflicts, 1);
+    let cloud = db.cloud().await;
+    let kept = count(
+        &cloud,
+        "SELECT count(*) FROM job WHERE job_id = 7 AND source = 'M' AND name = 'made on a phone'",
+    )
+    .await;
+    assert_eq!(kept, 1, "the phone's row was overwritten");
 }

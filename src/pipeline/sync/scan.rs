@@ -66,7 +66,7 @@ impl Scan<'_> {
             return Ok(());
         }
         let read = ReadSql::listed(self.mapping, self.i);
-        self.apply_direct(&read).await?;
+        self.apply_direct(&read, false).await?;
         Ok(())
     }
 
@@ -88,7 +88,7 @@ impl Scan<'_> {
             .await
             .ctx(Side::Cloud, "ending the scan")?;
         let read = ReadSql::whole(self.mapping, self.i);
-        if let Some((staged, outcome)) = self.apply_direct(&read).await? {
+        if let Some((staged, outcome)) = self.apply_direct(&read, true).await? {
             watch.advance(staged);
             // As a scan counts them: each row the cloud lacked (refused and blocked ones too: the
             // report takes dead letters off, and counts conflicts, from where they are recorded).
@@ -99,10 +99,12 @@ impl Scan<'_> {
     }
 
     /// Applies the desktop's rows `read` selects through the forward plan, in one cloud transaction
-    /// (direct application only): the rows staged and what the plan did.
+    /// (direct application only): the rows staged and what the plan did. With `whole` (`read` selects
+    /// every desktop row), a target still empty once locked is filled ([`crate::commit::forward::Forward::fill`]).
     async fn apply_direct(
         &mut self,
         read: &ReadSql,
+        whole: bool,
     ) -> Result<Option<(u64, BatchOutcome)>, RunError> {
         let Some(direct) = self.direct.as_deref_mut() else {
             return Ok(None);
@@ -140,17 +142,31 @@ impl Scan<'_> {
             .await?;
         let tables = BTreeSet::from([i]);
         let batch = format!("reconcile {}", self.mapping.tables[i].table);
-        let outcome = direct
-            .plan
-            .apply(
-                target,
-                &direct.cloud,
-                self.mapping,
-                &tables,
-                &BTreeSet::new(),
-                &batch,
-            )
-            .await?;
+        let filled = match whole {
+            true => {
+                direct
+                    .plan
+                    .fill(target, &direct.cloud, self.mapping, i, &batch)
+                    .await?
+            }
+            false => None,
+        };
+        let outcome = match filled {
+            Some(outcome) => outcome,
+            None => {
+                direct
+                    .plan
+                    .apply(
+                        target,
+                        &direct.cloud,
+                        self.mapping,
+                        &tables,
+                        &BTreeSet::new(),
+                        &batch,
+                    )
+                    .await?
+            }
+        };
         target.commit(&direct.cloud, Progress::Forward).await?;
         self.desktop
             .batch_execute("COMMIT")
