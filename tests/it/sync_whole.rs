@@ -308,3 +308,89 @@ async fn a_target_that_gained_a_phone_row_since_the_scan_is_applied_not_filled()
     .await;
     assert_eq!(kept, 1, "the phone's row was overwritten");
 }
+
+#[tokio::test]
+async fn a_table_whose_sync_fails_stays_due_and_the_other_lane_goes_on() {
+    let tasks = JOBS * TASKS_PER_JOB + ORPHAN_TASKS;
+    for (failing, other, rows) in [("job", "task", tasks), ("task", "job", JOBS)] {
+        let (db, config) = installed(true).await;
+        let cloud = db.cloud().await;
+        // A journal entry that is not a row of the table: reading the journal fails, and so does the
+        // table's sync.
+        cloud
+            .execute(
+                "INSERT INTO tandem.journal (table_schema, table_name, op, names, old)
+                 SELECT 'public', $1::text, 'U', array_agg(attname::text ORDER BY attnum), '(not a row)'
+                   FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+                &[&failing],
+            )
+            .await
+            .unwrap();
+        run_once(&config).await;
+        let desktop = db.desktop().await;
+        let state = |table: &str| {
+            format!(
+                "SELECT count(*) FROM tandem.table_state WHERE table_name = '{table}' AND synced_at IS NULL"
+            )
+        };
+        assert_eq!(
+            count(&desktop, &state(failing)).await,
+            1,
+            "{failing} stays due"
+        );
+        assert_eq!(count(&desktop, &state(other)).await, 0, "{other} synced");
+        assert_eq!(
+            count(&cloud, &format!("SELECT count(*) FROM {other}")).await,
+            rows
+        );
+        assert_eq!(
+            count(&cloud, &format!("SELECT count(*) FROM {failing}")).await,
+            0
+        );
+        cloud
+            .batch_execute("DELETE FROM tandem.journal")
+            .await
+            .unwrap();
+        run_once(&config).await;
+        assert_eq!(
+            count(&desktop, &state(failing)).await,
+            0,
+            "{failing} synced"
+        );
+        assert_eq!(count(&cloud, "SELECT count(*) FROM job").await, JOBS);
+        assert_eq!(count(&cloud, "SELECT count(*) FROM task").await, tasks);
+    }
+}
+
+#[tokio::test]
+async fn a_table_is_written_only_once_the_tables_it_references_are_synced() {
+    // The cloud's task references job; job's insert takes a while (a statement trigger that waits),
+    // so task, staged meanwhile on the other lane, would find no job if it wrote before job committed.
+    let desktop = format!(
+        "CREATE TABLE job (job_id int PRIMARY KEY, client_id int, name text);
+         CREATE TABLE task (job_id int, name text); CREATE INDEX ON task (job_id);
+         INSERT INTO job SELECT g, g * 10, 'job ' || g FROM generate_series(1, {JOBS}) g;
+         INSERT INTO task SELECT j, 'task ' || t FROM generate_series(1, {JOBS}) j,
+                                generate_series(1, {TASKS_PER_JOB}) t;"
+    );
+    let cloud = format!(
+        "CREATE TABLE job (job_id int PRIMARY KEY, client_id int, name text, {OWNERSHIP});
+         CREATE TABLE task (task_id bigserial PRIMARY KEY, job_id int REFERENCES job (job_id),
+                            client_id int, name text, {OWNERSHIP});
+         CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$;
+         CREATE TRIGGER slow_insert AFTER INSERT ON job FOR EACH STATEMENT EXECUTE FUNCTION slow_insert();"
+    );
+    let (db, config) = installed_with(&desktop, &cloud, TABLES).await;
+    run_once(&config).await;
+    let cloud = db.cloud().await;
+    assert_eq!(
+        count(&cloud, "SELECT count(*) FROM tandem.dead_letters").await,
+        0,
+        "task was written before job"
+    );
+    assert_eq!(
+        count(&cloud, "SELECT count(*) FROM task").await,
+        JOBS * TASKS_PER_JOB
+    );
+}

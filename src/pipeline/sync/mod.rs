@@ -41,10 +41,12 @@ use crate::transform::Mapping;
 use super::{RunError, RunOptions};
 
 mod cut;
+mod due;
 mod scan;
 mod writer;
 
 use cut::Cut;
+pub use due::{due, syncing};
 use scan::{Grouped, Scan};
 pub use writer::Writer;
 use writer::{Direct, prepared};
@@ -191,6 +193,7 @@ async fn compare_and_repair(
         direct,
         scan_desktop: desktop_scan,
         scan_cloud: cloud_scan,
+        gate,
         ..
     } = writer;
     let (desktop_scan, cloud_scan) = (&*desktop_scan, &*cloud_scan);
@@ -236,6 +239,7 @@ async fn compare_and_repair(
         forward_after: Vec::new(),
         repairs: Vec::new(),
         handed: Handed::default(),
+        gate: gate.take(),
     };
     if cloud_empty && entries.is_empty() {
         return scan.whole(cloud_scan, cut, watch).await;
@@ -305,6 +309,7 @@ async fn compare_and_repair(
     }
     watch.advance(seen);
     scan.flush(false).await?;
+    scan.parents_synced().await;
     // The mobile rows to bring are read in the scan's snapshot: what came after, the stream brings.
     scan.repair(cloud_scan, cut).await?;
     cloud_scan
@@ -324,125 +329,6 @@ async fn compare_and_repair(
     }
     let Scan { report, handed, .. } = scan;
     Ok((report, handed))
-}
-
-/// Syncs the tables whose initial sync is due (`tandem.table_state.synced_at` is NULL: `init` added
-/// them, or made a new slot) and that are not parked, both ways. A table is `syncing` while its scan
-/// runs and `streaming` once its repairs are written and its forward keys handed to the outbox (the
-/// forward worker applies those in order with every captured change). A table whose sync fails stays
-/// due, and the others go on.
-pub async fn due(
-    config: &Config,
-    tables: &super::Tables,
-    watch: &dyn Watch,
-) -> Result<Vec<TableReport>, RunError> {
-    let snapshot = tables.snapshot();
-    let mapping = &snapshot.mapping;
-    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
-    let names: Vec<String> = desktop
-        .query(
-            "SELECT table_name FROM tandem.table_state WHERE synced_at IS NULL",
-            &[],
-        )
-        .await
-        .ctx(Side::Desktop, "reading which tables are due to sync")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let due: Vec<usize> = mapping
-        .parents_first
-        .iter()
-        .copied()
-        .filter(|&i| {
-            !snapshot.is_parked(i) && names.contains(&mapping.tables[i].table.desktop.to_string())
-        })
-        .collect();
-    if due.is_empty() {
-        return Ok(Vec::new());
-    }
-    let started = Instant::now();
-    let mut writer = Writer::connect(config, mapping, true).await?;
-    let request = Request {
-        forward: true,
-        reverse: true,
-        dry_run: false,
-    };
-    let mut reports = Vec::new();
-    for i in due {
-        let name = mapping.tables[i].table.desktop.to_string();
-        set_state(&desktop, &name, "syncing").await?;
-        match table(config, mapping, i, request, &mut writer, watch).await {
-            Ok((report, _)) => {
-                watch.finish(&report);
-                set_state(&desktop, &name, "streaming").await?;
-                tracing::info!(
-                    table = %name,
-                    to_cloud = report.forward.written(),
-                    to_desktop = report.reverse.written(),
-                    unchanged = report.forward.unchanged + report.reverse.unchanged,
-                    conflicts = report.reverse.conflicts,
-                    seconds = report.seconds,
-                    "initial sync done; the table streams"
-                );
-                reports.push(report);
-            }
-            Err(e) => {
-                tracing::error!(table = %name, error = %e, "the table's initial sync failed; it is tried again on the next change of the tables or the next run");
-                set_state(&desktop, &name, "new").await?;
-                writer.close().await;
-                writer = Writer::connect(config, mapping, true).await?;
-            }
-        }
-    }
-    writer.close().await;
-    record(
-        &desktop,
-        "sync",
-        started,
-        &serde_json::json!({ "dry_run": false, "tables": reports }),
-    )
-    .await?;
-    Ok(reports)
-}
-
-async fn set_state(desktop: &Client, table: &str, state: &str) -> Result<(), RunError> {
-    desktop
-        .execute(
-            "UPDATE tandem.table_state SET state = $2, since = now(),
-                    synced_at = CASE WHEN $2 = 'streaming' THEN now() ELSE synced_at END
-              WHERE table_name = $1 AND state <> 'parked'",
-            &[&table, &state],
-        )
-        .await
-        .ctx(
-            Side::Desktop,
-            format!("recording {table} as {state} in tandem.table_state"),
-        )?;
-    Ok(())
-}
-
-/// Syncs the tables that become due while `run` streams (a table `init` added, picked up by the
-/// recheck), once both workers run with the tables that include them: a phone's change after the scan
-/// is then received by a session that knows the table.
-pub async fn syncing(
-    config: Config,
-    tables: std::sync::Arc<super::Tables>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut changes = tables.subscribe();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
-        }
-        let generation = changes.borrow_and_update().generation;
-        if !tables.workers_at(generation, &shutdown).await {
-            return;
-        }
-        if let Err(e) = due(&config, &tables, &Quiet).await {
-            tracing::warn!(error = %e, "syncing the tables due failed; trying again on the next change");
-        }
-    }
 }
 
 /// Records a reconcile (or an initial sync) in the desktop's `tandem.reconciles`.

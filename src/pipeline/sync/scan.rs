@@ -41,9 +41,18 @@ pub(super) struct Scan<'a> {
     pub(super) direct: Option<&'a mut super::Direct>,
     /// Keys listed for it.
     pub(super) listed: u64,
+    /// What its writes wait for (an initial sync's lane).
+    pub(super) gate: Option<super::due::Gate>,
 }
 
 impl Scan<'_> {
+    /// Waits until the tables this one's rows reference are synced (an initial sync's lane).
+    pub(super) async fn parents_synced(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.open().await;
+        }
+    }
+
     /// Makes the desktop list of the table's keys to send forward, empty (before its first keys).
     async fn list_keys(&mut self) -> Result<(), RunError> {
         let columns: Vec<String> = (1..=self.sql.width).map(|n| format!("k{n} text")).collect();
@@ -140,6 +149,9 @@ impl Scan<'_> {
                 &direct.cloud,
             )
             .await?;
+        if let Some(gate) = self.gate.take() {
+            gate.open().await;
+        }
         let tables = BTreeSet::from([i]);
         let batch = format!("reconcile {}", self.mapping.tables[i].table);
         let filled = match whole {

@@ -23,6 +23,9 @@ pub struct Writer {
     pub(super) target: Option<Target>,
     pub(super) plan: Reverse,
     pub(super) direct: Option<Direct>,
+    holds_lock: bool,
+    /// What the next table's writes wait for (an initial sync's lane).
+    pub(super) gate: Option<super::due::Gate>,
     /// The scans' sessions (and the one that cuts the stream), kept from table to table.
     pub(super) scan_desktop: Client,
     pub(super) scan_cloud: Client,
@@ -57,6 +60,17 @@ pub(super) async fn prepared<'t>(
     Ok(target.as_mut().expect("prepared above"))
 }
 
+/// How a writer's forward repairs are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applier {
+    /// Through the outbox (a dry run, or another process holds the forward lock).
+    Outbox,
+    /// Directly, by this writer, which takes the forward lock if it is free (else: through the outbox).
+    Locking,
+    /// Directly, beside a writer of this process that holds the forward lock (see [`Writer::beside`]).
+    Beside,
+}
+
 impl Writer {
     /// With `apply_forward`, takes the forward applier lock if it is free (released when the writer is
     /// dropped: its session ends).
@@ -65,39 +79,98 @@ impl Writer {
         mapping: &Mapping,
         apply_forward: bool,
     ) -> Result<Writer, RunError> {
+        let applier = match apply_forward {
+            true => Applier::Locking,
+            false => Applier::Outbox,
+        };
+        Self::open(config, mapping, applier).await
+    }
+
+    /// A writer that applies directly (`direct`) without taking the forward lock: only while another
+    /// writer of this process holds it ([`Writer::holds_lock`]), for as long as that one lives.
+    pub(super) async fn beside(
+        config: &Config,
+        mapping: &Mapping,
+        direct: bool,
+    ) -> Result<Writer, RunError> {
+        let applier = match direct {
+            true => Applier::Beside,
+            false => Applier::Outbox,
+        };
+        Self::open(config, mapping, applier).await
+    }
+
+    /// `n` writers that apply directly if the first gets the forward lock: the others beside it.
+    pub(super) async fn lanes(
+        config: &Config,
+        mapping: &Mapping,
+        n: usize,
+    ) -> Result<Vec<Writer>, RunError> {
+        let others = (1..n).map(|_| Self::beside(config, mapping, true));
+        let (first, mut others) = tokio::try_join!(
+            Self::connect(config, mapping, true),
+            futures_util::future::try_join_all(others)
+        )?;
+        if !first.applies_directly() {
+            for other in &mut others {
+                other.direct = None;
+            }
+        }
+        others.insert(0, first);
+        Ok(others)
+    }
+
+    async fn open(
+        config: &Config,
+        mapping: &Mapping,
+        applier: Applier,
+    ) -> Result<Writer, RunError> {
         let (desktop, scan_desktop, scan_cloud, cutter, cloud) = tokio::try_join!(
             db::connect(Side::Desktop, &config.desktop.url),
             db::connect(Side::Desktop, &config.desktop.url),
             db::connect(Side::Cloud, &config.cloud.url),
             db::connect(Side::Cloud, &config.cloud.url),
             async {
-                match apply_forward {
-                    true => db::connect(Side::Cloud, &config.cloud.url).await.map(Some),
-                    false => Ok(None),
+                match applier {
+                    Applier::Locking | Applier::Beside => {
+                        db::connect(Side::Cloud, &config.cloud.url).await.map(Some)
+                    }
+                    Applier::Outbox => Ok(None),
                 }
             }
         )?;
-        let mut direct = None;
-        if let Some(cloud) = cloud
-            && db::try_lock(&desktop, Side::Desktop, db::FORWARD_LOCK).await?
-        {
-            direct = Some(Direct {
+        let holds_lock = applier == Applier::Locking
+            && db::try_lock(&desktop, Side::Desktop, db::FORWARD_LOCK).await?;
+        let direct = cloud
+            .filter(|_| holds_lock || applier == Applier::Beside)
+            .map(|cloud| Direct {
                 cloud,
                 target: None,
                 staged: BTreeSet::new(),
                 plan: Forward::new(mapping),
                 statements: StatementCache::new(Side::Desktop),
             });
-        }
         Ok(Writer {
             desktop,
             target: None,
             plan: Reverse::new(mapping),
             direct,
+            holds_lock,
+            gate: None,
             scan_desktop,
             scan_cloud,
             cutter,
         })
+    }
+
+    /// Whether this writer holds the forward applier lock.
+    pub(super) fn holds_lock(&self) -> bool {
+        self.holds_lock
+    }
+
+    /// Whether this writer applies forward repairs itself (see [`Direct`]).
+    pub(super) fn applies_directly(&self) -> bool {
+        self.direct.is_some()
     }
 }
 
@@ -105,7 +178,7 @@ impl Writer {
     /// Ends the writer's sessions, letting the forward applier lock go now: a dropped connection's
     /// backend releases it a moment later, when a worker starting next could already find it taken.
     pub async fn close(self) {
-        if self.direct.is_some() {
+        if self.holds_lock {
             // After a failure the session may be in a failed transaction.
             let _ = self.desktop.batch_execute("ROLLBACK").await;
             let unlock = self.desktop.execute(
