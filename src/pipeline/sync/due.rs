@@ -34,6 +34,16 @@ pub async fn due(
     tables: &Tables,
     watch: &dyn Watch,
 ) -> Result<Vec<TableReport>, RunError> {
+    due_on(config, tables, watch, LANES).await
+}
+
+/// [`due`] on at most `lanes` lanes.
+async fn due_on(
+    config: &Config,
+    tables: &Tables,
+    watch: &dyn Watch,
+    lanes: usize,
+) -> Result<Vec<TableReport>, RunError> {
     let snapshot = tables.snapshot();
     let mapping = &snapshot.mapping;
     let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
@@ -59,7 +69,7 @@ pub async fn due(
         return Ok(Vec::new());
     }
     let started = Instant::now();
-    let lanes = LANES.min(waiting.len());
+    let lanes = lanes.min(waiting.len());
     let (mut idle, parents) = tokio::try_join!(
         Writer::lanes(config, mapping, lanes),
         cloud_parents(config, mapping)
@@ -262,8 +272,46 @@ pub async fn syncing(
         if !tables.workers_at(generation, &shutdown).await {
             return;
         }
-        if let Err(e) = due(&config, &tables, &Quiet).await {
+        // A reverse worker counts as running once its session started, a moment before its stream
+        // is: a cut taken then would not wait for the stream to reach it (`Cut::make`), and the
+        // stream could bring a mobile row the scan brings too.
+        if let Err(e) = stream_active(&config, &shutdown).await {
+            tracing::warn!(error = %e, "reading whether the reverse stream runs failed; syncing anyway");
+        }
+        // One table at a time beside streaming workers: as fast as it needs to be, and every cut is
+        // reached before the next is taken.
+        if let Err(e) = due_on(&config, &tables, &Quiet, 1).await {
             tracing::warn!(error = %e, "syncing the tables due failed; trying again on the next change");
         }
     }
 }
+
+/// Waits (at most [`STREAM_DEADLINE`]) until the run's slot streams to a walsender.
+async fn stream_active(
+    config: &Config,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), RunError> {
+    let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
+    let deadline = Instant::now() + STREAM_DEADLINE;
+    while !shutdown.is_cancelled() && Instant::now() < deadline {
+        let active: Option<bool> = cloud
+            .query_opt(
+                "SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                &[&config.cloud.slot],
+            )
+            .await
+            .ctx(
+                Side::Cloud,
+                format!("reading replication slot {}", config.cloud.slot),
+            )?
+            .and_then(|r| r.get(0));
+        if active == Some(true) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// How long [`syncing`] waits for the reverse stream to run before it syncs anyway.
+const STREAM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
