@@ -413,8 +413,9 @@ async fn seeds(env: &mut Env<'_>) -> Result<Seeds> {
         r.run.saturating_sub(r.sync_phase).as_secs_f64()
     );
     println!(
-        "      the run's slowest statements (each server's log_min_duration_statement = {SLOW_MS} ms during \
+        "      the run's slowest statements (each server's log_min_duration_statement = {} ms during \
          the run; {} logged):",
+        slow_ms(),
         slow.len()
     );
     for (side, ms, text) in slow.iter().take(SLOW_SHOWN) {
@@ -500,6 +501,11 @@ async fn seeds(env: &mut Env<'_>) -> Result<Seeds> {
          the {ORPHANS} orphan clients' dead letters are retried each time)"
     ));
     let before = xmins(&pair.cloud, &cloud_tables).await?;
+    // With TANDEM_BENCH_LOG, the in-sync reconciles' statements are logged too.
+    let logs = match std::env::var_os(LOG_ENV) {
+        Some(_) => Some(SlowLog::start(&[("desktop", env.desktop), ("cloud", env.cloud)]).await?),
+        None => None,
+    };
     for k in 0..IN_SYNC_RUNS {
         let started = Instant::now();
         let again = reconcile::reconcile(&config, &whole(false), &Quiet).await?;
@@ -521,6 +527,9 @@ async fn seeds(env: &mut Env<'_>) -> Result<Seeds> {
         );
         r.in_sync
             .push((elapsed, again.written(), dead_letters(&again)));
+    }
+    if let Some(logs) = logs {
+        logs.stop().await?;
     }
     r.xmins_unchanged = xmins(&pair.cloud, &cloud_tables).await? == before;
     let started = Instant::now();
@@ -549,6 +558,18 @@ async fn seeds(env: &mut Env<'_>) -> Result<Seeds> {
 
 /// Statements slower than this are logged by both servers during the initial sync's run.
 const SLOW_MS: u32 = 100;
+/// Diagnostic: `TANDEM_BENCH_LOG=DIR` logs every statement of the initial sync's run, the floor's and
+/// the in-sync reconciles' (with its duration and the server's timestamp) and writes each server's log
+/// of each to `DIR/<n>-<side>.log`.
+const LOG_ENV: &str = "TANDEM_BENCH_LOG";
+
+fn slow_ms() -> u32 {
+    if std::env::var_os(LOG_ENV).is_some() {
+        0
+    } else {
+        SLOW_MS
+    }
+}
 const SLOW_SHOWN: usize = 8;
 /// Characters of a logged statement shown.
 const SLOW_TEXT: usize = 150;
@@ -564,7 +585,7 @@ impl<'a> SlowLog<'a> {
         for &(side, cluster) in clusters {
             let file = cluster.dir().join("server.log");
             let at = std::fs::metadata(&file).map_or(0, |m| m.len());
-            set_slow_log(cluster, Some(SLOW_MS)).await?;
+            set_slow_log(cluster, Some(slow_ms())).await?;
             logs.push((side, cluster, at));
         }
         Ok(SlowLog { logs })
@@ -577,6 +598,15 @@ impl<'a> SlowLog<'a> {
             set_slow_log(cluster, None).await?;
             let log = std::fs::read(cluster.dir().join("server.log")).unwrap_or_default();
             let text = String::from_utf8_lossy(log.get(at as usize..).unwrap_or_default());
+            if let Some(dir) = std::env::var_os(LOG_ENV) {
+                let dir = Path::new(&dir);
+                std::fs::create_dir_all(dir)?;
+                let mut n = 1;
+                while dir.join(format!("{n}-{side}.log")).exists() {
+                    n += 1;
+                }
+                std::fs::write(dir.join(format!("{n}-{side}.log")), text.as_bytes())?;
+            }
             // An entry starts with a timestamp line; a statement's further lines follow it.
             let mut entries: Vec<String> = Vec::new();
             for line in text.lines() {

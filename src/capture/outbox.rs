@@ -209,10 +209,23 @@ pub struct ReadSql {
     pub copy_rows: String,
 }
 
+/// How a statement reads a table's lookup columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookups {
+    /// Per row, by the source's key (a lateral probe of its index): for the few rows of an outbox
+    /// batch.
+    PerRow,
+    /// As a set (a plain join the planner may hash) when the source's desktop key is unique, per row
+    /// otherwise: for statements reading many rows (a table scan, a reconcile's reads).
+    Set,
+}
+
 /// The joins that read table `i`'s lookup columns on the desktop (rows of `t`), and each lookup's value:
 /// the source table's column for the row whose key is `t`'s join column (the first, should the legacy
-/// desktop hold the key twice).
-pub fn lookup_joins(mapping: &Mapping, i: usize) -> (String, Vec<String>) {
+/// desktop hold the key twice). With [`Lookups::Set`], a source whose key has a unique index on the
+/// desktop is joined as a set: it holds at most one row per key under the `=` of the key's btree
+/// operator class (the one the join uses), so the plain join finds the same row the probe would.
+pub fn lookup_joins(mapping: &Mapping, i: usize, how: Lookups) -> (String, Vec<String>) {
     let t = &mapping.tables[i];
     let mut joins = String::new();
     let mut values = Vec::new();
@@ -220,13 +233,24 @@ pub fn lookup_joins(mapping: &Mapping, i: usize) -> (String, Vec<String>) {
         let from = &mapping.tables[lookup.from];
         let from_key = &from.key_columns()[0];
         let on = q(&lookup.on);
-        joins.push_str(&format!(
-            " LEFT JOIN LATERAL (SELECT l.{column} FROM {from} l WHERE {matching} LIMIT 1) lk{n} ON true",
-            column = q(&lookup.column.name),
-            from = from.table.desktop.quoted(),
-            matching = same_key(&format!("l.{on}"), &format!("t.{on}"), &from_key.desktop),
-        ));
-        values.push(format!("lk{n}.{}", q(&lookup.column.name)));
+        let column = q(&lookup.column.name);
+        let table = from.table.desktop.quoted();
+        if how == Lookups::Set && from.desktop_key_unique {
+            joins.push_str(&format!(
+                " LEFT JOIN {table} lk{n} ON {}",
+                same_key(
+                    &format!("lk{n}.{on}"),
+                    &format!("t.{on}"),
+                    &from_key.desktop
+                ),
+            ));
+        } else {
+            joins.push_str(&format!(
+                " LEFT JOIN LATERAL (SELECT l.{column} FROM {table} l WHERE {matching} LIMIT 1) lk{n} ON true",
+                matching = same_key(&format!("l.{on}"), &format!("t.{on}"), &from_key.desktop),
+            ));
+        }
+        values.push(format!("lk{n}.{column}"));
     }
     (joins, values)
 }
@@ -248,6 +272,25 @@ impl ReadSql {
         Self::with_sources(mapping, i, true)
     }
 
+    /// For every row of the table (a reconcile's, when the cloud holds none of the table's rows): its
+    /// keys, and its rows read as one set.
+    pub fn whole(mapping: &Mapping, i: usize) -> ReadSql {
+        let t = &mapping.tables[i];
+        let table = t.table.desktop.quoted();
+        let of_row: Vec<String> = t
+            .key_columns()
+            .iter()
+            .enumerate()
+            .map(|(n, k)| format!("d.{} AS {}", q(&k.name), col(n)))
+            .collect();
+        let sources = vec![format!("SELECT {} FROM {table} d", of_row.join(", "))];
+        let mut read = Self::reading(mapping, i, sources, Lookups::Set);
+        let (select, joins) = row_select(mapping, i, Lookups::Set);
+        read.copy_rows =
+            format!("COPY (SELECT {select} FROM {table} t{joins}) TO STDOUT (FORMAT binary)");
+        read
+    }
+
     fn with_sources(mapping: &Mapping, i: usize, listed: bool) -> ReadSql {
         let t = &mapping.tables[i];
         let table = t.table.desktop.quoted();
@@ -259,7 +302,7 @@ impl ReadSql {
                 .map(|(n, k)| format!("CAST(o.k{} AS {}) AS {}", n + 1, k.desktop.base, col(n)))
                 .collect();
             let sources = vec![format!("SELECT {} FROM {} o", cast.join(", "), key_list(i))];
-            return Self::reading(mapping, i, sources);
+            return Self::reading(mapping, i, sources, Lookups::Set);
         }
         // The captured keys are their columns' text under tandem's settings (the capture function runs
         // with them): read back exactly.
@@ -303,12 +346,12 @@ impl ReadSql {
                 batch_rows(from, true)
             ));
         }
-        Self::reading(mapping, i, sources)
+        Self::reading(mapping, i, sources, Lookups::PerRow)
     }
 
     /// The statements reading the keys `sources` select (`c1..cN`, of the key's desktop types), and the
     /// current rows for them.
-    fn reading(mapping: &Mapping, i: usize, sources: Vec<String>) -> ReadSql {
+    fn reading(mapping: &Mapping, i: usize, sources: Vec<String>, lookups: Lookups) -> ReadSql {
         let t = &mapping.tables[i];
         let table = t.table.desktop.quoted();
         let keys = t.key_columns();
@@ -334,18 +377,7 @@ impl ReadSql {
             staged_keys.join(", ")
         );
 
-        let mut select: Vec<String> = t
-            .columns
-            .iter()
-            .map(|c| c.desktop_read(&format!("t.{}", q(&c.name))))
-            .collect();
-        let (joins, looked_up) = lookup_joins(mapping, i);
-        select.extend(
-            t.lookups
-                .iter()
-                .zip(&looked_up)
-                .map(|(lookup, value)| lookup.column.desktop_read(value)),
-        );
+        let (select, joins) = row_select(mapping, i, lookups);
         let matching = |or_null: bool| {
             let m = if or_null { same_key_or_null } else { same_key };
             keys.iter()
@@ -371,7 +403,6 @@ impl ReadSql {
             matching(false),
             any_null.join(" OR "),
             matching(true),
-            select = select.join(", "),
         );
         let copy_rows = format!("COPY (WITH {keys_cte} {rows}) TO STDOUT (FORMAT binary)");
         ReadSql {
@@ -379,6 +410,25 @@ impl ReadSql {
             copy_rows,
         }
     }
+}
+
+/// The columns a forward read sends of a row `t` of table `i` (wire-typed, lookups included), and the
+/// joins its lookups need.
+fn row_select(mapping: &Mapping, i: usize, lookups: Lookups) -> (String, String) {
+    let t = &mapping.tables[i];
+    let mut select: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| c.desktop_read(&format!("t.{}", q(&c.name))))
+        .collect();
+    let (joins, looked_up) = lookup_joins(mapping, i, lookups);
+    select.extend(
+        t.lookups
+            .iter()
+            .zip(&looked_up)
+            .map(|(lookup, value)| lookup.column.desktop_read(value)),
+    );
+    (select.join(", "), joins)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
 
-use crate::capture::outbox::lookup_joins;
+use crate::capture::outbox::{Lookups, lookup_joins};
 use crate::change::{Side, quote_literal};
 use crate::config::SOURCE_COLUMN;
 use crate::db::{Context, DbError};
@@ -37,6 +37,9 @@ use crate::transform::{Kind, MappedColumn, Mapping};
 ///   row owned by the desktop is in sync when its `forward` hash is the desktop row's.
 /// - `reverse`: the columns mobile rows bring back, as the desktop stores them. A mobile row is on the
 ///   desktop when a desktop row has its `reverse` hash.
+///
+/// A cloud line carries only the hash its row is compared by (`forward` for a desktop-owned row,
+/// `reverse` for a mobile-owned one; the other is 0): each cloud row's text is made and hashed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Hashes {
     pub forward: i64,
@@ -55,6 +58,8 @@ pub struct ScanSql {
     pub journal: String,
     /// Cloud: deletes the table's journal entries up to id `$1` (read and applied).
     pub prune: String,
+    /// Cloud: whether the table holds no row.
+    pub cloud_empty: String,
     /// Cloud: the mobile rows to bring to the desktop: `key texts..., cloud key, reverse column
     /// texts...` for keys `$1..$n` (text arrays; cloud-key tables: cloud keys `$1`).
     pub fetch: String,
@@ -102,7 +107,7 @@ impl ScanSql {
             .iter()
             .map(|c| held_as(c, &format!("t.{}", q(&c.name)), true))
             .collect();
-        let (joins, looked_up) = lookup_joins(mapping, i);
+        let (joins, looked_up) = lookup_joins(mapping, i, Lookups::Set);
         forward.extend(
             t.lookups
                 .iter()
@@ -152,8 +157,10 @@ impl ScanSql {
             Kind::Scoped { cloud_key, .. } => text(&format!("c.{}", q(cloud_key))),
             Kind::Key(_) => "NULL::text".to_string(),
         };
+        let mobile = format!("coalesce(c.{source}::text = 'M', false)");
         let cloud = format!(
-            "COPY (SELECT {keys}, {forward}, {reverse}, coalesce(c.{source}::text = 'M', false), {cloud_key} \
+            "COPY (SELECT {keys}, CASE WHEN {mobile} THEN 0 ELSE {forward} END, \
+             CASE WHEN {mobile} THEN {reverse} ELSE 0 END, {mobile}, {cloud_key} \
              FROM {cloud_table} c ORDER BY {order}) TO STDOUT (FORMAT binary)",
             keys = cloud_keys.join(", "),
             forward = hash(&cf),
@@ -247,11 +254,13 @@ impl ScanSql {
                 ),
             ),
         };
+        let cloud_empty = format!("SELECT NOT EXISTS (SELECT FROM {cloud_table})");
         ScanSql {
             desktop,
             cloud,
             journal,
             prune,
+            cloud_empty,
             fetch,
             width,
         }

@@ -3,6 +3,7 @@
 //! the open dead letters of both directions retried first. Also run by `tandem run` on a schedule
 //! (`[reconcile] at`). Every run is recorded in the desktop's `tandem.reconciles`.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -105,7 +106,11 @@ pub async fn reconcile(
     watch: &dyn Watch,
 ) -> Result<Report, ReconcileError> {
     let started = Instant::now();
-    let tables = Tables::start(config).await?;
+    let (tables, desktop, cloud) = tokio::try_join!(
+        Tables::start(config),
+        async { Ok(db::connect(Side::Desktop, &config.desktop.url).await?) },
+        async { Ok(db::connect(Side::Cloud, &config.cloud.url).await?) },
+    )?;
     let snapshot = tables.snapshot();
     let mapping = &snapshot.mapping;
     let mut selected = Vec::new();
@@ -138,8 +143,6 @@ pub async fn reconcile(
     // Open dead letters are retried by the scan itself: a refused row is a difference like any other,
     // compared again and applied through the commit engine, which resolves its dead letter once it
     // applies (no cloud row is re-saved for it).
-    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
-    let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
     let names = |side: Side| -> Vec<String> {
         selected
             .iter()
@@ -149,24 +152,35 @@ pub async fn reconcile(
             })
             .collect()
     };
+    let (cloud_names, desktop_names) = (names(Side::Cloud), names(Side::Desktop));
+    let retry = !request.dry_run;
+    let (mut writer, forward_open, reverse_open, since) = tokio::try_join!(
+        Writer::connect(config, mapping, !request.dry_run),
+        open_by_table(
+            &cloud,
+            Side::Cloud,
+            "forward",
+            &cloud_names,
+            scan.forward && retry
+        ),
+        open_by_table(
+            &desktop,
+            Side::Desktop,
+            "reverse",
+            &desktop_names,
+            scan.reverse && retry
+        ),
+        async {
+            let row = cloud.query_one("SELECT now()", &[]).await;
+            let now: std::time::SystemTime =
+                row.ctx(Side::Cloud, "reading the cloud's clock")?.get(0);
+            Ok(now)
+        },
+    )?;
     let retried = Retried {
-        forward: if scan.forward && !request.dry_run {
-            count_open(&cloud, Side::Cloud, "forward", &names(Side::Cloud)).await? as usize
-        } else {
-            0
-        },
-        reverse: if scan.reverse && !request.dry_run {
-            count_open(&desktop, Side::Desktop, "reverse", &names(Side::Desktop)).await? as usize
-        } else {
-            0
-        },
+        forward: forward_open.values().sum::<u64>() as usize,
+        reverse: reverse_open.values().sum::<u64>() as usize,
     };
-    let since: std::time::SystemTime = cloud
-        .query_one("SELECT now()", &[])
-        .await
-        .ctx(Side::Cloud, "reading the cloud's clock")?
-        .get(0);
-    let mut writer = Writer::connect(config, mapping, !request.dry_run).await?;
     let mut reports: Vec<TableReport> = Vec::new();
     let mut skipped = Vec::new();
     let mut upto = None;
@@ -201,7 +215,6 @@ pub async fn reconcile(
     // the report: by the running `run`, or here once the writer let the forward lock go.
     writer.close().await;
     if scan.forward && !request.dry_run {
-        let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
         let queued: Option<i64> = desktop
             .query_one("SELECT max(id) FROM tandem.outbox", &[])
             .await
@@ -218,12 +231,28 @@ pub async fn reconcile(
             .map(|t| (t.table.desktop.schema.clone(), t.table.desktop.name.clone()))
             .collect();
         if let Some(upto) = queued.max(upto) {
-            sync::forward_applied(config, &reconciled, upto).await?;
+            sync::forward_applied(config, &desktop, &reconciled, upto).await?;
         }
     }
     // What the targets refused (open dead letters: a dry run reports those a real run would meet
     // again) and, forward, what they found owned by phones; a refused row counts as a dead letter
     // only, not as written.
+    let (forward_open, conflicts, reverse_open) = tokio::try_join!(
+        open_by_table(&cloud, Side::Cloud, "forward", &cloud_names, scan.forward),
+        conflicts_by_table(
+            &cloud,
+            &cloud_names,
+            since,
+            scan.forward && !request.dry_run
+        ),
+        open_by_table(
+            &desktop,
+            Side::Desktop,
+            "reverse",
+            &desktop_names,
+            scan.reverse
+        ),
+    )?;
     for report in reports.iter_mut() {
         let Some(t) = mapping
             .tables
@@ -235,35 +264,15 @@ pub async fn reconcile(
         if scan.forward {
             let cloud_name = t.table.cloud.to_string();
             let f = &mut report.forward;
-            f.dead_letters = count_open(
-                &cloud,
-                Side::Cloud,
-                "forward",
-                std::slice::from_ref(&cloud_name),
-            )
-            .await?;
+            f.dead_letters = forward_open.get(&cloud_name).copied().unwrap_or(0);
             if !request.dry_run {
-                let row = cloud
-                    .query_one(
-                        "SELECT count(*) FROM tandem.conflicts
-                          WHERE direction = 'forward' AND table_name = $1 AND detected_at >= $2",
-                        &[&cloud_name, &since],
-                    )
-                    .await
-                    .ctx(Side::Cloud, "counting the forward conflicts")?;
-                f.conflicts = row.get::<_, i64>(0) as u64;
+                f.conflicts = conflicts.get(&cloud_name).copied().unwrap_or(0);
             }
             refused(f);
         }
         if scan.reverse {
             let r = &mut report.reverse;
-            r.dead_letters = count_open(
-                &desktop,
-                Side::Desktop,
-                "reverse",
-                std::slice::from_ref(&report.table),
-            )
-            .await?;
+            r.dead_letters = reverse_open.get(&report.table).copied().unwrap_or(0);
             refused(r);
         }
     }
@@ -294,7 +303,7 @@ pub async fn reconcile(
         skipped,
         dead_letters_retried: retried,
     };
-    sync::record(config, request.trigger, started, &report).await?;
+    sync::record(&desktop, request.trigger, started, &report).await?;
     Ok(report)
 }
 
@@ -309,22 +318,57 @@ fn refused(c: &mut Counts) {
     }
 }
 
-/// Open dead letters of `direction` of tables `names`, on the side that keeps them.
-async fn count_open(
+/// Open dead letters of `direction` per table of `names`, on the side that keeps them (none asked
+/// unless `wanted`).
+async fn open_by_table(
     client: &tokio_postgres::Client,
     side: Side,
     direction: &str,
     names: &[String],
-) -> Result<u64, RunError> {
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM tandem.dead_letters
-              WHERE direction = $1 AND resolved_at IS NULL AND table_name = ANY($2)",
+    wanted: bool,
+) -> Result<HashMap<String, u64>, RunError> {
+    if !wanted {
+        return Ok(HashMap::new());
+    }
+    let rows = client
+        .query(
+            "SELECT table_name, count(*) FROM tandem.dead_letters
+              WHERE direction = $1 AND resolved_at IS NULL AND table_name = ANY($2)
+              GROUP BY table_name",
             &[&direction, &names],
         )
         .await
         .ctx(side, "counting the open dead letters")?;
-    Ok(row.get::<_, i64>(0) as u64)
+    Ok(by_table(&rows))
+}
+
+/// Forward conflicts logged since `since` per table of `names` (cloud names; none asked unless
+/// `wanted`).
+async fn conflicts_by_table(
+    cloud: &tokio_postgres::Client,
+    names: &[String],
+    since: std::time::SystemTime,
+    wanted: bool,
+) -> Result<HashMap<String, u64>, RunError> {
+    if !wanted {
+        return Ok(HashMap::new());
+    }
+    let rows = cloud
+        .query(
+            "SELECT table_name, count(*) FROM tandem.conflicts
+              WHERE direction = 'forward' AND table_name = ANY($1) AND detected_at >= $2
+              GROUP BY table_name",
+            &[&names, &since],
+        )
+        .await
+        .ctx(Side::Cloud, "counting the forward conflicts")?;
+    Ok(by_table(&rows))
+}
+
+fn by_table(rows: &[tokio_postgres::Row]) -> HashMap<String, u64> {
+    rows.iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+        .collect()
 }
 
 /// Runs a whole reconcile every day at `at` (local time, `(hour, minute)`) until `shutdown`.

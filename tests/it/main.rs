@@ -23,6 +23,7 @@ mod reverse;
 mod reverse_retry;
 mod seed;
 mod support;
+mod sync_whole;
 mod tls;
 mod uninstall;
 mod validation;

@@ -6,6 +6,7 @@
 //! longer has are deleted, rows are upserted only where a value differs, cloud-key scopes are replaced
 //! as a multiset diff, mobile-owned rows are never touched and a blocked change is logged as a conflict.
 
+mod fill;
 pub mod sql;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,14 +31,14 @@ use sql::{ForwardSql, Write};
 /// rows, `P._ck IS NULL` at 0.5% too, and the planner joins `S` and `P` by a nested loop, quadratic:
 /// the seeds' 1,208 taskchecklist rows took 90 ms to insert that way (1.46M comparisons), a few ms
 /// once analyzed. Analyzing a thousand-row staging table takes about a millisecond.
-const ANALYZE_ABOVE: u64 = 1_000;
+pub(super) const ANALYZE_ABOVE: u64 = 1_000;
 
 /// The forward direction's statements, per configured table, built once per mapping.
 #[derive(Debug, Clone)]
 pub struct Forward {
-    sql: Vec<ForwardSql>,
+    pub(super) sql: Vec<ForwardSql>,
     /// Each table's cloud name, as conflicts and dead letters record it.
-    names: Vec<String>,
+    pub(super) names: Vec<String>,
 }
 
 impl Forward {
@@ -65,6 +66,23 @@ impl Forward {
                 .iter()
                 .map(|sql| (sql.staging_tables(), sql.create.clone())),
         )
+    }
+
+    /// The staging tables of a cloud connection that creates each table's only when it first stages
+    /// it ([`Forward::create_staging`]): a reconcile that applies a few tables never creates the others'
+    /// (creating them all takes tens of milliseconds).
+    pub fn staging_on_demand(&self) -> StagingTables {
+        StagingTables::declared(
+            Side::Cloud,
+            self.sql
+                .iter()
+                .map(|sql| (sql.staging_tables(), String::new())),
+        )
+    }
+
+    /// `CREATE TEMP TABLE IF NOT EXISTS` of table `i`'s staging tables, for [`Forward::staging_on_demand`].
+    pub fn create_staging(&self, i: usize) -> &str {
+        &self.sql[i].create
     }
 
     /// Stages table `i`'s keys and rows from the desktop snapshot into the open cloud transaction.
@@ -305,7 +323,7 @@ impl Forward {
 
     /// A ranged write step; with `fast` (the fast path of a big batch), its foreign keys' checks reuse
     /// their plans and the step after it plans each execution again.
-    fn write<'a>(
+    pub(super) fn write<'a>(
         &'a self,
         steps: &mut Vec<Step<'a>>,
         i: usize,
@@ -336,7 +354,7 @@ impl Forward {
     }
 
     /// Keys the desktop holds more than once: one dead letter each, and out of the batch.
-    async fn set_aside_duplicates(
+    pub(super) async fn set_aside_duplicates(
         &self,
         cloud: &Client,
         i: usize,

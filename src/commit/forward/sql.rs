@@ -43,12 +43,12 @@ pub struct Write {
 impl Write {
     /// `sql` is given the condition that lets the checks reuse their plans (`AND …`, or nothing), to
     /// place right after its range.
-    fn new(what: &'static str, numbered: Numbered, sql: impl Fn(&str) -> String) -> Self {
+    pub(super) fn new(what: &'static str, n: Numbered, sql: impl Fn(&str) -> String) -> Self {
         Write {
             ranged: Ranged {
                 what,
                 sql: sql(""),
-                numbered,
+                numbered: n,
             },
             fast: sql(&format!(" AND {GENERIC_CHECKS}")),
         }
@@ -98,6 +98,9 @@ pub struct ForwardSql {
     pub conflicts: Vec<String>,
     pub delete: Write,
     pub write: Write,
+    /// Into a target that holds no row, and the lock and check before it (see [`super::fill`]).
+    pub fill: Write,
+    pub lock_empty: String,
     pub lookup_update: Option<Write>,
     /// Marks the dead letters of keys that now applied as resolved ($1 table, $2 batch).
     pub resolve: String,
@@ -340,6 +343,12 @@ impl ForwardSql {
         } else {
             String::new()
         };
+        let (fill, lock_empty) = super::fill::statements(
+            &target,
+            &rows,
+            list(insert_cols.clone()),
+            list(insert_vals.clone()),
+        );
         let images = |plan: Option<&str>| {
             let of_rows = format!(
                 "SELECT {}, {}, NULL::jsonb FROM {rows} s WHERE s._n = $1",
@@ -439,6 +448,8 @@ impl ForwardSql {
                     delete,
                     write,
                     lookup_update: None,
+                    fill,
+                    lock_empty,
                     images: images(None),
                     rows,
                     keys,
@@ -548,6 +559,8 @@ impl ForwardSql {
                     delete,
                     write,
                     lookup_update,
+                    fill,
+                    lock_empty,
                     images: images(Some(&plan)),
                     analyze_staged,
                     analyze_plan: Some(format!("ANALYZE {plan}")),

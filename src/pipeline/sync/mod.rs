@@ -33,21 +33,23 @@ use tokio_postgres::Client;
 
 use crate::capture::scan::{Key, Lines, ScanSql};
 use crate::change::Side;
-use crate::commit::forward::Forward;
 use crate::commit::reconcile::{self, Entry};
-use crate::commit::reverse::Reverse;
-use crate::commit::{Direction, Target};
 use crate::config::Config;
-use crate::db::{self, Context, StatementCache};
+use crate::db::{self, Context};
 use crate::transform::Mapping;
 
 use super::{RunError, RunOptions};
 
 mod cut;
+mod due;
 mod scan;
+mod writer;
 
 use cut::Cut;
+pub use due::{due, syncing};
 use scan::{Grouped, Scan};
+pub use writer::Writer;
+use writer::{Direct, prepared};
 
 /// Keys sent forward per outbox insert.
 const FLUSH_KEYS: usize = 10_000;
@@ -116,90 +118,6 @@ impl Watch for Quiet {
 pub struct Handed {
     /// The highest outbox id the scan added.
     pub upto: Option<i64>,
-}
-
-/// The desktop session a reconcile writes with: marked as tandem's, with the reverse staging tables.
-/// When it holds the forward applier lock (no `run` applies the outbox), it is the forward applier too:
-/// see [`Direct`].
-pub struct Writer {
-    pub desktop: Client,
-    target: Target,
-    plan: Reverse,
-    direct: Option<Direct>,
-    /// The scans' sessions (and the one that cuts the stream), kept from table to table.
-    scan_desktop: Client,
-    scan_cloud: Client,
-    cutter: Client,
-}
-
-/// The forward applier of a reconcile that holds the forward lock: the keys that differ are listed on
-/// the desktop and applied at the end of the table's scan through the forward plan, in one cloud
-/// transaction, from the desktop's rows as they are then (a table-scan source beside the outbox). Safe
-/// for the same reason the outbox is: nobody else applies while the lock is held, and every desktop
-/// change since is in the outbox, applied after.
-pub(super) struct Direct {
-    cloud: Client,
-    target: Target,
-    plan: Forward,
-    statements: StatementCache,
-}
-
-impl Writer {
-    /// With `apply_forward`, takes the forward applier lock if it is free (released when the writer is
-    /// dropped: its session ends).
-    pub async fn connect(
-        config: &Config,
-        mapping: &Mapping,
-        apply_forward: bool,
-    ) -> Result<Writer, RunError> {
-        let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
-        let plan = Reverse::new(mapping);
-        let target = Target::prepare(&desktop, Direction::Reverse, plan.staging()).await?;
-        let mut direct = None;
-        if apply_forward && db::try_lock(&desktop, Side::Desktop, db::FORWARD_LOCK).await? {
-            let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;
-            let plan = Forward::new(mapping);
-            let target = Target::prepare(&cloud, Direction::Forward, plan.staging()).await?;
-            direct = Some(Direct {
-                cloud,
-                target,
-                plan,
-                statements: StatementCache::new(Side::Desktop),
-            });
-        }
-        let (scan_desktop, scan_cloud, cutter) = tokio::try_join!(
-            db::connect(Side::Desktop, &config.desktop.url),
-            db::connect(Side::Cloud, &config.cloud.url),
-            db::connect(Side::Cloud, &config.cloud.url)
-        )?;
-        Ok(Writer {
-            desktop,
-            target,
-            plan,
-            direct,
-            scan_desktop,
-            scan_cloud,
-            cutter,
-        })
-    }
-}
-
-impl Writer {
-    /// Ends the writer's sessions, letting the forward applier lock go now: a dropped connection's
-    /// backend releases it a moment later, when a worker starting next could already find it taken.
-    pub async fn close(self) {
-        if self.direct.is_some() {
-            // After a failure the session may be in a failed transaction.
-            let _ = self.desktop.batch_execute("ROLLBACK").await;
-            let unlock = self.desktop.execute(
-                "SELECT pg_advisory_unlock($1, $2)",
-                &[&db::LOCK_CLASS, &db::FORWARD_LOCK],
-            );
-            if let Err(e) = unlock.await {
-                tracing::debug!(error = %e, "releasing the forward applier lock (the session ends anyway)");
-            }
-        }
-    }
 }
 
 /// Reconciles table `i`: scans both sides, writes the desktop repairs, hands the forward keys to the
@@ -275,32 +193,31 @@ async fn compare_and_repair(
         direct,
         scan_desktop: desktop_scan,
         scan_cloud: cloud_scan,
+        gate,
         ..
     } = writer;
     let (desktop_scan, cloud_scan) = (&*desktop_scan, &*cloud_scan);
     let t = &mapping.tables[i];
     let name = t.table.desktop.to_string();
-    let entries = reconcile::journal(cloud_scan, &sql, &name).await?;
+    // Applied here, a table the cloud holds no row of (and no journal entry) needs no comparison.
+    let (entries, cloud_empty) =
+        tokio::try_join!(reconcile::journal(cloud_scan, &sql, &name), async {
+            if direct.is_none() || !request.forward || request.dry_run {
+                return Ok(false);
+            }
+            let row = cloud_scan.query_one(&sql.cloud_empty, &[]).await;
+            Ok(row
+                .ctx(
+                    Side::Cloud,
+                    format!("reading whether {} is empty", t.table.cloud),
+                )?
+                .get::<_, bool>(0))
+        })?;
     let journal_upto = entries.iter().map(|e| e.id).max();
     let mut by_key: HashMap<&Key, Vec<&Entry>> = HashMap::new();
     for e in &entries {
         by_key.entry(&e.key).or_default().push(e);
     }
-    let width = sql.width;
-    let (scanning_desktop, scanning_cloud) = (
-        format!("scanning {name}"),
-        format!("scanning {}", t.table.cloud),
-    );
-    let (d, c) = tokio::try_join!(
-        Lines::start(
-            desktop_scan,
-            Side::Desktop,
-            &sql.desktop,
-            width,
-            &scanning_desktop
-        ),
-        Lines::start(cloud_scan, Side::Cloud, &sql.cloud, width, &scanning_cloud)
-    )?;
     let mut scan = Scan {
         mapping,
         i,
@@ -322,8 +239,32 @@ async fn compare_and_repair(
         forward_after: Vec::new(),
         repairs: Vec::new(),
         handed: Handed::default(),
+        gate: gate.take(),
     };
-    scan.list_keys().await?;
+    if cloud_empty && entries.is_empty() {
+        return scan.whole(cloud_scan, cut, watch).await;
+    }
+    let width = scan.sql.width;
+    let (scanning_desktop, scanning_cloud) = (
+        format!("scanning {name}"),
+        format!("scanning {}", t.table.cloud),
+    );
+    let (d, c) = tokio::try_join!(
+        Lines::start(
+            desktop_scan,
+            Side::Desktop,
+            &scan.sql.desktop,
+            width,
+            &scanning_desktop
+        ),
+        Lines::start(
+            cloud_scan,
+            Side::Cloud,
+            &scan.sql.cloud,
+            width,
+            &scanning_cloud
+        )
+    )?;
     let (mut d, mut c) = (Grouped::new(d), Grouped::new(c));
     let (mut dg, mut cg) = tokio::try_join!(d.next(), c.next())?;
     let mut seen = 0;
@@ -368,6 +309,7 @@ async fn compare_and_repair(
     }
     watch.advance(seen);
     scan.flush(false).await?;
+    scan.parents_synced().await;
     // The mobile rows to bring are read in the scan's snapshot: what came after, the stream brings.
     scan.repair(cloud_scan, cut).await?;
     cloud_scan
@@ -389,133 +331,13 @@ async fn compare_and_repair(
     Ok((report, handed))
 }
 
-/// Syncs the tables whose initial sync is due (`tandem.table_state.synced_at` is NULL: `init` added
-/// them, or made a new slot) and that are not parked, both ways. A table is `syncing` while its scan
-/// runs and `streaming` once its repairs are written and its forward keys handed to the outbox (the
-/// forward worker applies those in order with every captured change). A table whose sync fails stays
-/// due, and the others go on.
-pub async fn due(
-    config: &Config,
-    tables: &super::Tables,
-    watch: &dyn Watch,
-) -> Result<Vec<TableReport>, RunError> {
-    let snapshot = tables.snapshot();
-    let mapping = &snapshot.mapping;
-    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
-    let names: Vec<String> = desktop
-        .query(
-            "SELECT table_name FROM tandem.table_state WHERE synced_at IS NULL",
-            &[],
-        )
-        .await
-        .ctx(Side::Desktop, "reading which tables are due to sync")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let due: Vec<usize> = mapping
-        .parents_first
-        .iter()
-        .copied()
-        .filter(|&i| {
-            !snapshot.is_parked(i) && names.contains(&mapping.tables[i].table.desktop.to_string())
-        })
-        .collect();
-    if due.is_empty() {
-        return Ok(Vec::new());
-    }
-    let started = Instant::now();
-    let mut writer = Writer::connect(config, mapping, true).await?;
-    let request = Request {
-        forward: true,
-        reverse: true,
-        dry_run: false,
-    };
-    let mut reports = Vec::new();
-    for i in due {
-        let name = mapping.tables[i].table.desktop.to_string();
-        set_state(&desktop, &name, "syncing").await?;
-        match table(config, mapping, i, request, &mut writer, watch).await {
-            Ok((report, _)) => {
-                watch.finish(&report);
-                set_state(&desktop, &name, "streaming").await?;
-                tracing::info!(
-                    table = %name,
-                    to_cloud = report.forward.written(),
-                    to_desktop = report.reverse.written(),
-                    unchanged = report.forward.unchanged + report.reverse.unchanged,
-                    conflicts = report.reverse.conflicts,
-                    seconds = report.seconds,
-                    "initial sync done; the table streams"
-                );
-                reports.push(report);
-            }
-            Err(e) => {
-                tracing::error!(table = %name, error = %e, "the table's initial sync failed; it is tried again on the next change of the tables or the next run");
-                set_state(&desktop, &name, "new").await?;
-                writer.close().await;
-                writer = Writer::connect(config, mapping, true).await?;
-            }
-        }
-    }
-    writer.close().await;
-    record(
-        config,
-        "sync",
-        started,
-        &serde_json::json!({ "dry_run": false, "tables": reports }),
-    )
-    .await?;
-    Ok(reports)
-}
-
-async fn set_state(desktop: &Client, table: &str, state: &str) -> Result<(), RunError> {
-    desktop
-        .execute(
-            "UPDATE tandem.table_state SET state = $2, since = now(),
-                    synced_at = CASE WHEN $2 = 'streaming' THEN now() ELSE synced_at END
-              WHERE table_name = $1 AND state <> 'parked'",
-            &[&table, &state],
-        )
-        .await
-        .ctx(
-            Side::Desktop,
-            format!("recording {table} as {state} in tandem.table_state"),
-        )?;
-    Ok(())
-}
-
-/// Syncs the tables that become due while `run` streams (a table `init` added, picked up by the
-/// recheck), once both workers run with the tables that include them: a phone's change after the scan
-/// is then received by a session that knows the table.
-pub async fn syncing(
-    config: Config,
-    tables: std::sync::Arc<super::Tables>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut changes = tables.subscribe();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
-        }
-        let generation = changes.borrow_and_update().generation;
-        if !tables.workers_at(generation, &shutdown).await {
-            return;
-        }
-        if let Err(e) = due(&config, &tables, &Quiet).await {
-            tracing::warn!(error = %e, "syncing the tables due failed; trying again on the next change");
-        }
-    }
-}
-
 /// Records a reconcile (or an initial sync) in the desktop's `tandem.reconciles`.
 pub async fn record(
-    config: &Config,
+    desktop: &Client,
     trigger: &str,
     started: Instant,
     report: &impl Serialize,
 ) -> Result<(), RunError> {
-    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
     let json = serde_json::to_value(report).unwrap_or_default();
     let dry_run = json
         .get("dry_run")
@@ -540,10 +362,10 @@ pub async fn record(
 /// running forward applier if there is one, by this process otherwise.
 pub async fn forward_applied(
     config: &Config,
+    desktop: &Client,
     tables: &[(String, String)],
     upto: i64,
 ) -> Result<(), RunError> {
-    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
     let (schemas, names): (Vec<&str>, Vec<&str>) =
         tables.iter().map(|(s, n)| (s.as_str(), n.as_str())).unzip();
     let mut waited = Instant::now();
@@ -567,7 +389,7 @@ pub async fn forward_applied(
                 names.join(", ")
             )));
         }
-        if db::try_lock(&desktop, Side::Desktop, db::FORWARD_LOCK).await? {
+        if db::try_lock(desktop, Side::Desktop, db::FORWARD_LOCK).await? {
             desktop
                 .execute(
                     "SELECT pg_advisory_unlock($1, $2)",

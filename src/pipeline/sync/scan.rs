@@ -13,8 +13,8 @@ use crate::change::Side;
 use crate::commit::reconcile::{self, CloudRow, Entry, KeyDecision, Repair, ScopeRepair};
 use crate::commit::reverse::Reverse;
 use crate::commit::reverse::encode::copy_escape;
-use crate::commit::{Progress, Target};
-use crate::db::{Context, DbError};
+use crate::commit::{BatchOutcome, Direction, Progress, Target};
+use crate::db::{self, Context, DbError};
 use crate::transform::{Kind, Mapping};
 
 use super::super::RunError;
@@ -29,7 +29,7 @@ pub(super) struct Scan<'a> {
     pub(super) request: Request,
     /// The desktop session that writes (outbox rows, repairs).
     pub(super) desktop: &'a Client,
-    pub(super) target: &'a mut Target,
+    pub(super) target: &'a mut Option<Target>,
     pub(super) plan: &'a Reverse,
     pub(super) report: TableReport,
     pub(super) forward_now: Vec<Key>,
@@ -41,14 +41,20 @@ pub(super) struct Scan<'a> {
     pub(super) direct: Option<&'a mut super::Direct>,
     /// Keys listed for it.
     pub(super) listed: u64,
+    /// What its writes wait for (an initial sync's lane).
+    pub(super) gate: Option<super::due::Gate>,
 }
 
 impl Scan<'_> {
-    /// Makes the desktop list of the table's keys to send forward empty (direct application only).
-    pub(super) async fn list_keys(&mut self) -> Result<(), RunError> {
-        if self.direct.is_none() || self.request.dry_run || !self.request.forward {
-            return Ok(());
+    /// Waits until the tables this one's rows reference are synced (an initial sync's lane).
+    pub(super) async fn parents_synced(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.open().await;
         }
+    }
+
+    /// Makes the desktop list of the table's keys to send forward, empty (before its first keys).
+    async fn list_keys(&mut self) -> Result<(), RunError> {
         let columns: Vec<String> = (1..=self.sql.width).map(|n| format!("k{n} text")).collect();
         let list = key_list(self.i);
         let name = list.trim_start_matches("pg_temp.");
@@ -65,51 +71,120 @@ impl Scan<'_> {
     /// Applies the listed keys through the forward plan: the desktop's rows for them, as they are now,
     /// in one cloud transaction.
     pub(super) async fn apply_listed(&mut self) -> Result<(), RunError> {
-        let Some(direct) = self.direct.as_deref_mut() else {
-            return Ok(());
-        };
         if self.listed == 0 {
             return Ok(());
         }
+        let read = ReadSql::listed(self.mapping, self.i);
+        self.apply_direct(&read, false).await?;
+        Ok(())
+    }
+
+    /// The table's reconcile when the cloud holds none of its rows and its journal no entry, in the
+    /// scan's snapshot (taken at the cut): every desktop row is an insert, and nothing comes back. No
+    /// hash is read: the whole table goes through the forward plan, as the desktop holds it when it is
+    /// applied (this process holds the forward lock: a desktop change since is in the outbox, applied
+    /// after; a phone's row the cloud gained since is a conflict the forward plan logs, and comes back
+    /// through the stream, past the cut recorded here as for any table).
+    pub(super) async fn whole(
+        mut self,
+        cloud: &Client,
+        cut: Option<&Cut>,
+        watch: &dyn super::Watch,
+    ) -> Result<(TableReport, Handed), RunError> {
+        self.repair(cloud, cut).await?;
+        cloud
+            .batch_execute("COMMIT")
+            .await
+            .ctx(Side::Cloud, "ending the scan")?;
+        let read = ReadSql::whole(self.mapping, self.i);
+        if let Some((staged, outcome)) = self.apply_direct(&read, true).await? {
+            watch.advance(staged);
+            // As a scan counts them: each row the cloud lacked (refused and blocked ones too: the
+            // report takes dead letters off, and counts conflicts, from where they are recorded).
+            self.report.forward.inserted =
+                outcome.written + outcome.dead_letters + outcome.conflicts;
+        }
+        Ok((self.report, self.handed))
+    }
+
+    /// Applies the desktop's rows `read` selects through the forward plan, in one cloud transaction
+    /// (direct application only): the rows staged and what the plan did. With `whole` (`read` selects
+    /// every desktop row), a target still empty once locked is filled ([`crate::commit::forward::Forward::fill`]).
+    async fn apply_direct(
+        &mut self,
+        read: &ReadSql,
+        whole: bool,
+    ) -> Result<Option<(u64, BatchOutcome)>, RunError> {
+        let Some(direct) = self.direct.as_deref_mut() else {
+            return Ok(None);
+        };
         let i = self.i;
-        let read = ReadSql::listed(self.mapping, i);
+        let forward = &direct.plan;
+        let target = super::prepared(
+            &mut direct.target,
+            &direct.cloud,
+            Direction::Forward,
+            || forward.staging_on_demand(),
+        )
+        .await?;
+        if direct.staged.insert(i) {
+            direct
+                .cloud
+                .batch_execute(forward.create_staging(i))
+                .await
+                .ctx(Side::Cloud, "creating the staging tables")?;
+        }
         self.desktop
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
             .ctx(Side::Desktop, "beginning the read of the rows to send")?;
-        direct
+        let staged = direct
             .plan
             .stage(
-                &mut direct.target,
+                target,
                 i,
-                &read,
+                read,
                 self.desktop,
                 &mut direct.statements,
                 &direct.cloud,
             )
             .await?;
+        if let Some(gate) = self.gate.take() {
+            gate.open().await;
+        }
         let tables = BTreeSet::from([i]);
         let batch = format!("reconcile {}", self.mapping.tables[i].table);
-        direct
-            .plan
-            .apply(
-                &mut direct.target,
-                &direct.cloud,
-                self.mapping,
-                &tables,
-                &BTreeSet::new(),
-                &batch,
-            )
-            .await?;
-        direct
-            .target
-            .commit(&direct.cloud, Progress::Forward)
-            .await?;
+        let filled = match whole {
+            true => {
+                direct
+                    .plan
+                    .fill(target, &direct.cloud, self.mapping, i, &batch)
+                    .await?
+            }
+            false => None,
+        };
+        let outcome = match filled {
+            Some(outcome) => outcome,
+            None => {
+                direct
+                    .plan
+                    .apply(
+                        target,
+                        &direct.cloud,
+                        self.mapping,
+                        &tables,
+                        &BTreeSet::new(),
+                        &batch,
+                    )
+                    .await?
+            }
+        };
+        target.commit(&direct.cloud, Progress::Forward).await?;
         self.desktop
             .batch_execute("COMMIT")
             .await
             .ctx(Side::Desktop, "ending the read of the rows sent")?;
-        Ok(())
+        Ok(Some((staged.rows, outcome)))
     }
 
     /// Decides one key (or scope) from both sides' lines.
@@ -294,6 +369,9 @@ impl Scan<'_> {
 
     /// Adds `keys` to the desktop list of keys to send forward (COPY text).
     async fn list(&mut self, keys: &[Key]) -> Result<(), RunError> {
+        if self.listed == 0 {
+            self.list_keys().await?;
+        }
         let mut data = Vec::new();
         for key in keys {
             for (n, part) in key.0.iter().enumerate() {
@@ -336,16 +414,6 @@ impl Scan<'_> {
             return Ok(());
         }
         let i = self.i;
-        let mut on = reconcile::Desktop {
-            target: &mut *self.target,
-            plan: self.plan,
-            desktop: self.desktop,
-            mapping: self.mapping,
-            i,
-        };
-        for chunk in self.repairs.chunks(REPAIRS_PER_STAGE) {
-            reconcile::stage(&mut on, cloud, &self.sql, chunk).await?;
-        }
         let also = match cut {
             Some(cut) => format!(
                 "UPDATE tandem.table_state SET sync_lsn = {}::pg_lsn WHERE table_name = {}",
@@ -354,6 +422,35 @@ impl Scan<'_> {
             ),
             None => String::new(),
         };
+        if self.repairs.is_empty() {
+            // Nothing to stage: the sync point alone, under the lock the reverse plan takes.
+            if !also.is_empty() {
+                self.desktop
+                    .batch_execute(&format!(
+                        "BEGIN; SELECT pg_advisory_xact_lock({}, {}); {also}; COMMIT",
+                        db::LOCK_CLASS,
+                        db::REVERSE_LOCK
+                    ))
+                    .await
+                    .ctx(Side::Desktop, "recording the reconcile's position")?;
+            }
+            return Ok(());
+        }
+        let plan = self.plan;
+        let target = super::prepared(self.target, self.desktop, Direction::Reverse, || {
+            plan.staging()
+        })
+        .await?;
+        let mut on = reconcile::Desktop {
+            target,
+            plan: self.plan,
+            desktop: self.desktop,
+            mapping: self.mapping,
+            i,
+        };
+        for chunk in self.repairs.chunks(REPAIRS_PER_STAGE) {
+            reconcile::stage(&mut on, cloud, &self.sql, chunk).await?;
+        }
         let outcome = reconcile::commit(&mut on, &also).await?;
         // Conflicts standing since an earlier reconcile are not logged again, but they are counted.
         let r = &mut self.report.reverse;
