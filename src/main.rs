@@ -1,5 +1,5 @@
 //! The `tandem` binary: parses the command line, sets up logging, runs the command, maps the outcome to
-//! an exit code (0 done, 1 failed, 2 usage or not built yet).
+//! an exit code (0 done or healthy, 1 failed or degraded, 2 usage, broken, or not on this platform).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
