@@ -249,7 +249,7 @@ async fn read_desktop(c: &Client, s: &mut Status, open: &mut OpenRows) -> Result
     if let Some(r) = c
         .query_opt(
             &format!(
-                "SELECT lsn::text, {}, {}, EXTRACT(epoch FROM now() - committed_at)::float8,
+                "SELECT lsn::text, {}, {}, EXTRACT(epoch FROM now() - GREATEST(committed_at, caught_up_at))::float8,
                         coalesce(caught_up_at > now() - interval '90 seconds' AND caught_up_at >= applied_at, false)
                    FROM tandem.progress WHERE direction = 'reverse'",
                 iso("applied_at"),

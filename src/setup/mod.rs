@@ -433,6 +433,16 @@ async fn register_tables(desktop: &Client, config: &Config, new_slot: bool) -> R
                 Side::Desktop,
                 "marking the tables due to sync after a new slot",
             )?;
+        // Nothing before a new slot is owed to the stream (the sync finds it): the reverse direction's
+        // lag is counted from here until its first commit.
+        desktop
+            .execute(
+                "INSERT INTO tandem.progress (direction, caught_up_at) VALUES ('reverse', now())
+                 ON CONFLICT (direction) DO UPDATE SET caught_up_at = now()",
+                &[],
+            )
+            .await
+            .ctx(Side::Desktop, "recording when the new slot was made")?;
     }
     Ok(())
 }

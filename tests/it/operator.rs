@@ -80,8 +80,22 @@ async fn quiet_item_db() -> (TestDb, tandem::config::Config) {
 
 #[tokio::test]
 async fn status_reads_known_values_while_run_is_stopped_and_zero_after_run_once() {
+    let made = std::time::Instant::now();
     let (db, config) = quiet_item_db().await;
     let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    // Before anything was applied, a phone's row waits: the lag counts from the slot's making.
+    exec(
+        &cloud,
+        "INSERT INTO item (id, name) VALUES (99, 'phone first')",
+    )
+    .await;
+    let file = config_file(&db, "status", &db.cloud_url, "");
+    let (_, s) = status(&file);
+    let lag = s["reverse"]["lag_seconds"].as_f64();
+    assert!(
+        lag.is_some_and(|l| l > 0.0 && l < made.elapsed().as_secs_f64() + 1.0),
+        "lag before the first commit: {s:#}"
+    );
     run_once(&config).await;
     // A phone's row through the stream: the reverse position has a commit time.
     let applied = std::time::Instant::now();
@@ -91,7 +105,6 @@ async fn status_reads_known_values_while_run_is_stopped_and_zero_after_run_once(
     )
     .await;
     run_once(&config).await;
-    let file = config_file(&db, "status", &db.cloud_url, "");
     let (code, s) = status(&file);
     assert_eq!(code, 0, "{s:#}");
     assert_eq!(s["health"], "healthy", "{s:#}");
