@@ -42,11 +42,13 @@ use super::{RunError, RunOptions};
 
 mod cut;
 mod due;
+mod lanes;
 mod scan;
 mod writer;
 
 use cut::Cut;
 pub use due::{due, syncing};
+pub use lanes::{Outcome, reconcile_all};
 use scan::{Grouped, Scan};
 pub use writer::Writer;
 use writer::{Direct, prepared};
@@ -199,20 +201,21 @@ async fn compare_and_repair(
     let (desktop_scan, cloud_scan) = (&*desktop_scan, &*cloud_scan);
     let t = &mapping.tables[i];
     let name = t.table.desktop.to_string();
-    // Applied here, a table the cloud holds no row of (and no journal entry) needs no comparison.
-    let (entries, cloud_empty) =
-        tokio::try_join!(reconcile::journal(cloud_scan, &sql, &name), async {
-            if direct.is_none() || !request.forward || request.dry_run {
-                return Ok(false);
-            }
-            let row = cloud_scan.query_one(&sql.cloud_empty, &[]).await;
-            Ok(row
-                .ctx(
-                    Side::Cloud,
-                    format!("reading whether {} is empty", t.table.cloud),
-                )?
-                .get::<_, bool>(0))
-        })?;
+    // What the cloud holds, in the scan's snapshot: applied here, a table the cloud holds no row of
+    // (and no journal entry of) needs no comparison; without mobile rows (and journal entries), no
+    // desktop row is compared by its reverse hash.
+    let (entries, held) = tokio::try_join!(reconcile::journal(cloud_scan, &sql, &name), async {
+        let row = cloud_scan.query_one(&sql.cloud_holds, &[]).await;
+        let row = row.ctx(Side::Cloud, format!("reading what {} holds", t.table.cloud))?;
+        Ok((row.get::<_, bool>(0), row.get::<_, bool>(1)))
+    })?;
+    let (cloud_empty, mobile) = held;
+    let whole = cloud_empty
+        && entries.is_empty()
+        && direct.is_some()
+        && request.forward
+        && !request.dry_run;
+    let forward_only = !mobile && entries.is_empty();
     let journal_upto = entries.iter().map(|e| e.id).max();
     let mut by_key: HashMap<&Key, Vec<&Entry>> = HashMap::new();
     for e in &entries {
@@ -241,7 +244,7 @@ async fn compare_and_repair(
         handed: Handed::default(),
         gate: gate.take(),
     };
-    if cloud_empty && entries.is_empty() {
+    if whole {
         return scan.whole(cloud_scan, cut, watch).await;
     }
     let width = scan.sql.width;
@@ -253,7 +256,10 @@ async fn compare_and_repair(
         Lines::start(
             desktop_scan,
             Side::Desktop,
-            &scan.sql.desktop,
+            match forward_only {
+                true => &scan.sql.desktop_forward,
+                false => &scan.sql.desktop,
+            },
             width,
             &scanning_desktop
         ),
