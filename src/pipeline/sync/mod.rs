@@ -19,6 +19,15 @@
 //!   before it (still in the slot when no worker ran) and applies those after it, once. A repair is
 //!   compared with the desktop's row as it is under the lock the stream's groups take: a desktop
 //!   change made meanwhile is a conflict, never overwritten.
+//! - *A table the cloud holds no row of* (and its journal no entry of), in the scan's snapshot, needs
+//!   no comparison: every desktop row is an insert and nothing comes back. With [`Direct`], no hash is
+//!   read; the whole desktop table goes through the forward plan as it is when applied (the same
+//!   argument as above), into a target filled plainly if it is still empty once locked
+//!   ([`crate::commit::forward::Forward::fill`]); the cut is taken and recorded as for any table, so
+//!   a phone's row the cloud gained since comes back through the stream.
+//!
+//! **Two tables at a time** ([`lanes`]), each on its own sessions, a table's writes after those of the
+//! tables its rows reference.
 //!
 //! **Memory** is bounded by the differences, not the tables: scan lines are merged as they stream, the
 //! keys to send forward are listed on the desktop (or handed to the outbox) every [`FLUSH_KEYS`], and

@@ -32,11 +32,12 @@ pub struct Writer {
     pub(super) cutter: Client,
 }
 
-/// The forward applier of a reconcile that holds the forward lock: the keys that differ are listed on
-/// the desktop and applied at the end of the table's scan through the forward plan, in one cloud
-/// transaction, from the desktop's rows as they are then (a table-scan source beside the outbox). Safe
-/// for the same reason the outbox is: nobody else applies while the lock is held, and every desktop
-/// change since is in the outbox, applied after. Its target is prepared when it first applies.
+/// The forward applier of a reconcile that holds the forward lock (or runs beside a writer of this
+/// process that does): the keys that differ are listed on the desktop and applied at the end of the
+/// table's scan through the forward plan, in one cloud transaction, from the desktop's rows as they
+/// are then (a table-scan source beside the outbox). Safe for the same reason the outbox is: nobody
+/// else applies while the lock is held, and every desktop change since is in the outbox, applied
+/// after. Its target is prepared when it first applies.
 pub(super) struct Direct {
     pub(super) cloud: Client,
     /// Its staging tables are created table by table, when a table is first applied.
