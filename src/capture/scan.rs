@@ -51,6 +51,9 @@ pub struct Hashes {
 pub struct ScanSql {
     /// Desktop: `COPY (key texts..., forward, reverse ORDER BY keys) TO STDOUT (FORMAT binary)`.
     pub desktop: String,
+    /// The same with 0 for every reverse hash: when the cloud holds no mobile row and the journal no
+    /// entry, nothing compares a desktop row by it.
+    pub desktop_forward: String,
     /// Cloud: `COPY (key texts..., forward, reverse, mobile, cloud key text ORDER BY keys)`.
     pub cloud: String,
     /// Cloud: the table's journal entries (`id, op, cloud key, reverse hash, old image JSON, key
@@ -58,8 +61,8 @@ pub struct ScanSql {
     pub journal: String,
     /// Cloud: deletes the table's journal entries up to id `$1` (read and applied).
     pub prune: String,
-    /// Cloud: whether the table holds no row.
-    pub cloud_empty: String,
+    /// Cloud: whether the table holds no row, and whether it holds a mobile one.
+    pub cloud_holds: String,
     /// Cloud: the mobile rows to bring to the desktop: `key texts..., cloud key, reverse column
     /// texts...` for keys `$1..$n` (text arrays; cloud-key tables: cloud keys `$1`).
     pub fetch: String,
@@ -123,14 +126,17 @@ impl ScanSql {
             .iter()
             .map(|k| text(&format!("t.{}", q(&k.name))))
             .collect();
-        let desktop = format!(
-            "COPY (SELECT {keys}, {forward}, {reverse} FROM {desktop_table} t{joins} ORDER BY {order}) \
-             TO STDOUT (FORMAT binary)",
-            keys = desktop_keys.join(", "),
-            forward = hash(&forward),
-            reverse = hash(&reverse),
-            order = order(&desktop_keys),
-        );
+        let desktop_scan = |reverse: &str| {
+            format!(
+                "COPY (SELECT {keys}, {forward}, {reverse} FROM {desktop_table} t{joins} ORDER BY {order}) \
+                 TO STDOUT (FORMAT binary)",
+                keys = desktop_keys.join(", "),
+                forward = hash(&forward),
+                order = order(&desktop_keys),
+            )
+        };
+        let desktop = desktop_scan(&hash(&reverse));
+        let desktop_forward = desktop_scan("0::bigint");
 
         // Cloud: the same columns by the same names (lookups are columns of the cloud table).
         let cloud_table = t.table.cloud.quoted();
@@ -254,13 +260,17 @@ impl ScanSql {
                 ),
             ),
         };
-        let cloud_empty = format!("SELECT NOT EXISTS (SELECT FROM {cloud_table})");
+        let cloud_holds = format!(
+            "SELECT NOT EXISTS (SELECT FROM {cloud_table}), \
+                    EXISTS (SELECT FROM {cloud_table} c WHERE c.{source}::text = 'M')"
+        );
         ScanSql {
             desktop,
+            desktop_forward,
             cloud,
             journal,
             prune,
-            cloud_empty,
+            cloud_holds,
             fetch,
             width,
         }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::change::Side;
 use crate::config::Config;
 use crate::db::{self, Context};
-use crate::pipeline::sync::{self, Counts, Request as Scan, TableReport, Watch, Writer};
+use crate::pipeline::sync::{self, Counts, Request as Scan, TableReport, Watch};
 use crate::pipeline::{RunError, Tables};
 
 /// Which way a reconcile repairs.
@@ -154,8 +154,7 @@ pub async fn reconcile(
     };
     let (cloud_names, desktop_names) = (names(Side::Cloud), names(Side::Desktop));
     let retry = !request.dry_run;
-    let (mut writer, forward_open, reverse_open, since) = tokio::try_join!(
-        Writer::connect(config, mapping, !request.dry_run),
+    let (forward_open, reverse_open, since) = tokio::try_join!(
         open_by_table(
             &cloud,
             Side::Cloud,
@@ -184,18 +183,20 @@ pub async fn reconcile(
     let mut reports: Vec<TableReport> = Vec::new();
     let mut skipped = Vec::new();
     let mut upto = None;
+    let mut order = Vec::new();
     for &i in &selected {
-        let t = &mapping.tables[i];
-        if let Some(p) = snapshot.parked.get(&i) {
-            skipped.push(Skipped {
-                table: t.table.to_string(),
+        match snapshot.parked.get(&i) {
+            Some(p) => skipped.push(Skipped {
+                table: mapping.tables[i].table.to_string(),
                 reason: format!("parked: {}; fix: {}", p.reason, p.fix),
-            });
-            continue;
+            }),
+            None => order.push(i),
         }
-        match sync::table(config, mapping, i, scan, &mut writer, watch).await {
+    }
+    for (i, outcome) in sync::reconcile_all(config, mapping, &order, scan, watch).await? {
+        let t = &mapping.tables[i];
+        match outcome {
             Ok((report, h)) => {
-                watch.finish(&report);
                 upto = upto.max(h.upto);
                 reports.push(report);
             }
@@ -205,15 +206,11 @@ pub async fn reconcile(
                     table: t.table.to_string(),
                     reason: format!("its reconcile failed: {e}"),
                 });
-                // The session may be in a failed transaction: start a clean one.
-                writer.close().await;
-                writer = Writer::connect(config, mapping, !request.dry_run).await?;
             }
         }
     }
     // The forward keys handed to the outbox (and the dead letters queued again) are applied before
-    // the report: by the running `run`, or here once the writer let the forward lock go.
-    writer.close().await;
+    // the report: by the running `run`, or here (the writers let the forward lock go).
     if scan.forward && !request.dry_run {
         let queued: Option<i64> = desktop
             .query_one("SELECT max(id) FROM tandem.outbox", &[])

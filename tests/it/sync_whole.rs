@@ -393,4 +393,18 @@ async fn a_table_is_written_only_once_the_tables_it_references_are_synced() {
         count(&cloud, "SELECT count(*) FROM task").await,
         JOBS * TASKS_PER_JOB
     );
+    // Due again alone (its parent is not): it does not wait for a parent that is not synced now.
+    db.desktop()
+        .await
+        .batch_execute(
+            "UPDATE tandem.table_state SET state = 'new', synced_at = NULL WHERE table_name = 'task'",
+        )
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(std::time::Duration::from_secs(60), run_once(&config)).await;
+    assert!(again.is_ok(), "a child due alone waited for its parent");
+    assert_eq!(
+        count(&cloud, "SELECT count(*) FROM task").await,
+        JOBS * TASKS_PER_JOB
+    );
 }

@@ -98,7 +98,8 @@ pub struct ForwardSql {
     pub conflicts: Vec<String>,
     pub delete: Write,
     pub write: Write,
-    /// Into a target that holds no row, and the lock and check before it (see [`super::fill`]).
+    /// Into a target that holds no row, and the lock and check before it (see
+    /// [`super::Forward::fill`]).
     pub fill: Write,
     pub lock_empty: String,
     pub lookup_update: Option<Write>,

@@ -75,7 +75,16 @@ impl Cut {
             Side::Cloud,
             format!("beginning the scan of {}", t.table.cloud),
         )?;
-        lock.batch_execute("COMMIT")
+        // A running stream reaches the cut once the WAL holding it is flushed: the message alone is
+        // not (it belongs to no transaction), and the WAL writer flushes it up to `wal_writer_delay`
+        // later (200 ms by default, per table). A transaction id and a synchronous commit flush it now.
+        let end = match streaming {
+            Some(true) => {
+                "SET LOCAL synchronous_commit = on; SELECT pg_catalog.pg_current_xact_id(); COMMIT"
+            }
+            _ => "COMMIT",
+        };
+        lock.batch_execute(end)
             .await
             .ctx(Side::Cloud, "ending the cut")?;
         let cut = Cut { id, position };

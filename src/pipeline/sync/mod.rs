@@ -19,6 +19,15 @@
 //!   before it (still in the slot when no worker ran) and applies those after it, once. A repair is
 //!   compared with the desktop's row as it is under the lock the stream's groups take: a desktop
 //!   change made meanwhile is a conflict, never overwritten.
+//! - *A table the cloud holds no row of* (and its journal no entry of), in the scan's snapshot, needs
+//!   no comparison: every desktop row is an insert and nothing comes back. With [`Direct`], no hash is
+//!   read; the whole desktop table goes through the forward plan as it is when applied (the same
+//!   argument as above), into a target filled plainly if it is still empty once locked
+//!   ([`crate::commit::forward::Forward::fill`]); the cut is taken and recorded as for any table, so
+//!   a phone's row the cloud gained since comes back through the stream.
+//!
+//! **Two tables at a time** ([`lanes`]), each on its own sessions, a table's writes after those of the
+//! tables its rows reference.
 //!
 //! **Memory** is bounded by the differences, not the tables: scan lines are merged as they stream, the
 //! keys to send forward are listed on the desktop (or handed to the outbox) every [`FLUSH_KEYS`], and
@@ -42,11 +51,13 @@ use super::{RunError, RunOptions};
 
 mod cut;
 mod due;
+mod lanes;
 mod scan;
 mod writer;
 
 use cut::Cut;
 pub use due::{due, syncing};
+pub use lanes::{Outcome, reconcile_all};
 use scan::{Grouped, Scan};
 pub use writer::Writer;
 use writer::{Direct, prepared};
@@ -199,20 +210,21 @@ async fn compare_and_repair(
     let (desktop_scan, cloud_scan) = (&*desktop_scan, &*cloud_scan);
     let t = &mapping.tables[i];
     let name = t.table.desktop.to_string();
-    // Applied here, a table the cloud holds no row of (and no journal entry) needs no comparison.
-    let (entries, cloud_empty) =
-        tokio::try_join!(reconcile::journal(cloud_scan, &sql, &name), async {
-            if direct.is_none() || !request.forward || request.dry_run {
-                return Ok(false);
-            }
-            let row = cloud_scan.query_one(&sql.cloud_empty, &[]).await;
-            Ok(row
-                .ctx(
-                    Side::Cloud,
-                    format!("reading whether {} is empty", t.table.cloud),
-                )?
-                .get::<_, bool>(0))
-        })?;
+    // What the cloud holds, in the scan's snapshot: applied here, a table the cloud holds no row of
+    // (and no journal entry of) needs no comparison; without mobile rows (and journal entries), no
+    // desktop row is compared by its reverse hash.
+    let (entries, held) = tokio::try_join!(reconcile::journal(cloud_scan, &sql, &name), async {
+        let row = cloud_scan.query_one(&sql.cloud_holds, &[]).await;
+        let row = row.ctx(Side::Cloud, format!("reading what {} holds", t.table.cloud))?;
+        Ok((row.get::<_, bool>(0), row.get::<_, bool>(1)))
+    })?;
+    let (cloud_empty, mobile) = held;
+    let whole = cloud_empty
+        && entries.is_empty()
+        && direct.is_some()
+        && request.forward
+        && !request.dry_run;
+    let forward_only = !mobile && entries.is_empty();
     let journal_upto = entries.iter().map(|e| e.id).max();
     let mut by_key: HashMap<&Key, Vec<&Entry>> = HashMap::new();
     for e in &entries {
@@ -241,7 +253,7 @@ async fn compare_and_repair(
         handed: Handed::default(),
         gate: gate.take(),
     };
-    if cloud_empty && entries.is_empty() {
+    if whole {
         return scan.whole(cloud_scan, cut, watch).await;
     }
     let width = scan.sql.width;
@@ -253,7 +265,10 @@ async fn compare_and_repair(
         Lines::start(
             desktop_scan,
             Side::Desktop,
-            &scan.sql.desktop,
+            match forward_only {
+                true => &scan.sql.desktop_forward,
+                false => &scan.sql.desktop,
+            },
             width,
             &scanning_desktop
         ),

@@ -42,7 +42,7 @@ pub(super) struct Scan<'a> {
     /// Keys listed for it.
     pub(super) listed: u64,
     /// What its writes wait for (an initial sync's lane).
-    pub(super) gate: Option<super::due::Gate>,
+    pub(super) gate: Option<super::lanes::Gate>,
 }
 
 impl Scan<'_> {

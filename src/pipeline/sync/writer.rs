@@ -25,18 +25,19 @@ pub struct Writer {
     pub(super) direct: Option<Direct>,
     holds_lock: bool,
     /// What the next table's writes wait for (an initial sync's lane).
-    pub(super) gate: Option<super::due::Gate>,
+    pub(super) gate: Option<super::lanes::Gate>,
     /// The scans' sessions (and the one that cuts the stream), kept from table to table.
     pub(super) scan_desktop: Client,
     pub(super) scan_cloud: Client,
     pub(super) cutter: Client,
 }
 
-/// The forward applier of a reconcile that holds the forward lock: the keys that differ are listed on
-/// the desktop and applied at the end of the table's scan through the forward plan, in one cloud
-/// transaction, from the desktop's rows as they are then (a table-scan source beside the outbox). Safe
-/// for the same reason the outbox is: nobody else applies while the lock is held, and every desktop
-/// change since is in the outbox, applied after. Its target is prepared when it first applies.
+/// The forward applier of a reconcile that holds the forward lock (or runs beside a writer of this
+/// process that does): the keys that differ are listed on the desktop and applied at the end of the
+/// table's scan through the forward plan, in one cloud transaction, from the desktop's rows as they
+/// are then (a table-scan source beside the outbox). Safe for the same reason the outbox is: nobody
+/// else applies while the lock is held, and every desktop change since is in the outbox, applied
+/// after. Its target is prepared when it first applies.
 pub(super) struct Direct {
     pub(super) cloud: Client,
     /// Its staging tables are created table by table, when a table is first applied.
@@ -100,20 +101,28 @@ impl Writer {
         Self::open(config, mapping, applier).await
     }
 
-    /// `n` writers that apply directly if the first gets the forward lock: the others beside it.
+    /// At most `n` writers: with `apply_forward`, the first takes the forward lock if it is free and
+    /// the others apply beside it; when another process holds the lock, the first alone (its keys go
+    /// to the outbox, which is applied in its order: a second lane could queue a child's keys before
+    /// its parent's).
     pub(super) async fn lanes(
         config: &Config,
         mapping: &Mapping,
+        apply_forward: bool,
         n: usize,
     ) -> Result<Vec<Writer>, RunError> {
-        let others = (1..n).map(|_| Self::beside(config, mapping, true));
+        let applier = match apply_forward {
+            true => Applier::Beside,
+            false => Applier::Outbox,
+        };
+        let others = (1..n).map(|_| Self::open(config, mapping, applier));
         let (first, mut others) = tokio::try_join!(
-            Self::connect(config, mapping, true),
+            Self::connect(config, mapping, apply_forward),
             futures_util::future::try_join_all(others)
         )?;
-        if !first.applies_directly() {
-            for other in &mut others {
-                other.direct = None;
+        if apply_forward && !first.applies_directly() {
+            for other in others.drain(..) {
+                other.close().await;
             }
         }
         others.insert(0, first);
