@@ -39,6 +39,15 @@ pub const FORWARD_LOCK: i32 = 1;
 /// the lock, so the two never interleave.
 pub const REVERSE_LOCK: i32 = 2;
 
+/// Drops the session's temporary (staging) tables now, best effort. A closing connection's backend
+/// drops them after the client has gone, writing catalog WAL at a moment nobody waits for: on the
+/// cloud, after `run --once`'s final marker, where the slot would hold it as lag.
+pub async fn drop_temp_tables(client: &Client) {
+    if let Err(e) = client.batch_execute("DISCARD TEMP").await {
+        tracing::debug!(error = %e, "dropping the session's staging tables (its end drops them anyway)");
+    }
+}
+
 /// Takes tandem's session-level advisory lock `object` (see [`LOCK_CLASS`]) if it is free; it is held
 /// until the session ends.
 pub async fn try_lock(client: &Client, side: Side, object: i32) -> Result<bool, DbError> {

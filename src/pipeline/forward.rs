@@ -241,6 +241,7 @@ impl ForwardWorker<'_> {
                 }
             }
             if self.options.once {
+                db::drop_temp_tables(&conn.cloud).await;
                 return Ok(());
             }
             wait_for_changes(&mut notifications, &mut self.changes, shutdown).await?;

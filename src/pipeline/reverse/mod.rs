@@ -271,6 +271,7 @@ impl ReverseWorker<'_> {
             tx_changes: 0,
             nap: Nap::default(),
             skip_transaction: false,
+            once_at_commit: false,
             pending: None,
             commit_times: None,
             caught_up_written: None,
@@ -351,14 +352,29 @@ async fn once_marker(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let token = format!("{}-{}", std::process::id(), since_epoch.as_nanos());
-    let end: String = cloud
-        .query_one(
-            "SELECT pg_logical_emit_message(false, $1, $2)::text",
-            &[&ONCE_PREFIX, &token],
-        )
-        .await
-        .ctx(Side::Cloud, "marking the end of what run --once applies")?
-        .get(0);
+    // A message outside any transaction is not flushed: a walsender sends it once the WAL writer gets
+    // to it, up to `wal_writer_delay` (200 ms by default) later. A transactional one commits
+    // synchronously, flushed at once, and the stream stops at that commit's end: no WAL of the
+    // marker is left behind the slot.
+    let marked = async {
+        cloud
+            .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+            .await?;
+        let end: String = cloud
+            .query_one(
+                "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text",
+                &[&ONCE_PREFIX, &token],
+            )
+            .await?
+            .get(0);
+        cloud.batch_execute("COMMIT").await?;
+        Ok::<_, tokio_postgres::Error>(end)
+    }
+    .await;
+    if marked.is_err() {
+        let _ = cloud.batch_execute("ROLLBACK").await;
+    }
+    let end = marked.ctx(Side::Cloud, "marking the end of what run --once applies")?;
     Ok((token, end.parse().unwrap_or_default()))
 }
 

@@ -62,6 +62,8 @@ pub(super) struct Stream<'a> {
     pub(super) tx_changes: u64,
     pub(super) nap: Nap,
     pub(super) skip_transaction: bool,
+    /// The transaction being received holds `run --once`'s marker: the stream stops at its commit.
+    pub(super) once_at_commit: bool,
     /// End LSN of the last committed transaction of the group not yet applied, and when it began.
     pub(super) pending: Option<(EndLsn, Instant)>,
     /// The cloud's commit times of the group's first and last transactions (see [`pg_time`]).
@@ -177,17 +179,19 @@ impl Stream<'_> {
                     } else if prefix == ONCE_PREFIX
                         && once.is_some_and(|(t, _)| t.as_bytes() == content.as_ref())
                     {
-                        if self.pending.is_some() {
-                            self.apply(stats).await?;
+                        if self.in_transaction {
+                            // Its own transaction, with nothing else in it: the stream stops at the
+                            // commit.
+                            self.skip_transaction = true;
+                            self.once_at_commit = true;
+                        } else {
+                            // Everything that committed before it is applied: the slot moves to its
+                            // end, as for a keepalive.
+                            if let Some((_, end)) = once {
+                                self.reached_once(WalEnd(end), stats).await?;
+                            }
+                            return Ok(());
                         }
-                        // Everything that committed before it is applied: the slot moves to its end,
-                        // as for a keepalive (a non-transactional message is outside any transaction).
-                        if let Some((_, end)) = once
-                            && !self.in_transaction
-                        {
-                            self.acknowledge(Event::KeepAlive(WalEnd(end)));
-                        }
-                        return Ok(());
                     }
                 }
                 ReplicationEvent::Commit {
@@ -204,6 +208,11 @@ impl Stream<'_> {
                         self.pending =
                             Some((EndLsn(crate::change::Lsn(end_lsn.as_u64())), started));
                         stats.outbox_rows += 1;
+                    }
+                    if std::mem::take(&mut self.once_at_commit) {
+                        let end = WalEnd(crate::change::Lsn(end_lsn.as_u64()));
+                        self.reached_once(end, stats).await?;
+                        return Ok(());
                     }
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
@@ -410,6 +419,16 @@ impl Stream<'_> {
                 .update_applied_lsn(pgwire_replication::Lsn::from_u64(position.0));
             self.acknowledged = Some(position);
         }
+    }
+
+    /// `run --once` reached its marker, which ends at `end`: what is pending is applied and the slot
+    /// moves to the marker's end.
+    async fn reached_once(&mut self, end: WalEnd, stats: &mut RunStats) -> Result<(), RunError> {
+        if self.pending.is_some() {
+            self.apply(stats).await?;
+        }
+        self.acknowledge(Event::KeepAlive(end));
+        Ok(())
     }
 
     /// A keepalive found nothing unapplied: records that the desktop holds everything the cloud had

@@ -187,6 +187,11 @@ impl Writer {
     /// Ends the writer's sessions, letting the forward applier lock go now: a dropped connection's
     /// backend releases it a moment later, when a worker starting next could already find it taken.
     pub async fn close(self) {
+        if let Some(direct) = &self.direct
+            && direct.target.is_some()
+        {
+            db::drop_temp_tables(&direct.cloud).await;
+        }
         if self.holds_lock {
             // After a failure the session may be in a failed transaction.
             let _ = self.desktop.batch_execute("ROLLBACK").await;
