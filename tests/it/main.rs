@@ -4,6 +4,7 @@ mod any_schema;
 mod appliers;
 mod check;
 mod cli;
+mod conflicts;
 mod demo;
 mod deploy;
 mod forward;

@@ -14,9 +14,14 @@ const ITEM: &str = "[[tables]]\ndesktop = \"item\"\nkey = [\"id\"]\n";
 
 /// The config file a `tandem` command of the test reads.
 pub fn config_file(db: &TestDb, name: &str, cloud_url: &str, extra: &str) -> std::path::PathBuf {
+    config_file_of(db, name, cloud_url, &format!("{extra}\n{ITEM}"))
+}
+
+/// [`config_file`] with `rest` (settings and tables) instead of the `item` table.
+pub fn config_file_of(db: &TestDb, name: &str, cloud_url: &str, rest: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("{}-{name}.toml", db.name));
     let text = format!(
-        "[desktop]\nurl = \"{}\"\n[cloud]\nurl = \"{cloud_url}\"\nslot = \"{}\"\n{extra}\n{ITEM}",
+        "[desktop]\nurl = \"{}\"\n[cloud]\nurl = \"{cloud_url}\"\nslot = \"{}\"\n{rest}",
         db.desktop_url, db.name
     );
     std::fs::write(&path, text).unwrap();

@@ -10,7 +10,7 @@
 //!   missed).
 //!
 //! Each conflict is then marked resolved with the side kept and who chose (the operating system user).
-//! Only desktop-key tables: a cloud-key table's rows have no key of the desktop's to name them by.
+//! A cloud-key table's conflict names the phone's row by its cloud key: see [`scoped`].
 
 use std::fmt;
 
@@ -24,6 +24,9 @@ use crate::expr::{output_text, q, same_key};
 use crate::ops::reconcile::{self, Direction, Request};
 use crate::pipeline::Tables;
 use crate::transform::Kind;
+
+mod scoped;
+use scoped::ScopedRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -200,12 +203,58 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
             continue;
         };
         let t = &mapping.tables[i];
-        let Kind::Key(key) = &t.kind else {
-            out.push(no(format!(
-                "{} is a cloud-key table: resolve it by editing the row on the side to keep, then `tandem reconcile --table {}`",
-                c.table, t.table.desktop
-            )));
-            continue;
+        let key = match &t.kind {
+            Kind::Key(key) => key,
+            Kind::Scoped {
+                cloud_key,
+                cloud_key_type,
+                ..
+            } => {
+                let Some(ck) = key_texts(c.row_key.as_ref(), [CLOUD_KEY].into_iter()) else {
+                    out.push(no("its row key names no cloud key".into()));
+                    continue;
+                };
+                let ck = ck.into_iter().next().expect("one name, one value");
+                let message = if chosen.contains(&(i, vec![ck.clone()])) {
+                    Some(format!(
+                        "kept the {} row of {} {ck} (with another conflict of it)",
+                        kept(keep),
+                        c.table
+                    ))
+                } else {
+                    let row = ScopedRow {
+                        t,
+                        i,
+                        mapping,
+                        cloud_key,
+                        cloud_key_type,
+                        value: &ck,
+                    };
+                    match keep {
+                        Keep::Desktop => row.make_desktop_owned(&cloud).await?,
+                        Keep::Mobile => row.bring(config, &cloud).await?,
+                    }
+                };
+                let Some(message) = message else {
+                    out.push(no(format!(
+                        "the cloud holds no mobile row of {} with {cloud_key} {ck} any more: nothing to choose between; `tandem reconcile --table {}` repairs what differs",
+                        c.table, t.table.desktop
+                    )));
+                    continue;
+                };
+                chosen.push((i, vec![ck]));
+                // Keeping the desktop's row: the forward reconcile removes the phone's.
+                if keep == Keep::Desktop {
+                    queue(&mut reconcile_tables, t.table.desktop.to_string());
+                }
+                mark_resolved(&cloud, &desktop, c, keep).await?;
+                out.push(Resolved {
+                    id: id.clone(),
+                    resolved: true,
+                    message,
+                });
+                continue;
+            }
         };
         let Some(values) = key_texts(c.row_key.as_ref(), key.iter().map(|k| k.name.as_str()))
         else {
@@ -219,30 +268,13 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
         let changed = match keep {
             _ if again => 1,
             Keep::Desktop => {
-                // Published as a DELETE (the row leaves `source = 'M'`): the message first in the
-                // transaction tells the reverse stream it is tandem's own, not a phone's delete.
                 let what = format!("making the row of {} desktop-owned", t.table.cloud);
-                cloud
-                    .batch_execute(&format!(
-                        "BEGIN; SELECT pg_logical_emit_message(true, {}, 'conflicts resolve')",
-                        crate::expr::lit(crate::capture::logical::OWN_PREFIX)
-                    ))
-                    .await
-                    .ctx(Side::Cloud, &what)?;
-                let n = cloud
-                    .execute(
-                        &format!(
-                            "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
-                            t.table.cloud,
-                            cloud_match.join(" AND ")
-                        ),
-                        &params,
-                    )
-                    .await
-                    .ctx(Side::Cloud, &what);
-                let end = if n.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                cloud.batch_execute(end).await.ctx(Side::Cloud, &what)?;
-                n?
+                let update = format!(
+                    "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
+                    t.table.cloud.quoted(),
+                    cloud_match.join(" AND ")
+                );
+                own_update(&cloud, &update, &params, &what).await?
             }
             Keep::Mobile => {
                 // The desktop's row as the cloud's row type: the mobile row with the mapped columns
@@ -268,7 +300,7 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
                         &format!(
                             "SELECT jsonb_build_object({})::text FROM {} d WHERE {}",
                             pairs.join(", "),
-                            t.table.desktop,
+                            t.table.desktop.quoted(),
                             desktop_match.join(" AND ")
                         ),
                         &params,
@@ -297,8 +329,8 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
                                        FROM {table} t WHERE source = 'M' AND {matching}",
                                     schema = crate::expr::lit(&t.table.cloud.schema),
                                     name = crate::expr::lit(&t.table.cloud.name),
-                                    reg = crate::expr::lit(&t.table.cloud.to_string()),
-                                    table = t.table.cloud,
+                                    reg = crate::expr::lit(&t.table.cloud.quoted()),
+                                    table = t.table.cloud.quoted(),
                                     matching = cloud_match.join(" AND ")
                                 ),
                                 &all,
@@ -317,36 +349,12 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
             continue;
         }
         chosen.push((i, values.clone()));
-        let name = t.table.desktop.to_string();
-        if !reconcile_tables.contains(&name) {
-            reconcile_tables.push(name);
-        }
-        let side_client = if c.id.starts_with('f') {
-            &cloud
-        } else {
-            &desktop
-        };
-        let side = if c.id.starts_with('f') {
-            Side::Cloud
-        } else {
-            Side::Desktop
-        };
-        let number: i64 = c.id[1..].parse().unwrap_or_default();
-        let kept = match keep {
-            Keep::Desktop => "desktop",
-            Keep::Mobile => "mobile",
-        };
-        side_client
-            .execute(
-                "UPDATE tandem.conflicts SET resolved_at = now(), resolution = $2, resolved_by = $3 WHERE id = $1",
-                &[&number, &kept, &chooser()],
-            )
-            .await
-            .ctx(side, "marking the conflict resolved")?;
+        queue(&mut reconcile_tables, t.table.desktop.to_string());
+        mark_resolved(&cloud, &desktop, c, keep).await?;
         out.push(Resolved {
             id: id.clone(),
             resolved: true,
-            message: format!("kept the {kept} row of {} {:?}", c.table, values),
+            message: format!("kept the {} row of {} {:?}", kept(keep), c.table, values),
         });
     }
     if !reconcile_tables.is_empty() {
@@ -370,6 +378,67 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
         }
     }
     Ok(out)
+}
+
+/// How a cloud-key table's conflict names its row (`row_key`).
+const CLOUD_KEY: &str = "cloud_key";
+
+fn kept(keep: Keep) -> &'static str {
+    match keep {
+        Keep::Desktop => "desktop",
+        Keep::Mobile => "mobile",
+    }
+}
+
+fn queue(tables: &mut Vec<String>, table: String) {
+    if !tables.contains(&table) {
+        tables.push(table);
+    }
+}
+
+/// Records on conflict `c`'s side that it was resolved keeping `keep`, and who chose.
+async fn mark_resolved(
+    cloud: &Client,
+    desktop: &Client,
+    c: &Conflict,
+    keep: Keep,
+) -> Result<(), DbError> {
+    let (client, side) = if c.id.starts_with('f') {
+        (cloud, Side::Cloud)
+    } else {
+        (desktop, Side::Desktop)
+    };
+    let number: i64 = c.id[1..].parse().unwrap_or_default();
+    client
+        .execute(
+            "UPDATE tandem.conflicts SET resolved_at = now(), resolution = $2, resolved_by = $3 WHERE id = $1",
+            &[&number, &kept(keep), &chooser()],
+        )
+        .await
+        .ctx(side, "marking the conflict resolved")?;
+    Ok(())
+}
+
+/// Runs `update` (a change of mobile rows' ownership) in a cloud transaction the reverse stream skips:
+/// a row leaving `source = 'M'` is published as a DELETE, and the message first in the transaction
+/// tells the stream it is tandem's own, not a phone's delete. Returns the rows changed.
+async fn own_update(
+    cloud: &Client,
+    update: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+) -> Result<u64, DbError> {
+    cloud
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_logical_emit_message(true, {}, 'conflicts resolve')",
+            crate::expr::lit(crate::capture::logical::OWN_PREFIX)
+        ))
+        .await
+        .ctx(Side::Cloud, what)?;
+    let n = cloud.execute(update, params).await.ctx(Side::Cloud, what);
+    let end = if n.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    cloud.batch_execute(end).await.ctx(Side::Cloud, what)?;
+    n
 }
 
 /// `alias`'s key columns equal to the parameters `$1..`, by each type's btree equality (or text).

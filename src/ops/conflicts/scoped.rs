@@ -1,0 +1,111 @@
+//! Resolving a conflict of a cloud-key table. Its rows have no key of the desktop's: the cloud names
+//! each by its cloud key, the desktop holds them as a multiset per scope. A reverse conflict is a
+//! phone's edit of a row whose version it started from the desktop no longer holds (the desktop changed
+//! or deleted its copy), so no desktop row can be named as the one the phone's replaces.
+//! - `--keep desktop`: the phone's row (by its cloud key) becomes desktop-owned, in a transaction the
+//!   reverse stream skips; the forward reconcile of the table then makes its scope the desktop's rows
+//!   again, which removes it (the desktop's own version is already there, or goes with it).
+//! - `--keep mobile`: the phone's row is brought to the desktop through the reverse plan, as a new row
+//!   of its scope (a copy of the mobile row: never sent back as desktop-owned). The desktop's own
+//!   version stays: which row it is only a person can tell, and nothing is deleted on a guess. The
+//!   message says so and how to remove it (a desktop delete, which travels as any other).
+
+use tokio_postgres::Client;
+
+use crate::capture::scan::{Key, ScanSql};
+use crate::catalog::ValueType;
+use crate::change::Side;
+use crate::commit::reconcile::{self, Repair};
+use crate::commit::reverse::Reverse;
+use crate::commit::{Direction, Target};
+use crate::config::Config;
+use crate::db::{self, DbError};
+use crate::expr::{q, same_key};
+use crate::transform::{Mapping, TableMapping};
+
+/// The mobile row of a cloud-key table a conflict names.
+pub(super) struct ScopedRow<'a> {
+    pub t: &'a TableMapping,
+    pub i: usize,
+    pub mapping: &'a Mapping,
+    pub cloud_key: &'a str,
+    pub cloud_key_type: &'a ValueType,
+    /// The cloud key's value, as text.
+    pub value: &'a str,
+}
+
+impl ScopedRow<'_> {
+    /// `--keep desktop`: the phone's row becomes desktop-owned (the forward reconcile the caller runs
+    /// then replaces the scope). `None` when the cloud holds no mobile row with that key any more.
+    pub async fn make_desktop_owned(&self, cloud: &Client) -> Result<Option<String>, DbError> {
+        let t = self.t;
+        let update = format!(
+            "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
+            t.table.cloud.quoted(),
+            self.is_the_row("t")
+        );
+        let what = format!(
+            "making row {} {} of {} desktop-owned",
+            self.cloud_key, self.value, t.table.cloud
+        );
+        let n = super::own_update(cloud, &update, &[&self.value], &what).await?;
+        Ok((n > 0).then(|| {
+            format!(
+                "kept the desktop rows of {}: the phone's row {} {} is desktop-owned now, and the reconcile of {} made its scope the desktop's rows",
+                t.table.desktop, self.cloud_key, self.value, t.table.desktop
+            )
+        }))
+    }
+
+    /// `--keep mobile`: brings the phone's row, as the cloud holds it now, to the desktop as a new row
+    /// of its scope, through the reverse plan (under the reverse stream's lock). `None` when the cloud
+    /// holds no mobile row with that key any more.
+    pub async fn bring(&self, config: &Config, cloud: &Client) -> anyhow::Result<Option<String>> {
+        let t = self.t;
+        // A session of its own: it is marked as tandem's, so the capture triggers skip its write.
+        let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+        let plan = Reverse::new(self.mapping);
+        let sql = ScanSql::build(self.mapping, self.i);
+        let mut target = Target::prepare(&desktop, Direction::Reverse, plan.staging()).await?;
+        let mut on = reconcile::Desktop {
+            target: &mut target,
+            plan: &plan,
+            desktop: &desktop,
+            mapping: self.mapping,
+            i: self.i,
+        };
+        let repair = Repair::Bring {
+            key: Key(Vec::new()),
+            cloud_key: Some(self.value.to_string()),
+            old: None,
+        };
+        if reconcile::stage(&mut on, cloud, &sql, &[repair]).await? == 0 {
+            target.rollback(&desktop).await?;
+            return Ok(None);
+        }
+        let outcome = reconcile::commit(&mut on, "").await?;
+        db::drop_temp_tables(&desktop).await;
+        if outcome.dead_letters > 0 {
+            anyhow::bail!(
+                "the desktop refused the phone's row {} {} of {}: it is a dead letter now (`tandem dead-letters list` says why); fix that, then `tandem reconcile --table {}`",
+                self.cloud_key,
+                self.value,
+                t.table.desktop,
+                t.table.desktop
+            );
+        }
+        Ok(Some(format!(
+            "brought the phone's row {} {} to {} as a row of its own; the desktop's own version of it stays (a cloud-key table's rows have no key to tell which one the phone's replaces): delete it on the desktop if it is not wanted",
+            self.cloud_key, self.value, t.table.desktop
+        )))
+    }
+
+    /// `alias`'s cloud key equal to parameter `$1` (text).
+    fn is_the_row(&self, alias: &str) -> String {
+        same_key(
+            &format!("{alias}.{}", q(self.cloud_key)),
+            &format!("CAST($1::text AS {})", self.cloud_key_type.base),
+            self.cloud_key_type,
+        )
+    }
+}
