@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use crate::any_schema::{OWNERSHIP, installed_with, run_once};
-use crate::operator::{config_file_of, tandem};
+use crate::operator::{config_file_of, every_conflict_says_who_chose, tandem};
 use crate::support::{count, rows};
 
 const TABLES: &str =
@@ -131,16 +131,7 @@ async fn a_cloud_key_tables_conflicts_are_resolved_by_cloud_key_keeping_either_s
     assert!(found >= 4, "no counts in {report:#}");
     assert_eq!(differing, 0, "{report:#}");
     // Who chose is recorded; a second resolve says it is done.
-    let (_, stdout, _) = tandem(&file, &["conflicts", "list", "--all", "--json"]);
-    let all: Value = serde_json::from_str(&stdout).unwrap();
-    for c in all.as_array().unwrap() {
-        assert!(
-            c["resolved_by"]
-                .as_str()
-                .is_some_and(|b| b.contains("tandem conflicts resolve")),
-            "{c:#}"
-        );
-    }
+    every_conflict_says_who_chose(&file);
     let (code, text, _) = tandem(&file, &["conflicts", "resolve", &a, "--keep", "desktop"]);
     assert_eq!(code, 1);
     assert!(text.contains("already resolved, kept mobile"), "{text}");
@@ -210,6 +201,7 @@ async fn a_desktop_key_tables_conflicts_with_odd_names_are_resolved_either_way()
     );
     let (_, text, _) = tandem(&file, &["conflicts"]);
     assert!(text.contains("conflicts: 0 open"), "{text}");
+    every_conflict_says_who_chose(&file);
     let _ = std::fs::remove_file(file);
 }
 

@@ -28,6 +28,24 @@ pub fn config_file_of(db: &TestDb, name: &str, cloud_url: &str, rest: &str) -> s
     path
 }
 
+/// Every conflict, open or not, records who resolved it with `tandem conflicts resolve`.
+pub fn every_conflict_says_who_chose(file: &std::path::Path) {
+    let (_, stdout, _) = tandem(file, &["conflicts", "list", "--all", "--json"]);
+    let all: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        !all.as_array().unwrap().is_empty(),
+        "no conflicts: {stdout}"
+    );
+    for c in all.as_array().unwrap() {
+        assert!(
+            c["resolved_by"]
+                .as_str()
+                .is_some_and(|b| b.contains("tandem conflicts resolve")),
+            "{c:#}"
+        );
+    }
+}
+
 /// Runs `tandem -c FILE args...`: (exit code, stdout, stdout and stderr).
 pub fn tandem(file: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let out = output_of(
@@ -296,16 +314,7 @@ async fn conflicts_are_listed_and_resolved_through_the_engine_keeping_the_chosen
     // Nothing left open, and who chose is recorded.
     let (_, text, _) = tandem(&file, &["conflicts"]);
     assert!(text.contains("conflicts: 0 open"), "{text}");
-    let (_, stdout, _) = tandem(&file, &["conflicts", "list", "--all", "--json"]);
-    let all: Value = serde_json::from_str(&stdout).unwrap();
-    for c in all.as_array().unwrap() {
-        assert!(
-            c["resolved_by"]
-                .as_str()
-                .is_some_and(|b| b.contains("tandem conflicts resolve")),
-            "{c:#}"
-        );
-    }
+    every_conflict_says_who_chose(&file);
     // A second resolve of the same id changes nothing and says so.
     let first = of(1)[0].to_string();
     let (code, text, _) = tandem(&file, &["conflicts", "resolve", &first, "--keep", "mobile"]);

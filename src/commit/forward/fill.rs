@@ -14,7 +14,7 @@ use crate::change::Side;
 use crate::db::Context;
 use crate::transform::Mapping;
 
-use super::super::{Batch, BatchOutcome, CommitError, Count, Params, Plan, Step, Target};
+use super::super::{Batch, BatchOutcome, CommitError, Count, Plan, Target};
 use super::sql::{Numbered, Write};
 use super::{ANALYZE_ABOVE, Forward};
 
@@ -103,13 +103,7 @@ impl Forward {
         let steps = |fast: bool| {
             let mut steps = Vec::new();
             self.write(&mut steps, i, &sql.fill, Count::Written, fast && big);
-            steps.push(Step::whole(
-                i,
-                "resolving dead letters",
-                &sql.resolve,
-                Params::TableAndBatch,
-                Count::Nothing,
-            ));
+            steps.push(self.resolving(i));
             steps
         };
         let plan = Plan {

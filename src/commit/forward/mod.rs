@@ -310,15 +310,21 @@ impl Forward {
             if let Some(update) = &sql.lookup_update {
                 self.write(&mut steps, i, update, Count::Written, generic(i));
             }
-            steps.push(Step::whole(
-                i,
-                "resolving dead letters",
-                &sql.resolve,
-                Params::TableAndBatch,
-                Count::Nothing,
-            ));
+            steps.push(self.resolving(i));
         }
         steps
+    }
+
+    /// The step resolving table `i`'s open dead letters of the keys the batch wrote (see
+    /// `ForwardSql::resolve`).
+    pub(super) fn resolving(&self, i: usize) -> Step<'_> {
+        Step::whole(
+            i,
+            "resolving dead letters",
+            &self.sql[i].resolve,
+            Params::TableAndBatch,
+            Count::Nothing,
+        )
     }
 
     /// A ranged write step; with `fast` (the fast path of a big batch), its foreign keys' checks reuse

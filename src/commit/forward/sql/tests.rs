@@ -7,7 +7,7 @@ use crate::catalog::ValueType;
 use crate::change::{QualifiedName, TableRef};
 use crate::commit::Plan;
 use crate::commit::forward::Forward;
-use crate::transform::{LookupColumn, Mapping};
+use crate::transform::{LookupColumn, MappedColumn, Mapping};
 
 fn column(name: &str) -> MappedColumn {
     let value = ValueType {
