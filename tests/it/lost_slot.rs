@@ -103,6 +103,22 @@ async fn run_fails_naming_the_recovery(config: &Config) {
         text.contains("init") && text.contains("reconcile"),
         "the error does not name the recovery (init, reconcile): {text}"
     );
+    // `tandem status` reads it as broken, naming the same recovery.
+    let status = tandem::ops::status::collect(config).await;
+    assert_eq!(
+        status.health,
+        tandem::ops::status::Health::Broken,
+        "{status:?}"
+    );
+    assert_eq!(status.reverse.wal_status, "lost", "{status:?}");
+    assert!(
+        status
+            .problems
+            .iter()
+            .any(|p| p.fix.contains("init") && p.fix.contains("reconcile")),
+        "{:?}",
+        status.problems
+    );
 }
 
 /// Drops the lost slot and runs `init`: the slot is new and every table is due to sync again.
