@@ -87,6 +87,40 @@ pub(super) async fn tell(config: &Config, scale: f64) -> anyhow::Result<()> {
             config.cloud.slot,
             t.elapsed()
         );
+        // The slot starts before the initial sync's cloud writes: the stream reads past them (they
+        // are tandem's own, nothing to apply) before a phone's change made now can arrive.
+        let t = Instant::now();
+        let (end, behind): (String, i64) = {
+            let r = cloud
+                .query_one(
+                    "SELECT pg_current_wal_insert_lsn()::text,
+                            coalesce(pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn), 0)::int8
+                       FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&config.cloud.slot],
+                )
+                .await
+                .context("reading the slot's position")?;
+            (r.get(0), r.get(1))
+        };
+        let past = wait_until(DEADLINE, || async {
+            cloud
+                .query_one(
+                    "SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&config.cloud.slot, &end],
+                )
+                .await
+                .is_ok_and(|r| r.get(0))
+        })
+        .await;
+        anyhow::ensure!(
+            past,
+            "the reverse stream did not read past the initial sync's WAL within {DEADLINE:?}"
+        );
+        println!(
+            "  the reverse stream read past the initial sync's {:.1} MiB of cloud WAL (tandem's own writes: nothing to apply) in {:.2?}",
+            behind as f64 / (1024.0 * 1024.0),
+            t.elapsed()
+        );
         heading(4);
         edits(&desktop, &cloud).await?;
         heading(5);
