@@ -64,6 +64,7 @@ const ARRIVAL_TRIGGER: &str = "rev_arrived";
 /// belong to the cluster, not to a database).
 const SLOT: &str = "bench_rev";
 const RSS_SLOT: &str = "bench_rev_rss";
+const INITIAL_SLOT: &str = "bench_rev_initial";
 const NATIVE_PUB: &str = "native_pub";
 const NATIVE_SUB: &str = "native_sub";
 /// The second native reference: all seven columns, no column list (its slot is named after it).
@@ -145,6 +146,8 @@ struct Results {
     native_bulk: Vec<Throughput>,
     native_full_bulk: Vec<Throughput>,
     rss: Option<RssRun>,
+    /// The same rows brought by an initial sync.
+    initial: Option<RssRun>,
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -194,9 +197,19 @@ async fn bench(desktop: &LocalCluster, cloud: &LocalCluster) -> Result<()> {
          databases, slot {RSS_SLOT}); peak RSS = ru_maxrss of the rusage wait4() returns for its pid",
         thousands(f64::from(RSS_ROWS))
     ));
-    let rss = rss_figure(&mut env).await?;
+    let rss = rss_figure(&mut env, true).await?;
     print_rss(&rss);
     results.rss = Some(rss);
+
+    section(&format!(
+        "the same {}-row table as an initial sync: tandem run --once on a table new since init (the \
+         cloud's rows reach the desktop through the reconcile's reverse repairs, then the stream reads \
+         past them); fresh databases, slot {INITIAL_SLOT}",
+        thousands(f64::from(RSS_ROWS))
+    ));
+    let initial = rss_figure(&mut env, false).await?;
+    print_rss(&initial);
+    results.initial = Some(initial);
 
     let own = peak_rss();
     section("summary");
@@ -791,8 +804,22 @@ async fn drop_subscription(native: &Native) -> Result<()> {
 
 /// Fresh databases, tandem installed, one `RSS_ROWS`-row transaction committed in the cloud; then
 /// `tandem run --once` as a child process, alone.
-async fn rss_figure(env: &mut Env<'_>) -> Result<RssRun> {
-    let (mut pair, _, text) = env.tandem("rss", RSS_SLOT, false).await?;
+async fn rss_figure(env: &mut Env<'_>, synced: bool) -> Result<RssRun> {
+    let (mut pair, _, text) = env
+        .tandem(
+            if synced { "rss" } else { "initial" },
+            if synced { RSS_SLOT } else { INITIAL_SLOT },
+            false,
+        )
+        .await?;
+    if synced {
+        // The table streams from init on (as after its initial sync): the stream brings the rows.
+        pair.desktop
+            .batch_execute(
+                "UPDATE tandem.table_state SET state = 'streaming', since = now(), synced_at = now()",
+            )
+            .await?;
+    }
     let started = Instant::now();
     let tx = pair.cloud.transaction().await?;
     tx.execute(&bulk_insert("bench_m", 1, RSS_ROWS), &[])
@@ -1363,9 +1390,21 @@ fn one_line_summary(r: &Results) -> String {
             }
         )
     });
+    let initial = r.initial.as_ref().map_or("-".to_string(), |m| {
+        format!(
+            "as an initial sync {:.1} MB, {:.1} s{}",
+            m.peak_mb(),
+            m.elapsed.as_secs_f64(),
+            if m.complete() {
+                ""
+            } else {
+                " (desktop count WRONG)"
+            }
+        )
+    });
     format!(
         "SUMMARY reverse: tandem {}; 100k×1tx median {} rows/s | native {}; 100k×1tx median {} rows/s \
-         (seven columns: {}) | bulk tandem/native {} (seven columns: {}) | {rss}",
+         (seven columns: {}) | bulk tandem/native {} (seven columns: {}) | {rss}; {initial}",
         lat(&r.latency),
         median(&r.bulk).map_or("-".to_string(), |t| thousands(t.rows_per_s())),
         lat(&r.native_latency),

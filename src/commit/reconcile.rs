@@ -34,6 +34,9 @@ use super::reverse::{Group, Origin, Reverse};
 use super::{BatchOutcome, CommitError, Dest, Target};
 use crate::transform::{Kind, Mapping};
 
+mod repairs;
+pub use repairs::Repairs;
+
 /// A journal entry: a phone's UPDATE or DELETE of a row, with the row before it.
 #[derive(Debug, Clone)]
 pub struct Entry {

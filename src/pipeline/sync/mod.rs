@@ -249,7 +249,7 @@ async fn compare_and_repair(
         },
         forward_now: Vec::new(),
         forward_after: Vec::new(),
-        repairs: Vec::new(),
+        repairs: Default::default(),
         handed: Handed::default(),
         gate: gate.take(),
     };

@@ -10,7 +10,7 @@ use futures_util::SinkExt;
 use crate::capture::outbox::{NOTIFY_CHANNEL, ReadSql, key_list};
 use crate::capture::scan::{Key, Line, Lines, ScanSql};
 use crate::change::Side;
-use crate::commit::reconcile::{self, CloudRow, Entry, KeyDecision, Repair, ScopeRepair};
+use crate::commit::reconcile::{self, CloudRow, Entry, KeyDecision, Repair, Repairs, ScopeRepair};
 use crate::commit::reverse::Reverse;
 use crate::commit::reverse::encode::copy_escape;
 use crate::commit::{BatchOutcome, Direction, Progress, Target};
@@ -35,7 +35,7 @@ pub(super) struct Scan<'a> {
     pub(super) forward_now: Vec<Key>,
     /// Keys to send forward once the desktop repairs of their scope are committed.
     pub(super) forward_after: Vec<Key>,
-    pub(super) repairs: Vec<Repair>,
+    pub(super) repairs: Repairs,
     pub(super) handed: Handed,
     /// This process applies the forward repairs itself (see [`super::Direct`]).
     pub(super) direct: Option<&'a mut super::Direct>,
@@ -449,7 +449,7 @@ impl Scan<'_> {
             i,
         };
         for chunk in self.repairs.chunks(REPAIRS_PER_STAGE) {
-            reconcile::stage(&mut on, cloud, &self.sql, chunk).await?;
+            reconcile::stage(&mut on, cloud, &self.sql, &chunk).await?;
         }
         let outcome = reconcile::commit(&mut on, &also).await?;
         // Conflicts standing since an earlier reconcile are not logged again, but they are counted.
