@@ -205,6 +205,87 @@ async fn a_desktop_key_tables_conflicts_with_odd_names_are_resolved_either_way()
     let _ = std::fs::remove_file(file);
 }
 
+/// Deletes against edits: a phone deleted rows the desktop changed, the desktop deleted a row a phone
+/// changed. Resolving either way applies the side chosen, the delete included.
+#[tokio::test]
+async fn conflicts_of_a_delete_against_an_edit_are_resolved_either_way() {
+    const ODD: &str = "[[tables]]\ndesktop = \"Odd Item\"\nkey = [\"the id\"]\n";
+    let (db, config) = installed_with(
+        r#"CREATE TABLE "Odd Item" ("the id" int PRIMARY KEY, "na'me" text);"#,
+        &format!(
+            r#"CREATE TABLE "Odd Item" ("the id" int PRIMARY KEY, "na'me" text, {OWNERSHIP});"#
+        ),
+        ODD,
+    )
+    .await;
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    desktop
+        .batch_execute(
+            r#"INSERT INTO "Odd Item" VALUES (1, 'desk'), (2, 'desk'), (3, 'desk'), (4, 'desk')"#,
+        )
+        .await
+        .unwrap();
+    run_once(&config).await;
+    // Rows 1 and 2: a phone deletes, the desktop edits. Rows 3 and 4: the desktop deletes, a phone edits.
+    cloud
+        .batch_execute(
+            r#"DELETE FROM "Odd Item" WHERE "the id" IN (1, 2);
+               UPDATE "Odd Item" SET "na'me" = 'phone edit' WHERE "the id" IN (3, 4)"#,
+        )
+        .await
+        .unwrap();
+    desktop
+        .batch_execute(
+            r#"UPDATE "Odd Item" SET "na'me" = 'desk edit' WHERE "the id" IN (1, 2);
+               DELETE FROM "Odd Item" WHERE "the id" IN (3, 4)"#,
+        )
+        .await
+        .unwrap();
+    run_once(&config).await;
+    let file = config_file_of(&db, "delete-conflicts", &db.cloud_url, ODD);
+    let (_, stdout, all) = tandem(&file, &["conflicts", "--json"]);
+    let list: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
+    let of = |key: i64| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["row_key"]["the id"].as_i64() == Some(key))
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for key in 1..=4 {
+        assert!(!of(key).is_empty(), "no conflict for row {key}: {stdout}");
+    }
+    let resolve = |ids: Vec<String>, keep: &str| {
+        let mut args = vec!["conflicts", "resolve"];
+        args.extend(ids.iter().map(String::as_str));
+        args.extend(["--keep", keep]);
+        let (code, text, all) = tandem(&file, &args);
+        assert_eq!(code, 0, "{all}");
+        assert!(text.contains("resolved: kept"), "{text}");
+    };
+    // The phone's side: row 1 deleted on the desktop too, row 3 back on the desktop as the phone has it.
+    resolve([of(1), of(3)].concat(), "mobile");
+    // The desktop's side: row 2 back in the cloud as the desktop has it, row 4 deleted in the cloud.
+    resolve([of(2), of(4)].concat(), "desktop");
+    run_once(&config).await;
+    let both = |client| rows(client, r#""Odd Item""#, r#""the id", "na'me""#, "true");
+    let expected = vec![
+        r#"(2,"desk edit")"#.to_string(),
+        r#"(3,"phone edit")"#.to_string(),
+    ];
+    assert_eq!(both(&desktop).await, expected);
+    assert_eq!(both(&cloud).await, expected);
+    assert_eq!(
+        rows(&cloud, r#""Odd Item""#, r#""the id", source"#, "true").await,
+        vec!["(2,D)".to_string(), "(3,M)".to_string()]
+    );
+    let (_, text, _) = tandem(&file, &["conflicts"]);
+    assert!(text.contains("conflicts: 0 open"), "{text}");
+    every_conflict_says_who_chose(&file);
+    let _ = std::fs::remove_file(file);
+}
+
 /// How many drift counts (`inserted`, `updated`, `deleted`, `conflicts`) a reconcile report holds,
 /// and their sum.
 fn drift(v: &Value) -> (usize, u64) {

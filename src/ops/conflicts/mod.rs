@@ -1,13 +1,14 @@
 //! `tandem conflicts`: the changes tandem did not apply because the other side owns the row or both
 //! sides changed it, listed from both sides, and resolved by an operator's choice.
 //!
-//! A conflict is resolved through the same engine that refused it: the choice is written down where
-//! the reconcile reads ownership, and a reconcile of the table applies it.
-//! - `--keep desktop`: the cloud row becomes desktop-owned (`source = 'D'`); the forward reconcile then
-//!   writes the desktop's row over it (or deletes it, when the desktop no longer has the row).
-//! - `--keep mobile`: the cloud's journal records the desktop's row as the version the phone replaced;
-//!   the reverse reconcile then brings the mobile row over it (as for a phone's edit the stream
-//!   missed).
+//! A conflict is resolved through the same engine that refused it, for the side chosen as it is now:
+//! - `--keep desktop`: the cloud row becomes desktop-owned (`source = 'D'`, in a transaction the
+//!   reverse stream skips); the forward reconcile of the table then writes the desktop's row over it,
+//!   or deletes it when the desktop no longer has the row (a desktop delete the phone's edit blocked).
+//! - `--keep mobile`: the phone's row is applied to the desktop for that key alone, through the
+//!   reverse plan as a reconcile's repair (under the reverse stream's lock): over the desktop's row, as
+//!   a new row, or, when the phone deleted it, as the desktop row's delete (first removing the copy a
+//!   desktop edit put back in the cloud).
 //!
 //! Each conflict is then marked resolved with the side kept and who chose (the operating system user).
 //! A cloud-key table's conflict names the phone's row by its cloud key: see [`scoped`].
@@ -17,7 +18,9 @@ use std::fmt;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::capture::scan::Key;
 use crate::change::Side;
+use crate::commit::reconcile::Repair;
 use crate::config::Config;
 use crate::db::{self, Context, DbError};
 use crate::expr::{output_text, q, same_key};
@@ -26,7 +29,7 @@ use crate::pipeline::Tables;
 use crate::transform::Kind;
 
 mod scoped;
-use scoped::ScopedRow;
+use scoped::{ScopedRow, apply};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -265,9 +268,101 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             values.iter().map(|v| v as _).collect();
         let again = chosen.contains(&(i, values.clone()));
+        // A row of `alias` as an old image: each mapped column's text, as the stream writes images.
+        let image = |alias: &str| {
+            let pairs: Vec<(String, String)> = t
+                .reverse_columns
+                .iter()
+                .map(|col| {
+                    (
+                        col.name.clone(),
+                        output_text(&format!("{alias}.{}", q(&col.name))),
+                    )
+                })
+                .collect();
+            crate::expr::json_object(&pairs)
+        };
+        // The cloud's row now: mobile-owned, desktop-owned, or gone (a phone deleted it); with its key
+        // as the cloud writes it (what the engine matches fetched rows by).
+        let cloud_row = cloud
+            .query_opt(
+                &format!(
+                    "SELECT coalesce(t.source::text = 'M', false), ({})::text, {} FROM {} t WHERE {}",
+                    image("t"),
+                    key.iter()
+                        .map(|k| format!("(t.{})::text", q(&k.name)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    t.table.cloud.quoted(),
+                    cloud_match.join(" AND ")
+                ),
+                &params,
+            )
+            .await
+            .ctx(Side::Cloud, format!("reading the row of {}", t.table.cloud))?;
+        let cloud_key = Key(match &cloud_row {
+            Some(r) => (2..=key.len() + 1)
+                .map(|n| r.get::<_, Option<String>>(n).map(|v| v.into_bytes().into()))
+                .collect(),
+            None => Vec::new(),
+        });
+        let cloud_image: Option<String> = cloud_row.as_ref().map(|r| r.get(1));
+        let mut cloud_row: Option<bool> = cloud_row.map(|r| r.get(0));
+        // The desktop's row as an old image (each column's text): what the engine must find on the
+        // desktop to replace or delete it.
+        let desktop_match = key_match("d", key.iter().map(|k| (k.name.as_str(), &k.desktop)));
+        let old: Option<String> = desktop
+            .query_opt(
+                &format!(
+                    "SELECT ({})::text FROM {} d WHERE {}",
+                    image("d"),
+                    t.table.desktop.quoted(),
+                    desktop_match.join(" AND ")
+                ),
+                &params,
+            )
+            .await
+            .ctx(
+                Side::Desktop,
+                format!("reading the row of {}", t.table.desktop),
+            )?
+            .map(|r| r.get(0));
+        // The change the conflict refused was a delete (the phone's, for a reverse conflict).
+        let refused_delete = c.incoming.as_ref().is_none_or(serde_json::Value::is_null);
+        if keep == Keep::Mobile
+            && !again
+            && cloud_row == Some(false)
+            && refused_delete
+            && c.id.starts_with('r')
+        {
+            // A phone deleted the row and the desktop's edit put it back as desktop-owned: the phone's
+            // side is the row gone, from the cloud first (in a transaction the stream skips).
+            let what = format!("deleting the row of {} the phone deleted", t.table.cloud);
+            let delete = format!(
+                "DELETE FROM {} t WHERE source = 'D' AND {}",
+                t.table.cloud.quoted(),
+                cloud_match.join(" AND ")
+            );
+            own_update(&cloud, &delete, &params, &what).await?;
+            cloud_row = None;
+        }
         let changed = match keep {
             _ if again => 1,
+            // The forward reconcile makes the cloud's row the desktop's (or removes it).
+            Keep::Desktop if cloud_row != Some(true) => 1,
             Keep::Desktop => {
+                // The desktop deleted the row, the phone's edit kept it, and the stream brought that
+                // edit back to the desktop: the desktop's side is the row deleted, so the copy goes
+                // first (only while it is the phone's row unchanged; a row the desktop made again is
+                // the desktop's, kept).
+                if c.id.starts_with('f') && refused_delete && old.is_some() && old == cloud_image {
+                    let old = old.clone().expect("checked");
+                    let remove = Repair::Remove {
+                        cloud_key: None,
+                        old,
+                    };
+                    apply(config, mapping, i, &cloud, remove).await?;
+                }
                 let what = format!("making the row of {} desktop-owned", t.table.cloud);
                 let update = format!(
                     "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
@@ -276,68 +371,27 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
                 );
                 own_update(&cloud, &update, &params, &what).await?
             }
+            // Desktop-owned now, and the phone's version is not there any more to keep.
+            Keep::Mobile if cloud_row == Some(false) => 0,
             Keep::Mobile => {
-                // The desktop's row as the cloud's row type: the mobile row with the mapped columns
-                // holding the desktop's values.
-                let desktop_match =
-                    key_match("d", key.iter().map(|k| (k.name.as_str(), &k.desktop)));
-                let pairs: Vec<String> = t
-                    .reverse_columns
-                    .iter()
-                    .map(|col| {
-                        let v = format!("d.{}", q(&col.name));
-                        let json = matches!(col.cloud.base.as_str(), "json" | "jsonb");
-                        let value = if json {
-                            format!("to_jsonb({v})")
-                        } else {
-                            format!("to_jsonb({})", output_text(&v))
-                        };
-                        format!("{}, {value}", crate::expr::lit(&col.name))
-                    })
-                    .collect();
-                let row = desktop
-                    .query_opt(
-                        &format!(
-                            "SELECT jsonb_build_object({})::text FROM {} d WHERE {}",
-                            pairs.join(", "),
-                            t.table.desktop.quoted(),
-                            desktop_match.join(" AND ")
-                        ),
-                        &params,
-                    )
-                    .await
-                    .ctx(
-                        Side::Desktop,
-                        format!("reading the row of {}", t.table.desktop),
-                    )?;
-                match row {
-                    None => 0,
-                    Some(r) => {
-                        let image: String = r.get(0);
-                        let mut all = params.clone();
-                        all.push(&image);
-                        let n = values.len() + 1;
-                        cloud
-                            .execute(
-                                &format!(
-                                    "INSERT INTO tandem.journal (table_schema, table_name, op, names, old)
-                                     SELECT {schema}, {name}, 'U',
-                                            ARRAY(SELECT a.attname::text FROM pg_attribute a
-                                                   WHERE a.attrelid = {reg}::regclass AND a.attnum > 0
-                                                     AND NOT a.attisdropped ORDER BY a.attnum),
-                                            jsonb_populate_record(t, ${n}::text::jsonb)::text
-                                       FROM {table} t WHERE source = 'M' AND {matching}",
-                                    schema = crate::expr::lit(&t.table.cloud.schema),
-                                    name = crate::expr::lit(&t.table.cloud.name),
-                                    reg = crate::expr::lit(&t.table.cloud.quoted()),
-                                    table = t.table.cloud.quoted(),
-                                    matching = cloud_match.join(" AND ")
-                                ),
-                                &all,
-                            )
-                            .await
-                            .ctx(Side::Cloud, "recording the desktop's row in tandem.journal")?
-                    }
+                // Only this key, through the reverse plan: the phone's row over the desktop's (or as
+                // a new row), or the desktop's deleted as the phone deleted it.
+                let repair = match (cloud_row, old) {
+                    (Some(_), old) => Some(Repair::Bring {
+                        key: cloud_key,
+                        cloud_key: None,
+                        old,
+                    }),
+                    (None, Some(old)) => Some(Repair::Remove {
+                        cloud_key: None,
+                        old,
+                    }),
+                    (None, None) => None,
+                };
+                match repair {
+                    Some(repair) => u64::from(apply(config, mapping, i, &cloud, repair).await?),
+                    // Gone on both sides: nothing differs.
+                    None => 1,
                 }
             }
         };
@@ -349,7 +403,11 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
             continue;
         }
         chosen.push((i, values.clone()));
-        queue(&mut reconcile_tables, t.table.desktop.to_string());
+        // Keeping the desktop's row: the forward reconcile writes it over the cloud's (or removes the
+        // cloud's). The phone's was applied above, for its key alone.
+        if keep == Keep::Desktop {
+            queue(&mut reconcile_tables, t.table.desktop.to_string());
+        }
         mark_resolved(&cloud, &desktop, c, keep).await?;
         out.push(Resolved {
             id: id.clone(),
@@ -360,10 +418,7 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
     if !reconcile_tables.is_empty() {
         let request = Request {
             tables: reconcile_tables,
-            direction: match keep {
-                Keep::Desktop => Direction::Forward,
-                Keep::Mobile => Direction::Reverse,
-            },
+            direction: Direction::Forward,
             dry_run: false,
             trigger: "conflict",
         };

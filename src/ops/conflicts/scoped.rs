@@ -19,7 +19,7 @@ use crate::commit::reconcile::{self, Repair};
 use crate::commit::reverse::Reverse;
 use crate::commit::{Direction, Target};
 use crate::config::Config;
-use crate::db::{self, DbError};
+use crate::db::{self, Context, DbError};
 use crate::expr::{q, same_key};
 use crate::transform::{Mapping, TableMapping};
 
@@ -48,10 +48,28 @@ impl ScopedRow<'_> {
             "making row {} {} of {} desktop-owned",
             self.cloud_key, self.value, t.table.cloud
         );
-        let n = super::own_update(cloud, &update, &[&self.value], &what).await?;
-        Ok((n > 0).then(|| {
-            format!(
+        if super::own_update(cloud, &update, &[&self.value], &what).await? > 0 {
+            return Ok(Some(format!(
                 "kept the desktop rows of {}: the phone's row {} {} is desktop-owned now, and the reconcile of {} made its scope the desktop's rows",
+                t.table.desktop, self.cloud_key, self.value, t.table.desktop
+            )));
+        }
+        // A phone deleted its row since: the desktop's rows stay, and the reconcile sends them.
+        let gone = cloud
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM {} t WHERE {}",
+                    t.table.cloud.quoted(),
+                    self.is_the_row("t")
+                ),
+                &[&self.value],
+            )
+            .await
+            .ctx(Side::Cloud, &what)?
+            .is_none();
+        Ok(gone.then(|| {
+            format!(
+                "kept the desktop rows of {}: the phone's row {} {} is gone from the cloud (a phone deleted it), and the reconcile of {} made its scope the desktop's rows",
                 t.table.desktop, self.cloud_key, self.value, t.table.desktop
             )
         }))
@@ -62,37 +80,13 @@ impl ScopedRow<'_> {
     /// holds no mobile row with that key any more.
     pub async fn bring(&self, config: &Config, cloud: &Client) -> anyhow::Result<Option<String>> {
         let t = self.t;
-        // A session of its own: it is marked as tandem's, so the capture triggers skip its write.
-        let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
-        let plan = Reverse::new(self.mapping);
-        let sql = ScanSql::build(self.mapping, self.i);
-        let mut target = Target::prepare(&desktop, Direction::Reverse, plan.staging()).await?;
-        let mut on = reconcile::Desktop {
-            target: &mut target,
-            plan: &plan,
-            desktop: &desktop,
-            mapping: self.mapping,
-            i: self.i,
-        };
         let repair = Repair::Bring {
             key: Key(Vec::new()),
             cloud_key: Some(self.value.to_string()),
             old: None,
         };
-        if reconcile::stage(&mut on, cloud, &sql, &[repair]).await? == 0 {
-            target.rollback(&desktop).await?;
+        if !apply(config, self.mapping, self.i, cloud, repair).await? {
             return Ok(None);
-        }
-        let outcome = reconcile::commit(&mut on, "").await?;
-        db::drop_temp_tables(&desktop).await;
-        if outcome.dead_letters > 0 {
-            anyhow::bail!(
-                "the desktop refused the phone's row {} {} of {}: it is a dead letter now (`tandem dead-letters list` says why); fix that, then `tandem reconcile --table {}`",
-                self.cloud_key,
-                self.value,
-                t.table.desktop,
-                t.table.desktop
-            );
         }
         Ok(Some(format!(
             "brought the phone's row {} {} to {} as a row of its own; the desktop's own version of it stays (a cloud-key table's rows have no key to tell which one the phone's replaces): delete it on the desktop if it is not wanted",
@@ -108,4 +102,47 @@ impl ScopedRow<'_> {
             self.cloud_key_type,
         )
     }
+}
+
+/// Applies one desktop repair of table `i` through the reverse plan, as a reconcile does: on a session
+/// of its own (marked as tandem's: the capture triggers skip its write), under the reverse stream's
+/// lock, the phone's row read from `cloud` as it is now. False when there was nothing to stage (the
+/// phone's row is gone, or no longer mobile-owned). A row the desktop refuses is an error naming its
+/// dead letter.
+pub(super) async fn apply(
+    config: &Config,
+    mapping: &Mapping,
+    i: usize,
+    cloud: &Client,
+    repair: Repair,
+) -> anyhow::Result<bool> {
+    let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
+    let plan = Reverse::new(mapping);
+    let sql = ScanSql::build(mapping, i);
+    let mut target = Target::prepare(&desktop, Direction::Reverse, plan.staging()).await?;
+    let mut on = reconcile::Desktop {
+        target: &mut target,
+        plan: &plan,
+        desktop: &desktop,
+        mapping,
+        i,
+    };
+    if reconcile::stage(&mut on, cloud, &sql, &[repair]).await? == 0 {
+        target.rollback(&desktop).await?;
+        return Ok(false);
+    }
+    let outcome = reconcile::commit(&mut on, "").await?;
+    db::drop_temp_tables(&desktop).await;
+    let table = &mapping.tables[i].table.desktop;
+    if outcome.dead_letters > 0 {
+        anyhow::bail!(
+            "the desktop refused the phone's row of {table}: it is a dead letter now (`tandem dead-letters list` says why); fix that, then `tandem reconcile --table {table}`"
+        );
+    }
+    if outcome.conflicts > 0 {
+        anyhow::bail!(
+            "the desktop's row of {table} changed again while it was being resolved: a new conflict is logged (`tandem conflicts list`)"
+        );
+    }
+    Ok(true)
 }
