@@ -25,21 +25,23 @@ async fn a_cloud_key_tables_conflicts_are_resolved_by_cloud_key_keeping_either_s
     let (desktop, cloud) = (db.desktop().await, db.cloud().await);
     desktop
         .batch_execute(
-            r#"INSERT INTO "Task List" VALUES (1, 'a', false), (1, 'b', false), (2, 'c', false)"#,
+            r#"INSERT INTO "Task List" VALUES (1, 'a', false), (1, 'b', false), (2, 'c', false), (3, 'e', false)"#,
         )
         .await
         .unwrap();
     run_once(&config).await;
-    // tandem stopped: a phone and the desktop both edit 'a' (scope 1) and 'c' (scope 2).
+    // tandem stopped: a phone and the desktop both edit 'a' (scope 1) and 'c' (scope 2); a phone
+    // deletes 'e' (scope 3), which the desktop edits.
     cloud
         .batch_execute(
-            r#"UPDATE "Task List" SET "what's" = "what's" || ' phone' WHERE "what's" IN ('a', 'c')"#,
+            r#"UPDATE "Task List" SET "what's" = "what's" || ' phone' WHERE "what's" IN ('a', 'c');
+               DELETE FROM "Task List" WHERE "what's" = 'e'"#,
         )
         .await
         .unwrap();
     desktop
         .batch_execute(
-            r#"UPDATE "Task List" SET "what's" = "what's" || ' desk' WHERE "what's" IN ('a', 'c')"#,
+            r#"UPDATE "Task List" SET "what's" = "what's" || ' desk' WHERE "what's" IN ('a', 'c', 'e')"#,
         )
         .await
         .unwrap();
@@ -59,6 +61,23 @@ async fn a_cloud_key_tables_conflicts_are_resolved_by_cloud_key_keeping_either_s
         c["id"].as_str().unwrap().to_string()
     };
     let (a, c) = (of("a phone"), of("c phone"));
+    // The phone's delete is recorded too (nothing dropped without a record).
+    let e = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["current"]["what's"] == "e" && c["incoming"].is_null())
+        .unwrap_or_else(|| panic!("no conflict for the phone's delete of e: {stdout}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Keeping the phone's side cannot name the desktop's copy: it says how, and changes nothing.
+    let (code, text, _) = tandem(&file, &["conflicts", "resolve", &e, "--keep", "mobile"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("delete it on the desktop by hand"), "{text}");
+    let (code, text, all) = tandem(&file, &["conflicts", "resolve", &e, "--keep", "desktop"]);
+    assert_eq!(code, 0, "{all}");
+    assert!(text.contains("a phone deleted it"), "{text}");
     let phone_c: i64 = cloud
         .query_one(
             r#"SELECT "task ID" FROM "Task List" WHERE "what's" = 'c phone'"#,
@@ -113,6 +132,12 @@ async fn a_cloud_key_tables_conflicts_are_resolved_by_cloud_key_keeping_either_s
         rows(&desktop, r#""Task List""#, r#""what's""#, &scope(2)).await,
         vec![r#"("c desk")"#.to_string()]
     );
+    for client in [&desktop, &cloud] {
+        assert_eq!(
+            rows(client, r#""Task List""#, r#""what's""#, &scope(3)).await,
+            vec![r#"("e desk")"#.to_string()]
+        );
+    }
     assert_eq!(
         rows(&cloud, r#""Task List""#, r#""what's", source"#, &scope(1)).await,
         vec![

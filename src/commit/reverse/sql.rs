@@ -521,10 +521,15 @@ impl ReverseSql {
                      AND dl.resolved_at IS NULL AND dl.row_key = jsonb_build_object('cloud_key', n._ck))",
                     lit(&t.table.desktop.to_string())
                 );
+                // A phone's delete of a row whose version the desktop no longer holds (it changed or
+                // deleted its copy) is one too: nothing is dropped without a record.
                 let conflicts = log_conflicts(&format!(
-                    "SELECT 'reverse', $1::text, jsonb_build_object('cloud_key', n._ck), {incoming}, n._first_old, \
-                       'the phone changed a row the desktop no longer holds as it was; the desktop was left as it is' \
-                     FROM {net} n JOIN {plan} p ON p._ck = n._ck WHERE n._op = 'I' AND p._tid IS NULL AND NOT {refused}"
+                    "SELECT 'reverse', $1::text, jsonb_build_object('cloud_key', n._ck), \
+                       CASE WHEN n._op = 'D' THEN NULL ELSE {incoming} END, n._first_old, \
+                       CASE WHEN n._op = 'D' THEN 'the phone deleted a row whose version it had the desktop no longer holds (the desktop changed or deleted its copy); the desktop was left as it is' \
+                            ELSE 'the phone changed a row the desktop no longer holds as it was; the desktop was left as it is' END \
+                     FROM {net} n JOIN {plan} p ON p._ck = n._ck WHERE p._tid IS NULL AND NOT {refused} \
+                     AND (n._op = 'I' OR (n._op = 'D' AND n._first_old IS NOT NULL))"
                 ));
                 let delete = numbered(
                     "reverse delete",

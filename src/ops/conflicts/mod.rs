@@ -238,6 +238,15 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
                         Keep::Mobile => row.bring(config, &cloud).await?,
                     }
                 };
+                let phone_deleted = c.incoming.as_ref().is_none_or(serde_json::Value::is_null);
+                if message.is_none() && keep == Keep::Mobile && phone_deleted {
+                    out.push(no(format!(
+                        "the phone deleted its row {cloud_key} {ck}, and which desktop row of {} was its copy cannot be told (a cloud-key table's rows have no key): delete it on the desktop by hand (the phone had {}), then `tandem conflicts resolve {id} --keep desktop` closes this",
+                        t.table.desktop,
+                        c.current.as_ref().map(|v| v.to_string()).unwrap_or_default()
+                    )));
+                    continue;
+                }
                 let Some(message) = message else {
                     out.push(no(format!(
                         "the cloud holds no mobile row of {} with {cloud_key} {ck} any more: nothing to choose between; `tandem reconcile --table {}` repairs what differs",
