@@ -9,6 +9,20 @@ use crate::any_schema::{OWNERSHIP, installed_with, run_once};
 use crate::operator::{config_file_of, every_conflict_says_who_chose, tandem};
 use crate::support::{count, rows};
 
+const ODD: &str = "[[tables]]\ndesktop = \"Odd Item\"\nkey = [\"the id\"]\n";
+
+/// A desktop-key table with odd names on both sides, tandem installed.
+async fn odd_items() -> (crate::support::TestDb, tandem::config::Config) {
+    installed_with(
+        r#"CREATE TABLE "Odd Item" ("the id" int PRIMARY KEY, "na'me" text);"#,
+        &format!(
+            r#"CREATE TABLE "Odd Item" ("the id" int PRIMARY KEY, "na'me" text, {OWNERSHIP});"#
+        ),
+        ODD,
+    )
+    .await
+}
+
 const TABLES: &str =
     "[[tables]]\ndesktop = \"Task List\"\ncloud_key = \"task ID\"\nscope = [\"Grp\"]\n";
 
@@ -165,15 +179,7 @@ async fn a_cloud_key_tables_conflicts_are_resolved_by_cloud_key_keeping_either_s
 
 #[tokio::test]
 async fn a_desktop_key_tables_conflicts_with_odd_names_are_resolved_either_way() {
-    const ODD: &str = "[[tables]]\ndesktop = \"Odd Item\"\nkey = [\"the id\"]\n";
-    let (db, config) = installed_with(
-        r#"CREATE TABLE "Odd Item" ("the id" int PRIMARY KEY, "na'me" text);"#,
-        &format!(
-            r#"CREATE TABLE "Odd Item" ("the id" int PRIMARY KEY, "na'me" text, {OWNERSHIP});"#
-        ),
-        ODD,
-    )
-    .await;
+    let (db, config) = odd_items().await;
     let (desktop, cloud) = (db.desktop().await, db.cloud().await);
     desktop
         .batch_execute(r#"INSERT INTO "Odd Item" VALUES (1, 'desk'), (2, 'desk')"#)
@@ -213,20 +219,14 @@ async fn a_desktop_key_tables_conflicts_with_odd_names_are_resolved_either_way()
     resolve(&two, "mobile");
     resolve(&one, "desktop");
     run_once(&config).await;
-    let both = |client| rows(client, r#""Odd Item""#, r#""the id", "na'me""#, "true");
-    let expected = vec![
-        r#"(1,"desk edit")"#.to_string(),
-        r#"(2,"phone edit")"#.to_string(),
-    ];
-    assert_eq!(both(&desktop).await, expected);
-    assert_eq!(both(&cloud).await, expected);
-    assert_eq!(
-        rows(&cloud, r#""Odd Item""#, r#""the id", source"#, "true").await,
-        vec!["(1,D)".to_string(), "(2,M)".to_string()]
-    );
-    let (_, text, _) = tandem(&file, &["conflicts"]);
-    assert!(text.contains("conflicts: 0 open"), "{text}");
-    every_conflict_says_who_chose(&file);
+    both_end_as(
+        &desktop,
+        &cloud,
+        &file,
+        &[r#"(1,"desk edit")"#, r#"(2,"phone edit")"#],
+        &["(1,D)", "(2,M)"],
+    )
+    .await;
     let _ = std::fs::remove_file(file);
 }
 
@@ -234,15 +234,7 @@ async fn a_desktop_key_tables_conflicts_with_odd_names_are_resolved_either_way()
 /// changed. Resolving either way applies the side chosen, the delete included.
 #[tokio::test]
 async fn conflicts_of_a_delete_against_an_edit_are_resolved_either_way() {
-    const ODD: &str = "[[tables]]\ndesktop = \"Odd Item\"\nkey = [\"the id\"]\n";
-    let (db, config) = installed_with(
-        r#"CREATE TABLE "Odd Item" ("the id" int PRIMARY KEY, "na'me" text);"#,
-        &format!(
-            r#"CREATE TABLE "Odd Item" ("the id" int PRIMARY KEY, "na'me" text, {OWNERSHIP});"#
-        ),
-        ODD,
-    )
-    .await;
+    let (db, config) = odd_items().await;
     let (desktop, cloud) = (db.desktop().await, db.cloud().await);
     desktop
         .batch_execute(
@@ -294,21 +286,36 @@ async fn conflicts_of_a_delete_against_an_edit_are_resolved_either_way() {
     // The desktop's side: row 2 back in the cloud as the desktop has it, row 4 deleted in the cloud.
     resolve([of(2), of(4)].concat(), "desktop");
     run_once(&config).await;
-    let both = |client| rows(client, r#""Odd Item""#, r#""the id", "na'me""#, "true");
-    let expected = vec![
-        r#"(2,"desk edit")"#.to_string(),
-        r#"(3,"phone edit")"#.to_string(),
-    ];
-    assert_eq!(both(&desktop).await, expected);
-    assert_eq!(both(&cloud).await, expected);
-    assert_eq!(
-        rows(&cloud, r#""Odd Item""#, r#""the id", source"#, "true").await,
-        vec!["(2,D)".to_string(), "(3,M)".to_string()]
-    );
-    let (_, text, _) = tandem(&file, &["conflicts"]);
-    assert!(text.contains("conflicts: 0 open"), "{text}");
-    every_conflict_says_who_chose(&file);
+    both_end_as(
+        &desktop,
+        &cloud,
+        &file,
+        &[r#"(2,"desk edit")"#, r#"(3,"phone edit")"#],
+        &["(2,D)", "(3,M)"],
+    )
+    .await;
     let _ = std::fs::remove_file(file);
+}
+
+/// Both sides hold exactly `expected` rows of "Odd Item" (`(key,name)`), the cloud's owned as
+/// `sources` (`(key,source)`), and no conflict is open, each resolved by the command.
+async fn both_end_as(
+    desktop: &tokio_postgres::Client,
+    cloud: &tokio_postgres::Client,
+    file: &std::path::Path,
+    expected: &[&str],
+    sources: &[&str],
+) {
+    let both = |client| rows(client, r#""Odd Item""#, r#""the id", "na'me""#, "true");
+    assert_eq!(both(desktop).await, expected);
+    assert_eq!(both(cloud).await, expected);
+    assert_eq!(
+        rows(cloud, r#""Odd Item""#, r#""the id", source"#, "true").await,
+        sources
+    );
+    let (_, text, _) = tandem(file, &["conflicts"]);
+    assert!(text.contains("conflicts: 0 open"), "{text}");
+    every_conflict_says_who_chose(file);
 }
 
 /// How many drift counts (`inserted`, `updated`, `deleted`, `conflicts`) a reconcile report holds,

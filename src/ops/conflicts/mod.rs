@@ -255,16 +255,24 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
                     continue;
                 };
                 chosen.push((i, vec![ck]));
-                // Keeping the desktop's row: the forward reconcile removes the phone's.
-                if keep == Keep::Desktop {
-                    queue(&mut reconcile_tables, t.table.desktop.to_string());
-                }
-                mark_resolved(&cloud, &desktop, c, keep).await?;
-                out.push(Resolved {
+                // Keeping the desktop's rows: the forward reconcile removes the phone's.
+                let table = t.table.desktop.to_string();
+                let done = Resolved {
                     id: id.clone(),
                     resolved: true,
                     message,
-                });
+                };
+                record(
+                    &cloud,
+                    &desktop,
+                    c,
+                    keep,
+                    table,
+                    done,
+                    &mut reconcile_tables,
+                    &mut out,
+                )
+                .await?;
                 continue;
             }
         };
@@ -414,15 +422,23 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
         chosen.push((i, values.clone()));
         // Keeping the desktop's row: the forward reconcile writes it over the cloud's (or removes the
         // cloud's). The phone's was applied above, for its key alone.
-        if keep == Keep::Desktop {
-            queue(&mut reconcile_tables, t.table.desktop.to_string());
-        }
-        mark_resolved(&cloud, &desktop, c, keep).await?;
-        out.push(Resolved {
+        let done = Resolved {
             id: id.clone(),
             resolved: true,
             message: format!("kept the {} row of {} {:?}", kept(keep), c.table, values),
-        });
+        };
+        let table = t.table.desktop.to_string();
+        record(
+            &cloud,
+            &desktop,
+            c,
+            keep,
+            table,
+            done,
+            &mut reconcile_tables,
+            &mut out,
+        )
+        .await?;
     }
     if !reconcile_tables.is_empty() {
         let request = Request {
@@ -458,6 +474,27 @@ fn queue(tables: &mut Vec<String>, table: String) {
     if !tables.contains(&table) {
         tables.push(table);
     }
+}
+
+/// Records conflict `c` resolved (`done` says how) and, keeping the desktop, queues the forward
+/// reconcile of `table` that applies it.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    cloud: &Client,
+    desktop: &Client,
+    c: &Conflict,
+    keep: Keep,
+    table: String,
+    done: Resolved,
+    reconcile_tables: &mut Vec<String>,
+    out: &mut Vec<Resolved>,
+) -> Result<(), DbError> {
+    if keep == Keep::Desktop {
+        queue(reconcile_tables, table);
+    }
+    mark_resolved(cloud, desktop, c, keep).await?;
+    out.push(done);
+    Ok(())
 }
 
 /// Records on conflict `c`'s side that it was resolved keeping `keep`, and who chose.
