@@ -196,16 +196,7 @@ async fn a_desktop_key_tables_conflicts_with_odd_names_are_resolved_either_way()
         .unwrap();
     run_once(&config).await;
     let file = config_file_of(&db, "odd-conflicts", &db.cloud_url, ODD);
-    let (_, stdout, all) = tandem(&file, &["conflicts", "--json"]);
-    let list: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
-    let of = |key: i64| -> Vec<String> {
-        list.as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["row_key"]["the id"].as_i64() == Some(key))
-            .map(|c| c["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let (of, stdout) = open_by_key(&file);
     let (one, two) = (of(1), of(2));
     assert!(!one.is_empty() && !two.is_empty(), "{stdout}");
     let resolve = |ids: &[String], keep: &str| {
@@ -260,16 +251,7 @@ async fn conflicts_of_a_delete_against_an_edit_are_resolved_either_way() {
         .unwrap();
     run_once(&config).await;
     let file = config_file_of(&db, "delete-conflicts", &db.cloud_url, ODD);
-    let (_, stdout, all) = tandem(&file, &["conflicts", "--json"]);
-    let list: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
-    let of = |key: i64| -> Vec<String> {
-        list.as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["row_key"]["the id"].as_i64() == Some(key))
-            .map(|c| c["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let (of, stdout) = open_by_key(&file);
     for key in 1..=4 {
         assert!(!of(key).is_empty(), "no conflict for row {key}: {stdout}");
     }
@@ -295,6 +277,21 @@ async fn conflicts_of_a_delete_against_an_edit_are_resolved_either_way() {
     )
     .await;
     let _ = std::fs::remove_file(file);
+}
+
+/// The open conflicts of "Odd Item" by the row's key: the ids of key `k` (and the listing).
+fn open_by_key(file: &std::path::Path) -> (impl Fn(i64) -> Vec<String> + use<>, String) {
+    let (_, stdout, all) = tandem(file, &["conflicts", "--json"]);
+    let list: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
+    let of = move |key: i64| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["row_key"]["the id"].as_i64() == Some(key))
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    (of, stdout)
 }
 
 /// Both sides hold exactly `expected` rows of "Odd Item" (`(key,name)`), the cloud's owned as
