@@ -18,18 +18,32 @@ use std::fmt;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::capture::scan::Key;
 use crate::change::Side;
-use crate::commit::reconcile::Repair;
 use crate::config::Config;
 use crate::db::{self, Context, DbError};
-use crate::expr::{output_text, q, same_key};
+use crate::expr::{q, same_key};
 use crate::ops::reconcile::{self, Direction, Request};
 use crate::pipeline::Tables;
 use crate::transform::Kind;
 
+mod keyed;
 mod scoped;
-use scoped::{ScopedRow, apply};
+use scoped::apply;
+
+/// What choosing for one conflict came to: its row (the key's texts, or the cloud key) and what was
+/// done, or why nothing was.
+type Choice = Result<(Vec<String>, String), String>;
+
+/// What a choice is made with.
+struct Choosing<'a> {
+    config: &'a Config,
+    mapping: &'a crate::transform::Mapping,
+    cloud: &'a Client,
+    desktop: &'a Client,
+    keep: Keep,
+    /// Rows already chosen for in this call: a row's forward and reverse conflicts are one choice.
+    chosen: &'a [(usize, Vec<String>)],
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -205,240 +219,44 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
             out.push(no(format!("table {} is not configured any more", c.table)));
             continue;
         };
-        let t = &mapping.tables[i];
-        let key = match &t.kind {
-            Kind::Key(key) => key,
+        let ch = Choosing {
+            config,
+            mapping,
+            cloud: &cloud,
+            desktop: &desktop,
+            keep,
+            chosen: &chosen,
+        };
+        let choice = match &mapping.tables[i].kind {
+            Kind::Key(key) => keyed::choose(&ch, c, i, key).await?,
             Kind::Scoped {
                 cloud_key,
                 cloud_key_type,
                 ..
-            } => {
-                let Some(ck) = key_texts(c.row_key.as_ref(), [CLOUD_KEY].into_iter()) else {
-                    out.push(no("its row key names no cloud key".into()));
-                    continue;
-                };
-                let ck = ck.into_iter().next().expect("one name, one value");
-                let message = if chosen.contains(&(i, vec![ck.clone()])) {
-                    Some(format!(
-                        "kept the {} row of {} {ck} (with another conflict of it)",
-                        kept(keep),
-                        c.table
-                    ))
-                } else {
-                    let row = ScopedRow {
-                        t,
-                        i,
-                        mapping,
-                        cloud_key,
-                        cloud_key_type,
-                        value: &ck,
-                    };
-                    match keep {
-                        Keep::Desktop => row.make_desktop_owned(&cloud).await?,
-                        Keep::Mobile => row.bring(config, &cloud).await?,
-                    }
-                };
-                let phone_deleted = c.incoming.as_ref().is_none_or(serde_json::Value::is_null);
-                if message.is_none() && keep == Keep::Mobile && phone_deleted {
-                    out.push(no(format!(
-                        "the phone deleted its row {cloud_key} {ck}, and which desktop row of {} was its copy cannot be told (a cloud-key table's rows have no key): delete it on the desktop by hand (the phone had {}), then `tandem conflicts resolve {id} --keep desktop` closes this",
-                        t.table.desktop,
-                        c.current.as_ref().map(|v| v.to_string()).unwrap_or_default()
-                    )));
-                    continue;
-                }
-                let Some(message) = message else {
-                    out.push(no(format!(
-                        "the cloud holds no mobile row of {} with {cloud_key} {ck} any more: nothing to choose between; `tandem reconcile --table {}` repairs what differs",
-                        c.table, t.table.desktop
-                    )));
-                    continue;
-                };
-                chosen.push((i, vec![ck]));
-                // Keeping the desktop's rows: the forward reconcile removes the phone's.
-                let table = t.table.desktop.to_string();
-                let done = Resolved {
-                    id: id.clone(),
-                    resolved: true,
-                    message,
-                };
-                record(
-                    &cloud,
-                    &desktop,
-                    c,
-                    keep,
-                    table,
-                    done,
-                    &mut reconcile_tables,
-                    &mut out,
-                )
-                .await?;
+            } => scoped::choose(&ch, c, i, cloud_key, cloud_key_type).await?,
+        };
+        let (row, message) = match choice {
+            Ok(done) => done,
+            Err(why) => {
+                out.push(no(why));
                 continue;
             }
         };
-        let Some(values) = key_texts(c.row_key.as_ref(), key.iter().map(|k| k.name.as_str()))
-        else {
-            out.push(no("its row key does not name every key column".into()));
-            continue;
-        };
-        let cloud_match = key_match("t", key.iter().map(|k| (k.name.as_str(), &k.cloud)));
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            values.iter().map(|v| v as _).collect();
-        let again = chosen.contains(&(i, values.clone()));
-        // A row of `alias` as an old image: each mapped column's text, as the stream writes images.
-        let image = |alias: &str| {
-            let pairs: Vec<(String, String)> = t
-                .reverse_columns
-                .iter()
-                .map(|col| {
-                    (
-                        col.name.clone(),
-                        output_text(&format!("{alias}.{}", q(&col.name))),
-                    )
-                })
-                .collect();
-            crate::expr::json_object(&pairs)
-        };
-        // The cloud's row now: mobile-owned, desktop-owned, or gone (a phone deleted it); with its key
-        // as the cloud writes it (what the engine matches fetched rows by).
-        let cloud_row = cloud
-            .query_opt(
-                &format!(
-                    "SELECT coalesce(t.source::text = 'M', false), ({})::text, {} FROM {} t WHERE {}",
-                    image("t"),
-                    key.iter()
-                        .map(|k| format!("(t.{})::text", q(&k.name)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    t.table.cloud.quoted(),
-                    cloud_match.join(" AND ")
-                ),
-                &params,
-            )
-            .await
-            .ctx(Side::Cloud, format!("reading the row of {}", t.table.cloud))?;
-        let cloud_key = Key(match &cloud_row {
-            Some(r) => (2..=key.len() + 1)
-                .map(|n| r.get::<_, Option<String>>(n).map(|v| v.into_bytes().into()))
-                .collect(),
-            None => Vec::new(),
-        });
-        let cloud_image: Option<String> = cloud_row.as_ref().map(|r| r.get(1));
-        let mut cloud_row: Option<bool> = cloud_row.map(|r| r.get(0));
-        // The desktop's row as an old image (each column's text): what the engine must find on the
-        // desktop to replace or delete it.
-        let desktop_match = key_match("d", key.iter().map(|k| (k.name.as_str(), &k.desktop)));
-        let old: Option<String> = desktop
-            .query_opt(
-                &format!(
-                    "SELECT ({})::text FROM {} d WHERE {}",
-                    image("d"),
-                    t.table.desktop.quoted(),
-                    desktop_match.join(" AND ")
-                ),
-                &params,
-            )
-            .await
-            .ctx(
-                Side::Desktop,
-                format!("reading the row of {}", t.table.desktop),
-            )?
-            .map(|r| r.get(0));
-        // The change the conflict refused was a delete (the phone's, for a reverse conflict).
-        let refused_delete = c.incoming.as_ref().is_none_or(serde_json::Value::is_null);
-        if keep == Keep::Mobile
-            && !again
-            && cloud_row == Some(false)
-            && refused_delete
-            && c.id.starts_with('r')
-        {
-            // A phone deleted the row and the desktop's edit put it back as desktop-owned: the phone's
-            // side is the row gone, from the cloud first (in a transaction the stream skips).
-            let what = format!("deleting the row of {} the phone deleted", t.table.cloud);
-            let delete = format!(
-                "DELETE FROM {} t WHERE source = 'D' AND {}",
-                t.table.cloud.quoted(),
-                cloud_match.join(" AND ")
+        chosen.push((i, row));
+        // Keeping the desktop's side: the forward reconcile of the table applies it (the phone's side
+        // was applied above, for its row alone).
+        if keep == Keep::Desktop {
+            queue(
+                &mut reconcile_tables,
+                mapping.tables[i].table.desktop.to_string(),
             );
-            own_update(&cloud, &delete, &params, &what).await?;
-            cloud_row = None;
         }
-        let changed = match keep {
-            _ if again => 1,
-            // The forward reconcile makes the cloud's row the desktop's (or removes it).
-            Keep::Desktop if cloud_row != Some(true) => 1,
-            Keep::Desktop => {
-                // The desktop deleted the row, the phone's edit kept it, and the stream brought that
-                // edit back to the desktop: the desktop's side is the row deleted, so the copy goes
-                // first (only while it is the phone's row unchanged; a row the desktop made again is
-                // the desktop's, kept).
-                if c.id.starts_with('f') && refused_delete && old.is_some() && old == cloud_image {
-                    let old = old.clone().expect("checked");
-                    let remove = Repair::Remove {
-                        cloud_key: None,
-                        old,
-                    };
-                    apply(config, mapping, i, &cloud, remove).await?;
-                }
-                let what = format!("making the row of {} desktop-owned", t.table.cloud);
-                let update = format!(
-                    "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
-                    t.table.cloud.quoted(),
-                    cloud_match.join(" AND ")
-                );
-                own_update(&cloud, &update, &params, &what).await?
-            }
-            // Desktop-owned now, and the phone's version is not there any more to keep.
-            Keep::Mobile if cloud_row == Some(false) => 0,
-            Keep::Mobile => {
-                // Only this key, through the reverse plan: the phone's row over the desktop's (or as
-                // a new row), or the desktop's deleted as the phone deleted it.
-                let repair = match (cloud_row, old) {
-                    (Some(_), old) => Some(Repair::Bring {
-                        key: cloud_key,
-                        cloud_key: None,
-                        old,
-                    }),
-                    (None, Some(old)) => Some(Repair::Remove {
-                        cloud_key: None,
-                        old,
-                    }),
-                    (None, None) => None,
-                };
-                match repair {
-                    Some(repair) => u64::from(apply(config, mapping, i, &cloud, repair).await?),
-                    // Gone on both sides: nothing differs.
-                    None => 1,
-                }
-            }
-        };
-        if changed == 0 {
-            out.push(no(format!(
-                "the cloud holds no mobile row of {} under {:?} any more (or the desktop no row): nothing to choose between; `tandem reconcile --table {}` repairs what differs",
-                c.table, values, t.table.desktop
-            )));
-            continue;
-        }
-        chosen.push((i, values.clone()));
-        // Keeping the desktop's row: the forward reconcile writes it over the cloud's (or removes the
-        // cloud's). The phone's was applied above, for its key alone.
-        let done = Resolved {
+        mark_resolved(&cloud, &desktop, c, keep).await?;
+        out.push(Resolved {
             id: id.clone(),
             resolved: true,
-            message: format!("kept the {} row of {} {:?}", kept(keep), c.table, values),
-        };
-        let table = t.table.desktop.to_string();
-        record(
-            &cloud,
-            &desktop,
-            c,
-            keep,
-            table,
-            done,
-            &mut reconcile_tables,
-            &mut out,
-        )
-        .await?;
+            message,
+        });
     }
     if !reconcile_tables.is_empty() {
         let request = Request {
@@ -474,27 +292,6 @@ fn queue(tables: &mut Vec<String>, table: String) {
     if !tables.contains(&table) {
         tables.push(table);
     }
-}
-
-/// Records conflict `c` resolved (`done` says how) and, keeping the desktop, queues the forward
-/// reconcile of `table` that applies it.
-#[allow(clippy::too_many_arguments)]
-async fn record(
-    cloud: &Client,
-    desktop: &Client,
-    c: &Conflict,
-    keep: Keep,
-    table: String,
-    done: Resolved,
-    reconcile_tables: &mut Vec<String>,
-    out: &mut Vec<Resolved>,
-) -> Result<(), DbError> {
-    if keep == Keep::Desktop {
-        queue(reconcile_tables, table);
-    }
-    mark_resolved(cloud, desktop, c, keep).await?;
-    out.push(done);
-    Ok(())
 }
 
 /// Records on conflict `c`'s side that it was resolved keeping `keep`, and who chose.

@@ -12,6 +12,7 @@
 
 use tokio_postgres::Client;
 
+use super::{CLOUD_KEY, Choice, Choosing, Conflict, Keep, kept, key_texts};
 use crate::capture::scan::{Key, ScanSql};
 use crate::catalog::ValueType;
 use crate::change::Side;
@@ -23,8 +24,62 @@ use crate::db::{self, Context, DbError};
 use crate::expr::{q, same_key};
 use crate::transform::{Mapping, TableMapping};
 
+/// Applies the side `ch.keep` names for conflict `c` of cloud-key table `i`.
+pub(super) async fn choose(
+    ch: &Choosing<'_>,
+    c: &Conflict,
+    i: usize,
+    cloud_key: &str,
+    cloud_key_type: &ValueType,
+) -> anyhow::Result<Choice> {
+    let t = &ch.mapping.tables[i];
+    let Some(ck) = key_texts(c.row_key.as_ref(), [CLOUD_KEY].into_iter()) else {
+        return Ok(Err("its row key names no cloud key".into()));
+    };
+    let ck = ck.into_iter().next().expect("one name, one value");
+    let message = if ch.chosen.contains(&(i, vec![ck.clone()])) {
+        Some(format!(
+            "kept the {} row of {} {ck} (with another conflict of it)",
+            kept(ch.keep),
+            c.table
+        ))
+    } else {
+        let row = ScopedRow {
+            t,
+            i,
+            mapping: ch.mapping,
+            cloud_key,
+            cloud_key_type,
+            value: &ck,
+        };
+        match ch.keep {
+            Keep::Desktop => row.make_desktop_owned(ch.cloud).await?,
+            Keep::Mobile => row.bring(ch.config, ch.cloud).await?,
+        }
+    };
+    let phone_deleted = c.incoming.as_ref().is_none_or(serde_json::Value::is_null);
+    if message.is_none() && ch.keep == Keep::Mobile && phone_deleted {
+        return Ok(Err(format!(
+            "the phone deleted its row {cloud_key} {ck}, and which desktop row of {} was its copy cannot be told (a cloud-key table's rows have no key): delete it on the desktop by hand (the phone had {}), then `tandem conflicts resolve {} --keep desktop` closes this",
+            t.table.desktop,
+            c.current
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            c.id
+        )));
+    }
+    let Some(message) = message else {
+        return Ok(Err(format!(
+            "the cloud holds no mobile row of {} with {cloud_key} {ck} any more: nothing to choose between; `tandem reconcile --table {}` repairs what differs",
+            c.table, t.table.desktop
+        )));
+    };
+    Ok(Ok((vec![ck], message)))
+}
+
 /// The mobile row of a cloud-key table a conflict names.
-pub(super) struct ScopedRow<'a> {
+struct ScopedRow<'a> {
     pub t: &'a TableMapping,
     pub i: usize,
     pub mapping: &'a Mapping,
@@ -37,7 +92,7 @@ pub(super) struct ScopedRow<'a> {
 impl ScopedRow<'_> {
     /// `--keep desktop`: the phone's row becomes desktop-owned (the forward reconcile the caller runs
     /// then replaces the scope). `None` when the cloud holds no mobile row with that key any more.
-    pub async fn make_desktop_owned(&self, cloud: &Client) -> Result<Option<String>, DbError> {
+    async fn make_desktop_owned(&self, cloud: &Client) -> Result<Option<String>, DbError> {
         let t = self.t;
         let update = format!(
             "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
@@ -78,7 +133,7 @@ impl ScopedRow<'_> {
     /// `--keep mobile`: brings the phone's row, as the cloud holds it now, to the desktop as a new row
     /// of its scope, through the reverse plan (under the reverse stream's lock). `None` when the cloud
     /// holds no mobile row with that key any more.
-    pub async fn bring(&self, config: &Config, cloud: &Client) -> anyhow::Result<Option<String>> {
+    async fn bring(&self, config: &Config, cloud: &Client) -> anyhow::Result<Option<String>> {
         let t = self.t;
         let repair = Repair::Bring {
             key: Key(Vec::new()),
