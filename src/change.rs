@@ -144,6 +144,39 @@ pub struct CommitLsn(pub Lsn);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct EndLsn(pub Lsn);
 
+/// A cloud snapshot, as `pg_snapshot` text (`xmin:xmax:xip,...`), that the desktop has caught up
+/// with: every cloud transaction it sees has been received on the desktop. tandem writes one into the
+/// cloud's WAL in each of its own cloud transactions; when the reverse stream passes it, everything that
+/// committed before it has been applied (or kept as a conflict or dead letter), so a row whose writer it
+/// sees is a row the desktop has received (see `tandem.table_state.horizon`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Horizon(String);
+
+impl Horizon {
+    /// `None` unless `text` is a snapshot's text.
+    pub fn parse(text: &str) -> Option<Horizon> {
+        let mut parts = text.split(':');
+        let (xmin, xmax, xip) = (parts.next()?, parts.next()?, parts.next()?);
+        let number = |t: &str| t.parse::<u64>().ok();
+        let (min, max) = (number(xmin)?, number(xmax)?);
+        let listed = xip.is_empty() || xip.split(',').all(|x| number(x).is_some());
+        (parts.next().is_none() && min <= max && listed).then(|| Horizon(text.to_string()))
+    }
+
+    /// The first transaction id it does not see yet: of two horizons, the later has the larger.
+    pub fn xmax(&self) -> u64 {
+        self.0
+            .split(':')
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The end of the WAL the server has sent, as a keepalive says: acknowledgeable only when nothing
 /// received is still unapplied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -281,6 +314,17 @@ mod tests {
         assert!("12".parse::<Lsn>().is_err());
         assert!("1/100000000".parse::<Lsn>().is_err());
         assert!("0/16B3748".parse::<Lsn>().unwrap() < "1/0".parse::<Lsn>().unwrap());
+    }
+
+    #[test]
+    fn a_horizon_is_a_snapshots_text_and_orders_by_xmax() {
+        let h = Horizon::parse("740:745:740,742").unwrap();
+        assert_eq!(h.xmax(), 745);
+        assert_eq!(h.as_str(), "740:745:740,742");
+        assert_eq!(Horizon::parse("10:10:").unwrap().xmax(), 10);
+        for bad in ["", "conflicts resolve", "1:2", "5:4:", "1:2:x", "1:2:3:4"] {
+            assert!(Horizon::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

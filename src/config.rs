@@ -75,6 +75,7 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     pub metrics: MetricsConfig,
     pub status: StatusConfig,
+    pub conflicts: ConflictsConfig,
     pub tables: Vec<TableConfig>,
 }
 
@@ -144,6 +145,50 @@ impl Default for SyncConfig {
     }
 }
 
+/// How a true conflict (a desktop change and a phone change of one row, neither made after seeing
+/// the other) is settled. Sequential edits are never conflicts: whichever side changes a row after
+/// receiving the other's last version simply wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Each column changed on one side only takes that side's value; a column both changed takes the
+    /// later writer's (the desktop transaction's time against the phone's commit in the cloud). A
+    /// delete against an edit keeps the edit. Two rows created under one key: the later writer's
+    /// values where they differ.
+    #[default]
+    Latest,
+    /// The desktop's version wins (a desktop delete deletes).
+    Desktop,
+    /// The phone's version wins (a phone's delete deletes).
+    Mobile,
+    /// Nothing is applied: the conflict stays open until `tandem conflicts resolve`.
+    Manual,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Latest => "latest",
+            Policy::Desktop => "desktop",
+            Policy::Mobile => "mobile",
+            Policy::Manual => "manual",
+        }
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[conflicts]`: the project-wide default policy (a table's `policy` overrides it).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConflictsConfig {
+    pub policy: Policy,
+}
+
 /// How rows of a table are identified across the two sides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -187,6 +232,8 @@ pub struct TableConfig {
     pub lookups: Vec<Lookup>,
     /// Whether mobile-owned rows of this table travel back to the desktop.
     pub reverse: bool,
+    /// How its true conflicts are settled (the table's `policy`, else `[conflicts] policy`).
+    pub policy: Policy,
 }
 
 impl Config {
@@ -266,7 +313,7 @@ impl Config {
             .tables
             .into_iter()
             .enumerate()
-            .filter_map(|(i, t)| t.resolve(i, &mut problems))
+            .filter_map(|(i, t)| t.resolve(i, raw.conflicts.policy, &mut problems))
             .collect();
         check_tables(&tables, &mut problems);
         let at = match raw.reconcile.at.as_deref() {
@@ -302,6 +349,7 @@ impl Config {
             reconcile: ReconcileConfig { at },
             metrics: raw.metrics,
             status: raw.status,
+            conflicts: raw.conflicts,
             tables,
         })
     }
@@ -400,6 +448,8 @@ struct RawConfig {
     #[serde(default)]
     status: StatusConfig,
     #[serde(default)]
+    conflicts: ConflictsConfig,
+    #[serde(default)]
     tables: Vec<RawTable>,
 }
 
@@ -443,11 +493,17 @@ struct RawTable {
     lookups: Vec<Lookup>,
     #[serde(default = "yes")]
     reverse: bool,
+    policy: Option<Policy>,
 }
 
 impl RawTable {
     /// Checks one entry on its own; records problems and returns `None` when it cannot be used.
-    fn resolve(self, index: usize, problems: &mut Vec<String>) -> Option<TableConfig> {
+    fn resolve(
+        self,
+        index: usize,
+        default_policy: Policy,
+        problems: &mut Vec<String>,
+    ) -> Option<TableConfig> {
         let before = problems.len();
         let label = if self.desktop.is_empty() {
             format!("[[tables]] entry {}", index + 1)
@@ -550,6 +606,7 @@ impl RawTable {
             skip_to_desktop: self.skip_to_desktop,
             lookups: self.lookups,
             reverse: self.reverse,
+            policy: self.policy.unwrap_or(default_policy),
         })
     }
 }

@@ -1,11 +1,16 @@
 -- Cloud side: ownership marking, and what init changed that uninstall must restore.
 
--- What phones changed and deleted, for the reconcile: the row before each phone UPDATE or DELETE (of
--- any owner), as the record's text under tandem's settings, with the table's column names then. After
--- a lost slot this is how tandem tells "a row a phone deleted" (its last version is here) from "a desktop
--- row the cloud has not seen yet" (nothing here), and "a phone's edit the desktop missed" (the desktop
--- still holds the version here) from a desktop edit or a colliding key (it holds something else). A
--- reconcile prunes a table's entries it has read, once it has applied them; nothing else writes here.
+-- What phones changed and deleted: the row before each phone UPDATE or DELETE (of any owner), as the
+-- record's text under tandem's settings, with the table's column names then. After a lost slot this is
+-- how tandem tells "a row a phone deleted" (its last version is here) from "a desktop row the cloud has
+-- not seen yet" (nothing here), and "a phone's edit the desktop missed" (the desktop still holds the
+-- version here) from a desktop edit or a colliding key (it holds something else).
+--
+-- `xid` is the phone's transaction and `key` the row's key (or, for a cloud-key table, its scope) before
+-- the change, each value as `to_jsonb` writes it under tandem's settings. With them the forward direction
+-- tells a phone's delete (or a key it moved) that the desktop has not received yet from a key the cloud
+-- never had: such a key is held back until the reverse direction has delivered the phone's change (see
+-- `tandem.table_state.horizon` on the desktop). A reconcile prunes a table's entries it has applied.
 CREATE TABLE IF NOT EXISTS tandem.journal (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at           timestamptz NOT NULL DEFAULT now(),
@@ -16,10 +21,16 @@ CREATE TABLE IF NOT EXISTS tandem.journal (
     old          text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_table ON tandem.journal (table_schema, table_name, id);
+ALTER TABLE tandem.journal ADD COLUMN IF NOT EXISTS xid xid8;
+ALTER TABLE tandem.journal ADD COLUMN IF NOT EXISTS key jsonb;
+CREATE INDEX IF NOT EXISTS journal_recent ON tandem.journal (table_schema, table_name, xid);
 
--- A phone's write is always mobile-owned: every INSERT or UPDATE not made by tandem (whose sessions set
--- tandem.applying = on) gets source = 'M'. So a phone's edit of a desktop-made row makes it mobile-owned;
--- a later desktop change of that row is then a logged conflict, not a silent revert.
+-- A phone's write is always mobile-owned: every INSERT or UPDATE not made by tandem gets source = 'M'.
+-- tandem's own writes are those of a session that is tandem's role (recorded by init as the
+-- installation's `role`: no other login can become it without its password) and has set
+-- tandem.applying = on; a session of any other role that sets the setting is a phone like any other.
+-- The trigger's WHEN names the role, so tandem's writes skip the call altogether; the function checks
+-- again, as a defence.
 --
 -- When a phone takes over (UPDATE) or deletes a desktop-owned row, the row as it was goes into the WAL as a
 -- transactional logical message, just before the change itself: the row-filtered publication sends such
@@ -35,18 +46,22 @@ CREATE INDEX IF NOT EXISTS journal_table ON tandem.journal (table_schema, table_
 -- longer (measured 2026-11-29: 0.39 s against 0.28 s through this body; 0.17 s with no trigger).
 -- `OPERATOR(pg_catalog.=)` instead of `IS DISTINCT FROM` and `IN`, which look `=` up by search_path.
 --
--- Every phone UPDATE and DELETE also leaves the row as it was in `tandem.journal` (above), which a
--- reconcile reads after a lost slot. SECURITY DEFINER: the phones' roles get no privilege on schema
--- tandem; the body names everything with its schema, so no search_path can swap what it calls.
+-- Every phone UPDATE and DELETE also leaves the row as it was in `tandem.journal` (above), with the key
+-- (or scope) columns the trigger's arguments name. SECURITY DEFINER: the phones' roles get no privilege
+-- on schema tandem; the body names everything with its schema, so no search_path can swap what it calls.
 CREATE OR REPLACE FUNCTION tandem.mark_mobile() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 DECLARE
     own     text[];
     old_row text;
+    old_key pg_catalog.jsonb;
     names   text[];
 BEGIN
     IF pg_catalog.current_setting('tandem.applying', true) OPERATOR(pg_catalog.=) 'on' THEN
-        RETURN CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN OLD ELSE NEW END;
+        IF EXISTS (SELECT FROM tandem.installation i WHERE i.item OPERATOR(pg_catalog.=) 'role'
+                      AND i.value OPERATOR(pg_catalog.=) SESSION_USER::pg_catalog.text) THEN
+            RETURN CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN OLD ELSE NEW END;
+        END IF;
     END IF;
     IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN
         own := ARRAY[pg_catalog.current_setting('DateStyle'), pg_catalog.current_setting('IntervalStyle'),
@@ -59,6 +74,11 @@ BEGIN
                 pg_catalog.set_config('bytea_output', 'hex', true),
                 pg_catalog.set_config('TimeZone', 'UTC', true);
         old_row := OLD::pg_catalog.text;
+        IF TG_NARGS OPERATOR(pg_catalog.>) 0 THEN
+            old_key := (SELECT pg_catalog.jsonb_agg(r.j OPERATOR(pg_catalog.->) a.name ORDER BY a.ord)
+                          FROM (SELECT pg_catalog.to_jsonb(OLD) AS j) r,
+                               pg_catalog.unnest(TG_ARGV) WITH ORDINALITY AS a(name, ord));
+        END IF;
         PERFORM pg_catalog.set_config('DateStyle', own[1], true),
                 pg_catalog.set_config('IntervalStyle', own[2], true),
                 pg_catalog.set_config('extra_float_digits', own[3], true),
@@ -69,8 +89,9 @@ BEGIN
                     FROM pg_catalog.pg_attribute a
                    WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
                      AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped);
-        INSERT INTO tandem.journal (table_schema, table_name, op, names, old)
-        VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, pg_catalog.left(TG_OP, 1)::pg_catalog."char", names, old_row);
+        INSERT INTO tandem.journal (table_schema, table_name, op, names, old, xid, key)
+        VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, pg_catalog.left(TG_OP, 1)::pg_catalog."char", names, old_row,
+                pg_catalog.pg_current_xact_id(), old_key);
         IF (OLD.source::pg_catalog.text OPERATOR(pg_catalog.=) 'M') IS NOT TRUE THEN
             PERFORM pg_catalog.pg_logical_emit_message(true, 'tandem.claim', pg_catalog.jsonb_build_object(
                 'op', pg_catalog.lower(TG_OP), 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME,

@@ -13,6 +13,11 @@ CREATE TABLE IF NOT EXISTS tandem.outbox (
     xid          xid8 NOT NULL DEFAULT pg_current_xact_id(),
     captured_at  timestamptz NOT NULL DEFAULT now()
 );
+-- A desktop change the forward direction held back because the cloud row holds a phone's change the
+-- desktop had not received yet when the batch read it (see `table_state.horizon`): it is taken again once
+-- the table's horizon reaches this cloud transaction id (an xid8, as bigint). NULL: take it now.
+ALTER TABLE tandem.outbox ADD COLUMN IF NOT EXISTS wait_for bigint;
+CREATE INDEX IF NOT EXISTS outbox_waiting ON tandem.outbox (wait_for) WHERE wait_for IS NOT NULL;
 
 -- Each configured table's state: `new` (init added it; the next run syncs it first), `syncing`,
 -- `streaming`, or `parked` with why and how to fix it
@@ -30,6 +35,13 @@ ALTER TABLE tandem.table_state ADD COLUMN IF NOT EXISTS synced_at timestamptz;
 -- The cloud position a reconcile brought the table's mobile rows to: the reverse stream skips the
 -- table's changes of transactions that committed before it (the reconcile brought them already).
 ALTER TABLE tandem.table_state ADD COLUMN IF NOT EXISTS sync_lsn pg_lsn;
+-- The table's horizon: a cloud snapshot (pg_snapshot text) every transaction of which the desktop has
+-- received for this table: applied, or kept as an open conflict or dead letter. The reverse stream sets
+-- it when it passes a snapshot tandem wrote into the cloud's WAL (every forward transaction, `run
+-- --once`'s marker), a sync or reconcile when its cut is done; a new slot clears it. A cloud row whose
+-- last writer a phone was is one the desktop has received when that writer's transaction is visible in
+-- it: a desktop change of it is then an ordinary edit; otherwise the two changes did not see each other.
+ALTER TABLE tandem.table_state ADD COLUMN IF NOT EXISTS horizon text;
 
 -- A reconcile's cut in the reverse stream (a logical message at the cloud position its scan sees): the
 -- reverse worker, on reaching it, applies what came before, says so, and waits until the reconcile has
@@ -54,7 +66,8 @@ CREATE TABLE IF NOT EXISTS tandem.reconciles (
 
 -- The capture function. Trigger arguments: the key (or scope) columns of the table. Statement-level with
 -- transition tables: one INSERT into the outbox per statement, not per row. Writes made by tandem itself
--- (the session setting tandem.applying = on) are not captured, so nothing echoes back.
+-- (a session of tandem's role, recorded by init, with the setting tandem.applying = on) are not captured,
+-- so nothing echoes back; another role that sets the setting is captured like the application.
 -- SECURITY DEFINER: the desktop application needs no privilege on schema tandem. The keys' text is made
 -- under tandem's session settings, whatever the application's are, so the reader reads them back exactly
 -- (a DMY DateStyle or extra_float_digits = 0 in the application's session would otherwise lose them).
@@ -67,8 +80,11 @@ DECLARE
     key_expr text;
     captured bigint := 0;
 BEGIN
+    -- tandem's own writes: a session of tandem's role (recorded by init) that set tandem.applying.
     IF current_setting('tandem.applying', true) = 'on' THEN
-        RETURN NULL;
+        IF EXISTS (SELECT FROM tandem.installation i WHERE i.item = 'role' AND i.value = session_user::text) THEN
+            RETURN NULL;
+        END IF;
     END IF;
     IF TG_OP = 'TRUNCATE' THEN
         INSERT INTO tandem.outbox (table_schema, table_name, op, row_key)

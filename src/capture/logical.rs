@@ -5,7 +5,7 @@
 
 use serde_json::Value as Json;
 
-use crate::change::{Lsn, Side};
+use crate::change::{Horizon, Lsn, Side};
 use crate::db::DbError;
 
 /// The prefix of the logical messages the ownership trigger emits when a phone takes over or deletes a
@@ -13,9 +13,43 @@ use crate::db::DbError;
 /// and the old row's text as a record, `(1,"a b",)`, which holds each column's exact text).
 pub const CLAIM_PREFIX: &str = "tandem.claim";
 /// The prefix of the transactional message that opens a cloud transaction of tandem's own whose
-/// changes the reverse stream must not apply: `tandem conflicts resolve --keep desktop` making a mobile
-/// row desktop-owned, which the publication's row filter (`source = 'M'`) sends as a DELETE.
+/// changes the reverse stream must not apply: a forward batch writing the desktop's version over a
+/// phone's row the desktop had received (the publication's row filter, `source = 'M'`, sends a row
+/// leaving `'M'` as a DELETE), `tandem conflicts resolve`. Its content (see [`Own`]) carries the
+/// transaction's snapshot: the stream passing it has applied everything that snapshot sees.
 pub const OWN_PREFIX: &str = "tandem.own";
+
+/// What an [`OWN_PREFIX`] message says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Own {
+    /// The writing transaction's snapshot (none in messages of older versions).
+    pub horizon: Option<Horizon>,
+    /// A desktop change waits for the desktop to reach it (the forward batch held one back): record
+    /// it at once rather than with the next group.
+    pub wanted: bool,
+}
+
+impl Own {
+    pub fn parse(content: &[u8]) -> Own {
+        let v: Json = serde_json::from_slice(content).unwrap_or(Json::Null);
+        Own {
+            horizon: v
+                .get("horizon")
+                .and_then(Json::as_str)
+                .and_then(Horizon::parse),
+            wanted: v.get("wanted").and_then(Json::as_bool).unwrap_or(false),
+        }
+    }
+
+    /// A statement that writes such a message first in the current transaction, with its snapshot;
+    /// `$1` (boolean): whether a desktop change waits for it. Returns the snapshot's xmax (bigint): a
+    /// desktop change held back now is taken again once the table's horizon reaches it.
+    pub fn emit_sql() -> String {
+        format!(
+            "SELECT pg_catalog.pg_snapshot_xmax(x.s)::text::bigint,                     pg_catalog.pg_logical_emit_message(true, '{OWN_PREFIX}',                       pg_catalog.json_build_object('horizon', x.s::text, 'wanted', $1::boolean)::text)::text                FROM (SELECT pg_catalog.pg_current_snapshot() AS s) x"
+        )
+    }
+}
 /// The prefix of a reconcile's cut (a non-transactional message; its content is the cut's id).
 pub const CUT_PREFIX: &str = "tandem.cut";
 
@@ -224,6 +258,22 @@ mod tests {
         assert_eq!(parse_record("(\"\")").unwrap(), vec![Some(String::new())]);
         assert!(parse_record("1,2").is_none());
         assert!(parse_record("(\"open)").is_none());
+    }
+
+    #[test]
+    fn own_messages_carry_a_horizon_or_none() {
+        let own = Own::parse(br#"{"horizon": "10:12:10", "wanted": true}"#);
+        assert_eq!(own.horizon.unwrap().xmax(), 12);
+        assert!(own.wanted);
+        // Older versions wrote plain text: no horizon.
+        assert_eq!(
+            Own::parse(b"conflicts resolve"),
+            Own {
+                horizon: None,
+                wanted: false
+            }
+        );
+        assert!(Own::emit_sql().contains("pg_current_snapshot()"));
     }
 
     #[test]

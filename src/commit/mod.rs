@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
-use crate::change::{EndLsn, Side};
+use crate::change::{EndLsn, Horizon, Side};
 use crate::db::{self, APPLYING_SETTING, Context, DbError, ErrorKind, StatementCache};
 
 pub use staging::{CopyInto, Dest, Staged, StagingTables, pipe};
@@ -204,15 +204,27 @@ impl<'a> Batch<'a> {
 
 /// Where a direction's progress is recorded, in the same transaction as its data.
 #[derive(Debug, Clone, Copy)]
-pub enum Progress {
+pub enum Progress<'a> {
     /// The forward direction records when it last applied (its position is the outbox itself: applied
     /// rows are deleted from it after the commit).
     Forward,
-    /// The end of the last cloud transaction applied, and its commit time on the cloud when known.
-    Reverse(EndLsn, Option<std::time::SystemTime>),
+    /// The end of the last cloud transaction applied, its commit time on the cloud when known, and the
+    /// latest horizon the stream passed before it (see [`RECORD_HORIZON`]).
+    Reverse(EndLsn, Option<std::time::SystemTime>, Option<&'a Horizon>),
     /// Nothing to record (a reconcile's repairs are no position of any source).
     Nothing,
 }
+
+/// Records `$1` (a [`Horizon`]'s text, which the reverse stream has passed with everything before it
+/// applied) as the horizon of every table synced since the slot was made, where it is later than the
+/// table's own. A table due to sync keeps none: what phones did before its sync is not the stream's.
+pub const RECORD_HORIZON: &str = "UPDATE tandem.table_state SET horizon = $1::text \
+     WHERE synced_at IS NOT NULL \
+       AND (horizon IS NULL OR split_part(horizon, ':', 2)::bigint < split_part($1::text, ':', 2)::bigint)";
+
+/// Wakes the forward worker when desktop changes wait for a horizon (see `tandem.outbox.wait_for`).
+pub const WAKE_WAITING: &str = "SELECT pg_notify('tandem_outbox', '') \
+     FROM (SELECT 1 FROM tandem.outbox WHERE wait_for IS NOT NULL LIMIT 1) w";
 
 const FORWARD_PROGRESS: &str =
     "INSERT INTO tandem.progress (direction, applied_at) VALUES ('forward', now())
@@ -521,12 +533,27 @@ impl Target {
     }
 
     /// Records the direction's progress and commits the open transaction, in one round trip.
-    pub async fn commit(&mut self, client: &Client, progress: Progress) -> Result<(), DbError> {
+    pub async fn commit(&mut self, client: &Client, progress: Progress<'_>) -> Result<(), DbError> {
         let side = self.side();
         let commit = self.statements.get(client, "COMMIT").await?;
         let (sql, position) = match progress {
             Progress::Forward => (FORWARD_PROGRESS, None),
-            Progress::Reverse(end, committed) => {
+            Progress::Reverse(end, committed, horizon) => {
+                if let Some(horizon) = horizon {
+                    let record = self.statements.get(client, RECORD_HORIZON).await?;
+                    let wake = self.statements.get(client, WAKE_WAITING).await?;
+                    let mut done = db::pipelined(vec![
+                        client.execute(&record, &[&horizon.as_str()]),
+                        client.execute(&wake, &[]),
+                    ])
+                    .await;
+                    done.pop()
+                        .expect("two results")
+                        .ctx(side, "waking the forward worker")?;
+                    done.pop()
+                        .expect("two results")
+                        .ctx(side, "recording the tables' horizon")?;
+                }
                 (REVERSE_PROGRESS, Some((end.to_string(), committed)))
             }
             Progress::Nothing => {

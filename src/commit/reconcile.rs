@@ -422,6 +422,7 @@ pub async fn commit(on: &mut Desktop<'_>, also: &str) -> Result<BatchOutcome, Co
         complex: &complex,
         parked: &parked,
         origin: Origin::Reconcile,
+        horizon: None,
     };
     plan.commit(target, desktop, mapping, &group).await
 }

@@ -38,6 +38,10 @@ pub struct StatusConfig {
     /// Above this: broken. Default: 80 % of `max_slot_wal_keep_size` (less than a fifth of the room left
     /// before the cloud invalidates the slot), else 4 GiB.
     pub retained_wal_broken_bytes: Option<u64>,
+    /// Degraded when at least this many conflicts wait for a person (open), each older than
+    /// `conflicts_warn_age_seconds`. 0 never degrades for conflicts.
+    pub conflicts_warn_count: u64,
+    pub conflicts_warn_age_seconds: u64,
 }
 
 impl Default for StatusConfig {
@@ -47,6 +51,8 @@ impl Default for StatusConfig {
             reverse_lag_warn_seconds: 300,
             retained_wal_warn_bytes: None,
             retained_wal_broken_bytes: None,
+            conflicts_warn_count: 1,
+            conflicts_warn_age_seconds: 0,
         }
     }
 }

@@ -314,3 +314,22 @@ fn the_reconcile_schedule_is_a_time_of_day() {
     let none = parse("[desktop]\nurl='x'\n[cloud]\nurl='y'\n[[tables]]\ndesktop='t'\nkey=['id']\n");
     assert_eq!(none.unwrap().reconcile.at, None);
 }
+
+#[test]
+fn a_tables_policy_overrides_the_project_default() {
+    let text = "[desktop]\nurl = \"${DESKTOP_URL}\"\n[cloud]\nurl = \"${CLOUD_URL}\"\n\
+                [conflicts]\npolicy = \"mobile\"\n\
+                [[tables]]\ndesktop = \"a\"\nkey = [\"id\"]\n\
+                [[tables]]\ndesktop = \"b\"\nkey = [\"id\"]\npolicy = \"manual\"\n";
+    let config = parse(text).unwrap();
+    assert_eq!(config.conflicts.policy, Policy::Mobile);
+    assert_eq!(config.tables[0].policy, Policy::Mobile);
+    assert_eq!(config.tables[1].policy, Policy::Manual);
+    // The default when nothing says: latest.
+    let plain = problems("[[tables]]\ndesktop = \"a\"\nkey = [\"id\"]\npolicy = \"first\"\n");
+    assert_eq!(plain.len(), 1, "{plain:?}");
+    assert!(plain[0].contains("first"), "{plain:?}");
+    let text = "[desktop]\nurl = \"${DESKTOP_URL}\"\n[cloud]\nurl = \"${CLOUD_URL}\"\n\
+                [[tables]]\ndesktop = \"a\"\nkey = [\"id\"]\n";
+    assert_eq!(parse(text).unwrap().tables[0].policy, Policy::Latest);
+}

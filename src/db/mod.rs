@@ -76,6 +76,9 @@ pub const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("xmloption", "content"),
 ];
 
+/// The `application_name` of tandem's sessions (unless the URL sets one).
+pub const APPLICATION_NAME: &str = "tandem";
+
 /// [`SESSION_SETTINGS`] as a startup `options` string (`-c name=value ...`).
 pub fn session_options() -> String {
     SESSION_SETTINGS
@@ -362,6 +365,10 @@ async fn connect_with(
         _ => session_options(),
     };
     target.config.options(&options);
+    // tandem's sessions say so in pg_stat_activity (`check` tells them from others of the same role).
+    if target.config.get_application_name().is_none() {
+        target.config.application_name(APPLICATION_NAME);
+    }
     connect_target(side, &target, url.expose(), notify).await
 }
 

@@ -186,6 +186,8 @@ async fn check_connected(
 
     privileges(report, Side::Desktop, desktop, config).await?;
     privileges(report, Side::Cloud, cloud, config).await?;
+    own_role(report, Side::Desktop, desktop).await?;
+    own_role(report, Side::Cloud, cloud).await?;
     // The install checks read schema tandem: only where the role may.
     let desktop_ok = tandem_access(report, Side::Desktop, desktop).await?;
     let cloud_ok = tandem_access(report, Side::Cloud, cloud).await?;
@@ -350,6 +352,49 @@ async fn privileges(
 }
 
 /// tandem's own role must reach schema tandem (it does when it ran init). False when it cannot.
+/// Only sessions of tandem's role that set `tandem.applying` count as tandem's own writes (they are
+/// neither captured on the desktop nor marked as a phone's in the cloud): a role others log in as too
+/// lets them pass for tandem. Warned about, with the fix: a role of tandem's own.
+async fn own_role(report: &mut CheckReport, side: Side, client: &Client) -> Result<(), DbError> {
+    let row = client
+        .query_one(
+            "SELECT session_user::text,
+                    (SELECT count(*) FROM pg_stat_activity a
+                      WHERE a.usename = session_user AND a.datname = current_database()
+                        AND a.pid <> pg_backend_pid()
+                        AND a.backend_type = 'client backend'
+                        AND coalesce(a.application_name, '') NOT LIKE $1 || '%')",
+            &[&db::APPLICATION_NAME],
+        )
+        .await
+        .ctx(side, "reading who else uses tandem's role")?;
+    let (role, others): (String, i64) = (row.get(0), row.get(1));
+    let subject = format!("{side} role");
+    let fix = format!(
+        "give tandem a login role of its own on the {side} (CREATE ROLE tandem_sync LOGIN PASSWORD '...', \
+         with the privileges `tandem check` lists), use it in [{side}] url, and run `tandem init`"
+    );
+    if others > 0 {
+        report.push(
+            Status::Warn,
+            subject,
+            format!(
+                "tandem connects as {role}, which {others} other session(s) use too: only sessions of tandem's role \
+                 that set tandem.applying count as tandem's own writes, and any of them could"
+            ),
+            Some(fix),
+        );
+    } else {
+        report.ok(
+            subject,
+            format!(
+                "tandem's own writes are those of role {role}, which no other session uses now"
+            ),
+        );
+    }
+    Ok(())
+}
+
 async fn tandem_access(
     report: &mut CheckReport,
     side: Side,

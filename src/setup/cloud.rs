@@ -36,8 +36,11 @@ pub const REQUIRED_FUNCTIONS: &[&str] = &[MARK_FUNCTION];
 /// Supabase's API roles: they must get nothing in schema tandem.
 pub const API_ROLES: &[&str] = &["anon", "authenticated"];
 
-/// The ownership trigger on every configured cloud table.
-pub fn mark_triggers(config: &Config) -> Vec<TriggerSpec> {
+/// The ownership trigger on every configured cloud table. Its arguments are the key (or scope)
+/// columns the journal records of a phone's update or delete; its WHEN skips the call for tandem's own
+/// writes, those of a session of `role` (tandem's, as init found it) that set `tandem.applying`: no other
+/// role can pass for tandem by setting the setting.
+pub fn mark_triggers(config: &Config, role: &str) -> Vec<TriggerSpec> {
     config
         .tables
         .iter()
@@ -47,12 +50,12 @@ pub fn mark_triggers(config: &Config) -> Vec<TriggerSpec> {
             name: "tandem_mark_mobile".to_string(),
             function: "\"tandem\".\"mark_mobile\"".to_string(),
             tgtype: tgtype::ROW | tgtype::BEFORE | tgtype::INSERT | tgtype::UPDATE | tgtype::DELETE,
-            args: Vec::new(),
+            args: t.identity.capture_columns().to_vec(),
             old_table: None,
             new_table: None,
-            // tandem's own writes skip the function call altogether (it checks again, as a defence).
             when: Some(format!(
-                "current_setting('{APPLYING_SETTING}', true) IS DISTINCT FROM 'on'"
+                "current_setting('{APPLYING_SETTING}', true) IS DISTINCT FROM 'on' OR session_user <> {}",
+                crate::change::quote_literal(role)
             )),
         })
         .collect()

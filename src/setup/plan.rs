@@ -88,6 +88,29 @@ async fn recorded(client: &Client, side: Side, item: &str) -> Result<Option<Stri
         .map(|r| r.get(0)))
 }
 
+/// The role this session logged in as: tandem's own on this side.
+async fn session_role(client: &Client, side: Side) -> Result<String, DbError> {
+    Ok(client
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .ctx(side, "reading the role tandem connects as")?
+        .get(0))
+}
+
+/// Records the role tandem connects as (`tandem.installation.role`), when it is not recorded yet or
+/// changed: the capture and ownership triggers take only that role's writes for tandem's own.
+async fn role_step(client: &Client, side: Side) -> Result<Option<Step>, DbError> {
+    let role = session_role(client, side).await?;
+    let recorded = recorded(client, side, "role").await?;
+    Ok(
+        (recorded.as_deref() != Some(role.as_str())).then(|| Step::Record {
+            side,
+            item: "role".to_string(),
+            value: role,
+        }),
+    )
+}
+
 async fn relation_exists(client: &Client, side: Side, name: &str) -> Result<bool, DbError> {
     Ok(client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
@@ -109,6 +132,7 @@ pub async fn plan_desktop(client: &Client, config: &Config) -> Result<Plan, DbEr
         )
         .await?,
     );
+    plan.steps.extend(role_step(client, Side::Desktop).await?);
     let installed = triggers::installed(client, Side::Desktop, outbox::CAPTURE_FUNCTION).await?;
     let desired = outbox::capture_triggers(config);
     plan.steps.extend(
@@ -133,11 +157,17 @@ pub async fn plan_cloud(client: &Client, config: &Config) -> Result<Plan, DbErro
         )
         .await?,
     );
+    let role = session_role(client, Side::Cloud).await?;
+    plan.steps.extend(role_step(client, Side::Cloud).await?);
     let installed = triggers::installed(client, Side::Cloud, logical::MARK_FUNCTION).await?;
     plan.steps.extend(
-        triggers::diff(Side::Cloud, &logical::mark_triggers(config), &installed)
-            .into_iter()
-            .map(Step::Trigger),
+        triggers::diff(
+            Side::Cloud,
+            &logical::mark_triggers(config, &role),
+            &installed,
+        )
+        .into_iter()
+        .map(Step::Trigger),
     );
 
     // Replica identity FULL on the published tables, before the publication carries their row filter.

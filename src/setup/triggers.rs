@@ -117,7 +117,32 @@ impl InstalledTrigger {
             && self.old_table == spec.old_table
             && self.new_table == spec.new_table
             && self.when.is_some() == spec.when.is_some()
+            && literals(spec.when.as_deref().unwrap_or(""))
+                .iter()
+                .all(|l| self.when.as_deref().unwrap_or("").contains(l.as_str()))
     }
+}
+
+/// The string literals of a WHEN condition, quoted as PostgreSQL prints them back (`'on'`): the
+/// installed definition must hold each (the role a condition names, the setting it reads).
+fn literals(condition: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = condition;
+    while let Some(start) = rest.find('\'') {
+        let mut end = start + 1;
+        let bytes = rest.as_bytes();
+        loop {
+            match bytes.get(end) {
+                None => return out,
+                Some(b'\'') if bytes.get(end + 1) == Some(&b'\'') => end += 2,
+                Some(b'\'') => break,
+                Some(_) => end += 1,
+            }
+        }
+        out.push(rest[start..=end].to_string());
+        rest = &rest[end + 1..];
+    }
+    out
 }
 
 /// Every trigger calling `function` (a `regprocedure` text such as `tandem.capture()`), on any table.
@@ -278,6 +303,38 @@ mod tests {
             "CREATE TRIGGER \"tandem_capture_update\" AFTER UPDATE ON \"public\".\"job's\" REFERENCING OLD TABLE AS \
              \"tandem_old\" NEW TABLE AS \"tandem_new\" FOR EACH STATEMENT EXECUTE FUNCTION \"tandem\".\"capture\"('job_id', 'o''neil')"
         );
+    }
+
+    #[test]
+    fn a_when_condition_naming_another_literal_is_replaced() {
+        let mut s = spec();
+        s.when = Some("current_setting('tandem.applying', true) IS DISTINCT FROM 'on' OR session_user <> 'it''s me'".into());
+        assert_eq!(
+            literals(s.when.as_deref().unwrap()),
+            vec!["'tandem.applying'", "'on'", "'it''s me'"]
+        );
+        let installed = |def: &str| InstalledTrigger {
+            table: s.table.clone(),
+            name: s.name.clone(),
+            tgtype: s.tgtype,
+            args: s.args.clone(),
+            old_table: s.old_table.clone(),
+            new_table: s.new_table.clone(),
+            when: Some(def.to_string()),
+            enabled: true,
+        };
+        // As PostgreSQL prints it back: casts added, the literals as written.
+        let current = installed(
+            "CREATE TRIGGER x BEFORE UPDATE ON t FOR EACH ROW WHEN ((current_setting('tandem.applying'::text, true) \
+             IS DISTINCT FROM 'on'::text) OR (SESSION_USER <> 'it''s me'::name)) EXECUTE FUNCTION f()",
+        );
+        assert!(current.matches(&s));
+        // An older definition, without the role: replaced.
+        let older = installed(
+            "CREATE TRIGGER x BEFORE UPDATE ON t FOR EACH ROW WHEN ((current_setting('tandem.applying'::text, true) \
+             IS DISTINCT FROM 'on'::text)) EXECUTE FUNCTION f()",
+        );
+        assert!(!older.matches(&s));
     }
 
     #[test]

@@ -186,3 +186,46 @@ async fn check_reports_a_database_it_cannot_reach() {
         "{item:?}"
     );
 }
+
+#[tokio::test]
+async fn check_warns_when_tandems_role_is_one_others_use_too() {
+    let db = TestDb::sample().await;
+    let config = db.sample_config();
+    setup::init(&config, false).await.unwrap();
+    let item = |report: &CheckReport, subject: &str| {
+        report
+            .items
+            .iter()
+            .find(|i| i.subject == subject)
+            .cloned()
+            .unwrap_or_else(|| panic!("no item {subject}: {:#?}", report.items))
+    };
+    // Nobody else in the database logs in as tandem's role: fine.
+    let report = check(&config).await;
+    assert_eq!(item(&report, "cloud role").status, Status::Ok);
+    // Someone else logged in as it (a dashboard, an editor): a warning, not a failure.
+    let (_editor, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname={} application_name=editor",
+            db.cloud_port(),
+            db.name
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let report = check(&config).await;
+    assert!(report.passed(), "{:#?}", report.items);
+    let cloud = item(&report, "cloud role");
+    assert_eq!(cloud.status, Status::Warn, "{cloud:?}");
+    assert!(cloud.message.contains("1 other session(s)"), "{cloud:?}");
+    assert!(
+        cloud
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("a login role of its own"),
+        "{cloud:?}"
+    );
+}

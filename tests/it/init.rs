@@ -12,13 +12,19 @@ async fn init_twice_changes_nothing_the_second_time() {
     let db = TestDb::sample().await;
     let config = db.sample_config();
     let first = setup::init(&config, false).await.unwrap();
-    // Desktop: schema tandem + 4 capture triggers on each of 15 tables.
-    assert_eq!(first.desktop.len(), 1 + 4 * 15, "{:#?}", first.desktop);
+    // Desktop: schema tandem, tandem's role recorded, 4 capture triggers on each of 15 tables.
+    assert_eq!(first.desktop.len(), 1 + 1 + 4 * 15, "{:#?}", first.desktop);
     assert!(matches!(first.desktop[0], Step::Install { .. }));
-    // Cloud: schema, 15 ownership triggers, 15 replica identities, publication, slot, 2 records.
+    assert!(
+        matches!(&first.desktop[1], Step::Record { item, .. } if item == "role"),
+        "{:#?}",
+        first.desktop[1]
+    );
+    // Cloud: schema, 15 ownership triggers, 15 replica identities, publication, slot, 3 records
+    // (tandem's role, the publication, the slot).
     assert_eq!(
         first.cloud.len(),
-        1 + 15 + 15 + 1 + 1 + 2,
+        1 + 15 + 15 + 1 + 1 + 3,
         "{:#?}",
         first.cloud
     );
@@ -437,4 +443,81 @@ async fn init_follows_config_changes() {
     assert!(tandem::ops::check::check(&changed).await.passed());
     let cloud = db.cloud().await;
     assert_eq!(count(&cloud, "SELECT count(*) FROM pg_class WHERE relname IN ('workdiary', 'learequest') AND relreplident = 'd'").await, 2);
+}
+
+#[tokio::test]
+async fn another_role_setting_tandem_applying_is_still_a_phone_and_the_desktop_application() {
+    let db = TestDb::sample().await;
+    setup::init(&db.sample_config(), false).await.unwrap();
+    let role = format!("{}_app", db.name);
+    let grant = format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA public TO {role};
+         GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"
+    );
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    desktop.batch_execute(&grant).await.unwrap();
+    cloud.batch_execute(&grant).await.unwrap();
+    let as_role = |url: &str| url.replace("postgres@", &format!("{role}@"));
+    let phone = crate::support::connect(&as_role(&db.cloud_url)).await;
+    let app = crate::support::connect(&as_role(&db.desktop_url)).await;
+    // Setting tandem's session setting does not make a session tandem's: only tandem's role counts.
+    phone
+        .batch_execute(
+            "SET tandem.applying = on;
+             INSERT INTO jobshead (job_id, job_name, source) VALUES (1, 'forged', 'D');
+             UPDATE jobshead SET job_name = 'forged again' WHERE job_id = 1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::support::rows(&cloud, "jobshead", "job_id, source", "true").await,
+        vec!["(1,M)"]
+    );
+    assert_eq!(
+        count(
+            &cloud,
+            "SELECT count(*) FROM tandem.journal WHERE table_name = 'jobshead' AND op = 'U'
+                AND xid IS NOT NULL AND key = '[1]'"
+        )
+        .await,
+        1
+    );
+    app.batch_execute(
+        "SET tandem.applying = on; INSERT INTO jobshead (job_id, job_name) VALUES (2, 'unseen?')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(
+            &desktop,
+            "SELECT count(*) FROM tandem.outbox WHERE table_name = 'jobshead' AND row_key = '{2}'"
+        )
+        .await,
+        1
+    );
+    // tandem's own role with the setting: not marked, not captured.
+    cloud
+        .batch_execute(
+            "SET tandem.applying = on; INSERT INTO jobshead (job_id, job_name, source) VALUES (3, 'mine', 'D')",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::support::rows(&cloud, "jobshead", "job_id, source", "job_id = 3").await,
+        vec!["(3,D)"]
+    );
+    desktop
+        .batch_execute(
+            "SET tandem.applying = on; INSERT INTO jobshead (job_id, job_name) VALUES (4, 'mine')",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &desktop,
+            "SELECT count(*) FROM tandem.outbox WHERE row_key = '{4}'"
+        )
+        .await,
+        0
+    );
 }

@@ -27,4 +27,5 @@ mod support;
 mod sync_whole;
 mod tls;
 mod uninstall;
+mod upgrade;
 mod validation;

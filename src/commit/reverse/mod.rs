@@ -41,6 +41,8 @@ pub struct Group<'a> {
     pub parked: &'a BTreeMap<usize, String>,
     /// Where the changes come from.
     pub origin: Origin,
+    /// The latest horizon the stream passed before the group's end (recorded with it).
+    pub horizon: Option<&'a crate::change::Horizon>,
 }
 
 /// Where a group's changes come from.
@@ -184,6 +186,7 @@ impl Reverse {
             complex,
             parked,
             origin,
+            horizon,
         } = *group;
         let mut out = BatchOutcome::default();
         if !target.is_open() {
@@ -224,8 +227,8 @@ impl Reverse {
             target.count_applied(&self.names[i], n);
         }
         let progress = match origin {
-            Origin::Stream { committed } => Progress::Reverse(end, Some(committed)),
-            Origin::Resumed => Progress::Reverse(end, None),
+            Origin::Stream { committed } => Progress::Reverse(end, Some(committed), horizon),
+            Origin::Resumed => Progress::Reverse(end, None, horizon),
             Origin::Reconcile => Progress::Nothing,
         };
         target.commit(desktop, progress).await?;

@@ -275,6 +275,8 @@ impl ReverseWorker<'_> {
             pending: None,
             commit_times: None,
             caught_up_written: None,
+            horizon: None,
+            horizon_written: None,
             group_rows: 0,
             group_began: None,
             // Small enough that the desktop writes rows while the stream is read (what is still buffered
@@ -360,6 +362,9 @@ async fn once_marker(
         cloud
             .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
             .await?;
+        // Its snapshot too: once the stream reaches it, every phone change committed before `run
+        // --once` started has reached the desktop, which the forward direction then knows.
+        cloud.execute(&logical::Own::emit_sql(), &[&true]).await?;
         let end: String = cloud
             .query_one(
                 "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text",

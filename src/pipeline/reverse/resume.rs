@@ -84,6 +84,7 @@ impl Stream<'_> {
             complex: &complex,
             parked: &self.parked,
             origin: Origin::Resumed,
+            horizon: None,
         };
         let outcome = self
             .plan

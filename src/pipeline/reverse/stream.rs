@@ -9,10 +9,10 @@ use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::logical::{CLAIM_PREFIX, CUT_PREFIX, Claim, OWN_PREFIX};
+use crate::capture::logical::{CLAIM_PREFIX, CUT_PREFIX, Claim, OWN_PREFIX, Own};
 use crate::capture::pgoutput::{self, RelationCache};
 use crate::change::Side;
-use crate::change::{CommitLsn, EndLsn, PgOutput, WalEnd};
+use crate::change::{CommitLsn, EndLsn, Horizon, PgOutput, WalEnd};
 use crate::commit::reverse::encode::Encoder;
 use crate::commit::reverse::relation::RelationMap;
 use crate::commit::reverse::{Group, Origin, Reverse};
@@ -70,6 +70,12 @@ pub(super) struct Stream<'a> {
     pub(super) commit_times: Option<(i64, i64)>,
     /// When `tandem.progress.caught_up_at` was last written.
     pub(super) caught_up_written: Option<Instant>,
+    /// The latest horizon the stream passed (a snapshot tandem wrote into the WAL: everything it sees
+    /// is before it in the stream) not yet recorded on the desktop, and whether a desktop change waits
+    /// for it (see [`Stream::horizon_passed`]).
+    pub(super) horizon: Option<(Horizon, bool)>,
+    /// When a horizon was last recorded on its own (not with a group).
+    pub(super) horizon_written: Option<Instant>,
     /// Rows staged for the group not yet applied (sent to the desktop already, or still buffered).
     pub(super) group_rows: u64,
     /// When the first transaction of the group began to arrive.
@@ -172,6 +178,7 @@ impl Stream<'_> {
                     if prefix == OWN_PREFIX && self.in_transaction {
                         // tandem's own change (sent first in its transaction): nothing to apply.
                         self.skip_transaction = true;
+                        self.horizon_passed(Own::parse(&content));
                     } else if prefix == CLAIM_PREFIX && !self.skip_transaction {
                         self.claim(&content);
                     } else if prefix == CUT_PREFIX && !self.in_transaction {
@@ -213,6 +220,9 @@ impl Stream<'_> {
                         let end = WalEnd(crate::change::Lsn(end_lsn.as_u64()));
                         self.reached_once(end, stats).await?;
                         return Ok(());
+                    }
+                    if self.pending.is_none() {
+                        self.record_horizon(false).await?;
                     }
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
@@ -302,6 +312,50 @@ impl Stream<'_> {
             self.flush().await?;
             failpoint("reverse-mid-transaction");
         }
+        Ok(())
+    }
+
+    /// A snapshot tandem wrote into the WAL: every transaction it sees committed before it, so once
+    /// what is pending is applied, the desktop has received all of them. The latest is kept until it
+    /// is recorded, with the next group or on its own ([`Stream::record_horizon`]).
+    fn horizon_passed(&mut self, own: Own) {
+        let Some(horizon) = own.horizon else {
+            return;
+        };
+        let wanted = own.wanted || self.horizon.as_ref().is_some_and(|(_, w)| *w);
+        match &self.horizon {
+            Some((kept, _)) if kept.xmax() >= horizon.xmax() => {
+                self.horizon.as_mut().expect("matched").1 = wanted;
+            }
+            _ => self.horizon = Some((horizon, wanted)),
+        }
+    }
+
+    /// Records the latest horizon passed on the desktop, when nothing received is unapplied: at once
+    /// when a desktop change waits for it (or `always`), else at most every [`HORIZON_EVERY`] (every
+    /// forward batch writes one; a group records the latest with its progress anyway).
+    async fn record_horizon(&mut self, always: bool) -> Result<(), RunError> {
+        let Some((horizon, wanted)) = &self.horizon else {
+            return Ok(());
+        };
+        let due = *wanted
+            || always
+            || self
+                .horizon_written
+                .is_none_or(|at| at.elapsed() >= HORIZON_EVERY);
+        if !due || self.in_transaction || self.pending.is_some() || self.target.is_open() {
+            return Ok(());
+        }
+        self.desktop
+            .execute(crate::commit::RECORD_HORIZON, &[&horizon.as_str()])
+            .await
+            .ctx(Side::Desktop, "recording the tables' horizon")?;
+        self.desktop
+            .execute(crate::commit::WAKE_WAITING, &[])
+            .await
+            .ctx(Side::Desktop, "waking the forward worker")?;
+        self.horizon = None;
+        self.horizon_written = Some(Instant::now());
         Ok(())
     }
 
@@ -427,6 +481,7 @@ impl Stream<'_> {
         if self.pending.is_some() {
             self.apply(stats).await?;
         }
+        self.record_horizon(true).await?;
         self.acknowledge(Event::KeepAlive(end));
         Ok(())
     }
@@ -435,6 +490,7 @@ impl Stream<'_> {
     /// sent (`tandem status` reads the lag as zero while this is recent), at most every
     /// [`CAUGHT_UP_EVERY`].
     async fn caught_up(&mut self) -> Result<(), RunError> {
+        self.record_horizon(true).await?;
         if self
             .caught_up_written
             .is_some_and(|at| at.elapsed() < CAUGHT_UP_EVERY)
@@ -465,6 +521,7 @@ impl Stream<'_> {
         let rows = std::mem::take(&mut self.group_rows);
         let complex = self.encoder.take_complex();
         let started = Instant::now();
+        let horizon = self.horizon.take();
         let group = Group {
             end,
             complex: &complex,
@@ -472,6 +529,7 @@ impl Stream<'_> {
             origin: Origin::Stream {
                 committed: pg_time(last),
             },
+            horizon: horizon.as_ref().map(|(h, _)| h),
         };
         let committed = self
             .plan
@@ -506,6 +564,9 @@ impl Stream<'_> {
         Ok(())
     }
 }
+
+/// How often the latest horizon is recorded on its own when no desktop change waits for it.
+const HORIZON_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often a caught-up reverse worker says so in `tandem.progress` (keepalives come about every
 /// 10 s while the publication is quiet).

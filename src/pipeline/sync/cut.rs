@@ -20,6 +20,9 @@ pub(super) struct Cut {
     id: String,
     /// The cloud position of the scan's snapshot (`pg_lsn` text).
     pub(super) position: String,
+    /// The scan's snapshot: once the repairs are written, the table's horizon (every transaction it
+    /// sees is then on the desktop, or kept as a conflict).
+    pub(super) horizon: String,
 }
 
 impl Cut {
@@ -59,13 +62,14 @@ impl Cut {
         let row = lock
             .query_one(
                 "SELECT pg_export_snapshot(), pg_logical_emit_message(false, $1, $2)::text,
-                        (SELECT active FROM pg_replication_slots WHERE slot_name = $3)",
+                        (SELECT active FROM pg_replication_slots WHERE slot_name = $3),
+                        pg_current_snapshot()::text",
                 &[&CUT_PREFIX, &id, &config.cloud.slot],
             )
             .await
             .ctx(Side::Cloud, "cutting the reverse stream")?;
-        let (snapshot, position, streaming): (String, String, Option<bool>) =
-            (row.get(0), row.get(1), row.get(2));
+        let (snapshot, position, streaming, horizon): (String, String, Option<bool>, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         scan.batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
             crate::change::quote_literal(&snapshot)
@@ -87,7 +91,11 @@ impl Cut {
         lock.batch_execute(end)
             .await
             .ctx(Side::Cloud, "ending the cut")?;
-        let cut = Cut { id, position };
+        let cut = Cut {
+            id,
+            position,
+            horizon,
+        };
         if streaming == Some(true) {
             let deadline = Instant::now() + CUT_DEADLINE;
             loop {
@@ -113,6 +121,24 @@ impl Cut {
             }
         }
         Ok(cut)
+    }
+
+    /// The statement that records, in the repairs' transaction, the cut's position as table `name`'s
+    /// sync point (the stream skips its transactions from before it) and the scan's snapshot as its
+    /// horizon, where that is later than the one it has.
+    pub(super) fn record_sql(&self, name: &str) -> String {
+        let (position, horizon, name) = (
+            crate::change::quote_literal(&self.position),
+            crate::change::quote_literal(&self.horizon),
+            crate::change::quote_literal(name),
+        );
+        format!(
+            "UPDATE tandem.table_state SET sync_lsn = {position}::pg_lsn, \
+                    horizon = CASE WHEN horizon IS NULL \
+                                     OR split_part(horizon, ':', 2)::bigint < split_part({horizon}, ':', 2)::bigint \
+                                   THEN {horizon} ELSE horizon END \
+              WHERE table_name = {name}"
+        )
     }
 
     /// Lets the reverse worker go on past the cut.

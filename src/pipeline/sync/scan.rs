@@ -415,11 +415,7 @@ impl Scan<'_> {
         }
         let i = self.i;
         let also = match cut {
-            Some(cut) => format!(
-                "UPDATE tandem.table_state SET sync_lsn = {}::pg_lsn WHERE table_name = {}",
-                crate::change::quote_literal(&cut.position),
-                crate::change::quote_literal(&self.mapping.tables[i].table.desktop.to_string()),
-            ),
+            Some(cut) => cut.record_sql(&self.mapping.tables[i].table.desktop.to_string()),
             None => String::new(),
         };
         if self.repairs.is_empty() {
