@@ -8,7 +8,7 @@
 //! passes the whole range.
 
 use crate::commit::log_conflicts;
-use crate::config::{CREATED_AT_COLUMN, SOURCE_COLUMN, UPDATED_AT_COLUMN};
+use crate::config::{CREATED_AT_COLUMN, UPDATED_AT_COLUMN, owner};
 use crate::expr::{col, group_by, list, q, row_text, same_key};
 use crate::transform::{Kind, TableMapping};
 
@@ -110,8 +110,6 @@ pub struct ForwardSql {
     images: [String; 3],
 }
 
-const DESKTOP_OWNED: &str = "(c.\"source\" = 'D' OR c.\"source\" IS NULL)";
-
 impl ForwardSql {
     /// The names of this table's staging tables.
     pub fn staging_tables(&self) -> Vec<String> {
@@ -154,9 +152,10 @@ impl ForwardSql {
             .iter()
             .map(|(k, _)| group_by(&format!("c.{}", q(&k.name)), &k.cloud))
             .collect();
+        let desktop_owned = owner::desktop_owned(&owner::of("c"));
         let truncate_keys = format!(
             "INSERT INTO {keys} ({kcols}) SELECT {wired} \
-             FROM (SELECT DISTINCT ON ({group}) {ckeys} FROM {target} c WHERE {DESKTOP_OWNED}) c \
+             FROM (SELECT DISTINCT ON ({group}) {ckeys} FROM {target} c WHERE {desktop_owned}) c \
              WHERE NOT EXISTS (SELECT 1 FROM {keys} k WHERE {matching})",
             kcols = list((0..st.key.len()).map(col)),
             wired = list(st.key.iter().map(|(k, _)| format!(
@@ -184,9 +183,9 @@ impl ForwardSql {
                 .collect::<String>()
         );
         let mut insert_cols = st.names();
-        insert_cols.push(q(SOURCE_COLUMN));
+        insert_cols.push(owner::column());
         let mut insert_vals: Vec<String> = (0..width).map(|j| st.value("s", j)).collect();
-        insert_vals.push("'D'".to_string());
+        insert_vals.push(owner::desktop());
         if t.has_created_at {
             insert_cols.push(q(CREATED_AT_COLUMN));
             insert_vals.push("now()".into());
@@ -242,11 +241,11 @@ impl ForwardSql {
                 let conflicts = vec![log_conflicts(&format!(
                     "SELECT 'forward', $1::text, {kjs}, {incoming}, to_jsonb(c.*), \
                      'the cloud row is mobile-owned; the desktop change was not applied' \
-                     FROM {rows} s JOIN {target} c ON {c_is_s} WHERE c.\"source\" = 'M' AND {differs} \
+                     FROM {rows} s JOIN {target} c ON {c_is_s} WHERE {mobile} AND {differs} \
                      UNION ALL \
                      SELECT 'forward', $1::text, {kjk}, NULL, to_jsonb(c.*), \
                      'the desktop deleted this row, but the cloud row is mobile-owned; it was kept' \
-                     FROM {keys} k JOIN {target} c ON {c_is_k} WHERE c.\"source\" = 'M' \
+                     FROM {keys} k JOIN {target} c ON {c_is_k} WHERE {mobile} \
                      AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {s_is_k})",
                     kjs = st.key_json("s"),
                     incoming = st.incoming(),
@@ -255,11 +254,12 @@ impl ForwardSql {
                     kjk = st.key_json("k"),
                     c_is_k = st.c_is_k(false),
                     s_is_k = st.s_is_k(),
+                    mobile = owner::is_mobile(&owner::of("c")),
                 ))];
                 let (c_is_k, s_is_k) = (st.c_is_k(false), st.s_is_k());
                 let delete = Write::new("delete", Numbered::Keys, |checks| {
                     format!(
-                        "DELETE FROM {target} c USING {keys} k WHERE {c_is_k} AND {DESKTOP_OWNED} \
+                        "DELETE FROM {target} c USING {keys} k WHERE {c_is_k} AND {desktop_owned} \
                          AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {s_is_k}) AND k._n BETWEEN $1 AND $2{checks}"
                     )
                 });
@@ -271,12 +271,13 @@ impl ForwardSql {
                 let (cols, vals) = (list(insert_cols), list(insert_vals));
                 let arbiter = list(key.iter().map(|k| q(&k.name)));
                 let (current, excluded) = (row_text(&current), row_text(&excluded));
+                let set_desktop = owner::set_desktop();
                 let write = Write::new("upsert", Numbered::Rows, |checks| {
                     format!(
                         "INSERT INTO {target} AS c ({cols}) SELECT {vals} FROM {rows} s \
                          WHERE s._n BETWEEN $1 AND $2{checks} \
-                         ON CONFLICT ({arbiter}) DO UPDATE SET {sets}, \"source\" = 'D'{touch} \
-                         WHERE {DESKTOP_OWNED} AND {current} IS DISTINCT FROM {excluded}"
+                         ON CONFLICT ({arbiter}) DO UPDATE SET {sets}, {set_desktop}{touch} \
+                         WHERE {desktop_owned} AND {current} IS DISTINCT FROM {excluded}"
                     )
                 });
                 let group: Vec<String> = st
@@ -356,20 +357,23 @@ impl ForwardSql {
                         "INSERT INTO {plan} (_ck, _row, _source) \
                          WITH d AS (SELECT s._n, {d_hash} AS h FROM {rows} s), \
                               dn AS (SELECT d._n, d.h, row_number() OVER (PARTITION BY d.h ORDER BY d._n) AS dup FROM d), \
-                              c AS (SELECT {ck} AS _ck, c.\"source\"::text AS _source, {c_hash} AS h FROM {target} c \
+                              c AS (SELECT {ck} AS _ck, {c_owner} AS _source, {c_hash} AS h FROM {target} c \
                                     WHERE EXISTS (SELECT 1 FROM {keys} k WHERE {scope})), \
                               cn AS (SELECT c._ck, c._source, c.h, row_number() OVER (PARTITION BY c.h \
-                                     ORDER BY (c._source = 'M') DESC NULLS LAST, c._ck) AS dup FROM c) \
+                                     ORDER BY ({c_mobile}) DESC NULLS LAST, c._ck) AS dup FROM c) \
                          SELECT cn._ck, dn._n, cn._source FROM dn FULL JOIN cn ON dn.h = cn.h AND dn.dup = cn.dup \
                          WHERE EXISTS (SELECT 1 FROM c) \
                          UNION ALL SELECT NULL, s._n, NULL FROM {rows} s WHERE NOT EXISTS (SELECT 1 FROM c)",
                         scope = st.c_is_k(or_null),
+                        c_owner = owner::text_of("c"),
+                        c_mobile = owner::is_mobile("c._source"),
                     )
                 };
+                let p_desktop = owner::desktop_owned("p._source");
                 let delete = Write::new("scoped delete", Numbered::Plan, |checks| {
                     format!(
                         "DELETE FROM {target} c USING {plan} p WHERE {is_p} AND p._row IS NULL \
-                         AND (p._source = 'D' OR p._source IS NULL) AND p._n BETWEEN $1 AND $2{checks}"
+                         AND {p_desktop} AND p._n BETWEEN $1 AND $2{checks}"
                     )
                 });
                 let (cols, vals) = (list(insert_cols), list(insert_vals));
@@ -398,7 +402,7 @@ impl ForwardSql {
                     Write::new("lookup update", Numbered::Rows, |checks| {
                         format!(
                             "UPDATE {target} c SET {sets}{touch} FROM {plan} p JOIN {rows} s ON s._n = p._row \
-                             WHERE p._ck IS NOT NULL AND {is_p} AND (p._source = 'D' OR p._source IS NULL) \
+                             WHERE p._ck IS NOT NULL AND {is_p} AND {p_desktop} \
                              AND {current} IS DISTINCT FROM {staged} AND s._n BETWEEN $1 AND $2{checks}"
                         )
                     })
