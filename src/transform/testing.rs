@@ -3,7 +3,7 @@
 
 use super::{Kind, MappedColumn, TableMapping};
 use crate::catalog::ValueType;
-use crate::change::{QualifiedName, TableRef};
+use crate::change::{QualifiedName, TableRef, quote_ident, quote_literal};
 
 fn same_type(name: &str, base: &str, equality: Option<&str>) -> MappedColumn {
     let value = ValueType {
@@ -83,4 +83,15 @@ pub fn odd_keyed() -> TableMapping {
 pub fn odd_scoped() -> TableMapping {
     let columns = vec![int(ODD[0]), json(ODD[1]), json(ODD[2]), json(ODD[3])];
     scoped(ODD[0], columns[0].clone(), columns)
+}
+
+/// Whether the [`ODD`] names that hold a space or a quote appear in `sql` only quoted: as
+/// identifiers (`"Task List"`) or as string literals (`'na''me'`, a JSON key).
+pub fn odd_names_quoted(sql: &str) -> bool {
+    ODD[..2].iter().all(|name| {
+        let rest = sql
+            .replace(&quote_ident(name), "")
+            .replace(&quote_literal(name), "");
+        !rest.contains(name)
+    })
 }

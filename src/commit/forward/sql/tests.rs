@@ -6,7 +6,7 @@ use super::*;
 use crate::commit::Plan;
 use crate::commit::forward::Forward;
 use crate::transform::testing::{int, json, scoped, table};
-use crate::transform::{LookupColumn, MappedColumn, Mapping};
+use crate::transform::{Kind, LookupColumn, MappedColumn, Mapping};
 
 #[test]
 fn user_names_appear_only_quoted_and_never_as_staging_columns() {
