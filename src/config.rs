@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 mod expand;
 mod operator;
+pub mod owner;
 mod secret;
 
 use expand::expand_env;
@@ -22,7 +23,8 @@ pub use secret::{ConnUrl, redact_url};
 use crate::change::{QualifiedName, TableRef};
 
 /// The cloud column that says who owns a row: `'D'` desktop (or NULL), `'M'` mobile. Part of the
-/// ownership model every synced cloud table follows, like the two timestamps below.
+/// ownership model every synced cloud table follows, like the two timestamps below; statements spell
+/// it through [`owner`].
 pub const SOURCE_COLUMN: &str = "source";
 /// Set once, when tandem inserts a row into the cloud (optional on a cloud table).
 pub const CREATED_AT_COLUMN: &str = "created_at";

@@ -365,6 +365,9 @@ pub fn parents_first(parents: &[Vec<usize>]) -> Vec<usize> {
 }
 
 #[cfg(test)]
+pub mod testing;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

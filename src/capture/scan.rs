@@ -26,7 +26,7 @@ use tokio_postgres::{Client, CopyOutStream};
 
 use crate::capture::outbox::{Lookups, lookup_joins};
 use crate::change::{Side, quote_literal};
-use crate::config::SOURCE_COLUMN;
+use crate::config::owner;
 use crate::db::{Context, DbError};
 use crate::expr::{json_object, output_text, q, row_text, same_key, text};
 use crate::transform::{Kind, MappedColumn, Mapping};
@@ -101,7 +101,7 @@ impl ScanSql {
         let t = &mapping.tables[i];
         let keys = t.key_columns();
         let width = keys.len();
-        let source = q(SOURCE_COLUMN);
+        let mobile = owner::is_mobile(&owner::text_of("c"));
 
         // Desktop: the forward projection (lookups joined as the outbox reader joins them).
         let desktop_table = t.table.desktop.quoted();
@@ -163,10 +163,10 @@ impl ScanSql {
             Kind::Scoped { cloud_key, .. } => text(&format!("c.{}", q(cloud_key))),
             Kind::Key(_) => "NULL::text".to_string(),
         };
-        let mobile = format!("coalesce(c.{source}::text = 'M', false)");
+        let mobile_flag = owner::mobile_flag(&owner::text_of("c"));
         let cloud = format!(
-            "COPY (SELECT {keys}, CASE WHEN {mobile} THEN 0 ELSE {forward} END, \
-             CASE WHEN {mobile} THEN {reverse} ELSE 0 END, {mobile}, {cloud_key} \
+            "COPY (SELECT {keys}, CASE WHEN {mobile_flag} THEN 0 ELSE {forward} END, \
+             CASE WHEN {mobile_flag} THEN {reverse} ELSE 0 END, {mobile_flag}, {cloud_key} \
              FROM {cloud_table} c ORDER BY {order}) TO STDOUT (FORMAT binary)",
             keys = cloud_keys.join(", "),
             forward = hash(&cf),
@@ -232,12 +232,12 @@ impl ScanSql {
             if probe {
                 format!(
                     "SELECT f.* FROM {unnest} CROSS JOIN LATERAL (SELECT {columns} FROM {cloud_table} c \
-                     WHERE {matching} AND c.{source}::text = 'M' OFFSET 0) f"
+                     WHERE {matching} AND {mobile} OFFSET 0) f"
                 )
             } else {
                 format!(
                     "SELECT {columns} FROM {unnest} JOIN {cloud_table} c ON {matching} \
-                     WHERE c.{source}::text = 'M'"
+                     WHERE {mobile}"
                 )
             }
         };
@@ -280,7 +280,7 @@ impl ScanSql {
         };
         let cloud_holds = format!(
             "SELECT NOT EXISTS (SELECT FROM {cloud_table}), \
-                    EXISTS (SELECT FROM {cloud_table} c WHERE c.{source}::text = 'M')"
+                    EXISTS (SELECT FROM {cloud_table} c WHERE {mobile})"
         );
         ScanSql {
             desktop,

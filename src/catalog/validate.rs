@@ -10,7 +10,7 @@ use std::fmt;
 use crate::catalog::{Catalog, TableInfo};
 use crate::change::Side;
 use crate::config::{
-    CREATED_AT_COLUMN, Config, Identity, SOURCE_COLUMN, TableConfig, UPDATED_AT_COLUMN,
+    CREATED_AT_COLUMN, Config, Identity, SOURCE_COLUMN, TableConfig, UPDATED_AT_COLUMN, owner,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +209,7 @@ fn check_cloud_table(out: &mut Findings, subject: &str, table: &TableConfig, c: 
         ),
         Some(col) if !is_text_type(&col.type_name) => out.error(
             format!("{subject}, column {SOURCE_COLUMN}"),
-            format!("`{SOURCE_COLUMN}` is {}, not a text type holding 'D' / 'M'", col.type_name),
+            format!("`{SOURCE_COLUMN}` is {}, not a text type holding {} / {}", col.type_name, owner::desktop(), owner::mobile()),
             format!("make cloud column {}.{SOURCE_COLUMN} char(1) or text", c.name),
         ),
         Some(_) => {}

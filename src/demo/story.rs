@@ -11,7 +11,7 @@ use super::{DEADLINE, count, heading};
 use crate::change::Side;
 use crate::cli::report::Progress;
 use crate::cluster::wait_until;
-use crate::config::Config;
+use crate::config::{Config, owner};
 use crate::ops::conflicts::{self, Keep};
 use crate::ops::{check, status};
 use crate::pipeline::{self, RunOptions, RunReport, Tables};
@@ -20,11 +20,16 @@ use crate::{db, sample, setup};
 /// The job both sides change at once in the conflict step (steps 5 edits jobs 1 and 2).
 const CONFLICT_PHONE: &str = "UPDATE jobshead SET job_status = 'Completed', remarks = 'Closed on the phone at the client''s office' WHERE job_id = 3";
 const CONFLICT_DESKTOP: &str = "UPDATE jobshead SET job_status = 'On Hold', remarks = 'Held on the desktop: fees unpaid' WHERE job_id = 3";
-/// Job 3 as each side holds it (the cloud's only once it is desktop-owned again).
+/// Job 3 as the desktop holds it.
 const CONFLICT_ROW_DESKTOP: &str =
     "SELECT job_status || ' / ' || remarks FROM jobshead WHERE job_id = 3";
-const CONFLICT_ROW_CLOUD: &str =
-    "SELECT job_status || ' / ' || remarks FROM jobshead WHERE job_id = 3 AND source = 'D'";
+/// The same in the cloud (only once it is desktop-owned again).
+fn conflict_row_cloud() -> String {
+    format!(
+        "{CONFLICT_ROW_DESKTOP} AND {}",
+        owner::is_desktop(&owner::column())
+    )
+}
 
 /// Steps 1 (from the schema on) to 7.
 pub(super) async fn tell(config: &Config, scale: f64) -> anyhow::Result<()> {
@@ -326,7 +331,7 @@ async fn conflict(config: &Config, desktop: &Client, cloud: &mut Client) -> anyh
     );
     let agree = wait_until(DEADLINE, || async {
         let d = text_of(desktop, CONFLICT_ROW_DESKTOP).await;
-        d.is_some() && d == text_of(cloud, CONFLICT_ROW_CLOUD).await
+        d.is_some() && d == text_of(cloud, &conflict_row_cloud()).await
     })
     .await;
     anyhow::ensure!(

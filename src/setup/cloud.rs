@@ -11,7 +11,7 @@
 use tokio_postgres::Client;
 
 use crate::change::{QualifiedName, Side, quote_ident};
-use crate::config::{Config, SOURCE_COLUMN};
+use crate::config::{Config, SOURCE_COLUMN, owner};
 use crate::db::{APPLYING_SETTING, Context, DbError};
 
 use super::triggers::{TriggerSpec, tgtype};
@@ -64,9 +64,9 @@ pub fn mark_triggers(config: &Config, role: &str) -> Vec<TriggerSpec> {
 /// `"schema"."table" WHERE ("source" = 'M')`: one entry of the publication's table list.
 pub fn publication_entry(table: &QualifiedName) -> String {
     format!(
-        "{} WHERE ({} = 'M')",
+        "{} WHERE ({})",
         table.quoted(),
-        quote_ident(SOURCE_COLUMN)
+        owner::is_mobile(&owner::column())
     )
 }
 
@@ -117,7 +117,7 @@ pub fn filter_is_ours(rowfilter: &str) -> bool {
     }
     bare.push_str(rest);
     bare.retain(|c| !matches!(c, '"' | '(' | ')' | ' '));
-    bare == format!("{SOURCE_COLUMN}='M'")
+    bare == format!("{SOURCE_COLUMN}={}", owner::mobile())
 }
 
 #[derive(Debug, Clone)]

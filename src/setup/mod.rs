@@ -17,7 +17,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::catalog::validate::{Finding, Severity, validate};
 use crate::change::{QualifiedName, Side, quote_ident};
-use crate::config::Config;
+use crate::config::{Config, SOURCE_COLUMN, owner};
 use crate::db::{self, Context, DbError};
 
 pub use plan::{Plan, plan_cloud, plan_desktop, plan_uninstall};
@@ -277,13 +277,15 @@ impl fmt::Display for Step {
             }
             Step::CreatePublication { name, tables } => write!(
                 f,
-                "create publication {name} over {} table(s), rows WHERE (source = 'M')",
-                tables.len()
+                "create publication {name} over {} table(s), rows WHERE ({})",
+                tables.len(),
+                owner::is_mobile(SOURCE_COLUMN)
             ),
             Step::SetPublicationTables { name, tables } => write!(
                 f,
-                "set the tables of publication {name} to the {} configured table(s), rows WHERE (source = 'M')",
-                tables.len()
+                "set the tables of publication {name} to the {} configured table(s), rows WHERE ({})",
+                tables.len(),
+                owner::is_mobile(SOURCE_COLUMN)
             ),
             Step::DropPublication { name } => write!(f, "drop publication {name}"),
             Step::Record { item, value, .. } => write!(f, "record {item} = {value}"),

@@ -6,13 +6,19 @@
 //! staged by position (see [`crate::commit::sql`]). Every statement that changes user rows takes a range
 //! `$1..$2` of staging row numbers (`_n`), so a failing row can be isolated by bisection; the fast path
 //! passes the whole range.
+//!
+//! Each statement is built by a function of its own: [`common`] those of every table, [`keyed`] those
+//! of desktop-key tables, [`scoped`] those of cloud-key tables; [`ForwardSql::build`] only assembles
+//! them.
 
-use crate::commit::log_conflicts;
-use crate::config::{CREATED_AT_COLUMN, SOURCE_COLUMN, UPDATED_AT_COLUMN};
-use crate::expr::{col, group_by, list, q, row_text, same_key};
-use crate::transform::{Kind, TableMapping};
+use crate::transform::TableMapping;
 
+mod common;
+mod keyed;
+mod scoped;
 mod staged;
+
+use scoped::Scoped;
 use staged::Staged;
 
 /// What a ranged statement's rows are numbered by, for building a dead letter of one of them.
@@ -110,7 +116,30 @@ pub struct ForwardSql {
     images: [String; 3],
 }
 
-const DESKTOP_OWNED: &str = "(c.\"source\" = 'D' OR c.\"source\" IS NULL)";
+/// One table's names and staged columns: what every statement of it is built from.
+struct Table<'a> {
+    pub t: &'a TableMapping,
+    pub st: Staged<'a>,
+    /// The cloud table, quoted.
+    pub target: String,
+    /// `S`, the staged rows.
+    pub rows: String,
+    /// `K`, the staged keys (or scopes).
+    pub keys: String,
+}
+
+impl<'a> Table<'a> {
+    /// Table `t`, the `i`-th of the mapping (its staging tables are numbered by it).
+    pub fn new(t: &'a TableMapping, i: usize) -> Self {
+        Table {
+            t,
+            st: Staged::new(t),
+            target: t.table.cloud.quoted(),
+            rows: format!("pg_temp.tandem_s_{i}"),
+            keys: format!("pg_temp.tandem_k_{i}"),
+        }
+    }
+}
 
 impl ForwardSql {
     /// The names of this table's staging tables.
@@ -123,314 +152,65 @@ impl ForwardSql {
     }
 
     pub fn build(t: &TableMapping, i: usize) -> ForwardSql {
-        let target = t.table.cloud.quoted();
-        let rows = format!("pg_temp.tandem_s_{i}");
-        let keys = format!("pg_temp.tandem_k_{i}");
-        let st = Staged::new(t);
-        let width = st.columns.len();
-        let defs = |types: Vec<&str>| -> String {
-            types
-                .iter()
-                .enumerate()
-                .map(|(j, ty)| format!(", {} {ty}", col(j)))
-                .collect()
-        };
-        let row_defs = defs(st.columns.iter().map(|c| c.wire()).collect());
-        let key_defs = defs(st.key.iter().map(|(k, _)| k.wire()).collect());
-        let mut create = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {rows} (_n bigint GENERATED ALWAYS AS IDENTITY{row_defs}) ON COMMIT PRESERVE ROWS;\n\
-             CREATE TEMP TABLE IF NOT EXISTS {keys} (_n bigint GENERATED ALWAYS AS IDENTITY{key_defs}) ON COMMIT PRESERVE ROWS;"
-        );
-        let copy_rows_in = format!(
-            "COPY {rows} ({}) FROM STDIN (FORMAT binary)",
-            list((0..width).map(col))
-        );
-        let copy_keys_in = format!(
-            "COPY {keys} ({}) FROM STDIN (FORMAT binary)",
-            list((0..st.key.len()).map(col))
-        );
-        let key_group: Vec<String> = st
-            .key
-            .iter()
-            .map(|(k, _)| group_by(&format!("c.{}", q(&k.name)), &k.cloud))
-            .collect();
-        let truncate_keys = format!(
-            "INSERT INTO {keys} ({kcols}) SELECT {wired} \
-             FROM (SELECT DISTINCT ON ({group}) {ckeys} FROM {target} c WHERE {DESKTOP_OWNED}) c \
-             WHERE NOT EXISTS (SELECT 1 FROM {keys} k WHERE {matching})",
-            kcols = list((0..st.key.len()).map(col)),
-            wired = list(st.key.iter().map(|(k, _)| format!(
-                "CAST(c.{} AS {})",
-                q(&k.name),
-                k.wire()
-            ))),
-            group = key_group.join(", "),
-            ckeys = list(st.key.iter().map(|(k, _)| format!("c.{}", q(&k.name)))),
-            matching = st.c_is_k(true),
-        );
-        let resolve = format!(
-            "UPDATE tandem.dead_letters d SET resolved_at = now() FROM {keys} k \
-             WHERE d.direction = 'forward' AND d.table_name = $1 AND d.resolved_at IS NULL \
-             AND d.batch IS DISTINCT FROM $2 AND d.row_key = {}",
-            st.key_json("k")
-        );
-        // `S`'s columns the statements filter and join on only: its wide user columns took three
-        // quarters of the time of analyzing it (64,542 rows of jobtasks: 40 ms, 11 ms without them).
-        let analyze_staged = format!(
-            "ANALYZE {rows} (_n{}), {keys}",
-            st.key
-                .iter()
-                .map(|(_, at)| format!(", {}", col(*at)))
-                .collect::<String>()
-        );
-        let mut insert_cols = st.names();
-        insert_cols.push(q(SOURCE_COLUMN));
-        let mut insert_vals: Vec<String> = (0..width).map(|j| st.value("s", j)).collect();
-        insert_vals.push("'D'".to_string());
-        if t.has_created_at {
-            insert_cols.push(q(CREATED_AT_COLUMN));
-            insert_vals.push("now()".into());
-        }
-        if t.has_updated_at {
-            insert_cols.push(q(UPDATED_AT_COLUMN));
-            insert_vals.push("now()".into());
-        }
-        let touch = if t.has_updated_at {
-            format!(", {} = now()", q(UPDATED_AT_COLUMN))
-        } else {
-            String::new()
-        };
+        let table = Table::new(t, i);
+        let scoped_table = Scoped::of(&table, i);
+        let insert = common::insert(&table);
         let (fill, lock_empty) = super::fill::statements(
-            &target,
-            &rows,
-            list(insert_cols.clone()),
-            list(insert_vals.clone()),
+            &table.target,
+            &table.rows,
+            insert.columns.clone(),
+            insert.values.clone(),
         );
-        let images = |plan: Option<&str>| {
-            let of_rows = format!(
-                "SELECT {}, {}, NULL::jsonb FROM {rows} s WHERE s._n = $1",
-                st.key_json("s"),
-                st.incoming()
-            );
-            let of_keys = format!(
-                "SELECT {}, (SELECT to_jsonb(c.*) FROM {target} c WHERE {} LIMIT 1), NULL::jsonb FROM {keys} k WHERE k._n = $1",
-                st.key_json("k"),
-                st.c_is_k(true),
-            );
-            let of_plan = match (&t.kind, plan) {
-                (
-                    Kind::Scoped {
-                        cloud_key,
-                        cloud_key_type,
-                        ..
-                    },
-                    Some(plan),
-                ) => format!(
-                    "SELECT {}, to_jsonb(c.*), NULL::jsonb FROM {plan} p JOIN {target} c ON {} WHERE p._n = $1",
-                    st.key_json_of_target(),
-                    same_key(&format!("c.{}", q(cloud_key)), "p._ck", cloud_key_type),
-                ),
-                _ => String::new(),
-            };
-            [of_rows, of_keys, of_plan]
+        let create = match &scoped_table {
+            None => common::create(&table),
+            Some(s) => format!("{}\n{}", common::create(&table), scoped::create_plan(s)),
         };
-
-        match &t.kind {
-            Kind::Key(key) => {
-                let names = st.names();
-                // Blocked upserts and blocked deletes, in one statement.
-                let conflicts = vec![log_conflicts(&format!(
-                    "SELECT 'forward', $1::text, {kjs}, {incoming}, to_jsonb(c.*), \
-                     'the cloud row is mobile-owned; the desktop change was not applied' \
-                     FROM {rows} s JOIN {target} c ON {c_is_s} WHERE c.\"source\" = 'M' AND {differs} \
-                     UNION ALL \
-                     SELECT 'forward', $1::text, {kjk}, NULL, to_jsonb(c.*), \
-                     'the desktop deleted this row, but the cloud row is mobile-owned; it was kept' \
-                     FROM {keys} k JOIN {target} c ON {c_is_k} WHERE c.\"source\" = 'M' \
-                     AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {s_is_k})",
-                    kjs = st.key_json("s"),
-                    incoming = st.incoming(),
-                    c_is_s = st.c_is_s(),
-                    differs = st.differs_from_target(),
-                    kjk = st.key_json("k"),
-                    c_is_k = st.c_is_k(false),
-                    s_is_k = st.s_is_k(),
-                ))];
-                let (c_is_k, s_is_k) = (st.c_is_k(false), st.s_is_k());
-                let delete = Write::new("delete", Numbered::Keys, |checks| {
-                    format!(
-                        "DELETE FROM {target} c USING {keys} k WHERE {c_is_k} AND {DESKTOP_OWNED} \
-                         AND NOT EXISTS (SELECT 1 FROM {rows} s WHERE {s_is_k}) AND k._n BETWEEN $1 AND $2{checks}"
-                    )
-                });
-                // Every staged column is set, keys included: a key the desktop now writes differently
-                // (`1.0` → `1.00`) is the same key to the unique index, and its new text is a change.
-                let sets = list(names.iter().map(|n| format!("{n} = EXCLUDED.{n}")));
-                let current: Vec<String> = names.iter().map(|n| format!("c.{n}")).collect();
-                let excluded: Vec<String> = names.iter().map(|n| format!("EXCLUDED.{n}")).collect();
-                let (cols, vals) = (list(insert_cols), list(insert_vals));
-                let arbiter = list(key.iter().map(|k| q(&k.name)));
-                let (current, excluded) = (row_text(&current), row_text(&excluded));
-                let write = Write::new("upsert", Numbered::Rows, |checks| {
-                    format!(
-                        "INSERT INTO {target} AS c ({cols}) SELECT {vals} FROM {rows} s \
-                         WHERE s._n BETWEEN $1 AND $2{checks} \
-                         ON CONFLICT ({arbiter}) DO UPDATE SET {sets}, \"source\" = 'D'{touch} \
-                         WHERE {DESKTOP_OWNED} AND {current} IS DISTINCT FROM {excluded}"
-                    )
-                });
-                let group: Vec<String> = st
-                    .key
-                    .iter()
-                    .map(|(k, at)| group_by(&st.value("s", *at), &k.cloud))
-                    .collect();
-                ForwardSql {
-                    duplicate_rows: Some(format!(
-                        "SELECT array_agg(s._n ORDER BY s._n), count(*) FROM {rows} s GROUP BY {} HAVING count(*) > 1",
-                        group.join(", ")
-                    )),
-                    drop_duplicates: Some(vec![
-                        format!(
-                            "DELETE FROM {keys} k USING {rows} s WHERE s._n = ANY($1) AND {}",
-                            st.s_is_k()
-                        ),
-                        format!("DELETE FROM {rows} s WHERE s._n = ANY($1)"),
-                    ]),
-                    keys_have_null: None,
-                    plan: None,
-                    plan_table: None,
-                    analyze_staged,
-                    analyze_plan: None,
-                    conflicts,
-                    delete,
-                    write,
-                    lookup_update: None,
-                    fill,
-                    lock_empty,
-                    images: images(None),
-                    rows,
-                    keys,
-                    create,
-                    copy_rows_in,
-                    copy_keys_in,
-                    truncate_keys,
-                    resolve,
-                }
-            }
-            Kind::Scoped {
-                cloud_key,
-                cloud_key_type,
-                ..
-            } => {
-                let plan = format!("pg_temp.tandem_p_{i}");
-                create.push_str(&format!(
-                    "\nCREATE TEMP TABLE IF NOT EXISTS {plan} (_n bigint GENERATED ALWAYS AS IDENTITY, _ck {}, _row bigint, _source text) ON COMMIT PRESERVE ROWS;",
-                    cloud_key_type.base
-                ));
-                let ck = format!("c.{}", q(cloud_key));
-                let is_p = same_key(&ck, "p._ck", cloud_key_type);
-                // Rows are matched on the text of all their desktop columns, as the cloud holds them.
-                let own = t.columns.len();
-                let d_hash = format!(
-                    "md5({})",
-                    row_text(
-                        &(0..own)
-                            .map(|j| st.columns[j].cloud_shaped(&format!("s.{}", col(j))))
-                            .collect::<Vec<_>>()
-                    )
-                );
-                let c_hash = format!(
-                    "md5({})",
-                    row_text(
-                        &t.columns
-                            .iter()
-                            .map(|c| format!("c.{}", q(&c.name)))
-                            .collect::<Vec<_>>()
-                    )
-                );
-                // When the cloud holds no row of the touched scopes (an initial sync, new jobs), every
-                // staged row is new: the second branch lists them without hashing and sorting them (a
-                // third of the seeds' jobtasks plan, 0.17 s for 64,542 rows, was that).
-                let plan_sql = |or_null: bool| {
-                    format!(
-                        "INSERT INTO {plan} (_ck, _row, _source) \
-                         WITH d AS (SELECT s._n, {d_hash} AS h FROM {rows} s), \
-                              dn AS (SELECT d._n, d.h, row_number() OVER (PARTITION BY d.h ORDER BY d._n) AS dup FROM d), \
-                              c AS (SELECT {ck} AS _ck, c.\"source\"::text AS _source, {c_hash} AS h FROM {target} c \
-                                    WHERE EXISTS (SELECT 1 FROM {keys} k WHERE {scope})), \
-                              cn AS (SELECT c._ck, c._source, c.h, row_number() OVER (PARTITION BY c.h \
-                                     ORDER BY (c._source = 'M') DESC NULLS LAST, c._ck) AS dup FROM c) \
-                         SELECT cn._ck, dn._n, cn._source FROM dn FULL JOIN cn ON dn.h = cn.h AND dn.dup = cn.dup \
-                         WHERE EXISTS (SELECT 1 FROM c) \
-                         UNION ALL SELECT NULL, s._n, NULL FROM {rows} s WHERE NOT EXISTS (SELECT 1 FROM c)",
-                        scope = st.c_is_k(or_null),
-                    )
-                };
-                let delete = Write::new("scoped delete", Numbered::Plan, |checks| {
-                    format!(
-                        "DELETE FROM {target} c USING {plan} p WHERE {is_p} AND p._row IS NULL \
-                         AND (p._source = 'D' OR p._source IS NULL) AND p._n BETWEEN $1 AND $2{checks}"
-                    )
-                });
-                let (cols, vals) = (list(insert_cols), list(insert_vals));
-                let write = Write::new("scoped insert", Numbered::Rows, |checks| {
-                    format!(
-                        "INSERT INTO {target} ({cols}) SELECT {vals} FROM {rows} s JOIN {plan} p ON p._row = s._n \
-                         WHERE p._ck IS NULL AND s._n BETWEEN $1 AND $2{checks}"
-                    )
-                });
-                let lookups: Vec<usize> = (own..width).collect();
-                let lookup_update = (!lookups.is_empty()).then(|| {
-                    let sets = list(lookups.iter().map(|&j| {
-                        format!("{} = {}", q(&st.columns[j].name), st.value("s", j))
-                    }));
-                    let current: Vec<String> = lookups
-                        .iter()
-                        .map(|&j| format!("c.{}", q(&st.columns[j].name)))
-                        .collect();
-                    let staged: Vec<String> = lookups
-                        .iter()
-                        .map(|&j| st.columns[j].cloud_shaped(&format!("s.{}", col(j))))
-                        .collect();
-                    let (current, staged) = (row_text(&current), row_text(&staged));
-                    // Only matched rows: new ones (no cloud key) were inserted with their lookups, and
-                    // leaving them out spares a join with the whole table (0.05 s on the seeds' jobtasks).
-                    Write::new("lookup update", Numbered::Rows, |checks| {
-                        format!(
-                            "UPDATE {target} c SET {sets}{touch} FROM {plan} p JOIN {rows} s ON s._n = p._row \
-                             WHERE p._ck IS NOT NULL AND {is_p} AND (p._source = 'D' OR p._source IS NULL) \
-                             AND {current} IS DISTINCT FROM {staged} AND s._n BETWEEN $1 AND $2{checks}"
-                        )
-                    })
-                });
-                let any_null = (0..st.key.len()).map(|n| format!("k.{} IS NULL", col(n)));
-                ForwardSql {
-                    duplicate_rows: None,
-                    drop_duplicates: None,
-                    keys_have_null: Some(format!(
-                        "SELECT EXISTS (SELECT 1 FROM {keys} k WHERE {})",
-                        any_null.collect::<Vec<_>>().join(" OR ")
-                    )),
-                    plan: Some((plan_sql(false), plan_sql(true))),
-                    conflicts: Vec::new(),
-                    delete,
-                    write,
-                    lookup_update,
-                    fill,
-                    lock_empty,
-                    images: images(Some(&plan)),
-                    analyze_staged,
-                    analyze_plan: Some(format!("ANALYZE {plan}")),
-                    plan_table: Some(plan),
-                    rows,
-                    keys,
-                    create,
-                    copy_rows_in,
-                    copy_keys_in,
-                    truncate_keys,
-                    resolve,
-                }
-            }
+        ForwardSql {
+            rows: table.rows.clone(),
+            keys: table.keys.clone(),
+            plan_table: scoped_table.as_ref().map(|s| s.plan.clone()),
+            create,
+            copy_rows_in: common::copy_rows_in(&table),
+            copy_keys_in: common::copy_keys_in(&table),
+            truncate_keys: common::truncate_keys(&table),
+            keys_have_null: scoped_table
+                .as_ref()
+                .map(|_| scoped::keys_have_null(&table)),
+            duplicate_rows: scoped_table
+                .is_none()
+                .then(|| keyed::duplicate_rows(&table)),
+            drop_duplicates: scoped_table
+                .is_none()
+                .then(|| keyed::drop_duplicates(&table)),
+            plan: scoped_table
+                .as_ref()
+                .map(|s| (scoped::plan(s, false), scoped::plan(s, true))),
+            analyze_staged: common::analyze_staged(&table),
+            analyze_plan: scoped_table.as_ref().map(scoped::analyze_plan),
+            conflicts: match &scoped_table {
+                None => vec![keyed::conflicts(&table)],
+                Some(_) => Vec::new(),
+            },
+            delete: match &scoped_table {
+                None => keyed::delete(&table),
+                Some(s) => scoped::delete(s),
+            },
+            write: match &scoped_table {
+                None => keyed::upsert(&table, &insert),
+                Some(s) => scoped::insert(s, &insert),
+            },
+            fill,
+            lock_empty,
+            lookup_update: scoped_table.as_ref().and_then(scoped::lookup_update),
+            resolve: common::resolve(&table),
+            images: [
+                common::image_of_rows(&table),
+                common::image_of_keys(&table),
+                scoped_table
+                    .as_ref()
+                    .map(scoped::image_of_plan)
+                    .unwrap_or_default(),
+            ],
         }
     }
 

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value as Json};
 
 use crate::change::{Relation, RowImage, Value};
-use crate::config::SOURCE_COLUMN;
+use crate::config::{SOURCE_COLUMN, owner};
 use crate::transform::{Kind, Mapping};
 
 /// Where a relation's columns are, for one configured table.
@@ -61,7 +61,7 @@ impl RelationMap {
     }
 
     pub(super) fn is_mobile(&self, row: &RowImage) -> bool {
-        matches!(self.source.and_then(|p| row.0.get(p)), Some(Value::Text(v)) if v.as_ref() == b"M")
+        matches!(self.source.and_then(|p| row.0.get(p)), Some(Value::Text(v)) if v.as_ref() == owner::MOBILE.as_bytes())
     }
 
     /// The row as a JSON object of its columns' texts (unchanged TOAST values left out).

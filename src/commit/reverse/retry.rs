@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use tokio_postgres::Client;
 
 use crate::change::Side;
-use crate::config::SOURCE_COLUMN;
+use crate::config::owner;
 use crate::db::{Context, DbError};
 use crate::expr::{q, same_key};
 use crate::transform::{Kind, TableMapping};
@@ -98,14 +98,18 @@ impl CloudRow {
             }
         };
         let target = t.table.cloud.quoted();
-        let source = q(SOURCE_COLUMN);
         let matching = matching.join(" AND ");
+        let (source, of_c) = (owner::column(), owner::of("c"));
         CloudRow {
             fields,
             resave: format!(
-                "UPDATE {target} c SET {source} = c.{source} WHERE {matching} AND c.{source} = 'M'"
+                "UPDATE {target} c SET {source} = {of_c} WHERE {matching} AND {}",
+                owner::is_mobile(&of_c)
             ),
-            owner: format!("SELECT c.{source}::text FROM {target} c WHERE {matching} LIMIT 1"),
+            owner: format!(
+                "SELECT {} FROM {target} c WHERE {matching} LIMIT 1",
+                owner::text_of("c")
+            ),
         }
     }
 

@@ -4,6 +4,7 @@ use super::{Choice, Choosing, Conflict, Keep, apply, kept, key_match, key_texts,
 use crate::capture::scan::Key;
 use crate::change::Side;
 use crate::commit::reconcile::Repair;
+use crate::config::owner;
 use crate::db::Context;
 use crate::expr::{output_text, q};
 use crate::transform::MappedColumn;
@@ -43,7 +44,8 @@ pub(super) async fn choose(
         .cloud
         .query_opt(
             &format!(
-                "SELECT coalesce(t.source::text = 'M', false), ({})::text, {} FROM {} t WHERE {}",
+                "SELECT {}, ({})::text, {} FROM {} t WHERE {}",
+                owner::mobile_flag(&owner::text_of("t")),
                 image("t"),
                 key.iter()
                     .map(|k| format!("(t.{})::text", q(&k.name)))
@@ -96,8 +98,9 @@ pub(super) async fn choose(
         // side is the row gone, from the cloud first (in a transaction the stream skips).
         let what = format!("deleting the row of {} the phone deleted", t.table.cloud);
         let delete = format!(
-            "DELETE FROM {} t WHERE source = 'D' AND {}",
+            "DELETE FROM {} t WHERE {} AND {}",
             t.table.cloud.quoted(),
+            owner::is_desktop(&owner::of("t")),
             cloud_match.join(" AND ")
         );
         own_update(ch.cloud, &delete, &params, &what).await?;
@@ -122,8 +125,10 @@ pub(super) async fn choose(
             }
             let what = format!("making the row of {} desktop-owned", t.table.cloud);
             let update = format!(
-                "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
+                "UPDATE {} t SET {} WHERE {} AND {}",
                 t.table.cloud.quoted(),
+                owner::set_desktop(),
+                owner::is_mobile(&owner::of("t")),
                 cloud_match.join(" AND ")
             );
             own_update(ch.cloud, &update, &params, &what).await?

@@ -19,7 +19,7 @@ use crate::change::Side;
 use crate::commit::reconcile::{self, Repair};
 use crate::commit::reverse::Reverse;
 use crate::commit::{Direction, Target};
-use crate::config::Config;
+use crate::config::{Config, owner};
 use crate::db::{self, Context, DbError};
 use crate::expr::{q, same_key};
 use crate::transform::{Mapping, TableMapping};
@@ -95,8 +95,10 @@ impl ScopedRow<'_> {
     async fn make_desktop_owned(&self, cloud: &Client) -> Result<Option<String>, DbError> {
         let t = self.t;
         let update = format!(
-            "UPDATE {} t SET source = 'D' WHERE source = 'M' AND {}",
+            "UPDATE {} t SET {} WHERE {} AND {}",
             t.table.cloud.quoted(),
+            owner::set_desktop(),
+            owner::is_mobile(&owner::of("t")),
             self.is_the_row("t")
         );
         let what = format!(

@@ -3,77 +3,16 @@
 use std::collections::BTreeSet;
 
 use super::*;
-use crate::catalog::ValueType;
-use crate::change::{QualifiedName, TableRef};
 use crate::commit::Plan;
 use crate::commit::forward::Forward;
-use crate::transform::{LookupColumn, MappedColumn, Mapping};
-
-fn column(name: &str) -> MappedColumn {
-    let value = ValueType {
-        base: "json".into(),
-        shaped: "json".into(),
-        portable: true,
-        equality: None,
-    };
-    MappedColumn {
-        name: name.into(),
-        desktop: value.clone(),
-        cloud: value,
-    }
-}
-
-fn int(name: &str) -> MappedColumn {
-    let value = ValueType {
-        base: "integer".into(),
-        shaped: "integer".into(),
-        portable: true,
-        equality: Some("pg_catalog".into()),
-    };
-    MappedColumn {
-        name: name.into(),
-        desktop: value.clone(),
-        cloud: value,
-    }
-}
-
-fn table(name: &str, kind: Kind, columns: Vec<MappedColumn>) -> TableMapping {
-    TableMapping {
-        table: TableRef {
-            desktop: QualifiedName::new("public", name),
-            cloud: QualifiedName::new("public", name),
-        },
-        kind,
-        reverse_columns: columns.clone(),
-        columns,
-        lookups: Vec::new(),
-        has_created_at: true,
-        has_updated_at: true,
-        reverse: true,
-        desktop_key_indexed: true,
-        desktop_key_unique: false,
-    }
-}
-
-fn scoped(name: &str, scope: MappedColumn, columns: Vec<MappedColumn>) -> TableMapping {
-    let kind = Kind::Scoped {
-        cloud_key: "k".into(),
-        cloud_key_type: ValueType {
-            base: "bigint".into(),
-            shaped: "bigint".into(),
-            portable: true,
-            equality: Some("pg_catalog".into()),
-        },
-        scope: vec![scope],
-    };
-    table(name, kind, columns)
-}
+use crate::transform::testing::{int, json, scoped, table};
+use crate::transform::{Kind, LookupColumn, MappedColumn, Mapping};
 
 #[test]
 fn user_names_appear_only_quoted_and_never_as_staging_columns() {
     let hostile = ["c", "_n", "s\"x", "order"];
-    let columns: Vec<MappedColumn> = hostile.iter().map(|n| column(n)).collect();
-    let t = scoped("c", column("c"), columns);
+    let columns: Vec<MappedColumn> = hostile.iter().map(|n| json(n)).collect();
+    let t = scoped("c", json("c"), columns);
     let sql = ForwardSql::build(&t, 0);
     assert!(
         sql.create.contains("c1 json, c2 json, c3 json, c4 json"),
@@ -99,9 +38,9 @@ fn mapping() -> Mapping {
     let parent = table(
         "p",
         Kind::Key(vec![int("id")]),
-        vec![int("id"), column("name")],
+        vec![int("id"), json("name")],
     );
-    let mut child = scoped("t", int("job_id"), vec![int("job_id"), column("name")]);
+    let mut child = scoped("t", int("job_id"), vec![int("job_id"), json("name")]);
     child.lookups.push(LookupColumn {
         column: int("client_id"),
         from: 0,

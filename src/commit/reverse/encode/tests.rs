@@ -9,32 +9,15 @@ fn text(s: &str) -> Value {
 
 /// A mapping of one desktop-key table `t (id, note)` and its cloud relation `(id, note, source)`.
 fn setup() -> (Mapping, RelationMap) {
-    let text = crate::catalog::ValueType {
-        base: "text".into(),
-        shaped: "text".into(),
-        portable: true,
-        equality: Some("pg_catalog".into()),
-    };
-    let col = |name: &str| crate::transform::MappedColumn {
-        name: name.into(),
-        desktop: text.clone(),
-        cloud: text.clone(),
-    };
-    let table = crate::transform::TableMapping {
-        table: crate::change::TableRef {
-            desktop: QualifiedName::new("public", "t"),
-            cloud: QualifiedName::new("public", "t"),
-        },
-        kind: Kind::Key(vec![col("id")]),
-        columns: vec![col("id"), col("note")],
-        lookups: Vec::new(),
-        reverse_columns: vec![col("id"), col("note")],
-        has_created_at: false,
-        has_updated_at: false,
-        reverse: true,
-        desktop_key_indexed: true,
-        desktop_key_unique: true,
-    };
+    let col = crate::transform::testing::text;
+    let mut table = crate::transform::testing::table(
+        "t",
+        Kind::Key(vec![col("id")]),
+        vec![col("id"), col("note")],
+    );
+    table.has_created_at = false;
+    table.has_updated_at = false;
+    table.desktop_key_unique = true;
     let mapping = Mapping {
         tables: vec![table],
         parents_first: vec![0],

@@ -1,0 +1,376 @@
+//! The forward statements of a cloud-key table: the desktop rows have no key of their own, so the
+//! rows of each touched scope are matched as multisets against the cloud's (`P`): cloud rows without
+//! a match are deleted (when desktop-owned), staged rows without one are inserted, and matched rows
+//! keep their cloud key (only their lookup columns may change).
+
+use super::common::{Insert, touch};
+use super::{Numbered, Table, Write};
+use crate::catalog::ValueType;
+use crate::config::owner;
+use crate::expr::{col, list, q, row_text, same_key};
+use crate::transform::Kind;
+
+/// A cloud-key table and its plan `P`: each row `(_n, _ck, _row, _source)` pairs a cloud row (its
+/// cloud key `_ck` and owner `_source`) with the `S` row `_row` that has the same content; either
+/// side may be NULL.
+pub(super) struct Scoped<'a> {
+    pub table: &'a Table<'a>,
+    /// `P`.
+    pub plan: String,
+    cloud_key: &'a str,
+    cloud_key_type: &'a ValueType,
+}
+
+impl<'a> Scoped<'a> {
+    /// `table` (the `i`-th) when it is a cloud-key table.
+    pub fn of(table: &'a Table<'a>, i: usize) -> Option<Self> {
+        match &table.t.kind {
+            Kind::Key(_) => None,
+            Kind::Scoped {
+                cloud_key,
+                cloud_key_type,
+                ..
+            } => Some(Scoped {
+                table,
+                plan: format!("pg_temp.tandem_p_{i}"),
+                cloud_key,
+                cloud_key_type,
+            }),
+        }
+    }
+
+    /// Cloud row `c`'s cloud key, qualified.
+    fn ck(&self) -> String {
+        format!("c.{}", q(self.cloud_key))
+    }
+
+    /// Cloud row `c` is the one plan row `p` matched.
+    fn c_is_p(&self) -> String {
+        same_key(&self.ck(), "p._ck", self.cloud_key_type)
+    }
+}
+
+/// `CREATE TEMP TABLE` of `P`.
+pub(super) fn create_plan(s: &Scoped) -> String {
+    format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {} (_n bigint GENERATED ALWAYS AS IDENTITY, _ck {}, _row bigint, _source text) ON COMMIT PRESERVE ROWS;",
+        s.plan, s.cloud_key_type.base
+    )
+}
+
+/// Fills `P`: the rows of `S` and the cloud rows of the scopes in `K` (NULL scope parts matching
+/// NULL with `or_null`), matched by the hash of their content, copy by copy; a cloud row's mobile-owned
+/// copies are matched first. When the cloud holds no row of those scopes, every staged row is new.
+pub(super) fn plan(s: &Scoped, or_null: bool) -> String {
+    let Table {
+        t,
+        st,
+        target,
+        rows,
+        keys,
+    } = s.table;
+    let plan = &s.plan;
+    // Rows are matched on the text of all their desktop columns, as the cloud holds them.
+    let d_hash = format!(
+        "md5({})",
+        row_text(
+            &(0..t.columns.len())
+                .map(|j| st.columns[j].cloud_shaped(&format!("s.{}", col(j))))
+                .collect::<Vec<_>>()
+        )
+    );
+    let c_hash = format!(
+        "md5({})",
+        row_text(
+            &t.columns
+                .iter()
+                .map(|c| format!("c.{}", q(&c.name)))
+                .collect::<Vec<_>>()
+        )
+    );
+    // When the cloud holds no row of the touched scopes (an initial sync, new jobs), every staged
+    // row is new: the second branch lists them without hashing and sorting them (a third of the
+    // seeds' jobtasks plan, 0.17 s for 64,542 rows, was that).
+    format!(
+        "INSERT INTO {plan} (_ck, _row, _source) \
+         WITH d AS (SELECT s._n, {d_hash} AS h FROM {rows} s), \
+              dn AS (SELECT d._n, d.h, row_number() OVER (PARTITION BY d.h ORDER BY d._n) AS dup FROM d), \
+              c AS (SELECT {ck} AS _ck, {c_owner} AS _source, {c_hash} AS h FROM {target} c \
+                    WHERE EXISTS (SELECT 1 FROM {keys} k WHERE {scope})), \
+              cn AS (SELECT c._ck, c._source, c.h, row_number() OVER (PARTITION BY c.h \
+                     ORDER BY ({c_mobile}) DESC NULLS LAST, c._ck) AS dup FROM c) \
+         SELECT cn._ck, dn._n, cn._source FROM dn FULL JOIN cn ON dn.h = cn.h AND dn.dup = cn.dup \
+         WHERE EXISTS (SELECT 1 FROM c) \
+         UNION ALL SELECT NULL, s._n, NULL FROM {rows} s WHERE NOT EXISTS (SELECT 1 FROM c)",
+        ck = s.ck(),
+        scope = st.c_is_k(or_null),
+        c_owner = owner::text_of("c"),
+        c_mobile = owner::is_mobile("c._source"),
+    )
+}
+
+/// Deletes the desktop-owned cloud rows no staged row matched (range of `P`).
+pub(super) fn delete(s: &Scoped) -> Write {
+    let (target, plan) = (&s.table.target, &s.plan);
+    let c_is_p = s.c_is_p();
+    let p_desktop = owner::desktop_owned("p._source");
+    Write::new("scoped delete", Numbered::Plan, |checks| {
+        format!(
+            "DELETE FROM {target} c USING {plan} p WHERE {c_is_p} AND p._row IS NULL \
+             AND {p_desktop} AND p._n BETWEEN $1 AND $2{checks}"
+        )
+    })
+}
+
+/// Inserts the staged rows no cloud row matched (range of `S`).
+pub(super) fn insert(s: &Scoped, insert: &Insert) -> Write {
+    let (target, rows, plan) = (&s.table.target, &s.table.rows, &s.plan);
+    let Insert {
+        columns: cols,
+        values: vals,
+    } = insert;
+    Write::new("scoped insert", Numbered::Rows, |checks| {
+        format!(
+            "INSERT INTO {target} ({cols}) SELECT {vals} FROM {rows} s JOIN {plan} p ON p._row = s._n \
+             WHERE p._ck IS NULL AND s._n BETWEEN $1 AND $2{checks}"
+        )
+    })
+}
+
+/// Sets the lookup columns of the matched desktop-owned cloud rows whose lookups differ (range of
+/// `S`); `None` when the table has no lookups.
+pub(super) fn lookup_update(s: &Scoped) -> Option<Write> {
+    let Table {
+        t,
+        st,
+        target,
+        rows,
+        ..
+    } = s.table;
+    let plan = &s.plan;
+    let lookups: Vec<usize> = (t.columns.len()..st.columns.len()).collect();
+    if lookups.is_empty() {
+        return None;
+    }
+    let sets = list(
+        lookups
+            .iter()
+            .map(|&j| format!("{} = {}", q(&st.columns[j].name), st.value("s", j))),
+    );
+    let current: Vec<String> = lookups
+        .iter()
+        .map(|&j| format!("c.{}", q(&st.columns[j].name)))
+        .collect();
+    let staged: Vec<String> = lookups
+        .iter()
+        .map(|&j| st.columns[j].cloud_shaped(&format!("s.{}", col(j))))
+        .collect();
+    let (current, staged) = (row_text(&current), row_text(&staged));
+    let (c_is_p, touch) = (s.c_is_p(), touch(t));
+    let p_desktop = owner::desktop_owned("p._source");
+    // Only matched rows: new ones (no cloud key) were inserted with their lookups, and leaving them
+    // out spares a join with the whole table (0.05 s on the seeds' jobtasks).
+    Some(Write::new("lookup update", Numbered::Rows, |checks| {
+        format!(
+            "UPDATE {target} c SET {sets}{touch} FROM {plan} p JOIN {rows} s ON s._n = p._row \
+             WHERE p._ck IS NOT NULL AND {c_is_p} AND {p_desktop} \
+             AND {current} IS DISTINCT FROM {staged} AND s._n BETWEEN $1 AND $2{checks}"
+        )
+    }))
+}
+
+/// Whether `K` holds a scope with a NULL part (then [`plan`] matches NULL with NULL).
+pub(super) fn keys_have_null(table: &Table) -> String {
+    let any_null: Vec<String> = (0..table.st.key.len())
+        .map(|n| format!("k.{} IS NULL", col(n)))
+        .collect();
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {} k WHERE {})",
+        table.keys,
+        any_null.join(" OR ")
+    )
+}
+
+/// `ANALYZE` of `P`, once filled.
+pub(super) fn analyze_plan(s: &Scoped) -> String {
+    format!("ANALYZE {}", s.plan)
+}
+
+/// `(row_key, row_image, old_image)` of `P` row `$1` (a scoped delete), for a dead letter: the cloud
+/// row it would have deleted.
+pub(super) fn image_of_plan(s: &Scoped) -> String {
+    format!(
+        "SELECT {}, to_jsonb(c.*), NULL::jsonb FROM {} p JOIN {} c ON {} WHERE p._n = $1",
+        s.table.st.key_json_of_target(),
+        s.plan,
+        s.table.target,
+        s.c_is_p(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::common;
+    use super::*;
+    use crate::transform::testing::{int, json, odd_keyed, odd_names_quoted, odd_scoped, scoped};
+    use crate::transform::{LookupColumn, TableMapping};
+
+    /// `f` of the cloud-key table `t`, the 3rd of its mapping.
+    fn built<T>(t: &TableMapping, f: impl Fn(&Scoped) -> T) -> T {
+        let table = Table::new(t, 3);
+        f(&Scoped::of(&table, 3).expect("a cloud-key table"))
+    }
+
+    /// [`odd_scoped`] with a lookup column `"looked up"` after its own.
+    fn with_lookup() -> TableMapping {
+        let mut t = odd_scoped();
+        t.lookups.push(LookupColumn {
+            column: int("looked up"),
+            from: 0,
+            on: "Task List".into(),
+        });
+        t
+    }
+
+    #[test]
+    fn only_cloud_key_tables_have_a_plan_numbered_like_their_staging() {
+        let keyed = odd_keyed();
+        assert!(Scoped::of(&Table::new(&keyed, 3), 3).is_none());
+        assert_eq!(
+            built(&odd_scoped(), |s| s.plan.clone()),
+            "pg_temp.tandem_p_3"
+        );
+        assert_eq!(
+            built(&odd_scoped(), create_plan),
+            "CREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_p_3 (_n bigint GENERATED ALWAYS AS IDENTITY, \
+             _ck bigint, _row bigint, _source text) ON COMMIT PRESERVE ROWS;"
+        );
+    }
+
+    #[test]
+    fn the_plan_matches_own_columns_copy_by_copy_mobile_copies_first() {
+        let t = with_lookup();
+        let sql = built(&t, |s| plan(s, false));
+        assert!(
+            sql.starts_with("INSERT INTO pg_temp.tandem_p_3 (_ck, _row, _source) "),
+            "{sql}"
+        );
+        // The table's own columns, not the lookup (c5): the hash of what the desktop holds.
+        assert!(
+            sql.contains("WITH d AS (SELECT s._n, md5(ROW(s.c1, s.c2, s.c3, s.c4)::text) AS h FROM pg_temp.tandem_s_3 s)"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("c AS (SELECT c.\"k\" AS _ck, c.\"source\"::text AS _source, md5(ROW(c.\"Task List\", c.\"na'me\", c.\"c\", c.\"_n\")::text) AS h FROM \"public\".\"Task List\" c WHERE EXISTS (SELECT 1 FROM pg_temp.tandem_k_3 k WHERE c.\"Task List\" OPERATOR(pg_catalog.=) k.c1))"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(
+                "PARTITION BY c.h ORDER BY (c._source = 'M') DESC NULLS LAST, c._ck) AS dup"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("FROM dn FULL JOIN cn ON dn.h = cn.h AND dn.dup = cn.dup"),
+            "{sql}"
+        );
+        // Nothing of the scopes in the cloud: every staged row is new, unhashed.
+        assert!(
+            sql.ends_with("UNION ALL SELECT NULL, s._n, NULL FROM pg_temp.tandem_s_3 s WHERE NOT EXISTS (SELECT 1 FROM c)"),
+            "{sql}"
+        );
+        assert!(odd_names_quoted(&sql), "{sql}");
+    }
+
+    #[test]
+    fn the_plan_for_null_scopes_differs_only_in_matching_null() {
+        let t = odd_scoped();
+        let (plain, or_null) = (built(&t, |s| plan(s, false)), built(&t, |s| plan(s, true)));
+        let matching = "c.\"Task List\" OPERATOR(pg_catalog.=) k.c1";
+        assert_eq!(
+            or_null,
+            plain.replace(
+                matching,
+                &format!("({matching} OR (c.\"Task List\" IS NULL AND k.c1 IS NULL))")
+            )
+        );
+    }
+
+    #[test]
+    fn a_scoped_delete_removes_unmatched_desktop_owned_rows_in_a_range_of_p() {
+        let w = built(&odd_scoped(), delete);
+        assert_eq!(
+            (w.ranged.what, w.ranged.numbered),
+            ("scoped delete", Numbered::Plan)
+        );
+        assert_eq!(
+            w.ranged.sql,
+            "DELETE FROM \"public\".\"Task List\" c USING pg_temp.tandem_p_3 p \
+             WHERE c.\"k\" OPERATOR(pg_catalog.=) p._ck AND p._row IS NULL \
+             AND (p._source = 'D' OR p._source IS NULL) AND p._n BETWEEN $1 AND $2"
+        );
+    }
+
+    #[test]
+    fn a_scoped_insert_writes_unmatched_staged_rows_in_a_range_of_s() {
+        let t = odd_scoped();
+        let w = built(&t, |s| insert(s, &common::insert(s.table)));
+        assert_eq!(
+            (w.ranged.what, w.ranged.numbered),
+            ("scoped insert", Numbered::Rows)
+        );
+        assert_eq!(
+            w.ranged.sql,
+            "INSERT INTO \"public\".\"Task List\" (\"Task List\", \"na'me\", \"c\", \"_n\", \"source\", \"created_at\", \"updated_at\") \
+             SELECT s.c1, s.c2, s.c3, s.c4, 'D', now(), now() FROM pg_temp.tandem_s_3 s JOIN pg_temp.tandem_p_3 p ON p._row = s._n \
+             WHERE p._ck IS NULL AND s._n BETWEEN $1 AND $2"
+        );
+    }
+
+    #[test]
+    fn a_lookup_update_sets_only_lookups_of_matched_desktop_owned_rows_that_differ() {
+        assert!(built(&odd_scoped(), lookup_update).is_none());
+        let w = built(&with_lookup(), lookup_update).expect("a lookup");
+        assert_eq!(
+            (w.ranged.what, w.ranged.numbered),
+            ("lookup update", Numbered::Rows)
+        );
+        assert_eq!(
+            w.ranged.sql,
+            "UPDATE \"public\".\"Task List\" c SET \"looked up\" = s.c5, \"updated_at\" = now() \
+             FROM pg_temp.tandem_p_3 p JOIN pg_temp.tandem_s_3 s ON s._n = p._row \
+             WHERE p._ck IS NOT NULL AND c.\"k\" OPERATOR(pg_catalog.=) p._ck AND (p._source = 'D' OR p._source IS NULL) \
+             AND ROW(c.\"looked up\")::text IS DISTINCT FROM ROW(s.c5)::text AND s._n BETWEEN $1 AND $2"
+        );
+    }
+
+    #[test]
+    fn k_has_a_null_scope_when_any_part_is_null() {
+        let mut t = scoped("t", json("a"), vec![json("a"), json("b")]);
+        if let Kind::Scoped { scope, .. } = &mut t.kind {
+            scope.push(json("b"));
+        }
+        assert_eq!(
+            keys_have_null(&Table::new(&t, 1)),
+            "SELECT EXISTS (SELECT 1 FROM pg_temp.tandem_k_1 k WHERE k.c1 IS NULL OR k.c2 IS NULL)"
+        );
+    }
+
+    #[test]
+    fn the_plan_is_analyzed_by_name() {
+        assert_eq!(
+            built(&odd_scoped(), analyze_plan),
+            "ANALYZE pg_temp.tandem_p_3"
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_of_p_is_the_cloud_row_keyed_by_its_scope() {
+        let sql = built(&odd_scoped(), image_of_plan);
+        assert_eq!(
+            sql,
+            "SELECT jsonb_build_object('Task List', to_jsonb(CAST(c.\"Task List\" AS integer))), to_jsonb(c.*), NULL::jsonb \
+             FROM pg_temp.tandem_p_3 p JOIN \"public\".\"Task List\" c ON c.\"k\" OPERATOR(pg_catalog.=) p._ck WHERE p._n = $1"
+        );
+    }
+}
