@@ -149,6 +149,8 @@ pub struct TableMapping {
     pub has_created_at: bool,
     pub has_updated_at: bool,
     pub reverse: bool,
+    /// How a true conflict of its rows is settled.
+    pub policy: crate::config::Policy,
     /// Whether the desktop has an index leading with the key (or scope): lookups by key can probe it.
     pub desktop_key_indexed: bool,
     /// Whether the desktop has a unique index on exactly the key: inserts can use ON CONFLICT.
@@ -290,6 +292,7 @@ impl Mapping {
                 has_created_at: c.is_some_and(|c| c.has_column(CREATED_AT_COLUMN)),
                 has_updated_at: c.is_some_and(|c| c.has_column(UPDATED_AT_COLUMN)),
                 reverse: t.reverse,
+                policy: t.policy,
                 desktop_key_indexed: d.is_some_and(|d| d.has_index_leading_with(identity)),
                 desktop_key_unique: matches!(&t.identity, Identity::Key(k) if d.is_some_and(|d| d.has_unique_key(k))),
             });

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::Client;
 
-use crate::change::{OutboxId, Side, quote_literal};
+use crate::change::{Horizon, OutboxId, QualifiedName, Side, quote_literal};
 use crate::expr::{col, group_by, q, same_key, same_key_or_null};
 
 /// The channel the capture function notifies when it wrote to the outbox.
@@ -33,6 +33,8 @@ pub struct OutboxBatch {
     pub truncated: BTreeSet<usize>,
     /// When the oldest change in the batch was captured (its transaction's start on the desktop).
     pub oldest: Option<std::time::SystemTime>,
+    /// Each table's horizon (by mapping index), as the batch's snapshot has it.
+    pub horizons: Vec<Option<Horizon>>,
 }
 
 impl OutboxBatch {
@@ -60,9 +62,13 @@ const SNAPSHOT_SETTING: &str = "tandem.batch_snapshot";
 /// a table `init` added before this run picked it up), and the batch bounds set for the snapshot's later
 /// queries, in one round trip.
 const BATCH_SQL: &str = "WITH batch AS (
-        SELECT id, table_schema, table_name, op::text AS op, captured_at FROM tandem.outbox
+        SELECT id, table_schema, table_name, op::text AS op, captured_at FROM tandem.outbox o
          WHERE ($2 = '' OR pg_visible_in_snapshot(xid, $2::pg_snapshot))
            AND (table_schema, table_name) IN (SELECT * FROM unnest($3::text[], $4::text[]))
+           AND (o.wait_for IS NULL OR o.wait_for <= (SELECT split_part(ts.horizon, ':', 2)::bigint
+                  FROM tandem.table_state ts
+                 WHERE ts.table_name = CASE WHEN o.table_schema = 'public' THEN o.table_name
+                                            ELSE o.table_schema || '.' || o.table_name END))
          ORDER BY id LIMIT $1),
      bounds AS (
         SELECT set_config('tandem.batch_min_id', coalesce(min(id), 0)::text, true),
@@ -103,24 +109,33 @@ pub async fn begin_batch(
     let statement = statements.get(client, BATCH_SQL).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
         [&limit, &snapshot, &taken.schemas, &taken.names];
-    // One round trip: BEGIN and the batch query are pipelined.
+    // One round trip: BEGIN, the batch query and the horizons are pipelined.
     let begin = statements
         .get(client, "BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await?;
+    let horizons = statements.get(client, HORIZONS_SQL).await?;
     let mut results = db::pipelined(vec![
         client.query(&begin, &[]),
         client.query(&statement, &params),
+        client.query(&horizons, &[]),
     ])
     .await;
+    let horizons = results
+        .pop()
+        .expect("three results")
+        .ctx(Side::Desktop, "reading the tables' horizons")?;
     let rows = results
         .pop()
-        .expect("two results")
+        .expect("three results")
         .ctx(Side::Desktop, "reading a batch from tandem.outbox")?;
     results
         .pop()
-        .expect("two results")
+        .expect("three results")
         .ctx(Side::Desktop, "beginning the batch snapshot")?;
-    let mut batch = OutboxBatch::default();
+    let mut batch = OutboxBatch {
+        horizons: table_horizons(mapping, &horizons),
+        ..OutboxBatch::default()
+    };
     for row in &rows {
         batch.ids.push(OutboxId(row.get(0)));
         let captured: std::time::SystemTime = row.get(4);
@@ -139,6 +154,26 @@ pub async fn begin_batch(
     Ok(batch)
 }
 
+/// Every table's horizon (`tandem.table_state`).
+pub const HORIZONS_SQL: &str =
+    "SELECT table_name, horizon FROM tandem.table_state WHERE horizon IS NOT NULL";
+
+/// The horizons [`HORIZONS_SQL`] read, by mapping index.
+pub fn table_horizons(mapping: &Mapping, rows: &[tokio_postgres::Row]) -> Vec<Option<Horizon>> {
+    let mut out = vec![None; mapping.tables.len()];
+    for row in rows {
+        let (name, horizon): (String, String) = (row.get(0), row.get(1));
+        if let Some(i) = mapping
+            .tables
+            .iter()
+            .position(|t| t.table.desktop.to_string() == name)
+        {
+            out[i] = Horizon::parse(&horizon);
+        }
+    }
+    out
+}
+
 /// Whether the outbox holds rows of transactions `snapshot` sees, of `taken` tables.
 pub async fn pending(client: &Client, snapshot: &str, taken: &Taken) -> Result<bool, DbError> {
     let row = client
@@ -153,12 +188,62 @@ pub async fn pending(client: &Client, snapshot: &str, taken: &Taken) -> Result<b
     Ok(row.get(0))
 }
 
-/// Deletes a batch's outbox rows by id and ends the desktop transaction: called once the cloud
-/// transaction that applied them committed. An empty batch just ends the transaction.
+/// Keys of one table a batch held back (see `tandem.outbox.wait_for`): the cloud row holds a phone's
+/// change the desktop had not received when the batch read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub table: QualifiedName,
+    /// Each key's (or scope's) values as the capture triggers write them.
+    pub keys: Vec<Vec<Option<String>>>,
+    /// The cloud transaction id (xid8) the table's horizon must reach before they are taken again.
+    pub wait_for: i64,
+}
+
+/// Puts held keys back into the outbox, waiting for their horizon, with the time and transaction of
+/// the desktop change the batch took them for (a conflict settled later compares that time). A key
+/// already waiting (held before, changed again since) waits once, with the later change's time.
+const HOLD_SQL: &str = "WITH k AS (SELECT ARRAY(SELECT jsonb_array_elements_text(e)) AS key
+                  FROM jsonb_array_elements($3::text::jsonb) e),
+          b AS (SELECT k.key, coalesce(w.xid, pg_current_xact_id()) AS xid, coalesce(w.captured_at, now()) AS captured_at
+                  FROM k LEFT JOIN LATERAL (SELECT (array_agg(o.xid ORDER BY o.id DESC))[1] AS xid,
+                                                   max(o.captured_at) AS captured_at
+                                              FROM tandem.outbox o
+                                             WHERE o.id = ANY($5) AND o.table_schema = $1 AND o.table_name = $2
+                                               AND o.row_key = k.key) w ON true),
+          waiting AS (UPDATE tandem.outbox o SET wait_for = $4, xid = b.xid,
+                             captured_at = greatest(o.captured_at, b.captured_at)
+                        FROM b WHERE o.table_schema = $1 AND o.table_name = $2 AND o.row_key = b.key
+                         AND o.wait_for IS NOT NULL AND NOT o.id = ANY($5)
+                      RETURNING o.row_key)
+     INSERT INTO tandem.outbox (table_schema, table_name, op, row_key, xid, captured_at, wait_for)
+     SELECT $1, $2, 'U', b.key, b.xid, b.captured_at, $4 FROM b
+      WHERE NOT EXISTS (SELECT 1 FROM waiting w WHERE w.row_key = b.key)";
+
+/// Puts held keys into the outbox outside a batch (a reconcile applying directly): their changes'
+/// times are not known any more, so now.
+pub async fn hold(client: &Client, held: &[Held]) -> Result<(), DbError> {
+    let none: Vec<i64> = Vec::new();
+    for h in held.iter().filter(|h| !h.keys.is_empty()) {
+        let keys = serde_json::to_string(&h.keys).expect("strings serialize");
+        client
+            .execute(
+                HOLD_SQL,
+                &[&h.table.schema, &h.table.name, &keys, &h.wait_for, &none],
+            )
+            .await
+            .ctx(Side::Desktop, "putting held keys back into tandem.outbox")?;
+    }
+    Ok(())
+}
+
+/// Deletes a batch's outbox rows by id, puts back the keys it held, and ends the desktop transaction:
+/// called once the cloud transaction that applied them committed. An empty batch just ends the
+/// transaction.
 pub async fn finish_batch(
     client: &Client,
     statements: &mut StatementCache,
     ids: &[OutboxId],
+    held: &[Held],
 ) -> Result<(), DbError> {
     if ids.is_empty() {
         return client
@@ -167,36 +252,64 @@ pub async fn finish_batch(
             .ctx(Side::Desktop, "ending the batch snapshot");
     }
     let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
+    let hold = statements.get(client, HOLD_SQL).await?;
+    let holding: Vec<(String, String, String)> = held
+        .iter()
+        .filter(|h| !h.keys.is_empty())
+        .map(|h| {
+            let keys = serde_json::to_string(&h.keys).expect("strings serialize");
+            (h.table.schema.clone(), h.table.name.clone(), keys)
+        })
+        .collect();
     let statement = statements
         .get(client, "DELETE FROM tandem.outbox WHERE id = ANY($1)")
         .await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
     let commit = statements.get(client, "COMMIT").await?;
-    let mut results = db::pipelined(vec![
-        client.execute(&statement, &params),
-        client.execute(&commit, &[]),
-    ])
-    .await;
+    let hold_params: Vec<Vec<&(dyn tokio_postgres::types::ToSql + Sync)>> = holding
+        .iter()
+        .zip(held.iter().filter(|h| !h.keys.is_empty()))
+        .map(|((schema, name, keys), h)| {
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                vec![schema, name, keys, &h.wait_for, &ids];
+            params
+        })
+        .collect();
+    let delete_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+    let mut pipeline = Vec::new();
+    for params in &hold_params {
+        pipeline.push(client.execute(&hold, params));
+    }
+    pipeline.push(client.execute(&statement, &delete_params));
+    pipeline.push(client.execute(&commit, &[]));
+    let mut results = db::pipelined(pipeline).await;
     results
         .pop()
-        .expect("two results")
+        .expect("the commit's result")
         .ctx(Side::Desktop, "committing the outbox delete")?;
     results
         .pop()
-        .expect("two results")
+        .expect("the delete's result")
         .ctx(Side::Desktop, "deleting applied rows from tandem.outbox")?;
+    for held in results {
+        held.ctx(Side::Desktop, "putting held keys back into tandem.outbox")?;
+    }
     Ok(())
 }
 
 /// The outbox rows of the current batch for one table; `truncate` selects its TRUNCATE rows instead.
+/// The same rows [`BATCH_SQL`] took: in its id range, seen by its snapshot, not waiting for a horizon
+/// the table has not reached (the batch's REPEATABLE READ snapshot reads the same horizon).
 fn batch_rows(table: &TableMapping, truncate: bool) -> String {
     format!(
         "tandem.outbox o WHERE o.id BETWEEN current_setting('{MIN_SETTING}')::bigint AND current_setting('{MAX_SETTING}')::bigint \
          AND (current_setting('{SNAPSHOT_SETTING}') = '' OR pg_visible_in_snapshot(o.xid, current_setting('{SNAPSHOT_SETTING}')::pg_snapshot)) \
-         AND o.table_schema = {} AND o.table_name = {} AND o.op {} 'T'",
+         AND o.table_schema = {} AND o.table_name = {} AND o.op {} 'T' \
+         AND (o.wait_for IS NULL OR o.wait_for <= (SELECT split_part(ts.horizon, ':', 2)::bigint \
+              FROM tandem.table_state ts WHERE ts.table_name = {}))",
         quote_literal(&table.table.desktop.schema),
         quote_literal(&table.table.desktop.name),
-        if truncate { "=" } else { "<>" }
+        if truncate { "=" } else { "<>" },
+        quote_literal(&table.table.desktop.to_string()),
     )
 }
 
@@ -362,9 +475,10 @@ impl ReadSql {
             .map(|(n, k)| group_by(&format!("u.{}", col(n)), &k.desktop))
             .collect();
         let keys_cte = format!(
-            "k AS (SELECT DISTINCT ON ({}) u.* FROM ({}) u)",
+            "k AS (SELECT DISTINCT ON ({}) u.* FROM ({}) u WHERE {})",
             distinct.join(", "),
-            sources.join(" UNION ALL ")
+            sources.join(" UNION ALL "),
+            not_held(t, "u"),
         );
 
         let staged_keys: Vec<String> = keys
@@ -410,6 +524,64 @@ impl ReadSql {
             copy_rows,
         }
     }
+}
+
+/// Keys (`c1..cN` of `alias`, the key's desktop types) whose row has an open reverse conflict or dead
+/// letter: the phone's version of it has not reached the desktop, so a desktop change of it must not
+/// reach the cloud either, over the phone's. Such a change is not sent (its outbox row goes: the open
+/// record explains the difference, and settling it applies the side chosen, as it is then).
+/// Desktop-key tables find them by their `row_key`; cloud-key tables (whose records name the cloud
+/// key) by the scope of any version a record holds.
+pub fn not_held(t: &TableMapping, alias: &str) -> String {
+    let name = quote_literal(&t.table.desktop.to_string());
+    let open = |table: &str| {
+        format!(
+            "SELECT 1 FROM tandem.{table} x WHERE x.resolved_at IS NULL AND x.direction = 'reverse' \
+             AND x.table_name = {name}"
+        )
+    };
+    let matching = match &t.kind {
+        crate::transform::Kind::Key(key) => {
+            let pairs: Vec<(String, String)> = key
+                .iter()
+                .enumerate()
+                .map(|(n, k)| {
+                    let v = format!("{alias}.{}", col(n));
+                    (k.name.clone(), crate::expr::key_json_value(&v, &k.desktop))
+                })
+                .collect();
+            let json = crate::expr::json_object(&pairs);
+            return format!(
+                "NOT EXISTS ({} AND x.row_key = {json}) AND NOT EXISTS ({} AND x.row_key = {json})",
+                open("conflicts"),
+                open("dead_letters")
+            );
+        }
+        crate::transform::Kind::Scoped { scope, .. } => |version: &str| {
+            scope
+                .iter()
+                .enumerate()
+                .map(|(n, s)| {
+                    format!(
+                        "(x.{version} ->> {}) IS NOT DISTINCT FROM ({alias}.{})::text",
+                        quote_literal(&s.name),
+                        col(n)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        },
+    };
+    let conflict_versions = ["mobile_row", "desktop_row", "base", "incoming"]
+        .map(|v| format!("({})", matching(v)))
+        .join(" OR ");
+    format!(
+        "NOT EXISTS ({} AND x.row_key ? 'cloud_key' AND ({conflict_versions})) \
+         AND NOT EXISTS ({} AND ({}))",
+        open("conflicts"),
+        open("dead_letters"),
+        matching("row_image")
+    )
 }
 
 /// The columns a forward read sends of a row `t` of table `i` (wire-typed, lookups included), and the

@@ -101,7 +101,18 @@ impl ScanSql {
         let t = &mapping.tables[i];
         let keys = t.key_columns();
         let width = keys.len();
-        let mobile = owner::is_mobile(&owner::text_of("c"));
+        // A phone's row the desktop has received (its writer seen by the table's horizon, set on the
+        // scan's session: see `owner::horizon`) is compared as the desktop's: what differs from it is
+        // a desktop change made after it. The others are the phones' changes the desktop may lack.
+        let horizon = owner::horizon(i);
+        let unreceived = |alias: &str| {
+            format!(
+                "({} AND NOT {})",
+                owner::is_mobile(&owner::text_of(alias)),
+                owner::seen(alias, &horizon)
+            )
+        };
+        let mobile = unreceived("c");
 
         // Desktop: the forward projection (lookups joined as the outbox reader joins them).
         let desktop_table = t.table.desktop.quoted();
@@ -163,7 +174,7 @@ impl ScanSql {
             Kind::Scoped { cloud_key, .. } => text(&format!("c.{}", q(cloud_key))),
             Kind::Key(_) => "NULL::text".to_string(),
         };
-        let mobile_flag = owner::mobile_flag(&owner::text_of("c"));
+        let mobile_flag = format!("coalesce({mobile}, false)");
         let cloud = format!(
             "COPY (SELECT {keys}, CASE WHEN {mobile_flag} THEN 0 ELSE {forward} END, \
              CASE WHEN {mobile_flag} THEN {reverse} ELSE 0 END, {mobile_flag}, {cloud_key} \
@@ -199,12 +210,14 @@ impl ScanSql {
             "SELECT j.id, j.op::text, {journal_ck}, {reverse}, ({old})::text, {keys}
                FROM (SELECT * FROM tandem.journal
                       WHERE table_schema = {schema} AND table_name = {name}
+                        AND (xid IS NULL OR NOT {journal_seen})
                         AND names = (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
                                       WHERE a.attrelid = {regclass}::regclass AND a.attnum > 0 AND NOT a.attisdropped)
                       OFFSET 0) j
               CROSS JOIN LATERAL (SELECT (CAST(j.old AS {cloud_table})).*) r
               ORDER BY j.id",
             reverse = hash(&jr),
+            journal_seen = owner::seen_xid8("xid", &horizon),
             old = json_object(&old_image),
             keys = journal_keys.join(", "),
         );

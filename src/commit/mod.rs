@@ -217,7 +217,8 @@ pub enum Progress<'a> {
 
 /// Records `$1` (a [`Horizon`]'s text, which the reverse stream has passed with everything before it
 /// applied) as the horizon of every table synced since the slot was made, where it is later than the
-/// table's own. A table due to sync keeps none: what phones did before its sync is not the stream's.
+/// table's own. A table due to sync (after a new slot) keeps the one it had, which is still true: what
+/// phones did before the new slot was made is not the stream's, and its sync sets the next.
 pub const RECORD_HORIZON: &str = "UPDATE tandem.table_state SET horizon = $1::text \
      WHERE synced_at IS NOT NULL \
        AND (horizon IS NULL OR split_part(horizon, ':', 2)::bigint < split_part($1::text, ':', 2)::bigint)";

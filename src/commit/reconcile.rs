@@ -380,6 +380,7 @@ pub async fn stage(
                 Meta::Unchanged => data.extend_from_slice(b"\\N"),
                 Meta::Old => field(&mut data, old),
                 Meta::CloudKey => field(&mut data, ck),
+                Meta::Xid | Meta::At | Meta::Lsn => data.extend_from_slice(b"\\N"),
             }
         }
         for j in 0..width {

@@ -69,6 +69,64 @@ pub fn set_desktop() -> String {
     format!("{} = {}", column(), desktop())
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Who saw what: a phone's row the desktop has received.
+//
+// A row a phone wrote last is one the desktop may change or delete (an ordinary edit, not a conflict)
+// once the desktop has received that version. The cloud transaction that wrote a row's current version
+// is its `xmin`; the desktop keeps, per table, a horizon: a cloud snapshot every transaction of which it
+// has received for that table (applied, or kept as an open conflict or dead letter, which hold the
+// row back by themselves). So the version was received exactly when its writer is visible in the
+// horizon. Exact because the horizon is a snapshot tandem took in a cloud transaction whose position in
+// the stream the desktop then passed: every transaction it sees committed before that position, and
+// the stream delivers in commit order. A row whose writer it does not see was written after, or is not
+// committed: the desktop cannot have it.
+//
+// `xmin` is a 32-bit transaction id; a snapshot speaks of 64-bit ones (`xid8`). The row's is the latest
+// 64-bit id with those low 32 bits not after the next id to be assigned: exact for every version not
+// frozen, since PostgreSQL never lets an unfrozen id fall 2^31 behind. A frozen row older than that
+// may map to a recent id by chance; it then counts as not seen, which holds its desktop change back
+// until the next horizon (never the other way round).
+
+/// The horizon of a forward transaction's table `i` (set by [`horizon_setting`]), as a snapshot; NULL
+/// when the table has none yet (every phone row then counts as not received).
+pub fn horizon(i: usize) -> String {
+    format!(
+        "nullif(pg_catalog.current_setting('{}', true), '')::pg_catalog.pg_snapshot",
+        horizon_setting(i)
+    )
+}
+
+/// The transaction-local setting holding table `i`'s horizon in a forward transaction.
+pub fn horizon_setting(i: usize) -> String {
+    format!("tandem.horizon_{i}")
+}
+
+/// Whether cloud transaction `xid` (an `xid8` expression) is one `horizon` sees: never NULL.
+pub fn seen_xid8(xid: &str, horizon: &str) -> String {
+    format!("coalesce(pg_catalog.pg_visible_in_snapshot({xid}, {horizon}), false)")
+}
+
+/// Whether the transaction that wrote row `alias`'s current version is one `horizon` sees.
+pub fn seen(alias: &str, horizon: &str) -> String {
+    let next = "pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint";
+    let xmin = format!("{alias}.xmin::text::bigint");
+    seen_xid8(
+        &format!("(({next}) - ((({next}) - {xmin}) & 4294967295))::text::pg_catalog.xid8"),
+        horizon,
+    )
+}
+
+/// Whether the desktop may change or delete cloud row `alias`: it is the desktop's, or the phone's
+/// version the desktop has received (per `horizon`). Never NULL.
+pub fn desktop_may_change(alias: &str, horizon: &str) -> String {
+    format!(
+        "({} OR {})",
+        desktop_owned(&of(alias)),
+        seen(alias, horizon)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +145,22 @@ mod tests {
             mobile_flag(&text_of("c")),
             "coalesce(c.\"source\"::text = 'M', false)"
         );
+    }
+
+    #[test]
+    fn a_phones_row_may_change_once_its_writer_is_seen() {
+        assert_eq!(
+            horizon(3),
+            "nullif(pg_catalog.current_setting('tandem.horizon_3', true), '')::pg_catalog.pg_snapshot"
+        );
+        let may = desktop_may_change("c", "$9");
+        assert!(
+            may.starts_with("((c.\"source\" = 'D' OR c.\"source\" IS NULL) OR coalesce("),
+            "{may}"
+        );
+        assert!(may.contains("c.xmin::text::bigint"), "{may}");
+        assert!(may.contains("& 4294967295"), "{may}");
+        assert!(may.ends_with(", $9), false))"), "{may}");
     }
 
     #[test]

@@ -185,6 +185,9 @@ impl ForwardWorker<'_> {
             }
         }
         if self.options.once && self.once_snapshot.is_none() {
+            if !self.tables.reverse_caught_up_wait(shutdown).await {
+                return Ok(());
+            }
             let row = desktop
                 .query_one("SELECT pg_current_snapshot()::text", &[])
                 .await
@@ -326,7 +329,7 @@ async fn one_batch(
     )
     .await?;
     if batch.is_empty() {
-        outbox::finish_batch(&conn.desktop, &mut conn.desktop_statements, &[]).await?;
+        outbox::finish_batch(&conn.desktop, &mut conn.desktop_statements, &[], &[]).await?;
         return Ok(None);
     }
     // A parked table is not written, not even as a lookup's dependent.
@@ -353,10 +356,19 @@ async fn one_batch(
         bytes += staged.bytes;
     }
     // The session ends on an error; closing its connections rolls both transactions back.
-    let mut outcome = state
+    let applied = state
         .plan
-        .apply(target, cloud, mapping, &tables, &batch.truncated, &batch_id)
+        .apply(
+            target,
+            cloud,
+            mapping,
+            &tables,
+            &batch.truncated,
+            &batch.horizons,
+            &batch_id,
+        )
         .await?;
+    let mut outcome = applied.outcome;
     target.commit(cloud, Progress::Forward).await?;
     crate::telemetry::batch_committed(
         "forward",
@@ -367,6 +379,28 @@ async fn one_batch(
     outcome.staged_rows = rows;
     outcome.staged_bytes = bytes;
     failpoint("after-cloud-commit");
-    outbox::finish_batch(&conn.desktop, &mut conn.desktop_statements, &batch.ids).await?;
+    let held: Vec<outbox::Held> = applied
+        .held
+        .into_iter()
+        .map(|(i, keys)| outbox::Held {
+            table: mapping.tables[i].table.desktop.clone(),
+            keys,
+            wait_for: applied.wait_for,
+        })
+        .collect();
+    if !held.is_empty() {
+        tracing::debug!(
+            keys = held.iter().map(|h| h.keys.len()).sum::<usize>(),
+            wait_for = applied.wait_for,
+            "desktop changes held back until the desktop has received a phone's change of their rows"
+        );
+    }
+    outbox::finish_batch(
+        &conn.desktop,
+        &mut conn.desktop_statements,
+        &batch.ids,
+        &held,
+    )
+    .await?;
     Ok(Some((batch.ids.len() as u64, outcome)))
 }

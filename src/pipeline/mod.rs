@@ -213,12 +213,22 @@ pub async fn run(
         tokio::spawn(sync::syncing(config.clone(), tables.clone(), stop.clone()));
     }
     tables.forward_running(false);
+    // `run --once`: the reverse direction applies what phones committed before the start first; the
+    // forward one then sends the desktop's changes knowing which of them were made after receiving
+    // those (ordinary edits) and which were not (conflicts, settled on the desktop).
+    if options.once {
+        tables.reverse_caught_up(false);
+    }
     let forward = async {
         let result = run_forward_with(config, options, tables.clone(), stop.clone()).await;
         tables.forward_running(true);
         result
     };
-    let reverse = run_reverse_with(config, options, tables.clone(), stop.clone());
+    let reverse = async {
+        let result = run_reverse_with(config, options, tables.clone(), stop.clone()).await;
+        tables.reverse_caught_up(true);
+        result
+    };
     tokio::pin!(forward, reverse);
     let (mut f, mut r) = (None, None);
     while f.is_none() || r.is_none() {

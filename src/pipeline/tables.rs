@@ -62,6 +62,9 @@ pub struct Tables {
     /// With `run --once` of both directions: whether the forward worker is done (`None`: no forward
     /// worker in this run).
     forward_done: watch::Sender<Option<bool>>,
+    /// `run --once`: whether the reverse worker has applied everything before the start (`None`: no
+    /// reverse worker runs beside the forward one).
+    reverse_caught: watch::Sender<Option<bool>>,
 }
 
 /// A worker of a run, as [`Tables::running`] is told.
@@ -111,6 +114,7 @@ impl Tables {
             }),
             sessions: watch::channel([None, None]).0,
             forward_done: watch::channel(None).0,
+            reverse_caught: watch::channel(None).0,
         });
         {
             let mut checks = tables.checks.lock().await;
@@ -133,6 +137,23 @@ impl Tables {
     /// A forward worker runs beside the reverse one (`done` false), or ended (`done` true).
     pub fn forward_running(&self, done: bool) {
         self.forward_done.send_replace(Some(done));
+    }
+
+    /// `run --once`: a reverse worker runs beside the forward one and has not reached the start yet
+    /// (`caught` false), or has applied everything committed before it (or ended: `caught` true).
+    pub fn reverse_caught_up(&self, caught: bool) {
+        self.reverse_caught.send_replace(Some(caught));
+    }
+
+    /// `run --once`: waits until the reverse worker of this run has applied what phones committed
+    /// before the start, so that a desktop change made after receiving one of them is known as such;
+    /// at once when there is none. False on shutdown.
+    pub async fn reverse_caught_up_wait(&self, shutdown: &CancellationToken) -> bool {
+        let mut caught = self.reverse_caught.subscribe();
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            done = caught.wait_for(|c| c.is_none_or(|c| c)) => done.is_ok(),
+        }
     }
 
     /// Waits until the forward worker of this run ended; at once when there is none. False on

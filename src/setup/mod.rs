@@ -425,7 +425,7 @@ async fn register_tables(desktop: &Client, config: &Config, new_slot: bool) -> R
     if new_slot {
         desktop
             .execute(
-                "UPDATE tandem.table_state SET synced_at = NULL, horizon = NULL, since = now(),
+                "UPDATE tandem.table_state SET synced_at = NULL, since = now(),
                         state = CASE WHEN state = 'parked' THEN state ELSE 'new' END
                   WHERE table_name = ANY($1)",
                 &[&names],

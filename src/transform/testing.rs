@@ -49,6 +49,7 @@ pub fn table(name: &str, kind: Kind, columns: Vec<MappedColumn>) -> TableMapping
         has_created_at: true,
         has_updated_at: true,
         reverse: true,
+        policy: crate::config::Policy::Latest,
         desktop_key_indexed: true,
         desktop_key_unique: false,
     }

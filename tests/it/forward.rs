@@ -15,11 +15,12 @@ pub async fn forward_once(config: &Config) -> RunStats {
         .expect("forward run")
 }
 
-/// Sample schema, tandem installed.
+/// Sample schema, tandem installed, the (empty) tables synced as the first run syncs them.
 pub async fn installed() -> (TestDb, Config) {
     let db = TestDb::sample().await;
     let config = db.sample_config();
     setup::init(&config, false).await.unwrap();
+    crate::support::synced(&config).await;
     (db, config)
 }
 
@@ -140,55 +141,57 @@ async fn seeds_001_scenario_4_a_desktop_change_never_overwrites_a_mobile_row() {
         "job_id = 99999",
     )
     .await;
-    // The desktop later writes a different row under the same key.
+    // The desktop later writes a different row under the same key, not having received the phone's.
     db.desktop()
         .await
         .batch_execute("INSERT INTO jobshead (job_id, client_id, job_name, job_status) VALUES (99999, 1, 'Mobile job', 'Completed')")
         .await
         .unwrap();
-    forward_once(&config).await;
+    // The forward direction alone never overwrites it: the desktop's change waits for the phone's to
+    // reach the desktop (held in the outbox), however often it runs.
+    for _ in 0..2 {
+        forward_once(&config).await;
+        assert_eq!(
+            rows(
+                &cloud,
+                "jobshead",
+                "job_id, job_name, job_status, source, updated_at",
+                "job_id = 99999"
+            )
+            .await,
+            before
+        );
+    }
+    let desktop = db.desktop().await;
     assert_eq!(
-        rows(
-            &cloud,
-            "jobshead",
-            "job_id, job_name, job_status, source, updated_at",
-            "job_id = 99999"
+        count(
+            &desktop,
+            "SELECT count(*) FROM tandem.outbox WHERE row_key = '{99999}' AND wait_for IS NOT NULL"
         )
         .await,
-        before
+        1
     );
-    let conflict = cloud
-        .query_one("SELECT table_name, row_key::text, incoming->>'job_status', current->>'job_status', reason FROM tandem.conflicts", &[])
+    // Once it has, the two rows made without seeing each other are a conflict, settled by the
+    // table's policy (`latest`: the desktop wrote last) and recorded with both versions.
+    crate::causal::run_once(&config).await;
+    crate::causal::run_once(&config).await;
+    for client in [&desktop, &cloud] {
+        assert_eq!(
+            rows(client, "jobshead", "job_status", "job_id = 99999").await,
+            vec!["(Completed)"]
+        );
+    }
+    let conflict = desktop
+        .query_one(
+            "SELECT kind, outcome, mobile_row->>'job_status', desktop_row->>'job_status' FROM tandem.conflicts",
+            &[],
+        )
         .await
         .unwrap();
-    assert_eq!(conflict.get::<_, String>(0), "jobshead");
-    assert_eq!(conflict.get::<_, String>(1), r#"{"job_id": 99999}"#);
-    assert_eq!(conflict.get::<_, String>(2), "Completed");
-    assert_eq!(conflict.get::<_, String>(3), "Active");
-    assert!(conflict.get::<_, String>(4).contains("mobile-owned"));
-
-    // The same desktop row sent again (as a lookup's change or a retry does): the same conflict, not
-    // logged twice while it is open. A new desktop change of the row is a new conflict.
-    let desktop = db.desktop().await;
-    let send_again = "INSERT INTO tandem.outbox (table_schema, table_name, op, row_key) VALUES ('public', 'jobshead', 'U', ARRAY['99999'])";
-    desktop.batch_execute(send_again).await.unwrap();
-    forward_once(&config).await;
-    let logged = "SELECT count(*) FROM tandem.conflicts";
-    assert_eq!(count(&cloud, logged).await, 1);
-    desktop
-        .batch_execute("UPDATE jobshead SET job_status = 'Closed' WHERE job_id = 99999")
-        .await
-        .unwrap();
-    forward_once(&config).await;
-    assert_eq!(count(&cloud, logged).await, 2);
-    // Once the first is resolved, seeing it again logs it again.
-    cloud
-        .batch_execute("UPDATE tandem.conflicts SET resolved_at = now()")
-        .await
-        .unwrap();
-    desktop.batch_execute(send_again).await.unwrap();
-    forward_once(&config).await;
-    assert_eq!(count(&cloud, logged).await, 3);
+    assert_eq!(conflict.get::<_, String>(0), "insert/insert");
+    assert_eq!(conflict.get::<_, String>(1), "desktop");
+    assert_eq!(conflict.get::<_, String>(2), "Active");
+    assert_eq!(conflict.get::<_, String>(3), "Completed");
 }
 
 #[tokio::test]
@@ -248,12 +251,15 @@ async fn seeds_003_truncate_on_the_desktop_never_deletes_mobile_data() {
         mobile,
     )
     .await;
+    // The desktop truncates without having received the phones' rows.
     desktop.batch_execute("TRUNCATE jobtasks").await.unwrap();
     let stats = forward_once(&config).await;
     assert_eq!(stats.outcome.dead_letters, 0);
+    // Every desktop task goes but job 5's: that scope holds a phone's task the desktop has not
+    // received, so its change waits until it has.
     assert_eq!(
-        count(&cloud, "SELECT count(*) FROM jobtasks WHERE source = 'D'").await,
-        0
+        rows(&cloud, "jobtasks", "job_id, task_name", "source = 'D'").await,
+        vec!["(5,Collect)"]
     );
     assert_eq!(
         rows(
@@ -265,7 +271,7 @@ async fn seeds_003_truncate_on_the_desktop_never_deletes_mobile_data() {
         .await,
         mobile_tasks
     );
-    // The seeds' bug: TRUNCATE jobshead on every sync. Job 5 keeps a mobile task: its delete is refused
+    // The seeds' bug: TRUNCATE jobshead on every sync. Job 5 keeps its tasks: its delete is refused
     // by the cloud's foreign key and kept as a dead letter; every other desktop job goes; mobile jobs stay.
     desktop.batch_execute("TRUNCATE jobshead").await.unwrap();
     let stats = forward_once(&config).await;
@@ -364,7 +370,7 @@ async fn desktop_inserts_updates_and_deletes_propagate_for_every_table_kind() {
 }
 
 #[tokio::test]
-async fn a_desktop_delete_never_deletes_a_mobile_row() {
+async fn a_desktop_delete_never_deletes_a_mobile_row_it_had_not_received() {
     let (db, config) = installed().await;
     parents(&db).await;
     db.desktop()
@@ -373,7 +379,7 @@ async fn a_desktop_delete_never_deletes_a_mobile_row() {
         .await
         .unwrap();
     forward_once(&config).await;
-    // The phone edits the row: it is now mobile-owned.
+    // The phone edits the row; the desktop, not having received that, deletes it.
     phone(
         &db,
         "UPDATE learequest SET lea_status = 'Approved' WHERE lea_id = 1",
@@ -396,12 +402,34 @@ async fn a_desktop_delete_never_deletes_a_mobile_row() {
         .await,
         vec!["(1,Fever,Approved,M)"]
     );
-    let reason: String = cloud
-        .query_one("SELECT reason FROM tandem.conflicts", &[])
+    // Once the desktop hears of the edit: a delete against an edit, settled by `latest` keeping the
+    // edit (nothing a person typed is lost): the row is back on the desktop as the phone has it.
+    crate::causal::run_once(&config).await;
+    crate::causal::run_once(&config).await;
+    let desktop = db.desktop().await;
+    assert_eq!(
+        rows(&desktop, "learequest", "lea_id, reason, lea_status", "true").await,
+        vec!["(1,Fever,Approved)"]
+    );
+    assert_eq!(
+        rows(
+            &cloud,
+            "learequest",
+            "lea_id, reason, lea_status, source",
+            "true"
+        )
+        .await,
+        vec!["(1,Fever,Approved,M)"]
+    );
+    let (kind, outcome): (String, String) = desktop
+        .query_one("SELECT kind, outcome FROM tandem.conflicts", &[])
         .await
-        .unwrap()
-        .get(0);
-    assert!(reason.contains("desktop deleted this row"), "{reason}");
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), outcome.as_str()),
+        ("delete/update", "mobile")
+    );
 }
 
 #[tokio::test]
@@ -419,9 +447,11 @@ async fn seeds_000_incremental_would_cause_data_loss_editing_one_task_changes_on
     forward_once(&config).await;
     phone(
         &db,
-        "INSERT INTO jobtasks (job_id, task_id, task_name) VALUES (1, 3, 'Photo of the receipt')",
+        "INSERT INTO jobtasks (job_id, client_id, task_id, task_name) VALUES (1, 1, 3, 'Photo of the receipt')",
     )
     .await;
+    // The desktop receives the phone's task before it edits one of its own.
+    crate::reverse::reverse_once(&config).await;
     let cloud = db.cloud().await;
     let before = rows(
         &cloud,
@@ -432,7 +462,7 @@ async fn seeds_000_incremental_would_cause_data_loss_editing_one_task_changes_on
     .await;
     assert_eq!(before.len(), 5);
     desktop
-        .batch_execute("UPDATE jobtasks SET task_name = 'File return' WHERE task_id = 3")
+        .batch_execute("UPDATE jobtasks SET task_name = 'File return' WHERE task_name = 'File'")
         .await
         .unwrap();
     forward_once(&config).await;
@@ -450,6 +480,14 @@ async fn seeds_000_incremental_would_cause_data_loss_editing_one_task_changes_on
         4,
         "exactly one cloud row may change: {after:#?}"
     );
+    // In place: the edited task keeps its cloud key.
+    let file = |rows: &[String]| -> Vec<String> {
+        rows.iter()
+            .filter(|r| r.contains("File"))
+            .map(|r| r.split(',').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(file(&after), file(&before), "{after:#?}");
     assert!(
         after.iter().any(|r| r.contains("File return")),
         "{after:#?}"

@@ -2,6 +2,7 @@
 
 mod any_schema;
 mod appliers;
+mod causal;
 mod check;
 mod cli;
 mod conflicts;

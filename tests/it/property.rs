@@ -1,6 +1,7 @@
 //! Property: any sequence of desktop inserts, updates, key moves, deletes and truncates, over every kind
 //! of table, applied in batches cut at random, converges to cloud = the desktop's rows (as desktop-owned
-//! rows), while mobile-owned rows are never touched.
+//! rows), while rows phones made, which the desktop (forward direction alone) never received, are never
+//! touched: their keys, and the scopes holding them, wait in the outbox until it has.
 
 use proptest::prelude::*;
 use tandem::config::Config;
@@ -158,10 +159,35 @@ async fn check_case(ops: Vec<Op>) {
         rows(&cloud, "pair", "a, b, v", "source = 'D'").await,
         rows(&desktop, "pair", "a, b, v", "(a, b) <> (1, 1)").await
     );
+    let own_scopes = "grp IS NOT NULL AND grp <> 1";
     assert_eq!(
-        rows(&cloud, "line", "grp, label, n", "source = 'D'").await,
-        rows(&desktop, "line", "grp, label, n", "true").await
+        rows(
+            &cloud,
+            "line",
+            "grp, label, n",
+            &format!("source = 'D' AND {own_scopes}")
+        )
+        .await,
+        rows(&desktop, "line", "grp, label, n", own_scopes).await
     );
+    // What waits is exactly what the phones' rows hold back: their keys and scopes, nothing else.
+    let waiting = rows(&desktop, "tandem.outbox", "table_name, row_key", "true").await;
+    for w in &waiting {
+        assert!(
+            [
+                "(item,{5})",
+                "(item,{100})",
+                "(pair,\"{1,1}\")",
+                "(line,{1})",
+                "(line,{NULL})"
+            ]
+            .contains(&w.as_str()),
+            "{waiting:?}"
+        );
+    }
+    let mut distinct = waiting.clone();
+    distinct.dedup();
+    assert_eq!(distinct, waiting, "a key waits once");
     drop((desktop, cloud));
     db.remove().await;
 }

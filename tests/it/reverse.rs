@@ -181,18 +181,22 @@ async fn seeds_003_scenario_2_a_phone_marking_job_100_complete_is_not_reverted()
         .unwrap();
     forward_once(&config).await;
     let cloud = db.cloud().await;
+    // An edit made after receiving the phone's: an ordinary edit, the desktop's now.
     assert_eq!(
-        rows(&cloud, "jobshead", "job_status, source", "job_id = 100").await,
-        vec!["(Completed,M)"]
-    );
-    let conflict = cloud
-        .query_one(
-            "SELECT incoming->>'remarks', reason FROM tandem.conflicts",
-            &[],
+        rows(
+            &cloud,
+            "jobshead",
+            "job_status, remarks, source",
+            "job_id = 100"
         )
-        .await
-        .unwrap();
-    assert_eq!(conflict.get::<_, String>(0), "Invoice sent");
+        .await,
+        vec!["(Completed,\"Invoice sent\",D)"]
+    );
+    assert_eq!(
+        count(&cloud, "SELECT count(*) FROM tandem.conflicts").await
+            + count(&desktop, "SELECT count(*) FROM tandem.conflicts").await,
+        0
+    );
     // The phone's edit of a desktop-made task (no key on the desktop) replaces that task, not a copy.
     desktop.batch_execute("INSERT INTO jobtasks (job_id, task_id, task_name) VALUES (100, 1, 'Collect'), (100, 2, 'Prepare')").await.unwrap();
     forward_once(&config).await;
@@ -276,8 +280,12 @@ async fn a_100_kb_text_survives_an_update_of_another_column() {
 }
 
 #[tokio::test]
-async fn a_key_collision_is_a_conflict_and_both_sides_keep_their_data() {
-    let (db, config) = installed().await;
+async fn a_key_collision_under_the_manual_policy_is_an_open_conflict_and_both_sides_keep_their_data()
+ {
+    let (db, mut config) = installed().await;
+    for t in &mut config.tables {
+        t.policy = tandem::config::Policy::Manual;
+    }
     parents(&db, &config).await;
     // The desktop creates reminder 5; before it is sent, a phone creates reminder 5 too.
     desktop_app(
@@ -299,12 +307,18 @@ async fn a_key_collision_is_a_conflict_and_both_sides_keep_their_data() {
         rows(&desktop, "mbreminder", "rem_id, rem_subject", "true").await,
         vec!["(5,Desk)"]
     );
-    let reason: String = desktop
-        .query_one("SELECT reason FROM tandem.conflicts", &[])
+    let (kind, outcome, resolved): (String, Option<String>, bool) = desktop
+        .query_one(
+            "SELECT kind, outcome, resolved_at IS NOT NULL FROM tandem.conflicts",
+            &[],
+        )
         .await
-        .unwrap()
-        .get(0);
-    assert!(reason.contains("key collision"), "{reason}");
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), outcome, resolved),
+        ("insert/insert", None, false)
+    );
     // The phone saving its row again unchanged: the same conflict, not logged twice while it is open.
     // Its next real edit is a new one.
     let logged = "SELECT count(*) FROM tandem.conflicts";
@@ -326,6 +340,7 @@ async fn a_key_collision_is_a_conflict_and_both_sides_keep_their_data() {
         rows(&desktop, "mbreminder", "rem_id, rem_subject", "true").await,
         vec!["(5,Desk)"]
     );
+    // The desktop's change waits for the person too: the cloud keeps the phone's row.
     forward_once(&config).await;
     let cloud = db.cloud().await;
     assert_eq!(
@@ -334,7 +349,7 @@ async fn a_key_collision_is_a_conflict_and_both_sides_keep_their_data() {
     );
     assert_eq!(
         count(&cloud, "SELECT count(*) FROM tandem.conflicts").await,
-        1
+        0
     );
 }
 
@@ -398,9 +413,11 @@ async fn a_refused_direct_write_brings_the_group_again_staged_with_nothing_lost_
     assert_eq!(stats.replays, 1, "{stats:?}");
     assert_eq!(stats.outcome.conflicts, 1, "{stats:?}");
     let desktop = db.desktop().await;
+    // Request 5 was made on both sides without either seeing the other: settled by `latest`, the
+    // phone's (written last) wins; the desktop's is kept in the conflict.
     let mut expected: Vec<String> = (1..=9)
         .map(|i| match i {
-            5 => "(5,1,Desk)".to_string(),
+            5 => "(5,2,Phone)".to_string(),
             _ => format!("({i},1,\"Phone {i}\")"),
         })
         .collect();
@@ -413,12 +430,18 @@ async fn a_refused_direct_write_brings_the_group_again_staged_with_nothing_lost_
         rows(&desktop, "jobtasks", "job_id, task_name", "job_id = 300").await,
         vec!["(300,\"Phone task\")", "(300,\"Second task\")"]
     );
-    let reason: String = desktop
-        .query_one("SELECT reason FROM tandem.conflicts", &[])
+    let (kind, outcome, desk): (String, String, String) = desktop
+        .query_one(
+            "SELECT kind, outcome, desktop_row->>'reason' FROM tandem.conflicts",
+            &[],
+        )
         .await
-        .unwrap()
-        .get(0);
-    assert!(reason.contains("key collision"), "{reason}");
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), outcome.as_str(), desk.as_str()),
+        ("insert/insert", "mobile", "Desk")
+    );
     // Only the desktop's own request 5 waits to go to the cloud: nothing tandem wrote echoes.
     assert_eq!(
         rows(&desktop, "tandem.outbox", "table_name, op, row_key", "true").await,

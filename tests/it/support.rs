@@ -551,3 +551,12 @@ impl Streaming {
             .unwrap()
     }
 }
+
+/// The initial sync of every table due (as the first `tandem run` does before it streams): tests that
+/// run one direction's worker alone start from here, with every table synced (and its horizon set).
+pub async fn synced(config: &Config) {
+    let tables = tandem::pipeline::Tables::start(config).await.unwrap();
+    tandem::pipeline::sync::due(config, &tables, &tandem::pipeline::sync::Quiet)
+        .await
+        .unwrap();
+}

@@ -13,10 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::Client;
 
+use crate::capture::logical::Own;
 use crate::capture::outbox::ReadSql;
-use crate::change::Side;
+use crate::change::{Horizon, Side};
 use crate::db::{self, Context, DbError, StatementCache};
 use crate::transform::Mapping;
+use tokio_postgres::types::ToSql;
 
 use super::isolate::{self, DeadLetterSite};
 use super::{
@@ -32,6 +34,35 @@ use sql::{ForwardSql, Write};
 /// the seeds' 1,208 taskchecklist rows took 90 ms to insert that way (1.46M comparisons), a few ms
 /// once analyzed. Analyzing a thousand-row staging table takes about a millisecond.
 pub(super) const ANALYZE_ABOVE: u64 = 1_000;
+
+/// Sets a transaction-local setting ($1, $2): a table's horizon for its statements.
+const SET_HORIZON: &str = "SELECT pg_catalog.set_config($1, $2, true)";
+
+/// What [`Forward::apply`] did: the engine's outcome, and the keys it held back (per table, each
+/// key's texts), to be taken again once the table's horizon reaches `wait_for` (a cloud xid8).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub outcome: BatchOutcome,
+    pub held: Vec<(usize, Vec<Vec<Option<String>>>)>,
+    pub wait_for: i64,
+}
+
+/// What shapes a batch's plan.
+#[derive(Clone, Copy)]
+struct Shape<'a> {
+    order: &'a [usize],
+    truncated: &'a BTreeSet<usize>,
+    big: &'a BTreeSet<usize>,
+    horizons: &'a [Option<Horizon>],
+}
+
+/// What [`Forward::prepare`] found.
+struct Prepared {
+    dead_letters: u64,
+    null_scopes: BTreeSet<usize>,
+    held: Vec<(usize, Vec<Vec<Option<String>>>)>,
+    wait_for: i64,
+}
 
 /// The forward direction's statements, per configured table, built once per mapping.
 #[derive(Debug, Clone)]
@@ -130,7 +161,11 @@ impl Forward {
     }
 
     /// Applies what is staged for `tables` in the open cloud transaction (the caller commits):
-    /// desktop TRUNCATEs and the checks that shape the plan first, then the plan through the engine.
+    /// desktop TRUNCATEs, the keys held back and the checks that shape the plan first, then the plan
+    /// through the engine. `horizons` are the tables' horizons on the desktop, by mapping index, read
+    /// in the snapshot the staged rows were read in: a phone's row whose writer one sees is the
+    /// desktop's to change.
+    #[allow(clippy::too_many_arguments)]
     pub async fn apply(
         &self,
         target: &mut Target,
@@ -138,8 +173,9 @@ impl Forward {
         mapping: &Mapping,
         tables: &BTreeSet<usize>,
         truncated: &BTreeSet<usize>,
+        horizons: &[Option<Horizon>],
         batch_id: &str,
-    ) -> Result<BatchOutcome, CommitError> {
+    ) -> Result<Applied, CommitError> {
         let order: Vec<usize> = mapping
             .parents_first
             .iter()
@@ -157,64 +193,156 @@ impl Forward {
             .copied()
             .filter(|&i| target.staging.staged(i) > ANALYZE_ABOVE)
             .collect();
-        let (dead_letters, null_scopes) = self
-            .prepare(target, cloud, &order, truncated, &big, batch)
-            .await?;
-        let plan = self.plan(&order, &null_scopes, &big);
+        let shape = Shape {
+            order: &order,
+            truncated,
+            big: &big,
+            horizons,
+        };
+        let prepared = self.prepare(target, cloud, shape, batch).await?;
+        let plan = self.plan(&order, &prepared.null_scopes, &big);
         let mut outcome = target.apply(cloud, &plan, batch).await?;
-        outcome.dead_letters += dead_letters;
-        Ok(outcome)
+        outcome.dead_letters += prepared.dead_letters;
+        Ok(Applied {
+            outcome,
+            held: prepared.held,
+            wait_for: prepared.wait_for,
+        })
     }
 
-    /// What decides the plan, in one round trip: a TRUNCATE adds every desktop-owned key of its
-    /// table to the batch's keys, before anything reads them; the `big` tables' staging is analyzed;
-    /// keys the desktop holds twice become dead letters and leave the batch; scopes holding NULL need
-    /// the plan that matches NULL.
+    /// What decides the plan, in one round trip: each table's horizon set for its statements; a
+    /// TRUNCATE adds every key of its table the desktop may change to the batch's keys, before
+    /// anything reads them; the `big` tables' staging is analyzed; keys whose phone change the desktop
+    /// has not received are held back; keys the desktop holds twice become dead letters and leave the
+    /// batch; scopes holding NULL need the plan that matches NULL. Last, the transaction says it is
+    /// tandem's own in the cloud's WAL (the reverse stream skips it), with its snapshot (the desktop's
+    /// next horizon, once the stream passes it).
     async fn prepare(
         &self,
         target: &mut Target,
         cloud: &Client,
-        order: &[usize],
-        truncated: &BTreeSet<usize>,
-        big: &BTreeSet<usize>,
+        shape: Shape<'_>,
         batch: Batch<'_>,
-    ) -> Result<(u64, BTreeSet<usize>), CommitError> {
+    ) -> Result<Prepared, CommitError> {
+        let Shape {
+            order,
+            truncated,
+            big,
+            horizons,
+        } = shape;
         let names = batch.names;
-        // (table, statement, what it does, whether its rows are the check's)
-        let mut statements = Vec::new();
+        #[derive(PartialEq)]
+        enum Reads {
+            Nothing,
+            Check,
+            Held,
+        }
+        // (table, statement, what it does, its parameters, what its rows are)
+        let settings: Vec<(String, String)> = order
+            .iter()
+            .map(|&i| {
+                let horizon = horizons.get(i).and_then(Option::as_ref);
+                (
+                    crate::config::owner::horizon_setting(i),
+                    horizon.map(|h| h.as_str().to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let mut statements: Vec<(usize, &str, &str, Vec<&(dyn ToSql + Sync)>, Reads)> = Vec::new();
+        for (&i, (name, value)) in order.iter().zip(&settings) {
+            let params: Vec<&(dyn ToSql + Sync)> = vec![name, value];
+            statements.push((
+                i,
+                SET_HORIZON,
+                "setting the horizon",
+                params,
+                Reads::Nothing,
+            ));
+        }
         for &i in order.iter().filter(|i| truncated.contains(i)) {
             let sql = &self.sql[i].truncate_keys;
-            statements.push((i, sql, "applying a TRUNCATE", false));
+            statements.push((i, sql, "applying a TRUNCATE", vec![], Reads::Nothing));
         }
         for &i in order.iter().filter(|i| big.contains(i)) {
             let sql = &self.sql[i].analyze_staged;
-            statements.push((i, sql, "analyzing the staging tables", false));
+            statements.push((
+                i,
+                sql,
+                "analyzing the staging tables",
+                vec![],
+                Reads::Nothing,
+            ));
+        }
+        for &i in order {
+            if let Some(hold) = &self.sql[i].hold {
+                statements.push((i, hold, "holding back unreceived keys", vec![], Reads::Held));
+            }
         }
         for &i in order {
             let sql = &self.sql[i];
             if let Some(check) = sql.duplicate_rows.as_ref().or(sql.keys_have_null.as_ref()) {
-                statements.push((i, check, "reading the staged keys", true));
+                statements.push((i, check, "reading the staged keys", vec![], Reads::Check));
             }
         }
+        let own = Own::emit_sql();
+        let quiet = false;
+        if let Some(&first) = order.first() {
+            let params: Vec<&(dyn ToSql + Sync)> = vec![&quiet];
+            statements.push((
+                first,
+                &own,
+                "marking the transaction as tandem's",
+                params,
+                Reads::Nothing,
+            ));
+        }
         let mut prepared = Vec::with_capacity(statements.len());
-        for &(i, sql, _, _) in &statements {
+        for (i, sql, _, _, _) in &statements {
             let statement = target
                 .statements
                 .get(cloud, sql)
                 .await
-                .map_err(|e| CommitError::of_table(e, i))?;
+                .map_err(|e| CommitError::of_table(e, *i))?;
             prepared.push(statement);
         }
-        let results = db::pipelined(prepared.iter().map(|s| cloud.query(s, &[])).collect()).await;
+        let results = db::pipelined(
+            prepared
+                .iter()
+                .zip(&statements)
+                .map(|(s, (_, _, _, params, _))| cloud.query(s, params))
+                .collect(),
+        )
+        .await;
         let mut checks = Vec::new();
+        let mut held = Vec::new();
+        let mut wait_for = 0;
         // The first error is the cause; the statements after it only say the transaction is aborted.
-        for (&(i, _, what, check), result) in statements.iter().zip(results) {
+        for ((i, sql, what, _, reads), result) in statements.iter().zip(results) {
             let rows = result
-                .ctx(Side::Cloud, format!("{what} of {}", names[i]))
-                .map_err(|e| CommitError::of_table(e, i))?;
-            if check {
-                checks.push((i, rows));
+                .ctx(Side::Cloud, format!("{what} of {}", names[*i]))
+                .map_err(|e| CommitError::of_table(e, *i))?;
+            match reads {
+                Reads::Check => checks.push((*i, rows)),
+                Reads::Held if !rows.is_empty() => held.push((
+                    *i,
+                    rows.iter()
+                        .map(|r| r.get::<_, Vec<Option<String>>>(0))
+                        .collect::<Vec<_>>(),
+                )),
+                _ if *sql == own.as_str() => wait_for = rows[0].get(0),
+                _ => {}
             }
+        }
+        // Keys held back wait for the stream to pass this transaction: the reverse worker records
+        // that at once when told so.
+        if !held.is_empty() {
+            let wanted = true;
+            let statement = target.statements.get(cloud, &own).await?;
+            wait_for = cloud
+                .query_one(&statement, &[&wanted])
+                .await
+                .ctx(Side::Cloud, "marking the transaction as tandem's")?
+                .get(0);
         }
         let mut dead_letters = 0;
         let mut null_scopes = BTreeSet::new();
@@ -230,7 +358,12 @@ impl Forward {
                 null_scopes.insert(*i);
             }
         }
-        Ok((dead_letters, null_scopes))
+        Ok(Prepared {
+            dead_letters,
+            null_scopes,
+            held,
+            wait_for,
+        })
     }
 
     /// The plan: scoped tables' multiset match and every table's conflicts first (they read the cloud
@@ -281,6 +414,15 @@ impl Forward {
                         Count::Nothing,
                     ));
                 }
+                if let Some(pair) = &sql.pair {
+                    steps.push(Step::whole(
+                        i,
+                        "pairing the scope's changed rows",
+                        pair,
+                        Params::None,
+                        Count::Nothing,
+                    ));
+                }
             }
             for conflicts in &sql.conflicts {
                 steps.push(Step::whole(
@@ -307,6 +449,9 @@ impl Forward {
         for &i in order {
             let sql = &self.sql[i];
             self.write(&mut steps, i, &sql.write, Count::Written, generic(i));
+            if let Some(update) = &sql.update_pairs {
+                self.write(&mut steps, i, update, Count::Written, generic(i));
+            }
             if let Some(update) = &sql.lookup_update {
                 self.write(&mut steps, i, update, Count::Written, generic(i));
             }

@@ -11,6 +11,7 @@
 //! of desktop-key tables, [`scoped`] those of cloud-key tables; [`ForwardSql::build`] only assembles
 //! them.
 
+use crate::config::owner;
 use crate::transform::TableMapping;
 
 mod common;
@@ -102,9 +103,26 @@ pub struct ForwardSql {
     /// big batches (see [`super::ANALYZE_ABOVE`]).
     pub analyze_staged: String,
     pub analyze_plan: Option<String>,
+    /// Tables whose phone rows do not travel back (`reverse = false`): the desktop changes a phone's
+    /// row would take, logged as conflicts ($1 table name). Such a row is never received, so never
+    /// the desktop's to change.
     pub conflicts: Vec<String>,
+    /// Tables whose phone rows travel back: takes out of `K` and `S` the keys (or scopes) whose cloud
+    /// row holds a phone's change the desktop had not received when the batch read it, or that a
+    /// phone's delete (or move) the desktop had not received left, and returns them (each an array of
+    /// the key's texts, as the capture triggers write them): they are put back into the outbox, to be
+    /// taken again once the table's horizon reaches this transaction. Either the reverse direction
+    /// delivers the phone's change first (the desktop change is then an edit made after it, or a
+    /// conflict it settles), or the desktop held it already and only the horizon was behind.
+    pub hold: Option<String>,
     pub delete: Write,
     pub write: Write,
+    /// Cloud-key tables: pairs the cloud rows no staged row matched with the staged rows no cloud row
+    /// matched, scope by scope (a desktop edit of a row is a changed row of the same scope), in `P`.
+    pub pair: Option<String>,
+    /// Cloud-key tables: writes each pair's staged row over its cloud row, in place (the cloud key
+    /// stays, the row becomes desktop-owned).
+    pub update_pairs: Option<Write>,
     /// Into a target that holds no row, and the lock and check before it (see
     /// [`super::Forward::fill`]).
     pub fill: Write,
@@ -126,6 +144,8 @@ struct Table<'a> {
     pub rows: String,
     /// `K`, the staged keys (or scopes).
     pub keys: String,
+    /// Its place in the mapping (its staging tables and its horizon are numbered by it).
+    pub i: usize,
 }
 
 impl<'a> Table<'a> {
@@ -137,6 +157,17 @@ impl<'a> Table<'a> {
             target: t.table.cloud.quoted(),
             rows: format!("pg_temp.tandem_s_{i}"),
             keys: format!("pg_temp.tandem_k_{i}"),
+            i,
+        }
+    }
+
+    /// Whether the desktop may change or delete cloud row `alias`: it is desktop-owned, or (when
+    /// phone rows travel back) the phone's version the desktop has received by the table's horizon.
+    pub fn may_change(&self, alias: &str) -> String {
+        if self.t.reverse {
+            owner::desktop_may_change(alias, &owner::horizon(self.i))
+        } else {
+            owner::desktop_owned(&owner::of(alias))
         }
     }
 }
@@ -188,9 +219,15 @@ impl ForwardSql {
             analyze_staged: common::analyze_staged(&table),
             analyze_plan: scoped_table.as_ref().map(scoped::analyze_plan),
             conflicts: match &scoped_table {
-                None => vec![keyed::conflicts(&table)],
-                Some(_) => Vec::new(),
+                None if !t.reverse => vec![keyed::conflicts(&table)],
+                _ => Vec::new(),
             },
+            hold: t.reverse.then(|| match &scoped_table {
+                None => keyed::hold(&table),
+                Some(s) => scoped::hold(s),
+            }),
+            pair: scoped_table.as_ref().map(scoped::pair),
+            update_pairs: scoped_table.as_ref().map(scoped::update_pairs),
             delete: match &scoped_table {
                 None => keyed::delete(&table),
                 Some(s) => scoped::delete(s),

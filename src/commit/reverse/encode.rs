@@ -55,6 +55,26 @@ pub struct Encoder {
     staged_in_group: HashSet<usize>,
     /// Everything is staged (a transaction received again after a direct write failed).
     careful: bool,
+    /// The transaction being received, as its staged rows record it (COPY text of each field).
+    transaction: Transaction,
+}
+
+/// The cloud transaction a staged change belongs to, as COPY text fields (`\N` when not known).
+#[derive(Debug, Clone)]
+struct Transaction {
+    xid: Vec<u8>,
+    at: Vec<u8>,
+    lsn: Vec<u8>,
+}
+
+impl Default for Transaction {
+    fn default() -> Self {
+        Transaction {
+            xid: b"\\N".to_vec(),
+            at: b"\\N".to_vec(),
+            lsn: b"\\N".to_vec(),
+        }
+    }
 }
 
 impl Encoder {
@@ -79,6 +99,7 @@ impl Encoder {
             rank,
             staged_in_group: HashSet::new(),
             careful: false,
+            transaction: Transaction::default(),
             widths: mapping
                 .tables
                 .iter()
@@ -101,6 +122,16 @@ impl Encoder {
 
     pub fn buffered_bytes(&self) -> usize {
         self.buffers.values().map(|s| s.data.len()).sum()
+    }
+
+    /// A cloud transaction begins: its id, its commit time (microseconds since 2000-01-01 UTC, as the
+    /// protocol sends it) and its commit position, recorded with each change staged from it.
+    pub fn begin(&mut self, xid: u32, commit_micros: i64, commit: crate::change::Lsn) {
+        self.transaction = Transaction {
+            xid: xid.to_string().into_bytes(),
+            at: pg_timestamp(commit_micros).into_bytes(),
+            lsn: commit.to_string().into_bytes(),
+        };
     }
 
     /// Stages every row of the transactions that follow (`true`), or lets new rows go straight in.
@@ -309,6 +340,9 @@ impl Encoder {
                 }
                 Meta::Old => field(out, old.map(str::as_bytes)),
                 Meta::CloudKey => field(out, ck),
+                Meta::Xid => out.extend_from_slice(&self.transaction.xid),
+                Meta::At => out.extend_from_slice(&self.transaction.at),
+                Meta::Lsn => out.extend_from_slice(&self.transaction.lsn),
             }
         }
         if values.is_empty() {
@@ -325,6 +359,37 @@ impl Encoder {
         out.push(b'\n');
         staging.rows += 1;
     }
+}
+
+/// A protocol timestamp (microseconds since 2000-01-01 UTC) as `timestamptz` input: seconds since the
+/// Unix epoch with a fraction, in PostgreSQL's `epoch` form (`'epoch' + n seconds` is not input text),
+/// so written as an ISO date computed here.
+fn pg_timestamp(micros: i64) -> String {
+    const PG_EPOCH_FROM_UNIX: i64 = 946_684_800;
+    let total = micros.div_euclid(1_000_000) + PG_EPOCH_FROM_UNIX;
+    let frac = micros.rem_euclid(1_000_000);
+    let (days, secs) = (total.div_euclid(86_400), total.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{frac:06}+00",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {

@@ -23,15 +23,24 @@ pub enum Meta {
     Old,
     /// The cloud key (cloud-key tables).
     CloudKey,
+    /// The phone's transaction in the cloud: its id, its commit time and its commit position (what a
+    /// conflict records, and what `latest` compares with the desktop change's time). NULL when not
+    /// known (a reconcile's repair).
+    Xid,
+    At,
+    Lsn,
 }
 
 /// tandem's columns, in order: `(what, name, type)`.
-pub const META: [(Meta, &str, &str); 5] = [
+pub const META: [(Meta, &str, &str); 8] = [
     (Meta::Seq, "_seq", "bigint"),
     (Meta::Op, "_op", "\"char\""),
     (Meta::Unchanged, "_unchanged", "int[]"),
     (Meta::Old, "_old", "jsonb"),
     (Meta::CloudKey, "_ck", "text"),
+    (Meta::Xid, "_xid", "bigint"),
+    (Meta::At, "_at", "timestamptz"),
+    (Meta::Lsn, "_lsn", "pg_lsn"),
 ];
 
 /// The column definitions of a staging table for `width` user columns.
@@ -60,8 +69,12 @@ mod tests {
     fn the_layout_is_tandems_columns_then_the_users_by_position() {
         assert_eq!(
             definitions(2),
-            "_seq bigint, _op \"char\", _unchanged int[], _old jsonb, _ck text, c1 text, c2 text"
+            "_seq bigint, _op \"char\", _unchanged int[], _old jsonb, _ck text, _xid bigint, _at timestamptz, \
+             _lsn pg_lsn, c1 text, c2 text"
         );
-        assert_eq!(copy_columns(1), "_seq, _op, _unchanged, _old, _ck, c1");
+        assert_eq!(
+            copy_columns(1),
+            "_seq, _op, _unchanged, _old, _ck, _xid, _at, _lsn, c1"
+        );
     }
 }

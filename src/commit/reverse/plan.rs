@@ -94,19 +94,19 @@ impl Reverse {
         let (direct, hash) = match probe {
             Some(probe) => (probe, false),
             // Cloud-key tables insert without looking anything up: no join to plan.
-            None => (&sql.direct_hash, !sql.direct_hash.conflicts.is_empty()),
+            None => (&sql.direct_hash, !sql.direct_hash.collisions.is_empty()),
         };
         let setting = |sql| Step::whole(i, "planning", sql, Params::None, Count::Nothing);
         if hash {
             steps.push(setting(NESTLOOP_OFF));
         }
-        if !direct.conflicts.is_empty() {
+        if !direct.collisions.is_empty() {
             steps.push(Step::whole(
                 i,
-                "logging key collisions",
-                &direct.conflicts,
-                Params::Table,
-                Count::Conflicts,
+                "setting aside key collisions to settle",
+                &direct.collisions,
+                Params::None,
+                Count::Nothing,
             ));
         }
         steps.push(Step::whole(
@@ -136,11 +136,40 @@ impl Reverse {
         for &i in tables {
             if direct.contains(&i) {
                 self.direct_steps(target, desktop, i, &mut steps).await?;
-            } else {
+            }
+            let sql = &self.sql[i];
+            if let Some(settle) = &sql.settle {
+                let whole = |what, sql, params, count| Step::whole(i, what, sql, params, count);
+                steps.push(whole(
+                    "finding conflicts",
+                    &settle.find,
+                    Params::None,
+                    Count::Nothing,
+                ));
+                steps.push(whole(
+                    "recording conflicts",
+                    &settle.record,
+                    Params::Table,
+                    Count::Conflicts,
+                ));
+                steps.push(whole(
+                    "queueing settled conflicts for the cloud",
+                    &settle.enqueue,
+                    Params::None,
+                    Count::Nothing,
+                ));
+                steps.push(whole(
+                    "settling conflicts",
+                    &settle.apply,
+                    Params::None,
+                    Count::Nothing,
+                ));
+            } else if let Some(conflicts) = sql.conflicts.as_ref().filter(|_| !direct.contains(&i))
+            {
                 steps.push(Step::whole(
                     i,
                     "logging conflicts",
-                    &self.sql[i].conflicts,
+                    conflicts,
                     Params::Table,
                     Count::Conflicts,
                 ));
@@ -148,6 +177,13 @@ impl Reverse {
         }
         for &i in tables.iter().rev().filter(|i| !direct.contains(i)) {
             steps.push(self.ranged(i, &self.sql[i].delete, Count::Deleted));
+        }
+        // A direct table's settled key collisions update its desktop rows.
+        for &i in tables
+            .iter()
+            .filter(|&&i| direct.contains(&i) && self.sql[i].settle.is_some())
+        {
+            steps.push(self.ranged(i, &self.sql[i].update, Count::Written));
         }
         for &i in tables.iter().filter(|i| !direct.contains(i)) {
             let sql = &self.sql[i];

@@ -19,6 +19,7 @@ mod columns;
 mod common;
 mod keyed;
 mod scoped;
+mod settle;
 
 use columns::Columns;
 use keyed::Keyed;
@@ -30,8 +31,23 @@ pub const PARKED_SQLSTATE: &str = "TPARK";
 /// The statements of a group that only inserted new rows.
 #[derive(Debug, Clone)]
 pub struct DirectSql {
-    pub conflicts: String,
+    /// Desktop-key tables: makes the new rows whose key the desktop holds with other content net
+    /// changes of `N`, to be settled as conflicts (empty for cloud-key tables).
+    pub collisions: String,
     pub insert: String,
+}
+
+/// How a desktop-key table's conflicts are found, recorded and settled (see `settle`), in order.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    /// Fills `C`: the net changes in conflict, with their result by the table's policy.
+    pub find: String,
+    /// Records them in `tandem.conflicts` ($1: table name).
+    pub record: String,
+    /// Queues the keys whose result the cloud must take too.
+    pub enqueue: String,
+    /// Writes the results over their net changes (or holds them, for a person to decide).
+    pub apply: String,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +57,8 @@ pub struct ReverseSql {
     pub staged: String,
     pub net: String,
     pub plan_table: Option<String>,
+    /// `C` (desktop-key tables).
+    pub found: Option<String>,
     pub create: String,
     pub copy_in: String,
     /// New rows straight into the desktop table (see `commit::Dest::Direct`).
@@ -49,8 +67,10 @@ pub struct ReverseSql {
     pub reduce: String,
     /// Cloud-key tables: pairs each changed cloud row with the desktop row it started from.
     pub plan: Option<String>,
-    /// Conflicts ($1: table name).
-    pub conflicts: String,
+    /// Cloud-key tables: logs the conflicts ($1: table name).
+    pub conflicts: Option<String>,
+    /// Desktop-key tables: settles the conflicts.
+    pub settle: Option<Settle>,
     pub delete: Ranged,
     pub update: Ranged,
     pub insert: Ranged,
@@ -88,6 +108,8 @@ struct Table<'a> {
     pub staged: String,
     /// `N`, the net change of each row.
     pub net: String,
+    /// `C`, the conflicts of a group (desktop-key tables).
+    pub found: String,
 }
 
 impl<'a> Table<'a> {
@@ -101,6 +123,7 @@ impl<'a> Table<'a> {
             target: t.table.desktop.quoted(),
             staged: format!("pg_temp.tandem_r_{i}"),
             net: format!("pg_temp.tandem_rn_{i}"),
+            found: format!("pg_temp.tandem_rc_{i}"),
         }
     }
 }
@@ -118,6 +141,7 @@ impl ReverseSql {
             Some(&self.staged),
             Some(&self.net),
             self.plan_table.as_ref(),
+            self.found.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -144,8 +168,14 @@ impl ReverseSql {
                 ByKind::Keyed(_) => None,
                 ByKind::Scoped(s) => Some(s.plan.clone()),
             },
+            found: match &kind {
+                ByKind::Keyed(_) => Some(table.found.clone()),
+                ByKind::Scoped(_) => None,
+            },
             create: match &kind {
-                ByKind::Keyed(_) => common::create(&table),
+                ByKind::Keyed(_) => {
+                    format!("{}\n{}", common::create(&table), settle::create(&table))
+                }
                 ByKind::Scoped(s) => {
                     format!("{}\n{}", common::create(&table), scoped::create_plan(s))
                 }
@@ -161,8 +191,17 @@ impl ReverseSql {
                 ByKind::Scoped(s) => Some(scoped::plan(s)),
             },
             conflicts: match &kind {
-                ByKind::Keyed(k) => keyed::conflicts(k),
-                ByKind::Scoped(s) => scoped::conflicts(s),
+                ByKind::Keyed(_) => None,
+                ByKind::Scoped(s) => Some(scoped::conflicts(s)),
+            },
+            settle: match &kind {
+                ByKind::Keyed(k) => Some(Settle {
+                    find: settle::find(k, t.policy),
+                    record: settle::record(k, t.policy),
+                    enqueue: settle::enqueue(k),
+                    apply: settle::apply(k),
+                }),
+                ByKind::Scoped(_) => None,
             },
             delete: match &kind {
                 ByKind::Keyed(k) => keyed::delete(k),
@@ -205,10 +244,14 @@ mod tests {
         let sql = ReverseSql::build(&keyed, 0);
         assert_eq!(
             sql.staging_tables(),
-            ["pg_temp.tandem_r_0", "pg_temp.tandem_rn_0"]
+            [
+                "pg_temp.tandem_r_0",
+                "pg_temp.tandem_rn_0",
+                "pg_temp.tandem_rc_0"
+            ]
         );
         assert!(sql.plan.is_none() && sql.direct_probe.is_some() && !sql.no_key_index);
-        assert!(!sql.direct_hash.conflicts.is_empty());
+        assert!(!sql.direct_hash.collisions.is_empty());
         // No index on the desktop key: nothing probes it.
         keyed.desktop_key_indexed = false;
         let sql = ReverseSql::build(&keyed, 0);
@@ -224,7 +267,7 @@ mod tests {
             ]
         );
         assert!(sql.plan.is_some() && sql.direct_probe.is_none());
-        assert!(sql.direct_hash.conflicts.is_empty());
+        assert!(sql.direct_hash.collisions.is_empty());
         assert!(sql.create.ends_with(
             "\nCREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_rp_1 (_ck text, _tid tid) ON COMMIT PRESERVE ROWS;"
         ));

@@ -233,6 +233,7 @@ impl ReverseWorker<'_> {
         // before now, and this one waits for it.
         if self.options.once && applied_elsewhere(&cloud, &self.config.cloud.slot, shutdown).await?
         {
+            self.tables.reverse_caught_up(true);
             return Ok(());
         }
         let replication_config =
@@ -300,6 +301,7 @@ impl ReverseWorker<'_> {
         // takes the slot past it (and anything a phone committed meanwhile is applied too).
         if result.is_ok() && self.options.once && !self.final_marker {
             self.final_marker = true;
+            self.tables.reverse_caught_up(true);
             if !self.tables.forward_ended(shutdown).await {
                 return Ok(());
             }

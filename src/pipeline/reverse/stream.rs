@@ -156,8 +156,13 @@ impl Stream<'_> {
                 return Err(StreamError::transient("the replication stream ended").into());
             };
             match event {
-                ReplicationEvent::Begin { final_lsn, .. } => {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => {
                     let final_lsn = CommitLsn(crate::change::Lsn(final_lsn.as_u64()));
+                    self.encoder.begin(xid, commit_time_micros, final_lsn.0);
                     self.in_transaction = true;
                     self.tx_changes = 0;
                     self.nap.begin();

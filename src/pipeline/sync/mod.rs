@@ -170,6 +170,27 @@ pub async fn table(
             )?;
         None
     };
+    // The table's horizon, for the scan: a phone's row the desktop has received compares as its own.
+    let horizon: Option<String> = writer
+        .desktop
+        .query_opt(
+            "SELECT horizon FROM tandem.table_state WHERE table_name = $1",
+            &[&name],
+        )
+        .await
+        .ctx(Side::Desktop, format!("reading the horizon of {name}"))?
+        .and_then(|r| r.get(0));
+    writer
+        .scan_cloud
+        .execute(
+            "SELECT pg_catalog.set_config($1, $2, true)",
+            &[
+                &crate::config::owner::horizon_setting(i),
+                &horizon.unwrap_or_default(),
+            ],
+        )
+        .await
+        .ctx(Side::Cloud, "setting the scan's horizon")?;
     let result = compare_and_repair(mapping, i, sql, request, writer, watch, cut.as_ref()).await;
     if let Some(cut) = &cut {
         // After a failure the writer's session may be in a failed transaction: a session of its own.

@@ -154,6 +154,13 @@ impl Scan<'_> {
         }
         let tables = BTreeSet::from([i]);
         let batch = format!("reconcile {}", self.mapping.tables[i].table);
+        let horizons = self
+            .desktop
+            .query(crate::capture::outbox::HORIZONS_SQL, &[])
+            .await
+            .ctx(Side::Desktop, "reading the tables' horizons")?;
+        let horizons = crate::capture::outbox::table_horizons(self.mapping, &horizons);
+        let mut held = Vec::new();
         let filled = match whole {
             true => {
                 direct
@@ -166,7 +173,7 @@ impl Scan<'_> {
         let outcome = match filled {
             Some(outcome) => outcome,
             None => {
-                direct
+                let applied = direct
                     .plan
                     .apply(
                         target,
@@ -174,12 +181,25 @@ impl Scan<'_> {
                         self.mapping,
                         &tables,
                         &BTreeSet::new(),
+                        &horizons,
                         &batch,
                     )
-                    .await?
+                    .await?;
+                held = applied
+                    .held
+                    .into_iter()
+                    .map(|(i, keys)| crate::capture::outbox::Held {
+                        table: self.mapping.tables[i].table.desktop.clone(),
+                        keys,
+                        wait_for: applied.wait_for,
+                    })
+                    .collect();
+                applied.outcome
             }
         };
         target.commit(&direct.cloud, Progress::Forward).await?;
+        // Keys whose phone change the desktop had not received go to the outbox, held until it has.
+        crate::capture::outbox::hold(self.desktop, &held).await?;
         self.desktop
             .batch_execute("COMMIT")
             .await

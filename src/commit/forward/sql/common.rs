@@ -43,8 +43,43 @@ pub(super) fn copy_keys_in(table: &Table) -> String {
     )
 }
 
-/// Adds every desktop-owned key (or scope) of the cloud table that `K` lacks to `K`: a TRUNCATE on
-/// the desktop.
+/// The statement shape of a hold (see `ForwardSql::hold`): takes the keys of `K` (aliased `k`) for
+/// which `held` holds out of `K`, and their rows (`s_in_k`: `S` row `s` is of held key `k`) out of `S`,
+/// and returns each key's texts as the capture triggers write them (a `text[]`).
+pub(super) fn hold(table: &Table, held: &str, s_in_k: &str) -> String {
+    let Table { st, rows, keys, .. } = table;
+    let texts = list((0..st.key.len()).map(|n| format!("(k.{})::text", col(n))));
+    format!(
+        "WITH held AS (DELETE FROM {keys} k WHERE {held} RETURNING k.*), \
+              dropped AS (DELETE FROM {rows} s USING held k WHERE {s_in_k} RETURNING 1) \
+         SELECT ARRAY[{texts}]::text[] FROM held k"
+    )
+}
+
+/// Whether the cloud's journal holds a phone's update or delete of key (or scope) `k` of `K` that the
+/// table's horizon does not see: the phone changed or removed a row of it after the last version the
+/// desktop received. Entries of older versions of tandem (no transaction recorded) are long received.
+pub(super) fn unreceived_journal(table: &Table) -> String {
+    let Table { t, st, i, .. } = table;
+    let horizon = owner::horizon(*i);
+    let key = list(
+        st.key
+            .iter()
+            .enumerate()
+            .map(|(n, (k, _))| format!("to_jsonb({})", k.cloud_value(&format!("k.{}", col(n))))),
+    );
+    format!(
+        "EXISTS (SELECT 1 FROM tandem.journal j WHERE j.table_schema = {} AND j.table_name = {} \
+         AND j.xid >= coalesce(pg_catalog.pg_snapshot_xmin({horizon}), '0'::pg_catalog.xid8) \
+         AND NOT {} AND j.key = jsonb_build_array({key}))",
+        crate::expr::lit(&t.table.cloud.schema),
+        crate::expr::lit(&t.table.cloud.name),
+        owner::seen_xid8("j.xid", &horizon),
+    )
+}
+
+/// Adds every key (or scope) of the cloud table the desktop may change (its own rows, and phones'
+/// it has received) that `K` lacks to `K`: a TRUNCATE on the desktop.
 pub(super) fn truncate_keys(table: &Table) -> String {
     let Table {
         st, target, keys, ..
@@ -54,7 +89,7 @@ pub(super) fn truncate_keys(table: &Table) -> String {
         .iter()
         .map(|(k, _)| group_by(&format!("c.{}", q(&k.name)), &k.cloud))
         .collect();
-    let desktop_owned = owner::desktop_owned(&owner::of("c"));
+    let desktop_owned = table.may_change("c");
     format!(
         "INSERT INTO {keys} ({kcols}) SELECT {wired} \
          FROM (SELECT DISTINCT ON ({group}) {ckeys} FROM {target} c WHERE {desktop_owned}) c \
@@ -181,6 +216,37 @@ mod tests {
     }
 
     #[test]
+    fn a_hold_takes_keys_out_of_k_and_s_and_returns_their_texts() {
+        let t = odd_keyed();
+        let sql = built(&t, |table| hold(table, "HELD", "S_IN_K"));
+        assert_eq!(
+            sql,
+            "WITH held AS (DELETE FROM pg_temp.tandem_k_0 k WHERE HELD RETURNING k.*), \
+                  dropped AS (DELETE FROM pg_temp.tandem_s_0 s USING held k WHERE S_IN_K RETURNING 1) \
+             SELECT ARRAY[(k.c1)::text]::text[] FROM held k"
+        );
+    }
+
+    #[test]
+    fn an_unreceived_journal_entry_is_one_of_the_key_the_horizon_does_not_see() {
+        let sql = built(&odd_keyed(), unreceived_journal);
+        assert!(
+            sql.starts_with("EXISTS (SELECT 1 FROM tandem.journal j WHERE j.table_schema = 'public' AND j.table_name = 'Task List' "),
+            "{sql}"
+        );
+        // Only entries from the horizon's oldest on (an index range), not seen by it, of this key.
+        assert!(sql.contains("j.xid >= coalesce(pg_catalog.pg_snapshot_xmin(nullif(pg_catalog.current_setting('tandem.horizon_0', true), '')::pg_catalog.pg_snapshot), '0'::pg_catalog.xid8)"), "{sql}");
+        assert!(
+            sql.contains("AND NOT coalesce(pg_catalog.pg_visible_in_snapshot(j.xid, "),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with("AND j.key = jsonb_build_array(to_jsonb(k.c1)))"),
+            "{sql}"
+        );
+    }
+
+    #[test]
     fn copies_name_the_staging_columns_by_position() {
         let t = odd_keyed();
         assert_eq!(
@@ -194,9 +260,10 @@ mod tests {
     }
 
     #[test]
-    fn a_truncate_adds_only_the_desktop_owned_keys_k_lacks() {
+    fn a_truncate_adds_only_the_keys_the_desktop_may_change_that_k_lacks() {
         let sql = built(&odd_keyed(), truncate_keys);
-        assert!(sql.starts_with("INSERT INTO pg_temp.tandem_k_0 (c1) SELECT CAST(c.\"Task List\" AS integer) FROM (SELECT DISTINCT ON (c.\"Task List\") c.\"Task List\" FROM \"public\".\"Task List\" c WHERE (c.\"source\" = 'D' OR c.\"source\" IS NULL)) c"), "{sql}");
+        let may = owner::desktop_may_change("c", &owner::horizon(0));
+        assert!(sql.starts_with(&format!("INSERT INTO pg_temp.tandem_k_0 (c1) SELECT CAST(c.\"Task List\" AS integer) FROM (SELECT DISTINCT ON (c.\"Task List\") c.\"Task List\" FROM \"public\".\"Task List\" c WHERE {may}) c")), "{sql}");
         // NULL scope parts match NULL: a scope without a value is a scope too.
         assert!(
             sql.ends_with("WHERE NOT EXISTS (SELECT 1 FROM pg_temp.tandem_k_0 k WHERE (c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 OR (c.\"Task List\" IS NULL AND k.c1 IS NULL)))"),

@@ -1,8 +1,11 @@
 //! The forward statements of a desktop-key table: the desktop key is the cloud row's key, so a
-//! staged row is upserted by it and a staged key without a row deletes it. Only desktop-owned cloud
-//! rows are changed; a mobile-owned row a change would touch is logged as a conflict instead.
+//! staged row is upserted by it and a staged key without a row deletes it. Only rows the desktop may
+//! change are changed: its own, and phones' it has received (an edit made after receiving the phone's
+//! version is an ordinary edit). A key whose phone change the desktop has not received is held back
+//! ([`hold`]) until it has; for a table whose phone rows never travel back, a change such a row would
+//! take is logged as a conflict instead ([`conflicts`]).
 
-use super::common::{Insert, touch};
+use super::common::{self, Insert, touch};
 use super::{Numbered, Table, Write};
 use crate::commit::log_conflicts;
 use crate::config::owner;
@@ -38,7 +41,23 @@ pub(super) fn conflicts(table: &Table) -> String {
     ))
 }
 
-/// Deletes the desktop-owned cloud rows of the keys of `K` that `S` has no row of (range of `K`).
+/// The hold of a desktop-key table (see `ForwardSql::hold`): keys whose cloud row is a phone's the
+/// desktop has not received, and keys the cloud lacks that a phone's unreceived delete (or key change)
+/// left.
+pub(super) fn hold(table: &Table) -> String {
+    let Table { st, target, .. } = table;
+    let c_is_k = st.c_is_k(false);
+    let held = format!(
+        "EXISTS (SELECT 1 FROM {target} c WHERE {c_is_k} AND NOT {may}) \
+         OR (NOT EXISTS (SELECT 1 FROM {target} c WHERE {c_is_k}) AND {journal})",
+        may = table.may_change("c"),
+        journal = common::unreceived_journal(table),
+    );
+    common::hold(table, &held, &st.s_is_k())
+}
+
+/// Deletes the cloud rows of the keys of `K` that `S` has no row of, where the desktop may (range of
+/// `K`).
 pub(super) fn delete(table: &Table) -> Write {
     let Table {
         st,
@@ -48,7 +67,7 @@ pub(super) fn delete(table: &Table) -> Write {
         ..
     } = table;
     let (c_is_k, s_is_k) = (st.c_is_k(false), st.s_is_k());
-    let desktop_owned = owner::desktop_owned(&owner::of("c"));
+    let desktop_owned = table.may_change("c");
     Write::new("delete", Numbered::Keys, |checks| {
         format!(
             "DELETE FROM {target} c USING {keys} k WHERE {c_is_k} AND {desktop_owned} \
@@ -57,8 +76,8 @@ pub(super) fn delete(table: &Table) -> Write {
     })
 }
 
-/// Inserts the rows of `S`, or updates the cloud row of their key where it is desktop-owned and
-/// differs (range of `S`).
+/// Inserts the rows of `S`, or updates the cloud row of their key where the desktop may and it
+/// differs (range of `S`). An update makes the row desktop-owned: the desktop wrote it last.
 pub(super) fn upsert(table: &Table, insert: &Insert) -> Write {
     let Table {
         t,
@@ -81,7 +100,7 @@ pub(super) fn upsert(table: &Table, insert: &Insert) -> Write {
     let (current, excluded) = (row_text(&current), row_text(&excluded));
     let set_desktop = owner::set_desktop();
     let touch = touch(t);
-    let desktop_owned = owner::desktop_owned(&owner::of("c"));
+    let desktop_owned = table.may_change("c");
     Write::new("upsert", Numbered::Rows, |checks| {
         format!(
             "INSERT INTO {target} AS c ({cols}) SELECT {vals} FROM {rows} s \
@@ -155,17 +174,49 @@ mod tests {
             (w.ranged.what, w.ranged.numbered),
             ("delete", Numbered::Keys)
         );
+        let may = owner::desktop_may_change("c", &owner::horizon(0));
         assert_eq!(
             w.ranged.sql,
-            "DELETE FROM \"public\".\"Task List\" c USING pg_temp.tandem_k_0 k \
-             WHERE c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 AND (c.\"source\" = 'D' OR c.\"source\" IS NULL) \
-             AND NOT EXISTS (SELECT 1 FROM pg_temp.tandem_s_0 s WHERE s.c1 OPERATOR(pg_catalog.=) k.c1) \
-             AND k._n BETWEEN $1 AND $2"
+            format!(
+                "DELETE FROM \"public\".\"Task List\" c USING pg_temp.tandem_k_0 k \
+                 WHERE c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 AND {may} \
+                 AND NOT EXISTS (SELECT 1 FROM pg_temp.tandem_s_0 s WHERE s.c1 OPERATOR(pg_catalog.=) k.c1) \
+                 AND k._n BETWEEN $1 AND $2"
+            )
+        );
+        // A table whose phone rows never travel back: only desktop-owned rows.
+        let mut one_way = odd_keyed();
+        one_way.reverse = false;
+        let w = built(&one_way, delete);
+        assert!(
+            w.ranged
+                .sql
+                .contains("AND (c.\"source\" = 'D' OR c.\"source\" IS NULL) AND NOT EXISTS"),
+            "{}",
+            w.ranged.sql
         );
     }
 
     #[test]
-    fn an_upsert_updates_only_desktop_owned_rows_and_only_when_a_value_differs() {
+    fn a_hold_takes_keys_whose_cloud_row_or_journal_holds_an_unreceived_phone_change() {
+        let sql = built(&odd_keyed(), hold);
+        let may = owner::desktop_may_change("c", &owner::horizon(0));
+        assert!(
+            sql.contains(&format!(
+                "WHERE EXISTS (SELECT 1 FROM \"public\".\"Task List\" c WHERE c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 AND NOT {may}) \
+                 OR (NOT EXISTS (SELECT 1 FROM \"public\".\"Task List\" c WHERE c.\"Task List\" OPERATOR(pg_catalog.=) k.c1) AND EXISTS (SELECT 1 FROM tandem.journal j"
+            )),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("DELETE FROM pg_temp.tandem_s_0 s USING held k WHERE s.c1 OPERATOR(pg_catalog.=) k.c1"),
+            "{sql}"
+        );
+        assert!(odd_names_quoted(&sql), "{sql}");
+    }
+
+    #[test]
+    fn an_upsert_updates_only_rows_the_desktop_may_change_and_only_when_a_value_differs() {
         let t = odd_keyed();
         let table = Table::new(&t, 0);
         let w = upsert(&table, &common::insert(&table));
@@ -183,8 +234,9 @@ mod tests {
             sql.contains("ON CONFLICT (\"Task List\") DO UPDATE SET \"Task List\" = EXCLUDED.\"Task List\", \"na'me\" = EXCLUDED.\"na'me\", \"c\" = EXCLUDED.\"c\", \"_n\" = EXCLUDED.\"_n\", \"source\" = 'D', \"updated_at\" = now() "),
             "{sql}"
         );
+        let may = owner::desktop_may_change("c", &owner::horizon(0));
         assert!(
-            sql.ends_with("WHERE (c.\"source\" = 'D' OR c.\"source\" IS NULL) AND ROW(c.\"Task List\", c.\"na'me\", c.\"c\", c.\"_n\")::text IS DISTINCT FROM ROW(EXCLUDED.\"Task List\", EXCLUDED.\"na'me\", EXCLUDED.\"c\", EXCLUDED.\"_n\")::text"),
+            sql.ends_with(&format!("WHERE {may} AND ROW(c.\"Task List\", c.\"na'me\", c.\"c\", c.\"_n\")::text IS DISTINCT FROM ROW(EXCLUDED.\"Task List\", EXCLUDED.\"na'me\", EXCLUDED.\"c\", EXCLUDED.\"_n\")::text")),
             "{sql}"
         );
         assert!(odd_names_quoted(sql), "{sql}");

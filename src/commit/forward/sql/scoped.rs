@@ -1,18 +1,22 @@
 //! The forward statements of a cloud-key table: the desktop rows have no key of their own, so the
-//! rows of each touched scope are matched as multisets against the cloud's (`P`): cloud rows without
-//! a match are deleted (when desktop-owned), staged rows without one are inserted, and matched rows
-//! keep their cloud key (only their lookup columns may change).
+//! rows of each touched scope are matched as multisets against the cloud's (`P`): matched rows keep
+//! their cloud key (only their lookup columns may change); a cloud row and a staged row left over in
+//! the same scope are paired, and the staged row is written over the cloud row in place (a desktop
+//! edit of a row keeps its cloud key, a phone's row included once the desktop has received it); cloud
+//! rows left over are deleted, staged rows left over inserted. A scope holding a phone's change the
+//! desktop has not received is held back ([`hold`]) until it has.
 
-use super::common::{Insert, touch};
+use super::common::{self, Insert, touch};
 use super::{Numbered, Table, Write};
 use crate::catalog::ValueType;
 use crate::config::owner;
 use crate::expr::{col, list, q, row_text, same_key};
 use crate::transform::Kind;
 
-/// A cloud-key table and its plan `P`: each row `(_n, _ck, _row, _source)` pairs a cloud row (its
-/// cloud key `_ck` and owner `_source`) with the `S` row `_row` that has the same content; either
-/// side may be NULL.
+/// A cloud-key table and its plan `P`: each row `(_n, _ck, _row, _source, _mine, _scope, _pair)`
+/// pairs a cloud row (its cloud key `_ck`, owner `_source`, and whether the desktop may change it,
+/// `_mine`) with the `S` row `_row` that has the same content, or (`_pair`) that [`pair`] paired it
+/// with in its scope (`_scope`, the scope's text); either side may be NULL.
 pub(super) struct Scoped<'a> {
     pub table: &'a Table<'a>,
     /// `P`.
@@ -53,7 +57,8 @@ impl<'a> Scoped<'a> {
 /// `CREATE TEMP TABLE` of `P`.
 pub(super) fn create_plan(s: &Scoped) -> String {
     format!(
-        "CREATE TEMP TABLE IF NOT EXISTS {} (_n bigint GENERATED ALWAYS AS IDENTITY, _ck {}, _row bigint, _source text) ON COMMIT PRESERVE ROWS;",
+        "CREATE TEMP TABLE IF NOT EXISTS {} (_n bigint GENERATED ALWAYS AS IDENTITY, _ck {}, _row bigint, _source text, \
+         _mine boolean, _scope text, _pair boolean) ON COMMIT PRESERVE ROWS;",
         s.plan, s.cloud_key_type.base
     )
 }
@@ -68,6 +73,7 @@ pub(super) fn plan(s: &Scoped, or_null: bool) -> String {
         target,
         rows,
         keys,
+        ..
     } = s.table;
     let plan = &s.plan;
     // Rows are matched on the text of all their desktop columns, as the cloud holds them.
@@ -88,36 +94,126 @@ pub(super) fn plan(s: &Scoped, or_null: bool) -> String {
                 .collect::<Vec<_>>()
         )
     );
+    // The scope of a row as text, the same for a staged row and a cloud row of it (what pairs are
+    // made within).
+    let d_scope = row_text(
+        &st.key
+            .iter()
+            .map(|(k, at)| k.cloud_shaped(&format!("s.{}", col(*at))))
+            .collect::<Vec<_>>(),
+    );
+    let c_scope = row_text(
+        &st.key
+            .iter()
+            .map(|(k, _)| format!("c.{}", q(&k.name)))
+            .collect::<Vec<_>>(),
+    );
     // When the cloud holds no row of the touched scopes (an initial sync, new jobs), every staged
     // row is new: the second branch lists them without hashing and sorting them (a third of the
     // seeds' jobtasks plan, 0.17 s for 64,542 rows, was that).
     format!(
-        "INSERT INTO {plan} (_ck, _row, _source) \
-         WITH d AS (SELECT s._n, {d_hash} AS h FROM {rows} s), \
-              dn AS (SELECT d._n, d.h, row_number() OVER (PARTITION BY d.h ORDER BY d._n) AS dup FROM d), \
-              c AS (SELECT {ck} AS _ck, {c_owner} AS _source, {c_hash} AS h FROM {target} c \
-                    WHERE EXISTS (SELECT 1 FROM {keys} k WHERE {scope})), \
-              cn AS (SELECT c._ck, c._source, c.h, row_number() OVER (PARTITION BY c.h \
+        "INSERT INTO {plan} (_ck, _row, _source, _mine, _scope) \
+         WITH d AS (SELECT s._n, {d_hash} AS h, {d_scope} AS sc FROM {rows} s), \
+              dn AS (SELECT d._n, d.h, d.sc, row_number() OVER (PARTITION BY d.h ORDER BY d._n) AS dup FROM d), \
+              c AS (SELECT {ck} AS _ck, {c_owner} AS _source, {mine} AS _mine, {c_hash} AS h, {c_scope} AS sc \
+                    FROM {target} c WHERE EXISTS (SELECT 1 FROM {keys} k WHERE {scope})), \
+              cn AS (SELECT c._ck, c._source, c._mine, c.h, c.sc, row_number() OVER (PARTITION BY c.h \
                      ORDER BY ({c_mobile}) DESC NULLS LAST, c._ck) AS dup FROM c) \
-         SELECT cn._ck, dn._n, cn._source FROM dn FULL JOIN cn ON dn.h = cn.h AND dn.dup = cn.dup \
+         SELECT cn._ck, dn._n, cn._source, coalesce(cn._mine, true), coalesce(cn.sc, dn.sc) \
+           FROM dn FULL JOIN cn ON dn.h = cn.h AND dn.dup = cn.dup \
          WHERE EXISTS (SELECT 1 FROM c) \
-         UNION ALL SELECT NULL, s._n, NULL FROM {rows} s WHERE NOT EXISTS (SELECT 1 FROM c)",
+         UNION ALL SELECT NULL, s._n, NULL, true, NULL FROM {rows} s WHERE NOT EXISTS (SELECT 1 FROM c)",
         ck = s.ck(),
         scope = st.c_is_k(or_null),
         c_owner = owner::text_of("c"),
+        mine = s.table.may_change("c"),
         c_mobile = owner::is_mobile("c._source"),
     )
 }
 
-/// Deletes the desktop-owned cloud rows no staged row matched (range of `P`).
+/// The hold of a cloud-key table (see `ForwardSql::hold`): scopes holding a phone's row the desktop
+/// has not received, and scopes a phone's unreceived update or delete took a row from.
+pub(super) fn hold(s: &Scoped) -> String {
+    let table = s.table;
+    let held = format!(
+        "EXISTS (SELECT 1 FROM {target} c WHERE {scope} AND NOT {may}) OR {journal}",
+        target = table.target,
+        scope = table.st.c_is_k(true),
+        may = table.may_change("c"),
+        journal = common::unreceived_journal(table),
+    );
+    common::hold(table, &held, &table.st.s_is_k_or_null())
+}
+
+/// Pairs, in each scope, the cloud rows the desktop may change that no staged row matched with the
+/// staged rows no cloud row matched, in the order of their content (so that where a scope has one of
+/// each, as when the desktop edits one row, the edit replaces that row; where it has several, similar
+/// rows tend to pair). A paired staged row moves onto its cloud row's line of `P` (`_pair`).
+pub(super) fn pair(s: &Scoped) -> String {
+    let Table {
+        t,
+        st,
+        target,
+        rows,
+        ..
+    } = s.table;
+    let plan = &s.plan;
+    let c_text = row_text(
+        &t.columns
+            .iter()
+            .map(|c| format!("c.{}", q(&c.name)))
+            .collect::<Vec<_>>(),
+    );
+    let s_text = row_text(
+        &(0..t.columns.len())
+            .map(|j| st.columns[j].cloud_shaped(&format!("s.{}", col(j))))
+            .collect::<Vec<_>>(),
+    );
+    format!(
+        "WITH c AS (SELECT p._n, p._scope, row_number() OVER (PARTITION BY p._scope ORDER BY {c_text}, p._ck) AS r \
+                      FROM {plan} p JOIN {target} c ON {c_is_p} WHERE p._row IS NULL AND p._mine), \
+              d AS (SELECT p._n, p._row, p._scope, row_number() OVER (PARTITION BY p._scope ORDER BY {s_text}, p._row) AS r \
+                      FROM {plan} p JOIN {rows} s ON s._n = p._row WHERE p._ck IS NULL), \
+              paired AS (UPDATE {plan} p SET _row = d._row, _pair = true FROM c JOIN d ON d._scope = c._scope AND d.r = c.r \
+                          WHERE p._n = c._n RETURNING d._n AS moved) \
+         DELETE FROM {plan} p USING paired x WHERE p._n = x.moved",
+        c_is_p = s.c_is_p(),
+    )
+}
+
+/// Writes each paired staged row over its cloud row, in place: every staged column, the row then the
+/// desktop's (range of `S`).
+pub(super) fn update_pairs(s: &Scoped) -> Write {
+    let Table {
+        t,
+        st,
+        target,
+        rows,
+        ..
+    } = s.table;
+    let plan = &s.plan;
+    let sets = list(
+        (0..st.columns.len()).map(|j| format!("{} = {}", q(&st.columns[j].name), st.value("s", j))),
+    );
+    let (c_is_p, touch, set_desktop) = (s.c_is_p(), touch(t), owner::set_desktop());
+    let may = s.table.may_change("c");
+    Write::new("scoped update", Numbered::Rows, |checks| {
+        format!(
+            "UPDATE {target} c SET {sets}, {set_desktop}{touch} FROM {plan} p JOIN {rows} s ON s._n = p._row \
+             WHERE p._pair AND {c_is_p} AND {may} AND s._n BETWEEN $1 AND $2{checks}"
+        )
+    })
+}
+
+/// Deletes the cloud rows the desktop may change that no staged row matched or paired (range of `P`).
 pub(super) fn delete(s: &Scoped) -> Write {
     let (target, plan) = (&s.table.target, &s.plan);
     let c_is_p = s.c_is_p();
-    let p_desktop = owner::desktop_owned("p._source");
+    let may = s.table.may_change("c");
     Write::new("scoped delete", Numbered::Plan, |checks| {
         format!(
             "DELETE FROM {target} c USING {plan} p WHERE {c_is_p} AND p._row IS NULL \
-             AND {p_desktop} AND p._n BETWEEN $1 AND $2{checks}"
+             AND p._mine AND {may} AND p._n BETWEEN $1 AND $2{checks}"
         )
     })
 }
@@ -167,13 +263,13 @@ pub(super) fn lookup_update(s: &Scoped) -> Option<Write> {
         .collect();
     let (current, staged) = (row_text(&current), row_text(&staged));
     let (c_is_p, touch) = (s.c_is_p(), touch(t));
-    let p_desktop = owner::desktop_owned("p._source");
-    // Only matched rows: new ones (no cloud key) were inserted with their lookups, and leaving them
-    // out spares a join with the whole table (0.05 s on the seeds' jobtasks).
+    // Only matched rows: new ones (no cloud key) were inserted with their lookups, paired ones were
+    // written whole, and leaving them out spares a join with the whole table (0.05 s on the seeds'
+    // jobtasks).
     Some(Write::new("lookup update", Numbered::Rows, |checks| {
         format!(
             "UPDATE {target} c SET {sets}{touch} FROM {plan} p JOIN {rows} s ON s._n = p._row \
-             WHERE p._ck IS NOT NULL AND {c_is_p} AND {p_desktop} \
+             WHERE p._ck IS NOT NULL AND p._pair IS NOT TRUE AND {c_is_p} AND p._mine \
              AND {current} IS DISTINCT FROM {staged} AND s._n BETWEEN $1 AND $2{checks}"
         )
     }))
@@ -243,7 +339,7 @@ mod tests {
         assert_eq!(
             built(&odd_scoped(), create_plan),
             "CREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_p_3 (_n bigint GENERATED ALWAYS AS IDENTITY, \
-             _ck bigint, _row bigint, _source text) ON COMMIT PRESERVE ROWS;"
+             _ck bigint, _row bigint, _source text, _mine boolean, _scope text, _pair boolean) ON COMMIT PRESERVE ROWS;"
         );
     }
 
@@ -252,16 +348,18 @@ mod tests {
         let t = with_lookup();
         let sql = built(&t, |s| plan(s, false));
         assert!(
-            sql.starts_with("INSERT INTO pg_temp.tandem_p_3 (_ck, _row, _source) "),
+            sql.starts_with("INSERT INTO pg_temp.tandem_p_3 (_ck, _row, _source, _mine, _scope) "),
             "{sql}"
         );
-        // The table's own columns, not the lookup (c5): the hash of what the desktop holds.
+        // The table's own columns, not the lookup (c5): the hash of what the desktop holds; and the
+        // scope, as text, for pairing.
         assert!(
-            sql.contains("WITH d AS (SELECT s._n, md5(ROW(s.c1, s.c2, s.c3, s.c4)::text) AS h FROM pg_temp.tandem_s_3 s)"),
+            sql.contains("WITH d AS (SELECT s._n, md5(ROW(s.c1, s.c2, s.c3, s.c4)::text) AS h, ROW(s.c1)::text AS sc FROM pg_temp.tandem_s_3 s)"),
             "{sql}"
         );
+        let may = owner::desktop_may_change("c", &owner::horizon(3));
         assert!(
-            sql.contains("c AS (SELECT c.\"k\" AS _ck, c.\"source\"::text AS _source, md5(ROW(c.\"Task List\", c.\"na'me\", c.\"c\", c.\"_n\")::text) AS h FROM \"public\".\"Task List\" c WHERE EXISTS (SELECT 1 FROM pg_temp.tandem_k_3 k WHERE c.\"Task List\" OPERATOR(pg_catalog.=) k.c1))"),
+            sql.contains(&format!("c AS (SELECT c.\"k\" AS _ck, c.\"source\"::text AS _source, {may} AS _mine, md5(ROW(c.\"Task List\", c.\"na'me\", c.\"c\", c.\"_n\")::text) AS h, ROW(c.\"Task List\")::text AS sc FROM \"public\".\"Task List\" c WHERE EXISTS (SELECT 1 FROM pg_temp.tandem_k_3 k WHERE c.\"Task List\" OPERATOR(pg_catalog.=) k.c1))")),
             "{sql}"
         );
         assert!(
@@ -276,7 +374,7 @@ mod tests {
         );
         // Nothing of the scopes in the cloud: every staged row is new, unhashed.
         assert!(
-            sql.ends_with("UNION ALL SELECT NULL, s._n, NULL FROM pg_temp.tandem_s_3 s WHERE NOT EXISTS (SELECT 1 FROM c)"),
+            sql.ends_with("UNION ALL SELECT NULL, s._n, NULL, true, NULL FROM pg_temp.tandem_s_3 s WHERE NOT EXISTS (SELECT 1 FROM c)"),
             "{sql}"
         );
         assert!(odd_names_quoted(&sql), "{sql}");
@@ -297,17 +395,79 @@ mod tests {
     }
 
     #[test]
-    fn a_scoped_delete_removes_unmatched_desktop_owned_rows_in_a_range_of_p() {
+    fn a_scoped_delete_removes_unmatched_rows_the_desktop_may_change_in_a_range_of_p() {
         let w = built(&odd_scoped(), delete);
         assert_eq!(
             (w.ranged.what, w.ranged.numbered),
             ("scoped delete", Numbered::Plan)
         );
+        let may = owner::desktop_may_change("c", &owner::horizon(3));
         assert_eq!(
             w.ranged.sql,
-            "DELETE FROM \"public\".\"Task List\" c USING pg_temp.tandem_p_3 p \
-             WHERE c.\"k\" OPERATOR(pg_catalog.=) p._ck AND p._row IS NULL \
-             AND (p._source = 'D' OR p._source IS NULL) AND p._n BETWEEN $1 AND $2"
+            format!(
+                "DELETE FROM \"public\".\"Task List\" c USING pg_temp.tandem_p_3 p \
+                 WHERE c.\"k\" OPERATOR(pg_catalog.=) p._ck AND p._row IS NULL \
+                 AND p._mine AND {may} AND p._n BETWEEN $1 AND $2"
+            )
+        );
+    }
+
+    #[test]
+    fn a_scopes_hold_takes_scopes_with_an_unreceived_phone_row_or_journal_entry() {
+        let sql = built(&odd_scoped(), hold);
+        let may = owner::desktop_may_change("c", &owner::horizon(3));
+        assert!(
+            sql.contains(&format!(
+                "WHERE EXISTS (SELECT 1 FROM \"public\".\"Task List\" c WHERE (c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 \
+                 OR (c.\"Task List\" IS NULL AND k.c1 IS NULL)) AND NOT {may}) OR EXISTS (SELECT 1 FROM tandem.journal j"
+            )),
+            "{sql}"
+        );
+        // A scope without a value is held whole too.
+        assert!(
+            sql.contains("USING held k WHERE (s.c1 OPERATOR(pg_catalog.=) k.c1 OR (s.c1 IS NULL AND k.c1 IS NULL))"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn rows_left_over_pair_within_their_scope_in_the_order_of_their_content() {
+        let sql = built(&odd_scoped(), pair);
+        assert!(
+            sql.contains("row_number() OVER (PARTITION BY p._scope ORDER BY ROW(c.\"Task List\", c.\"na'me\", c.\"c\", c.\"_n\")::text, p._ck) AS r"),
+            "{sql}"
+        );
+        assert!(sql.contains("WHERE p._row IS NULL AND p._mine"), "{sql}");
+        assert!(
+            sql.contains("row_number() OVER (PARTITION BY p._scope ORDER BY ROW(s.c1, s.c2, s.c3, s.c4)::text, p._row) AS r"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("UPDATE pg_temp.tandem_p_3 p SET _row = d._row, _pair = true FROM c JOIN d ON d._scope = c._scope AND d.r = c.r"),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with("DELETE FROM pg_temp.tandem_p_3 p USING paired x WHERE p._n = x.moved"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn a_pair_is_written_in_place_and_becomes_the_desktops() {
+        let w = built(&with_lookup(), update_pairs);
+        assert_eq!(
+            (w.ranged.what, w.ranged.numbered),
+            ("scoped update", Numbered::Rows)
+        );
+        let may = owner::desktop_may_change("c", &owner::horizon(3));
+        assert_eq!(
+            w.ranged.sql,
+            format!(
+                "UPDATE \"public\".\"Task List\" c SET \"Task List\" = s.c1, \"na'me\" = s.c2, \"c\" = s.c3, \"_n\" = s.c4, \
+                 \"looked up\" = s.c5, \"source\" = 'D', \"updated_at\" = now() \
+                 FROM pg_temp.tandem_p_3 p JOIN pg_temp.tandem_s_3 s ON s._n = p._row \
+                 WHERE p._pair AND c.\"k\" OPERATOR(pg_catalog.=) p._ck AND {may} AND s._n BETWEEN $1 AND $2"
+            )
         );
     }
 
@@ -328,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lookup_update_sets_only_lookups_of_matched_desktop_owned_rows_that_differ() {
+    fn a_lookup_update_sets_only_lookups_of_matched_rows_the_desktop_may_change_that_differ() {
         assert!(built(&odd_scoped(), lookup_update).is_none());
         let w = built(&with_lookup(), lookup_update).expect("a lookup");
         assert_eq!(
@@ -339,7 +499,7 @@ mod tests {
             w.ranged.sql,
             "UPDATE \"public\".\"Task List\" c SET \"looked up\" = s.c5, \"updated_at\" = now() \
              FROM pg_temp.tandem_p_3 p JOIN pg_temp.tandem_s_3 s ON s._n = p._row \
-             WHERE p._ck IS NOT NULL AND c.\"k\" OPERATOR(pg_catalog.=) p._ck AND (p._source = 'D' OR p._source IS NULL) \
+             WHERE p._ck IS NOT NULL AND p._pair IS NOT TRUE AND c.\"k\" OPERATOR(pg_catalog.=) p._ck AND p._mine \
              AND ROW(c.\"looked up\")::text IS DISTINCT FROM ROW(s.c5)::text AND s._n BETWEEN $1 AND $2"
         );
     }

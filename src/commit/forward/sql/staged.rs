@@ -80,6 +80,19 @@ impl<'a> Staged<'a> {
         }))
     }
 
+    /// [`Staged::s_is_k`], where NULL parts match NULL (a scope without a value).
+    pub fn s_is_k_or_null(&self) -> String {
+        and(self.key.iter().enumerate().map(|(n, (k, at))| {
+            let (s, kk) = (format!("s.{}", col(*at)), format!("k.{}", col(n)));
+            let same = if k.desktop.portable {
+                same_key(&s, &kk, &k.desktop)
+            } else {
+                format!("{s} OPERATOR(pg_catalog.=) {kk}")
+            };
+            format!("({same} OR ({s} IS NULL AND {kk} IS NULL))")
+        }))
+    }
+
     /// The dead-letter row key of `S` row `s` or `K` row `k`: each key column's text.
     pub fn key_json(&self, alias: &str) -> String {
         let pairs: Vec<(String, String)> = self

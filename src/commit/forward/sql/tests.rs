@@ -108,19 +108,19 @@ fn every_fast_write_is_followed_by_custom_plans_again_and_big_tables_are_analyze
     let switched: Vec<usize> = (0..fast.len())
         .filter(|&n| fast[n].contains(GENERIC_CHECKS))
         .collect();
-    // Only the big table's: its delete, its write, its lookup update.
-    assert_eq!(switched.len(), 3, "{fast:#?}");
+    // Only the big table's: its delete, its write, its pairs' update, its lookup update.
+    assert_eq!(switched.len(), 4, "{fast:#?}");
     for &n in &switched {
         assert_eq!(fast[n + 1], CUSTOM_PLANS, "step {n}: {fast:#?}");
     }
-    assert_eq!(fast.iter().filter(|s| **s == CUSTOM_PLANS).count(), 3);
+    assert_eq!(fast.iter().filter(|s| **s == CUSTOM_PLANS).count(), 4);
     // The careful path: the same steps without the switch and its reset.
     let careful = sqls(&plan, false);
     assert!(
         careful.iter().all(|s| !s.contains("plan_cache_mode")),
         "{careful:#?}"
     );
-    assert_eq!(careful.len() + 3, fast.len());
+    assert_eq!(careful.len() + 4, fast.len());
     // The big child's match is analyzed right after it is filled, before anything reads it.
     let child = &forward.sql[1];
     let analyze = child.analyze_plan.as_deref().unwrap();

@@ -74,7 +74,10 @@ fn only_mobile_rows_are_staged() {
     assert!(!encoder.insert(&map, &RowImage(vec![text("1"), text("a"), text("D")])));
     assert!(!encoder.insert(&map, &RowImage(vec![text("1"), text("a"), Value::Null])));
     assert!(encoder.insert(&map, &RowImage(vec![text("2"), text("b"), text("M")])));
-    assert_eq!(lines(&mut encoder), vec!["1\tI\t\\N\t\\N\t\\N\t2\tb"]);
+    assert_eq!(
+        lines(&mut encoder),
+        vec!["1\tI\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t2\tb"]
+    );
 }
 
 #[test]
@@ -93,11 +96,14 @@ fn values_are_escaped_for_copy_and_unchanged_toast_comes_from_the_old_row() {
     );
     assert!(encoder.take_complex().contains(&0));
     let got = lines(&mut encoder);
-    assert_eq!(got[0], "1\tI\t\\N\t\\N\t\\N\t1\ttab\\there\\nnew\\\\line");
+    assert_eq!(
+        got[0],
+        "1\tI\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t1\ttab\\there\\nnew\\\\line"
+    );
     // The full old row holds the value the change did not carry.
     assert_eq!(
         got[1],
-        "2\tI\t\\N\t{\"id\":\"1\",\"note\":\"x\",\"source\":\"M\"}\t\\N\t1\tx"
+        "2\tI\t\\N\t{\"id\":\"1\",\"note\":\"x\",\"source\":\"M\"}\t\\N\t\\N\t\\N\t\\N\t1\tx"
     );
     // Without it (a key-only old row), the column is listed: the desktop keeps its value.
     let key_only = OldImage::Key(RowImage(vec![text("1"), Value::Null, Value::Null]));
@@ -122,7 +128,7 @@ fn a_moved_key_is_a_delete_and_a_new_row() {
     let got = lines(&mut encoder);
     assert_eq!(got.len(), 2);
     assert!(got[0].starts_with("1\tD\t\\N\t{\"id\":\"1\""), "{got:?}");
-    assert_eq!(got[1], "2\tI\t\\N\t\\N\t\\N\t2\ta");
+    assert_eq!(got[1], "2\tI\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t2\ta");
 }
 
 #[test]
@@ -137,11 +143,11 @@ fn claims_give_the_old_row_to_the_insert_that_follows() {
     let got = lines(&mut encoder);
     assert_eq!(
         got[0],
-        "1\tI\t\\N\t{\"id\":\"1\",\"note\":\"a\",\"source\":\"D\"}\t\\N\t1\tb"
+        "1\tI\t\\N\t{\"id\":\"1\",\"note\":\"a\",\"source\":\"D\"}\t\\N\t\\N\t\\N\t\\N\t1\tb"
     );
     assert_eq!(
         got[1],
-        "2\tD\t\\N\t{\"id\":\"3\",\"note\":\"c d\",\"source\":\"D\"}\t\\N\t\\N\t\\N"
+        "2\tD\t\\N\t{\"id\":\"3\",\"note\":\"c d\",\"source\":\"D\"}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N"
     );
     assert!(Claim::parse(b"not json").is_none());
 }
@@ -195,7 +201,10 @@ fn a_table_without_a_unique_desktop_key_always_stages() {
     let (_, map) = setup();
     let mut encoder = Encoder::new(&mapping);
     encoder.insert(&map, &RowImage(vec![text("1"), text("a"), text("M")]));
-    assert_eq!(lines(&mut encoder), vec!["1\tI\t\\N\t\\N\t\\N\t1\ta"]);
+    assert_eq!(
+        lines(&mut encoder),
+        vec!["1\tI\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t1\ta"]
+    );
 }
 
 #[test]
@@ -231,4 +240,15 @@ fn copy_escape_escapes_the_four_special_bytes_and_copies_the_rest() {
     assert_eq!(escaped("plain ünïcode".as_bytes()), "xplain ünïcode");
     assert_eq!(escaped(b"\\a\tb\nc\rd\\"), "x\\\\a\\tb\\nc\\rd\\\\");
     assert_eq!(escaped(b"\t\t"), "x\\t\\t");
+}
+
+#[test]
+fn commit_times_are_written_as_utc_timestamps() {
+    // 2000-01-01 00:00:00 UTC is the protocol's zero.
+    assert_eq!(super::pg_timestamp(0), "2000-01-01 00:00:00.000000+00");
+    assert_eq!(
+        super::pg_timestamp(849_398_472_123_456),
+        "2026-12-01 00:01:12.123456+00"
+    );
+    assert_eq!(super::pg_timestamp(-1), "1999-12-31 23:59:59.999999+00");
 }

@@ -20,7 +20,8 @@ pub(super) fn create(table: &Table) -> String {
     format!(
         "CREATE TEMP TABLE IF NOT EXISTS {staged} ({}) ON COMMIT PRESERVE ROWS;\n\
          CREATE TEMP TABLE IF NOT EXISTS {net} (_n bigint GENERATED ALWAYS AS IDENTITY, _op \"char\", \
-         _unchanged int[], _first_old jsonb, _ck text{}) ON COMMIT PRESERVE ROWS;",
+         _unchanged int[], _first_old jsonb, _ck text, _xid bigint, _at timestamptz, _lsn pg_lsn, _verdict text{}) \
+         ON COMMIT PRESERVE ROWS;",
         layout::definitions(width),
         (0..width)
             .map(|j| format!(", {} text", col(j)))
@@ -63,8 +64,8 @@ pub(super) fn reduce(table: &Table, key: &[String], columns: &[String]) -> Strin
         .join(", ");
     let xs = ks.replace("y._k", "x._k");
     format!(
-        "INSERT INTO {net} (_op, _unchanged, _first_old, _ck{comma}{data}) \
-         SELECT DISTINCT ON ({ks}) y._op, y._unchanged, y._first_old, y._ck{comma}{columns} \
+        "INSERT INTO {net} (_op, _unchanged, _first_old, _ck, _xid, _at, _lsn{comma}{data}) \
+         SELECT DISTINCT ON ({ks}) y._op, y._unchanged, y._first_old, y._ck, y._xid, y._at, y._lsn{comma}{columns} \
          FROM (SELECT x.*, first_value(x._old) OVER (PARTITION BY {xs} ORDER BY x._seq) AS _first_old \
                FROM (SELECT s.*, {named} FROM {staged} s) x) y \
          ORDER BY {ks}, y._seq DESC",
@@ -196,8 +197,8 @@ mod tests {
             format!(
                 "CREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_r_0 ({}) ON COMMIT PRESERVE ROWS;\n\
                  CREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_rn_0 (_n bigint GENERATED ALWAYS AS IDENTITY, \
-                 _op \"char\", _unchanged int[], _first_old jsonb, _ck text, c1 text, c2 text, c3 text, c4 text) \
-                 ON COMMIT PRESERVE ROWS;",
+                 _op \"char\", _unchanged int[], _first_old jsonb, _ck text, _xid bigint, _at timestamptz, _lsn pg_lsn, \
+                 _verdict text, c1 text, c2 text, c3 text, c4 text) ON COMMIT PRESERVE ROWS;",
                 layout::definitions(4)
             )
         );
@@ -225,8 +226,9 @@ mod tests {
         let sql = built(&odd_keyed(), |t| reduce(t, &key, &plain_columns(t)));
         assert_eq!(
             sql,
-            "INSERT INTO pg_temp.tandem_rn_0 (_op, _unchanged, _first_old, _ck, c1, c2, c3, c4) \
-             SELECT DISTINCT ON (y._k0, y._k1) y._op, y._unchanged, y._first_old, y._ck, y.c1, y.c2, y.c3, y.c4 \
+            "INSERT INTO pg_temp.tandem_rn_0 (_op, _unchanged, _first_old, _ck, _xid, _at, _lsn, c1, c2, c3, c4) \
+             SELECT DISTINCT ON (y._k0, y._k1) y._op, y._unchanged, y._first_old, y._ck, y._xid, y._at, y._lsn, \
+             y.c1, y.c2, y.c3, y.c4 \
              FROM (SELECT x.*, first_value(x._old) OVER (PARTITION BY x._k0, x._k1 ORDER BY x._seq) AS _first_old \
              FROM (SELECT s.*, s.c1 AS _k0, s._ck AS _k1 FROM pg_temp.tandem_r_0 s) x) y \
              ORDER BY y._k0, y._k1, y._seq DESC"
@@ -236,7 +238,7 @@ mod tests {
         bare.reverse_columns.clear();
         let sql = built(&bare, |t| reduce(t, &["s._ck".to_string()], &[]));
         assert!(
-            sql.starts_with("INSERT INTO pg_temp.tandem_rn_0 (_op, _unchanged, _first_old, _ck) SELECT DISTINCT ON (y._k0) y._op, y._unchanged, y._first_old, y._ck FROM"),
+            sql.starts_with("INSERT INTO pg_temp.tandem_rn_0 (_op, _unchanged, _first_old, _ck, _xid, _at, _lsn) SELECT DISTINCT ON (y._k0) y._op, y._unchanged, y._first_old, y._ck, y._xid, y._at, y._lsn FROM"),
             "{sql}"
         );
     }

@@ -1,16 +1,17 @@
 //! The reverse statements of a desktop-key table: a net change finds its desktop row by the key, and
-//! applies only where that row is what the phone started from (its old image); otherwise it is
-//! logged as a conflict. New rows without a reduction take the direct path, probing the key.
+//! applies where that row is what the phone started from (its old image), or where its conflict was
+//! settled (see [`super::settle`]). New rows without a reduction take the direct path, probing the
+//! key; those whose key the desktop holds with other content are settled as conflicts too.
 
-use super::common::{incoming, insert_values, ranged, sets};
+use super::common::{insert_values, ranged, sets};
 use super::{DirectSql, Table};
 use crate::commit::forward::sql::Ranged;
-use crate::commit::log_conflicts;
 use crate::expr::{col, is_integer, json_object, key_json_value, lit, q, same_key};
 use crate::transform::MappedColumn;
 
-/// Why a phone's new row was not applied over the desktop's row of the same key.
-const COLLISION: &str = "the phone created a row whose key the desktop already holds with other content (a key collision); neither side was changed";
+/// A net change whose conflict its policy settled (its version is now the result): it applies
+/// whatever the desktop holds.
+const SETTLED: &str = "n._verdict = 'settled'";
 
 /// A desktop-key table and its key, with where each key column is among the columns that travel.
 pub(super) struct Keyed<'a> {
@@ -33,6 +34,11 @@ impl<'a> Keyed<'a> {
             })
             .collect();
         Keyed { table, key }
+    }
+
+    /// Where each key column is among the columns that travel, in key order.
+    pub fn key_positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.key.iter().map(|(_, j)| *j)
     }
 
     /// Desktop row `d` has the key of staged (or net) row `alias`.
@@ -93,24 +99,6 @@ pub(super) fn reduce(k: &Keyed) -> String {
     super::common::reduce(k.table, &staged_key, &net_columns)
 }
 
-/// Logs the net changes whose desktop row differs from what the phone started from ($1: table
-/// name): a delete, an update, or a new row over a key the desktop holds with other content.
-pub(super) fn conflicts(k: &Keyed) -> String {
-    let Table { c, target, net, .. } = k.table;
-    let (same_old, same_new, old_row) = (c.same_old(), c.same_new(), c.old_row());
-    log_conflicts(&format!(
-        "SELECT 'reverse', $1::text, {kj}, {incoming}, to_jsonb(d.*), \
-           CASE WHEN n._op = 'D' THEN 'the phone deleted this row, but the desktop''s row differs from what the phone had; the desktop row was kept' \
-                WHEN n._first_old IS NULL THEN '{COLLISION}' \
-                ELSE 'the phone changed this row, and the desktop changed it too; the desktop''s version was kept' END \
-         FROM {net} n JOIN {target} d ON {is_n} LEFT JOIN LATERAL {old_row} ON n._first_old IS NOT NULL \
-         WHERE (n._op = 'I' AND NOT {same_new} AND NOT {same_old}) OR (n._op = 'D' AND NOT {same_old})",
-        kj = k.key_json("n"),
-        incoming = incoming(k.table),
-        is_n = k.is_key("n"),
-    ))
-}
-
 /// Deletes the desktop rows of the net deletes where the desktop row is the old image (range of `N`).
 pub(super) fn delete(k: &Keyed) -> Ranged {
     let Table { c, target, net, .. } = k.table;
@@ -118,7 +106,7 @@ pub(super) fn delete(k: &Keyed) -> Ranged {
         "reverse delete",
         format!(
             "DELETE FROM {target} d USING {net} n LEFT JOIN LATERAL {old_row} ON n._first_old IS NOT NULL \
-             WHERE {is_n} AND n._op = 'D' AND {same_old} AND n._n BETWEEN $1 AND $2",
+             WHERE {is_n} AND n._op = 'D' AND ({same_old} OR {SETTLED}) AND n._n BETWEEN $1 AND $2",
             old_row = c.old_row(),
             is_n = k.is_key("n"),
             same_old = c.same_old(),
@@ -134,7 +122,7 @@ pub(super) fn update(k: &Keyed) -> Ranged {
         "reverse update",
         format!(
             "UPDATE {target} d SET {sets} FROM {net} n LEFT JOIN LATERAL {old_row} ON n._first_old IS NOT NULL \
-             WHERE {is_n} AND n._op = 'I' AND {same_old} AND NOT {same_new} AND n._n BETWEEN $1 AND $2",
+             WHERE {is_n} AND n._op = 'I' AND ({same_old} OR {SETTLED}) AND NOT {same_new} AND n._n BETWEEN $1 AND $2",
             sets = sets(k.table),
             old_row = c.old_row(),
             is_n = k.is_key("n"),
@@ -165,7 +153,7 @@ pub(super) fn insert(k: &Keyed) -> Ranged {
         "reverse insert",
         format!(
             "INSERT INTO {target} ({names}) SELECT {values} FROM {net} n {absent} \
-             AND n._op = 'I' AND n._n BETWEEN $1 AND $2",
+             AND n._op = 'I' AND (n._first_old IS NULL OR {SETTLED}) AND n._n BETWEEN $1 AND $2",
             names = c.names().join(", "),
             values = insert_values(k.table),
         ),
@@ -183,7 +171,7 @@ pub(super) fn insert(k: &Keyed) -> Ranged {
 pub(super) fn direct_probe(k: &Keyed) -> DirectSql {
     let target = &k.table.target;
     DirectSql {
-        conflicts: direct_conflicts(
+        collisions: super::settle::collisions(
             k,
             &format!(
                 "CROSS JOIN LATERAL (SELECT * FROM {target} d WHERE {} OFFSET 0) d",
@@ -204,7 +192,7 @@ pub(super) fn direct_probe(k: &Keyed) -> DirectSql {
 pub(super) fn direct_hash(k: &Keyed) -> DirectSql {
     let target = &k.table.target;
     DirectSql {
-        conflicts: direct_conflicts(k, &format!("JOIN {target} d ON {}", k.is_key("s"))),
+        collisions: super::settle::collisions(k, &format!("JOIN {target} d ON {}", k.is_key("s"))),
         insert: direct_insert(
             k,
             &format!(
@@ -213,19 +201,6 @@ pub(super) fn direct_hash(k: &Keyed) -> DirectSql {
             ),
         ),
     }
-}
-
-/// Logs the rows of `S` (`matching` joins each to the desktop row `d` of its key) that differ from
-/// their desktop row ($1: table name).
-fn direct_conflicts(k: &Keyed, matching: &str) -> String {
-    let Table { c, staged, .. } = k.table;
-    log_conflicts(&format!(
-        "SELECT 'reverse', $1::text, {}, {}, to_jsonb(d.*), '{COLLISION}' \
-         FROM {staged} s {matching} WHERE {}",
-        k.key_json("s"),
-        c.json("s"),
-        c.differs("s")
-    ))
 }
 
 /// Inserts the rows of `S` that `absent` keeps (those whose key the desktop does not hold).
@@ -292,7 +267,7 @@ mod tests {
     fn the_reduction_groups_by_the_key_a_delete_taking_it_from_its_old_image() {
         let sql = built(&odd_keyed(), reduce);
         assert!(
-            sql.contains("SELECT DISTINCT ON (y._k0) y._op, y._unchanged, y._first_old, y._ck, y._k0, y.c2, y.c3, y.c4 "),
+            sql.contains("SELECT DISTINCT ON (y._k0) y._op, y._unchanged, y._first_old, y._ck, y._xid, y._at, y._lsn, y._k0, y.c2, y.c3, y.c4 "),
             "{sql}"
         );
         assert!(
@@ -302,33 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn conflicts_are_changes_whose_desktop_row_is_not_the_old_image() {
-        let t = odd_keyed();
-        let sql = built(&t, conflicts);
-        let c = &Table::new(&t, 0).c;
-        assert!(
-            sql.contains(&format!(
-                "JOIN \"public\".\"Task List\" d ON {IS_N} LEFT JOIN LATERAL"
-            )),
-            "{sql}"
-        );
-        // An insert or update the desktop does not already hold, over a row that is not the old image;
-        // a delete of a row that is not.
-        assert!(
-            sql.contains(&format!(
-                "WHERE (n._op = 'I' AND NOT {} AND NOT {}) OR (n._op = 'D' AND NOT {})",
-                c.same_new(),
-                c.same_old(),
-                c.same_old()
-            )),
-            "{sql}"
-        );
-        assert!(sql.contains("WHEN n._first_old IS NULL THEN 'the phone created a row whose key the desktop already holds"), "{sql}");
-        assert!(odd_names_quoted(&sql), "{sql}");
-    }
-
-    #[test]
-    fn a_delete_applies_only_where_the_desktop_row_is_the_old_image() {
+    fn a_delete_applies_where_the_desktop_row_is_the_old_image_or_its_conflict_was_settled() {
         let t = odd_keyed();
         let r = built(&t, delete);
         assert_eq!(
@@ -343,7 +292,7 @@ mod tests {
             r.sql,
             format!(
                 "DELETE FROM \"public\".\"Task List\" d USING pg_temp.tandem_rn_0 n LEFT JOIN LATERAL {} ON n._first_old IS NOT NULL \
-                 WHERE {IS_N} AND n._op = 'D' AND {} AND n._n BETWEEN $1 AND $2",
+                 WHERE {IS_N} AND n._op = 'D' AND ({} OR n._verdict = 'settled') AND n._n BETWEEN $1 AND $2",
                 c.old_row(),
                 c.same_old()
             )
@@ -351,14 +300,14 @@ mod tests {
     }
 
     #[test]
-    fn an_update_applies_only_where_the_desktop_row_is_the_old_image_and_not_yet_the_new() {
+    fn an_update_applies_where_the_desktop_row_is_the_old_image_or_settled_and_not_yet_the_new() {
         let t = odd_keyed();
         let r = built(&t, update);
         assert_eq!(r.what, "reverse update");
         let c = &Table::new(&t, 0).c;
         assert!(
             r.sql.ends_with(&format!(
-                "WHERE {IS_N} AND n._op = 'I' AND {} AND NOT {} AND n._n BETWEEN $1 AND $2",
+                "WHERE {IS_N} AND n._op = 'I' AND ({} OR n._verdict = 'settled') AND NOT {} AND n._n BETWEEN $1 AND $2",
                 c.same_old(),
                 c.same_new()
             )),
@@ -383,7 +332,7 @@ mod tests {
         assert!(
             probing.sql.contains(&format!(
                 "FROM pg_temp.tandem_rn_0 n LEFT JOIN LATERAL (SELECT 1 AS found FROM \"public\".\"Task List\" d WHERE {IS_N} LIMIT 1) x ON true \
-                 WHERE x.found IS NULL AND n._op = 'I' AND n._n BETWEEN $1 AND $2"
+                 WHERE x.found IS NULL AND n._op = 'I' AND (n._first_old IS NULL OR n._verdict = 'settled') AND n._n BETWEEN $1 AND $2"
             )),
             "{}",
             probing.sql
@@ -393,7 +342,7 @@ mod tests {
         assert!(
             scanning.sql.ends_with(&format!(
                 "FROM pg_temp.tandem_rn_0 n WHERE NOT EXISTS (SELECT 1 FROM \"public\".\"Task List\" d WHERE {IS_N}) \
-                 AND n._op = 'I' AND n._n BETWEEN $1 AND $2"
+                 AND n._op = 'I' AND (n._first_old IS NULL OR n._verdict = 'settled') AND n._n BETWEEN $1 AND $2"
             )),
             "{}",
             scanning.sql
@@ -404,12 +353,19 @@ mod tests {
     fn the_direct_probe_looks_each_new_row_up_in_a_lateral_subquery() {
         let sql = built(&odd_keyed(), direct_probe);
         assert!(
-            sql.conflicts.contains(&format!(
+            sql.collisions.contains(&format!(
                 "FROM pg_temp.tandem_r_0 s CROSS JOIN LATERAL (SELECT * FROM \"public\".\"Task List\" d WHERE {IS_S} OFFSET 0) d \
                  WHERE ROW(d.\"Task List\", d.\"na'me\", d.\"c\", d.\"_n\")::text IS DISTINCT FROM"
             )),
             "{}",
-            sql.conflicts
+            sql.collisions
+        );
+        // Made net changes of their own, new rows to be settled.
+        assert!(
+            sql.collisions.starts_with("INSERT INTO pg_temp.tandem_rn_0 (_op, _unchanged, _first_old, _ck, _xid, _at, _lsn, c1, c2, c3, c4) \
+                 SELECT 'I', NULL, NULL, s._ck, s._xid, s._at, s._lsn, s.c1, s.c2, s.c3, s.c4 FROM pg_temp.tandem_r_0 s"),
+            "{}",
+            sql.collisions
         );
         assert_eq!(
             sql.insert,
@@ -426,11 +382,11 @@ mod tests {
     fn the_direct_hash_joins_new_rows_with_the_desktop() {
         let sql = built(&odd_keyed(), direct_hash);
         assert!(
-            sql.conflicts.contains(&format!(
+            sql.collisions.contains(&format!(
                 "FROM pg_temp.tandem_r_0 s JOIN \"public\".\"Task List\" d ON {IS_S} WHERE ROW("
             )),
             "{}",
-            sql.conflicts
+            sql.collisions
         );
         assert!(
             sql.insert.ends_with(&format!(
@@ -439,6 +395,6 @@ mod tests {
             "{}",
             sql.insert
         );
-        assert!(odd_names_quoted(&sql.conflicts), "{}", sql.conflicts);
+        assert!(odd_names_quoted(&sql.collisions), "{}", sql.collisions);
     }
 }

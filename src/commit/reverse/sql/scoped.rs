@@ -195,7 +195,7 @@ pub(super) fn direct_hash(table: &Table) -> DirectSql {
         c, target, staged, ..
     } = table;
     DirectSql {
-        conflicts: String::new(),
+        collisions: String::new(),
         insert: format!(
             "INSERT INTO {target} ({}) SELECT {} FROM {staged} s",
             c.names().join(", "),
@@ -243,7 +243,7 @@ mod tests {
     fn the_reduction_is_per_cloud_row() {
         let sql = built(&odd_scoped(), |s| reduce(s.table));
         assert!(
-            sql.contains("SELECT DISTINCT ON (y._k0) y._op, y._unchanged, y._first_old, y._ck, y.c1, y.c2, y.c3, y.c4 "),
+            sql.contains("SELECT DISTINCT ON (y._k0) y._op, y._unchanged, y._first_old, y._ck, y._xid, y._at, y._lsn, y.c1, y.c2, y.c3, y.c4 "),
             "{sql}"
         );
         assert!(
@@ -335,7 +335,7 @@ mod tests {
     fn the_direct_path_inserts_every_new_row_and_logs_nothing() {
         let t = odd_scoped();
         let sql = built(&t, |s| direct_hash(s.table));
-        assert_eq!(sql.conflicts, "");
+        assert_eq!(sql.collisions, "");
         assert_eq!(
             sql.insert,
             "INSERT INTO \"public\".\"Task List\" (\"Task List\", \"na'me\", \"c\", \"_n\") \
