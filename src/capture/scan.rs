@@ -113,6 +113,8 @@ impl ScanSql {
             )
         };
         let mobile = unreceived("c");
+        // Any phone's row (a reconcile brings back one the desktop lost without deleting it too).
+        let phone = owner::is_mobile(&owner::text_of("c"));
 
         // Desktop: the forward projection (lookups joined as the outbox reader joins them).
         let desktop_table = t.table.desktop.quoted();
@@ -175,9 +177,10 @@ impl ScanSql {
             Kind::Key(_) => "NULL::text".to_string(),
         };
         let mobile_flag = format!("coalesce({mobile}, false)");
+        let phone_flag = owner::mobile_flag(&owner::text_of("c"));
         let cloud = format!(
             "COPY (SELECT {keys}, CASE WHEN {mobile_flag} THEN 0 ELSE {forward} END, \
-             CASE WHEN {mobile_flag} THEN {reverse} ELSE 0 END, {mobile_flag}, {cloud_key} \
+             CASE WHEN {mobile_flag} THEN {reverse} ELSE 0 END, {mobile_flag}, {cloud_key}, {phone_flag} \
              FROM {cloud_table} c ORDER BY {order}) TO STDOUT (FORMAT binary)",
             keys = cloud_keys.join(", "),
             forward = hash(&cf),
@@ -245,12 +248,12 @@ impl ScanSql {
             if probe {
                 format!(
                     "SELECT f.* FROM {unnest} CROSS JOIN LATERAL (SELECT {columns} FROM {cloud_table} c \
-                     WHERE {matching} AND {mobile} OFFSET 0) f"
+                     WHERE {matching} AND {phone} OFFSET 0) f"
                 )
             } else {
                 format!(
                     "SELECT {columns} FROM {unnest} JOIN {cloud_table} c ON {matching} \
-                     WHERE {mobile}"
+                     WHERE {phone}"
                 )
             }
         };
@@ -351,8 +354,11 @@ impl Key {
 pub struct Line {
     pub key: Key,
     pub hashes: Hashes,
-    /// Cloud lines: whether the row is mobile-owned.
+    /// Cloud lines: whether the row is a phone's the desktop has not received (by the table's
+    /// horizon): compared by what travels back, not as the desktop's.
     pub mobile: bool,
+    /// Cloud lines: whether a phone wrote the row last, received or not.
+    pub phone: bool,
     /// Cloud lines of cloud-key tables: the cloud key's text.
     pub cloud_key: Option<String>,
 }
@@ -475,12 +481,17 @@ impl Lines {
             .get(self.width + 3)
             .and_then(|v| v.as_ref())
             .map(|b| String::from_utf8_lossy(b).into_owned());
+        let phone = values
+            .get(self.width + 4)
+            .and_then(|v| v.as_ref())
+            .is_some_and(|b| b.first() == Some(&1));
         values.truncate(self.width);
         self.read += 1;
         Ok(Some(Line {
             key: Key(values),
             hashes: Hashes { forward, reverse },
             mobile,
+            phone,
             cloud_key,
         }))
     }

@@ -107,12 +107,15 @@ pub enum KeyDecision {
 }
 
 /// A desktop-key table's key: the desktop's row (`None`: none; several rows with one key are always
-/// sent forward, where the commit engine sorts them out), the cloud's (with whether it is mobile-owned),
-/// and the journal's entries for the key, oldest first.
+/// sent forward, where the commit engine sorts them out), the cloud's (with whether it is a phone's the
+/// desktop has not received), and the journal's entries for the key, oldest first. `lost`: the desktop
+/// lacks a phone's row it received, and no desktop change of the key waits in the outbox (a delete
+/// would): the desktop lost it without deleting it (drift), so it is brought back, not deleted.
 pub fn decide_key(
     desktop: Option<Hashes>,
     cloud: Option<(Hashes, bool)>,
     entries: &[&Entry],
+    lost: bool,
 ) -> KeyDecision {
     let last = |deleted: bool, reverse: i64| {
         entries
@@ -139,6 +142,7 @@ pub fn decide_key(
             Some(old) => KeyDecision::Remove { old },
             None => KeyDecision::Insert,
         },
+        (None, Some((_, false))) if lost => KeyDecision::Bring { old: None },
         (None, Some((_, false))) => KeyDecision::Delete,
         (None, Some((_, true))) => KeyDecision::Bring { old: None },
         (None, None) => KeyDecision::Unchanged,
@@ -149,7 +153,10 @@ pub fn decide_key(
 #[derive(Debug, Clone)]
 pub struct CloudRow {
     pub hashes: Hashes,
+    /// A phone's row the desktop has not received.
     pub mobile: bool,
+    /// A phone's row, received or not.
+    pub phone: bool,
     pub cloud_key: Option<String>,
 }
 
@@ -187,8 +194,15 @@ pub struct ScopeDecision {
 /// Matches a scope's rows as multisets: desktop rows first with mobile rows (a mobile row's copy is
 /// never sent back as desktop-owned), then with desktop-owned rows; mobile rows left over are brought
 /// to the desktop (over the version a journal entry shows it holds, when one does), desktop rows left
-/// over are removed when the journal shows a phone deleted them, sent forward otherwise.
-pub fn decide_scope(desktop: &[Hashes], cloud: &[CloudRow], entries: &[&Entry]) -> ScopeDecision {
+/// over are removed when the journal shows a phone deleted them, sent forward otherwise. A phone's
+/// row the desktop received and no desktop row matches, in a scope no desktop change of which waits
+/// in the outbox (`pending`), was lost by the desktop without a delete (drift): it is brought back.
+pub fn decide_scope(
+    desktop: &[Hashes],
+    cloud: &[CloudRow],
+    entries: &[&Entry],
+    pending: bool,
+) -> ScopeDecision {
     let mut out = ScopeDecision::default();
     let mut left: Vec<Option<Hashes>> = desktop.iter().copied().map(Some).collect();
     let take = |left: &mut Vec<Option<Hashes>>, matches: &dyn Fn(&Hashes) -> bool| {
@@ -208,6 +222,12 @@ pub fn decide_scope(desktop: &[Hashes], cloud: &[CloudRow], entries: &[&Entry]) 
     for c in cloud.iter().filter(|c| !c.mobile) {
         if take(&mut left, &|d| d.forward == c.hashes.forward) {
             out.unchanged += 1;
+        } else if let (true, false, Some(cloud_key)) = (c.phone, pending, c.cloud_key.clone()) {
+            out.repairs.push(ScopeRepair::Bring {
+                cloud_key,
+                old: None,
+                contested: false,
+            });
         } else {
             out.deletes += 1;
         }
@@ -398,8 +418,13 @@ pub async fn stage(
 }
 
 /// Applies what [`stage`] staged for table `i`, runs `also` (statements of the caller's) in the same
-/// transaction, and commits. No position of the stream is recorded.
-pub async fn commit(on: &mut Desktop<'_>, also: &str) -> Result<BatchOutcome, CommitError> {
+/// transaction, and commits. No position of the stream is recorded. `cloud` reads the rows of a
+/// scope whose change is contested (see [`super::reverse::Group::cloud`]).
+pub async fn commit(
+    on: &mut Desktop<'_>,
+    also: &str,
+    cloud: &Client,
+) -> Result<BatchOutcome, CommitError> {
     let (target, plan, desktop, mapping, i) = on.parts();
     let of_table = |e| CommitError::of_table(e, i);
     target.begin(desktop, []).await.map_err(of_table)?;
@@ -424,6 +449,7 @@ pub async fn commit(on: &mut Desktop<'_>, also: &str) -> Result<BatchOutcome, Co
         parked: &parked,
         origin: Origin::Reconcile,
         horizon: None,
+        cloud: Some(cloud),
     };
     plan.commit(target, desktop, mapping, &group).await
 }

@@ -29,7 +29,6 @@ pub async fn installed_with(desktop: &str, cloud: &str, tables: &str) -> (TestDb
     setup::init(&config, false)
         .await
         .unwrap_or_else(|e| panic!("init: {e}"));
-    crate::support::synced(&config).await;
     (db, config)
 }
 

@@ -151,3 +151,178 @@ async fn ping_pong_of_twenty_edits_of_a_desktop_key_row_flows_without_a_conflict
     }
     assert_eq!(conflicts(&db).await, 0);
 }
+
+/// The sample's tasks of job 100, on both sides, with their cloud keys.
+async fn tasks(db: &TestDb) -> (Vec<String>, Vec<String>) {
+    (
+        rows(
+            &db.desktop().await,
+            "jobtasks",
+            "task_id, task_name, task_status",
+            "job_id = 100",
+        )
+        .await,
+        rows(
+            &db.cloud().await,
+            "jobtasks",
+            "task_id, task_name, task_status",
+            "job_id = 100",
+        )
+        .await,
+    )
+}
+
+async fn cloud_keys(db: &TestDb) -> Vec<String> {
+    rows(
+        &db.cloud().await,
+        "jobtasks",
+        "jt_id, source",
+        "job_id = 100",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn ping_pong_of_twenty_edits_of_a_cloud_key_row_keeps_its_cloud_key_without_a_conflict() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    desktop_app(
+        &db,
+        "INSERT INTO jobtasks (job_id, task_id, task_name) VALUES (100, 1, 'Collect'), (100, 2, 'Prepare')",
+    )
+    .await;
+    run_once(&config).await;
+    let keys: Vec<String> = cloud_keys(&db)
+        .await
+        .iter()
+        .map(|r| r.split(',').next().unwrap().to_string())
+        .collect();
+    for n in 0..20 {
+        let value = format!("edit {n}");
+        let sql = format!("UPDATE jobtasks SET task_status = '{value}' WHERE task_id = 2");
+        if n % 2 == 0 {
+            desktop_app(&db, &sql).await;
+        } else {
+            phone(&db, &sql).await;
+        }
+        run_once(&config).await;
+        let (desktop, cloud) = tasks(&db).await;
+        assert_eq!(desktop, cloud, "edit {n}");
+        assert!(
+            desktop.contains(&format!("(2,Prepare,\"{value}\")")),
+            "edit {n}: {desktop:?}"
+        );
+        let now = cloud_keys(&db).await;
+        let now_keys: Vec<String> = now
+            .iter()
+            .map(|r| r.split(',').next().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            now_keys, keys,
+            "edit {n}: the rows keep their cloud keys: {now:?}"
+        );
+    }
+    assert_eq!(conflicts(&db).await, 0);
+}
+
+#[tokio::test]
+async fn a_desktop_edit_of_a_phones_task_updates_it_in_place_and_a_desktop_delete_deletes_it() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    desktop_app(
+        &db,
+        "INSERT INTO jobtasks (job_id, task_id, task_name) VALUES (100, 1, 'Collect'), (100, 2, 'Prepare')",
+    )
+    .await;
+    run_once(&config).await;
+    // A phone marks a task done, and makes a task of its own.
+    phone(
+        &db,
+        "UPDATE jobtasks SET task_status = 'Done' WHERE task_id = 2;
+         INSERT INTO jobtasks (job_id, client_id, task_id, task_name) VALUES (100, 1, 1, 'Photo')",
+    )
+    .await;
+    run_once(&config).await;
+    let before = cloud_keys(&db).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    // Later the desktop reopens the task: the same cloud row, now the desktop's.
+    desktop_app(
+        &db,
+        "UPDATE jobtasks SET task_status = 'Reopened' WHERE task_id = 2",
+    )
+    .await;
+    run_once(&config).await;
+    let (desktop, cloud) = tasks(&db).await;
+    assert_eq!(desktop, cloud);
+    assert_eq!(
+        cloud,
+        vec!["(1,Collect,)", "(1,Photo,)", "(2,Prepare,Reopened)"]
+    );
+    let after = cloud_keys(&db).await;
+    let key_of = |rows: &[String], i: usize| rows[i].split(',').next().unwrap().to_string();
+    assert_eq!(
+        (0..3).map(|i| key_of(&after, i)).collect::<Vec<_>>(),
+        (0..3).map(|i| key_of(&before, i)).collect::<Vec<_>>(),
+        "no second copy, no new key: {before:?} {after:?}"
+    );
+    // The desktop deletes the phone's task it received: gone in the cloud.
+    desktop_app(&db, "DELETE FROM jobtasks WHERE task_name = 'Photo'").await;
+    run_once(&config).await;
+    let (desktop, cloud) = tasks(&db).await;
+    assert_eq!(desktop, cloud);
+    assert_eq!(cloud, vec!["(1,Collect,)", "(2,Prepare,Reopened)"]);
+    assert_eq!(conflicts(&db).await, 0);
+}
+
+#[tokio::test]
+async fn a_task_changed_on_both_sides_at_once_is_settled_in_place_by_the_later_writer() {
+    let (db, config) = installed().await;
+    parents(&db, &config).await;
+    desktop_app(
+        &db,
+        "INSERT INTO jobtasks (job_id, task_id, task_name) VALUES (100, 1, 'Collect'), (100, 2, 'Prepare')",
+    )
+    .await;
+    run_once(&config).await;
+    let before = cloud_keys(&db).await;
+    // Neither sees the other: the phone marks task 2 done, then the desktop renames it.
+    phone(
+        &db,
+        "UPDATE jobtasks SET task_status = 'Done' WHERE task_id = 2",
+    )
+    .await;
+    desktop_app(
+        &db,
+        "UPDATE jobtasks SET task_name = 'Prepare return' WHERE task_id = 2",
+    )
+    .await;
+    run_once(&config).await;
+    run_once(&config).await;
+    let (desktop, cloud) = tasks(&db).await;
+    assert_eq!(desktop, cloud);
+    // `latest`: each changed a different column, so both changes are kept.
+    assert_eq!(cloud, vec!["(1,Collect,)", "(2,\"Prepare return\",Done)"]);
+    let after = cloud_keys(&db).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(
+        after
+            .iter()
+            .map(|r| r.split(',').next().unwrap())
+            .collect::<Vec<_>>(),
+        before
+            .iter()
+            .map(|r| r.split(',').next().unwrap())
+            .collect::<Vec<_>>()
+    );
+    let (kind, outcome): (String, String) = db
+        .desktop()
+        .await
+        .query_one("SELECT kind, outcome FROM tandem.conflicts", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), outcome.as_str()),
+        ("update/update", "merged")
+    );
+}

@@ -542,7 +542,7 @@ async fn conflicts(desktop: &Client, cloud: &Client) -> Vec<String> {
         for r in rows(
             client,
             "tandem.conflicts",
-            "direction, table_name, row_key, incoming, current, reason",
+            "direction, table_name, row_key, incoming, current, reason, mobile_row, desktop_row",
             "true",
         )
         .await
@@ -596,75 +596,40 @@ async fn a_row_both_sides_changed_while_the_slot_was_lost_is_a_conflict() {
          conflicts: {logged:#?}\nreconcile: {:#?}",
         report.rows
     );
-    // The phone's edit made the cloud row mobile-owned: nothing desktop-side may overwrite it.
-    assert_eq!(cloud_2, vec!["(\"phone 2\",M)"]);
-    // A conflict is recorded for item 2, on one side or the other.
-    let of_item: Vec<&String> = logged.iter().filter(|c| c.contains("item")).collect();
-    assert!(
-        !of_item.is_empty(),
-        "no conflict recorded for item 2: {logged:?}"
-    );
-    // Neither side's value vanished without a trace: a side that does not hold its value any more
-    // has it in a conflict.
-    let kept = |value: &str, held: bool| held || logged.iter().any(|c| c.contains(value));
-    assert!(
-        kept("desk 2", desktop_2 == vec!["(\"desk 2\")"]),
-        "the desktop's edit of item 2 was overwritten with no conflict: desktop {desktop_2:?}, {logged:?}"
-    );
-    assert!(
-        desktop_2 == vec!["(\"desk 2\")"] || desktop_2 == vec!["(\"phone 2\")"],
-        "item 2 on the desktop: {desktop_2:?}"
-    );
+    // Both sides changed item 2 without seeing each other: a conflict, settled by the default
+    // policy (`latest`; the reconcile knows the desktop's change's time only: the desktop's wins),
+    // recorded with the phone's version, and both sides end with the desktop's.
+    assert_eq!(desktop_2, vec!["(\"desk 2\")"]);
+    assert_eq!(cloud_2, vec!["(\"desk 2\",D)"]);
+    let of_item: Vec<&String> = logged
+        .iter()
+        .filter(|c| c.contains("item") && c.contains("phone 2") && c.contains("desk 2"))
+        .collect();
+    assert_eq!(of_item.len(), 1, "{logged:#?}");
     assert!(
         counts(&report, "item", "reverse").conflicts >= 1,
         "the reconcile does not report the conflict: {:#?}",
         report.rows
     );
-    // The cloud-key row, as the stream treats it: the phone's edit does not apply over a desktop row
-    // that is not the version it changed (a conflict is logged), and the desktop's version goes to the
-    // cloud as its own row. Each side's version is still somewhere.
+    // The cloud-key row the same way: the desktop's version replaces the phone's in place (the
+    // desktop's copy of d-a, the only desktop row of the scope the cloud lacks, is its version), and
+    // the phone's is in the record.
     assert!(
         logged
             .iter()
-            .any(|c| c.contains("diary") && c.contains("phone a")),
-        "no conflict logged for diary's row edited on both sides: {logged:?}"
+            .any(|c| c.contains("diary") && c.contains("phone a") && c.contains("desk a")),
+        "no conflict recorded for diary's row edited on both sides: {logged:?}"
     );
     assert!(
         counts(&report, "diary", "reverse").conflicts >= 1,
         "{:#?}",
         report.rows
     );
-    assert_eq!(
-        desktop_diary
-            .iter()
-            .filter(|r| r.contains("desk a"))
-            .count(),
-        1
-    );
-    assert!(
-        cloud_diary.contains(&"(\"desk a\",D)".to_string()),
-        "{cloud_diary:?}"
-    );
-    for value in ["phone a", "desk a"] {
-        let held = desktop_diary.iter().any(|r| r.contains(value))
-            || cloud_diary.iter().any(|r| r.contains(value));
-        assert!(
-            kept(value, held),
-            "diary's {value:?} vanished: desktop {desktop_diary:?}, cloud {cloud_diary:?}, {logged:?}"
-        );
-    }
-    assert!(
-        cloud_diary.contains(&"(\"phone a\",M)".to_string()),
-        "the phone's diary row was overwritten in the cloud: {cloud_diary:?}"
-    );
+    assert_eq!(desktop_diary, vec!["(\"desk a\")", "(d-b)"]);
+    assert_eq!(cloud_diary, vec!["(\"desk a\",D)", "(d-b,D)"]);
     // The untouched rows agree.
     assert_eq!(
         texts(&desktop, "item", ITEM, "id <> 2").await,
         texts(&cloud, "item", ITEM, "id <> 2").await
-    );
-    assert!(
-        desktop_diary.contains(&"(d-b)".to_string())
-            && cloud_diary.contains(&"(d-b,D)".to_string()),
-        "{desktop_diary:?} {cloud_diary:?}"
     );
 }

@@ -18,26 +18,35 @@ fn entry(deleted: bool, ck: Option<&str>, reverse: i64, old: &str) -> Entry {
 #[test]
 fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
     assert_eq!(
-        decide_key(Some(h(1, 1)), Some((h(1, 1), false)), &[]),
+        decide_key(Some(h(1, 1)), Some((h(1, 1), false)), &[], false),
         KeyDecision::Unchanged
     );
     assert_eq!(
-        decide_key(Some(h(1, 1)), Some((h(2, 1), false)), &[]),
+        decide_key(Some(h(1, 1)), Some((h(2, 1), false)), &[], false),
         KeyDecision::Update
     );
-    assert_eq!(decide_key(Some(h(1, 1)), None, &[]), KeyDecision::Insert);
     assert_eq!(
-        decide_key(None, Some((h(1, 1), false)), &[]),
+        decide_key(Some(h(1, 1)), None, &[], false),
+        KeyDecision::Insert
+    );
+    assert_eq!(
+        decide_key(None, Some((h(1, 1), false)), &[], false),
         KeyDecision::Delete
+    );
+    // A phone's row the desktop received, then lost without deleting it (no change of it waits in
+    // the outbox): brought back, not deleted.
+    assert_eq!(
+        decide_key(None, Some((h(1, 1), false)), &[], true),
+        KeyDecision::Bring { old: None }
     );
     let gone = entry(true, None, 1, "v1");
     assert_eq!(
-        decide_key(Some(h(1, 1)), None, &[&gone]),
+        decide_key(Some(h(1, 1)), None, &[&gone], false),
         KeyDecision::Remove { old: "v1".into() }
     );
     // The desktop changed the row after the phone deleted it: the desktop's row stays and travels.
     assert_eq!(
-        decide_key(Some(h(5, 5)), None, &[&gone]),
+        decide_key(Some(h(5, 5)), None, &[&gone], false),
         KeyDecision::Insert
     );
 }
@@ -46,29 +55,29 @@ fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
 fn a_mobile_row_applies_over_the_desktop_only_where_the_journal_shows_what_it_changed() {
     // The desktop holds the mobile row: nothing to do, whatever the forward columns say.
     assert_eq!(
-        decide_key(Some(h(1, 7)), Some((h(2, 7), true)), &[]),
+        decide_key(Some(h(1, 7)), Some((h(2, 7), true)), &[], false),
         KeyDecision::Unchanged
     );
     assert_eq!(
-        decide_key(None, Some((h(1, 1), true)), &[]),
+        decide_key(None, Some((h(1, 1), true)), &[], false),
         KeyDecision::Bring { old: None }
     );
     let edited = entry(false, None, 3, "v3");
     assert_eq!(
-        decide_key(Some(h(3, 3)), Some((h(4, 4), true)), &[&edited]),
+        decide_key(Some(h(3, 3)), Some((h(4, 4), true)), &[&edited], false),
         KeyDecision::Bring {
             old: Some("v3".into())
         }
     );
     // The desktop holds something the phone never started from.
     assert_eq!(
-        decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[&edited]),
+        decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[&edited], false),
         KeyDecision::Collision {
             old: Some("v3".into())
         }
     );
     assert_eq!(
-        decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[]),
+        decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[], false),
         KeyDecision::Collision { old: None }
     );
 }
@@ -77,6 +86,7 @@ fn row(forward: i64, reverse: i64, mobile: bool, ck: &str) -> CloudRow {
     CloudRow {
         hashes: h(forward, reverse),
         mobile,
+        phone: mobile,
         cloud_key: Some(ck.to_string()),
     }
 }
@@ -85,19 +95,19 @@ fn row(forward: i64, reverse: i64, mobile: bool, ck: &str) -> CloudRow {
 fn a_scope_is_compared_as_a_multiset_mobile_rows_first() {
     // Two equal desktop rows, one desktop-owned and one mobile-owned copy in the cloud: in sync.
     let d = [h(1, 1), h(1, 1)];
-    let same = decide_scope(&d, &[row(1, 1, true, "7"), row(1, 1, false, "8")], &[]);
+    let same = decide_scope(&d, &[row(1, 1, true, "7"), row(1, 1, false, "8")], &[], false);
     assert_eq!((same.unchanged, same.unchanged_mobile), (1, 1));
     assert_eq!((same.inserts, same.deletes), (0, 0));
     assert!(same.repairs.is_empty());
     // One desktop row, a desktop-owned and a mobile copy: the desktop row is the mobile one's copy,
     // the desktop-owned one is stray.
-    let stray = decide_scope(&d[..1], &[row(1, 1, true, "7"), row(1, 1, false, "8")], &[]);
+    let stray = decide_scope(&d[..1], &[row(1, 1, true, "7"), row(1, 1, false, "8")], &[], false);
     assert_eq!(
         (stray.unchanged_mobile, stray.inserts, stray.deletes),
         (1, 0, 1)
     );
     // A mobile row the desktop lacks is brought; a desktop row the cloud lacks goes forward.
-    let missing = decide_scope(&[h(2, 2)], &[row(3, 3, true, "9")], &[]);
+    let missing = decide_scope(&[h(2, 2)], &[row(3, 3, true, "9")], &[], false);
     assert_eq!(missing.inserts, 1);
     assert_eq!(
         missing.repairs,
@@ -114,7 +124,7 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     let edited = entry(false, Some("9"), 2, "v2");
     let gone = entry(true, Some("5"), 4, "v4");
     let d = [h(2, 2), h(4, 4), h(6, 6)];
-    let out = decide_scope(&d, &[row(3, 3, true, "9")], &[&edited, &gone]);
+    let out = decide_scope(&d, &[row(3, 3, true, "9")], &[&edited, &gone], false);
     assert_eq!(
         out.repairs,
         vec![
@@ -135,12 +145,12 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     );
     // A delete the stream applied long ago: the desktop's equal row is matched with the cloud's
     // first, and is not removed.
-    let twin = decide_scope(&[h(4, 4)], &[row(4, 4, false, "6")], &[&gone]);
+    let twin = decide_scope(&[h(4, 4)], &[row(4, 4, false, "6")], &[&gone], false);
     assert!(twin.repairs.is_empty());
     assert_eq!(twin.unchanged, 1);
     // Both sides changed a row: the phone's version is staged over the version it changed, which
     // the desktop no longer holds: a conflict (the desktop's row goes forward as its own).
-    let both = decide_scope(&[h(8, 8)], &[row(3, 3, true, "9")], &[&edited]);
+    let both = decide_scope(&[h(8, 8)], &[row(3, 3, true, "9")], &[&edited], false);
     assert_eq!(
         both.repairs,
         vec![ScopeRepair::Bring {
@@ -151,7 +161,7 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     );
     assert_eq!(both.inserts, 1);
     // A phone made the row and edited it before the desktop ever had it: a new row.
-    let made = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited]);
+    let made = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], false);
     assert_eq!(
         made.repairs,
         vec![ScopeRepair::Bring {
@@ -160,4 +170,26 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
             contested: false
         }]
     );
+}
+
+#[test]
+fn a_received_phone_row_the_desktop_lost_is_brought_back_unless_a_change_waits() {
+    // The desktop holds nothing of the scope; the cloud a phone's row the desktop received.
+    let received = CloudRow {
+        phone: true,
+        ..row(1, 1, false, "9")
+    };
+    let lost = decide_scope(&[], std::slice::from_ref(&received), &[], false);
+    assert_eq!(lost.deletes, 0);
+    assert_eq!(
+        lost.repairs,
+        vec![ScopeRepair::Bring {
+            cloud_key: "9".into(),
+            old: None,
+            contested: false
+        }]
+    );
+    // A desktop change of the scope waits in the outbox: it decides, when applied.
+    let pending = decide_scope(&[], &[received], &[], true);
+    assert_eq!((pending.deletes, pending.repairs.len()), (1, 0));
 }

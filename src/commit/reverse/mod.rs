@@ -43,6 +43,9 @@ pub struct Group<'a> {
     pub origin: Origin,
     /// The latest horizon the stream passed before the group's end (recorded with it).
     pub horizon: Option<&'a crate::change::Horizon>,
+    /// An ordinary connection to the cloud, to read the rows of a scope whose change is contested
+    /// (a cloud-key table's row the desktop changed too: see [`Reverse::contest`]).
+    pub cloud: Option<&'a Client>,
 }
 
 /// Where a group's changes come from.
@@ -187,6 +190,7 @@ impl Reverse {
             parked,
             origin,
             horizon,
+            cloud,
         } = *group;
         let mut out = BatchOutcome::default();
         if !target.is_open() {
@@ -218,6 +222,12 @@ impl Reverse {
                 .iter()
                 .partition(|i| complex.contains(i) || parked.contains_key(i));
             self.reduce(target, desktop, &reduced, parked).await?;
+            let contested: Vec<usize> = reduced
+                .iter()
+                .copied()
+                .filter(|i| !parked.contains_key(i))
+                .collect();
+            self.contest(desktop, cloud, &contested).await?;
             let plan = self.plan(target, desktop, &tables, &direct, parked).await?;
             out = target.apply(desktop, &plan, batch).await?;
         }
@@ -233,6 +243,56 @@ impl Reverse {
         };
         target.commit(desktop, progress).await?;
         Ok(out)
+    }
+
+    /// Cloud-key tables whose net changes meet a desktop that no longer holds the version the phone
+    /// changed: the cloud's rows of those scopes are read (`cloud`), and each such change is paired
+    /// with the desktop row it became (the desktop changed it too: a conflict to settle), if any.
+    /// Without a cloud connection nothing is paired: such a change then counts as one whose row the
+    /// desktop deleted.
+    async fn contest(
+        &self,
+        desktop: &Client,
+        cloud: Option<&Client>,
+        tables: &[usize],
+    ) -> Result<(), CommitError> {
+        for &i in tables {
+            let sql = &self.sql[i];
+            let (Some(scopes), Some(rows), Some(contest), Some(cloud)) = (
+                &sql.contested_scopes,
+                &sql.cloud_scope_rows,
+                &sql.contest,
+                cloud,
+            ) else {
+                continue;
+            };
+            let of_table = |e| CommitError::of_table(e, i);
+            let lost = desktop
+                .query(scopes, &[])
+                .await
+                .ctx(Side::Desktop, "reading the scopes of contested mobile rows")
+                .map_err(of_table)?;
+            if lost.is_empty() {
+                continue;
+            }
+            let scopes: Vec<Vec<Option<String>>> = lost.iter().map(|r| r.get(0)).collect();
+            let scopes = serde_json::to_string(&scopes).expect("strings serialize");
+            let images: Vec<serde_json::Value> = cloud
+                .query(rows, &[&scopes])
+                .await
+                .ctx(Side::Cloud, "reading the cloud's rows of contested scopes")
+                .map_err(of_table)?
+                .iter()
+                .filter_map(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
+                .collect();
+            let images = serde_json::to_string(&images).expect("json serializes");
+            desktop
+                .execute(contest, &[&images])
+                .await
+                .ctx(Side::Desktop, "pairing contested mobile rows")
+                .map_err(of_table)?;
+        }
+        Ok(())
     }
 
     /// Reduces the staged changes of `tables` to their net change per key (and pairs cloud-key rows

@@ -138,7 +138,9 @@ impl Reverse {
                 self.direct_steps(target, desktop, i, &mut steps).await?;
             }
             let sql = &self.sql[i];
-            if let Some(settle) = &sql.settle {
+            // A direct table's rows are new: only a desktop-key table's collisions are conflicts.
+            if !direct.contains(&i) || !sql.direct_hash.collisions.is_empty() {
+                let settle = &sql.settle;
                 let whole = |what, sql, params, count| Step::whole(i, what, sql, params, count);
                 steps.push(whole(
                     "finding conflicts",
@@ -164,15 +166,6 @@ impl Reverse {
                     Params::None,
                     Count::Nothing,
                 ));
-            } else if let Some(conflicts) = sql.conflicts.as_ref().filter(|_| !direct.contains(&i))
-            {
-                steps.push(Step::whole(
-                    i,
-                    "logging conflicts",
-                    conflicts,
-                    Params::Table,
-                    Count::Conflicts,
-                ));
             }
         }
         for &i in tables.iter().rev().filter(|i| !direct.contains(i)) {
@@ -181,7 +174,7 @@ impl Reverse {
         // A direct table's settled key collisions update its desktop rows.
         for &i in tables
             .iter()
-            .filter(|&&i| direct.contains(&i) && self.sql[i].settle.is_some())
+            .filter(|&&i| direct.contains(&i) && !self.sql[i].direct_hash.collisions.is_empty())
         {
             steps.push(self.ranged(i, &self.sql[i].update, Count::Written));
         }

@@ -67,10 +67,17 @@ pub struct ReverseSql {
     pub reduce: String,
     /// Cloud-key tables: pairs each changed cloud row with the desktop row it started from.
     pub plan: Option<String>,
-    /// Cloud-key tables: logs the conflicts ($1: table name).
-    pub conflicts: Option<String>,
-    /// Desktop-key tables: settles the conflicts.
-    pub settle: Option<Settle>,
+    /// Settles the conflicts.
+    pub settle: Settle,
+    /// Cloud-key tables: the scopes (text arrays, as the old images hold them) of net changes whose
+    /// old image the desktop does not hold: to read the cloud's rows of, for [`ReverseSql::contest`].
+    pub contested_scopes: Option<String>,
+    /// Cloud-key tables, in the cloud: the rows of scopes `$1` (a JSON array of text arrays), each
+    /// as `(scope texts, image)`, the image as the stream writes old images.
+    pub cloud_scope_rows: Option<String>,
+    /// Cloud-key tables: pairs each net change whose old image the desktop does not hold with the
+    /// desktop row it changed that into, if any, from the cloud's rows `$1` (a JSON array of images).
+    pub contest: Option<String>,
     pub delete: Ranged,
     pub update: Ranged,
     pub insert: Ranged,
@@ -168,17 +175,17 @@ impl ReverseSql {
                 ByKind::Keyed(_) => None,
                 ByKind::Scoped(s) => Some(s.plan.clone()),
             },
-            found: match &kind {
-                ByKind::Keyed(_) => Some(table.found.clone()),
-                ByKind::Scoped(_) => None,
-            },
+            found: Some(table.found.clone()),
             create: match &kind {
                 ByKind::Keyed(_) => {
                     format!("{}\n{}", common::create(&table), settle::create(&table))
                 }
-                ByKind::Scoped(s) => {
-                    format!("{}\n{}", common::create(&table), scoped::create_plan(s))
-                }
+                ByKind::Scoped(s) => format!(
+                    "{}\n{}\n{}",
+                    common::create(&table),
+                    settle::create(&table),
+                    scoped::create_plan(s)
+                ),
             },
             copy_in: common::copy_in(&table),
             copy_direct: common::copy_direct(&table),
@@ -190,18 +197,29 @@ impl ReverseSql {
                 ByKind::Keyed(_) => None,
                 ByKind::Scoped(s) => Some(scoped::plan(s)),
             },
-            conflicts: match &kind {
+            contest: match &kind {
                 ByKind::Keyed(_) => None,
-                ByKind::Scoped(s) => Some(scoped::conflicts(s)),
+                ByKind::Scoped(s) => Some(scoped::contest(s)),
             },
-            settle: match &kind {
-                ByKind::Keyed(k) => Some(Settle {
-                    find: settle::find(k, t.policy),
-                    record: settle::record(k, t.policy),
-                    enqueue: settle::enqueue(k),
-                    apply: settle::apply(k),
-                }),
-                ByKind::Scoped(_) => None,
+            contested_scopes: match &kind {
+                ByKind::Keyed(_) => None,
+                ByKind::Scoped(s) => Some(scoped::contested_scopes(s)),
+            },
+            cloud_scope_rows: match &kind {
+                ByKind::Keyed(_) => None,
+                ByKind::Scoped(s) => Some(scoped::cloud_scope_rows(s)),
+            },
+            settle: {
+                let site = match &kind {
+                    ByKind::Keyed(k) => settle::Site::keyed(k),
+                    ByKind::Scoped(s) => scoped::site(s),
+                };
+                Settle {
+                    find: settle::find(&site, t.policy),
+                    record: settle::record(&site, t.policy),
+                    enqueue: settle::enqueue(&site),
+                    apply: settle::apply(&site),
+                }
             },
             delete: match &kind {
                 ByKind::Keyed(k) => keyed::delete(k),
@@ -263,13 +281,14 @@ mod tests {
             [
                 "pg_temp.tandem_r_1",
                 "pg_temp.tandem_rn_1",
-                "pg_temp.tandem_rp_1"
+                "pg_temp.tandem_rp_1",
+                "pg_temp.tandem_rc_1"
             ]
         );
         assert!(sql.plan.is_some() && sql.direct_probe.is_none());
         assert!(sql.direct_hash.collisions.is_empty());
         assert!(sql.create.ends_with(
-            "\nCREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_rp_1 (_ck text, _tid tid) ON COMMIT PRESERVE ROWS;"
+            "\nCREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_rp_1 (_ck text, _tid tid, _contested boolean) ON COMMIT PRESERVE ROWS;"
         ));
         assert!(
             sql.resolve

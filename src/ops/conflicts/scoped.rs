@@ -188,7 +188,7 @@ pub(super) async fn apply(
         target.rollback(&desktop).await?;
         return Ok(false);
     }
-    let outcome = reconcile::commit(&mut on, "").await?;
+    let outcome = reconcile::commit(&mut on, "", cloud).await?;
     db::drop_temp_tables(&desktop).await;
     let table = &mapping.tables[i].table.desktop;
     if outcome.dead_letters > 0 {

@@ -251,6 +251,7 @@ impl ReverseWorker<'_> {
             encoder.park(i);
         }
         let mut stream = Stream {
+            cloud,
             mapping: &prepared.mapping,
             plan: &prepared.plan,
             tables: &self.tables,
@@ -288,7 +289,7 @@ impl ReverseWorker<'_> {
             max_time: std::time::Duration::from_millis(sync.batch_max_wait_ms),
         };
         // Tables that resumed bring their rows set aside while parked.
-        stream.resume(&cloud, &mut self.stats).await?;
+        stream.resume(&mut self.stats).await?;
         let mut result = stream
             .run(
                 shutdown,
@@ -305,7 +306,7 @@ impl ReverseWorker<'_> {
             if !self.tables.forward_ended(shutdown).await {
                 return Ok(());
             }
-            self.once_token = Some(once_marker(&cloud).await?);
+            self.once_token = Some(once_marker(&stream.cloud).await?);
             result = stream
                 .run(
                     shutdown,
@@ -322,7 +323,8 @@ impl ReverseWorker<'_> {
             tracing::debug!(end = %end, "run --once: waiting for the slot to confirm its marker");
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
                 loop {
-                    let told = cloud
+                    let told = stream
+                        .cloud
                         .query_opt(
                             "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
                             &[slot, &end],
@@ -336,7 +338,6 @@ impl ReverseWorker<'_> {
             })
             .await;
         }
-        drop(cloud);
         stream.replication.stop();
         // Let the replication worker end the stream cleanly (briefly: it is only politeness).
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {

@@ -16,11 +16,7 @@ impl Stream<'_> {
     /// current version streams again, and applies against the old image its dead letter kept; a row
     /// the cloud no longer holds was deleted meanwhile, and its delete is applied from that image; a
     /// row now desktop-owned, or one the desktop never had and the cloud no longer holds, needs nothing.
-    pub(super) async fn resume(
-        &mut self,
-        cloud: &tokio_postgres::Client,
-        stats: &mut RunStats,
-    ) -> Result<(), RunError> {
+    pub(super) async fn resume(&mut self, stats: &mut RunStats) -> Result<(), RunError> {
         let mapping = self.mapping;
         let mut marked = false;
         let mut deleted = Vec::new();
@@ -34,7 +30,7 @@ impl Stream<'_> {
                 continue;
             }
             if !marked {
-                cloud
+                self.cloud
                     .execute("SELECT set_config($1, 'on', false)", &[&APPLYING_SETTING])
                     .await
                     .ctx(Side::Cloud, "marking the session as tandem's")?;
@@ -44,7 +40,7 @@ impl Stream<'_> {
             let (mut resaved, mut settled) = (Vec::new(), Vec::new());
             for dl in open {
                 let found = match &dl.row_key {
-                    Some(key) => row.resave(cloud, key).await?,
+                    Some(key) => row.resave(&self.cloud, key).await?,
                     None => retry::Found::Gone,
                 };
                 match (found, dl.old_image) {
@@ -85,6 +81,7 @@ impl Stream<'_> {
             parked: &self.parked,
             origin: Origin::Resumed,
             horizon: None,
+            cloud: Some(&self.cloud),
         };
         let outcome = self
             .plan

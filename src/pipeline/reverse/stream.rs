@@ -33,6 +33,9 @@ const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(660);
 
 /// The state of one connected stretch.
 pub(super) struct Stream<'a> {
+    /// An ordinary connection to the cloud: markers, re-saves, and the rows of a scope whose conflict
+    /// is contested (see `commit::reverse`).
+    pub(super) cloud: tokio_postgres::Client,
     pub(super) mapping: &'a Mapping,
     pub(super) plan: &'a Reverse,
     pub(super) tables: &'a Tables,
@@ -535,6 +538,7 @@ impl Stream<'_> {
                 committed: pg_time(last),
             },
             horizon: horizon.as_ref().map(|(h, _)| h),
+            cloud: Some(&self.cloud),
         };
         let committed = self
             .plan

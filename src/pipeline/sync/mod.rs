@@ -240,6 +240,17 @@ async fn compare_and_repair(
         Ok((row.get::<_, bool>(0), row.get::<_, bool>(1)))
     })?;
     let (cloud_empty, mobile) = held;
+    // A desktop change waiting in the outbox decides its key when it is applied, not here.
+    let pending = desktop_scan
+        .query(
+            "SELECT row_key FROM tandem.outbox WHERE table_schema = $1 AND table_name = $2 AND op <> 'T'",
+            &[&t.table.desktop.schema, &t.table.desktop.name],
+        )
+        .await
+        .ctx(Side::Desktop, format!("reading the outbox of {name}"))?
+        .iter()
+        .filter_map(|r| r.get::<_, Option<Vec<Option<String>>>>(0))
+        .collect();
     let whole = cloud_empty
         && entries.is_empty()
         && direct.is_some()
@@ -272,6 +283,7 @@ async fn compare_and_repair(
         forward_after: Vec::new(),
         repairs: Default::default(),
         handed: Handed::default(),
+        pending,
         gate: gate.take(),
     };
     if whole {

@@ -37,6 +37,8 @@ pub(super) struct Scan<'a> {
     pub(super) forward_after: Vec<Key>,
     pub(super) repairs: Repairs,
     pub(super) handed: Handed,
+    /// The keys (texts) of the table's desktop changes waiting in the outbox, as the scan began.
+    pub(super) pending: std::collections::HashSet<Vec<Option<String>>>,
     /// This process applies the forward repairs itself (see [`super::Direct`]).
     pub(super) direct: Option<&'a mut super::Direct>,
     /// Keys listed for it.
@@ -224,10 +226,14 @@ impl Scan<'_> {
                 let decision = if desktop.len() > 1 {
                     KeyDecision::Update
                 } else {
+                    let lost = desktop.is_empty()
+                        && cloud.first().is_some_and(|l| l.phone && !l.mobile)
+                        && !self.pending.contains(&key.texts());
                     reconcile::decide_key(
                         desktop.first().map(|l| l.hashes),
                         cloud.first().map(|l| (l.hashes, l.mobile)),
                         journal,
+                        lost,
                     )
                 };
                 let mobile = cloud.first().is_some_and(|l| l.mobile);
@@ -288,10 +294,12 @@ impl Scan<'_> {
                     .map(|l| CloudRow {
                         hashes: l.hashes,
                         mobile: l.mobile,
+                        phone: l.phone,
                         cloud_key: l.cloud_key,
                     })
                     .collect();
-                let out = reconcile::decide_scope(&d, &c, journal);
+                let pending = self.pending.contains(&key.texts());
+                let out = reconcile::decide_scope(&d, &c, journal, pending);
                 f.unchanged += out.unchanged;
                 r.unchanged += out.unchanged_mobile;
                 f.inserted += out.inserts;
@@ -467,7 +475,7 @@ impl Scan<'_> {
         for chunk in self.repairs.chunks(REPAIRS_PER_STAGE) {
             reconcile::stage(&mut on, cloud, &self.sql, &chunk).await?;
         }
-        let outcome = reconcile::commit(&mut on, &also).await?;
+        let outcome = reconcile::commit(&mut on, &also, cloud).await?;
         // Conflicts standing since an earlier reconcile are not logged again, but they are counted.
         let r = &mut self.report.reverse;
         r.conflicts = r.conflicts.max(outcome.conflicts);

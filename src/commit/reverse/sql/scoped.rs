@@ -1,14 +1,19 @@
 //! The reverse statements of a cloud-key table: the desktop rows have no key, so each changed cloud
 //! row is paired (`P`) with a desktop row of the same content as its old image, copy by copy; a
-//! change applies to its paired row, and a change whose row the desktop no longer holds as it was is
-//! logged as a conflict.
+//! change applies to its paired row. A change whose row the desktop no longer holds as it was is
+//! contested ([`contest`]): the desktop changed its copy (the desktop row of the scope that matches
+//! none of the cloud's rows, the most like the old image) or deleted it; either is a conflict,
+//! settled by the table's policy (see `settle`).
 
-use super::common::{incoming, insert_values, plain_columns, ranged, sets};
+use super::common::{insert_values, plain_columns, ranged, sets};
+use super::settle::Site;
 use super::{DirectSql, Table};
 use crate::commit::forward::sql::Ranged;
-use crate::commit::log_conflicts;
-use crate::expr::{col, lit, q, row_text, same_key};
+use crate::expr::{col, json_object, lit, output_text, q, row_text, same_key, text};
 use crate::transform::MappedColumn;
+
+/// A net change whose conflict its policy settled (its version is now the result).
+const SETTLED: &str = "n._verdict = 'settled'";
 
 /// How a dead letter or a conflict names the row of net change `n`: by its cloud key.
 pub(super) const ROW_KEY: &str = "jsonb_build_object('cloud_key', n._ck)";
@@ -59,10 +64,11 @@ impl<'a> Scoped<'a> {
     }
 }
 
-/// `CREATE TEMP TABLE` of `P`.
+/// `CREATE TEMP TABLE` of `P` (`_contested`: `_tid` is the row the desktop changed the old image
+/// into, not the old image).
 pub(super) fn create_plan(s: &Scoped) -> String {
     format!(
-        "CREATE TEMP TABLE IF NOT EXISTS {} (_ck text, _tid tid) ON COMMIT PRESERVE ROWS;",
+        "CREATE TEMP TABLE IF NOT EXISTS {} (_ck text, _tid tid, _contested boolean) ON COMMIT PRESERVE ROWS;",
         s.plan
     )
 }
@@ -126,21 +132,150 @@ fn refused(table: &Table) -> String {
     )
 }
 
-/// Logs the net changes of rows the desktop no longer holds as the phone had them ($1: table name):
-/// a change, or a phone's delete of a row whose version the desktop changed or deleted (nothing is
-/// dropped without a record).
-pub(super) fn conflicts(s: &Scoped) -> String {
-    let (net, plan) = (&s.table.net, &s.plan);
-    log_conflicts(&format!(
-        "SELECT 'reverse', $1::text, {ROW_KEY}, \
-           CASE WHEN n._op = 'D' THEN NULL ELSE {incoming} END, n._first_old, \
-           CASE WHEN n._op = 'D' THEN 'the phone deleted a row whose version it had the desktop no longer holds (the desktop changed or deleted its copy); the desktop was left as it is' \
-                ELSE 'the phone changed a row the desktop no longer holds as it was; the desktop was left as it is' END \
-         FROM {net} n JOIN {plan} p ON p._ck = n._ck WHERE p._tid IS NULL AND NOT {refused} \
-         AND (n._op = 'I' OR (n._op = 'D' AND n._first_old IS NOT NULL))",
-        incoming = incoming(s.table),
+/// The net changes whose old image no desktop row holds (their scopes' rows are read from the cloud
+/// and contested), as a `FROM` clause over `N n`, `P p` and the old image `o`.
+fn lost(s: &Scoped) -> String {
+    format!(
+        "{net} n JOIN {plan} p ON p._ck = n._ck CROSS JOIN LATERAL {old_row} \
+         WHERE p._tid IS NULL AND n._first_old IS NOT NULL AND NOT {refused}",
+        net = s.table.net,
+        plan = s.plan,
+        old_row = s.table.c.old_row(),
         refused = refused(s.table),
-    ))
+    )
+}
+
+/// The scopes of the lost net changes, as their old images hold them (text arrays).
+pub(super) fn contested_scopes(s: &Scoped) -> String {
+    let scope: Vec<String> = s.scope.iter().map(|(j, _)| s.table.c.old(*j)).collect();
+    format!(
+        "SELECT DISTINCT ARRAY[{}]::text[] FROM {}",
+        scope.join(", "),
+        lost(s)
+    )
+}
+
+/// In the cloud: the rows of scopes `$1` (a JSON array of text arrays, as [`contested_scopes`]
+/// gives them), each as the stream writes an old image (each column's text by name).
+pub(super) fn cloud_scope_rows(s: &Scoped) -> String {
+    let t = s.table.t;
+    let scope: Vec<String> = s
+        .scope
+        .iter()
+        .map(|(_, sc)| output_text(&format!("c.{}", q(&sc.name))))
+        .collect();
+    let image: Vec<(String, String)> = s
+        .table
+        .c
+        .cols
+        .iter()
+        .map(|col| {
+            (
+                col.name.clone(),
+                output_text(&format!("c.{}", q(&col.name))),
+            )
+        })
+        .collect();
+    format!(
+        "SELECT ({image})::text FROM {cloud} c WHERE EXISTS (SELECT 1 FROM jsonb_array_elements($1::text::jsonb) x(sc) \
+         WHERE ARRAY[{scope}]::text[] IS NOT DISTINCT FROM ARRAY(SELECT jsonb_array_elements_text(x.sc)))",
+        image = json_object(&image),
+        cloud = t.table.cloud.quoted(),
+        scope = scope.join(", "),
+    )
+}
+
+/// Pairs each lost net change with the desktop row its old image became, when the desktop changed
+/// it: among the desktop rows of its scope that match none of the cloud's rows of it (`$1`, a JSON
+/// array of their images, as [`cloud_scope_rows`] reads them; copy by copy), the one most like the
+/// old image (the most columns equal; the first by position when tied). None: the desktop deleted
+/// it (or never had it).
+pub(super) fn contest(s: &Scoped) -> String {
+    let Table { c, target, .. } = s.table;
+    let plan = &s.plan;
+    let width = c.cols.len();
+    let scope_of = |value: &dyn Fn(usize, &MappedColumn) -> String| {
+        format!(
+            "ARRAY[{}]::text[]",
+            s.scope
+                .iter()
+                .map(|(j, sc)| value(*j, sc))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let lost_scope = scope_of(&|j, _| text(&format!("o.{}", col(j))));
+    let image_scope = scope_of(&|j, _| {
+        text(&c.cols[j].desktop_shaped(&format!("x.img ->> {}", lit(&c.cols[j].name))))
+    });
+    let desktop_scope = scope_of(&|_, sc| text(&format!("d.{}", q(&sc.name))));
+    let image_row = row_text(
+        &(0..width)
+            .map(|j| c.cols[j].desktop_shaped(&format!("x.img ->> {}", lit(&c.cols[j].name))))
+            .collect::<Vec<_>>(),
+    );
+    let desktop_row = row_text(
+        &c.names()
+            .iter()
+            .map(|n| format!("d.{n}"))
+            .collect::<Vec<_>>(),
+    );
+    let likeness = (0..width)
+        .map(|j| {
+            format!(
+                "CASE WHEN {} IS NOT DISTINCT FROM {} THEN 1 ELSE 0 END",
+                text(&format!("d.{}", q(&c.cols[j].name))),
+                text(&format!("lost.{}", col(j)))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" + ");
+    format!(
+        "WITH lost AS (SELECT n._ck, {lost_scope} AS sc, o.* FROM {lost}), \
+              q AS (SELECT {image_scope} AS sc, md5({image_row}) AS h FROM jsonb_array_elements($1::text::jsonb) x(img)), \
+              qn AS (SELECT q.sc, q.h, row_number() OVER (PARTITION BY q.sc, q.h) AS dup FROM q), \
+              dn AS (SELECT d.ctid AS tid, {desktop_scope} AS sc, md5({desktop_row}) AS h, \
+                            row_number() OVER (PARTITION BY {desktop_scope}, md5({desktop_row}) ORDER BY d.ctid) AS dup \
+                       FROM {target} d WHERE EXISTS (SELECT 1 FROM lost WHERE lost.sc IS NOT DISTINCT FROM {desktop_scope})), \
+              lone AS (SELECT dn.tid, dn.sc FROM dn WHERE NOT EXISTS \
+                         (SELECT 1 FROM qn WHERE qn.sc IS NOT DISTINCT FROM dn.sc AND qn.h = dn.h AND qn.dup = dn.dup)) \
+         UPDATE {plan} p SET _tid = best.tid, _contested = true \
+           FROM lost CROSS JOIN LATERAL (SELECT l.tid FROM lone l JOIN {target} d ON d.ctid = l.tid \
+                                          WHERE l.sc IS NOT DISTINCT FROM lost.sc \
+                                          ORDER BY {likeness} DESC, l.tid LIMIT 1) best \
+          WHERE p._ck = lost._ck",
+        lost = lost(s),
+    )
+}
+
+/// Where a cloud-key table's net changes meet the desktop's rows (see `settle`): the row `P` paired
+/// each with. A contested change is `update/update` (or `update/delete`, the phone's delete); a lost
+/// change without a pair is `delete/update` (a phone's delete of it: both deleted, no conflict).
+pub(super) fn site<'a>(s: &'a Scoped<'a>) -> Site<'a> {
+    let Table { c, target, .. } = s.table;
+    let scope: Vec<String> = s
+        .scope
+        .iter()
+        .map(|(j, _)| {
+            text(&c.cols[*j].desktop_value(&format!("coalesce(n.{}, {})", col(*j), c.old(*j))))
+        })
+        .collect();
+    Site {
+        table: s.table,
+        from: format!(
+            "JOIN {plan} p ON p._ck = n._ck LEFT JOIN {target} d ON d.ctid = p._tid",
+            plan = s.plan
+        ),
+        kind: format!(
+            "CASE WHEN n._op = 'I' AND p._contested THEN 'update/update' \
+                  WHEN n._op = 'I' AND p._tid IS NULL AND n._first_old IS NOT NULL AND NOT {refused} \
+                       THEN 'delete/update' \
+                  WHEN n._op = 'D' AND p._contested THEN 'update/delete' END",
+            refused = refused(s.table),
+        ),
+        row_key: ROW_KEY.to_string(),
+        outbox_key: format!("ARRAY[{}]::text[]", scope.join(", ")),
+    }
 }
 
 /// Deletes the desktop rows paired with net deletes (range of `N`).
@@ -151,7 +286,8 @@ pub(super) fn delete(s: &Scoped) -> Ranged {
         "reverse delete",
         format!(
             "DELETE FROM {target} d USING {plan} p JOIN {net} n ON n._ck = p._ck \
-             WHERE d.ctid = p._tid AND n._op = 'D' AND n._n BETWEEN $1 AND $2"
+             WHERE d.ctid = p._tid AND n._op = 'D' AND (p._contested IS NOT TRUE OR {SETTLED}) \
+             AND n._n BETWEEN $1 AND $2"
         ),
     )
 }
@@ -164,7 +300,8 @@ pub(super) fn update(s: &Scoped) -> Ranged {
         "reverse update",
         format!(
             "UPDATE {target} d SET {sets} FROM {plan} p JOIN {net} n ON n._ck = p._ck \
-             WHERE d.ctid = p._tid AND n._op = 'I' AND n._n BETWEEN $1 AND $2",
+             WHERE d.ctid = p._tid AND n._op = 'I' AND (p._contested IS NOT TRUE OR {SETTLED}) \
+             AND n._n BETWEEN $1 AND $2",
             sets = sets(s.table),
         ),
     )
@@ -179,7 +316,7 @@ pub(super) fn insert(s: &Scoped) -> Ranged {
         format!(
             "INSERT INTO {target} ({names}) SELECT {values} FROM {net} n \
              WHERE n._op = 'I' AND (n._first_old IS NULL \
-               OR ({refused} AND NOT EXISTS (SELECT 1 FROM {plan} p WHERE p._ck = n._ck AND p._tid IS NOT NULL))) \
+               OR (({refused} OR {SETTLED}) AND NOT EXISTS (SELECT 1 FROM {plan} p WHERE p._ck = n._ck AND p._tid IS NOT NULL))) \
              AND n._n BETWEEN $1 AND $2",
             names = c.names().join(", "),
             values = insert_values(s.table),
@@ -235,7 +372,7 @@ mod tests {
     fn the_plan_is_numbered_like_the_staging_and_holds_cloud_keys_and_row_ids() {
         assert_eq!(
             built(&odd_scoped(), create_plan),
-            "CREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_rp_2 (_ck text, _tid tid) ON COMMIT PRESERVE ROWS;"
+            "CREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_rp_2 (_ck text, _tid tid, _contested boolean) ON COMMIT PRESERVE ROWS;"
         );
     }
 
@@ -277,18 +414,90 @@ mod tests {
     }
 
     #[test]
-    fn conflicts_are_changes_of_unpaired_rows_the_desktop_did_not_refuse() {
-        let sql = built(&odd_scoped(), conflicts);
+    fn a_contest_pairs_a_lost_change_with_the_lone_desktop_row_most_like_its_old_image() {
+        let sql = built(&odd_scoped(), contest);
+        // The changes whose old image no desktop row holds, that the desktop did not refuse before.
         assert!(
-            sql.contains("SELECT 'reverse', $1::text, jsonb_build_object('cloud_key', n._ck), "),
+            sql.contains(&format!(
+                "WHERE p._tid IS NULL AND n._first_old IS NOT NULL AND NOT {REFUSED})"
+            )),
+            "{sql}"
+        );
+        // The cloud's rows of those scopes come as images in $1; desktop rows matching one are not
+        // lone, copy by copy.
+        assert!(
+            sql.contains("FROM jsonb_array_elements($1::text::jsonb) x(img)"),
             "{sql}"
         );
         assert!(
-            sql.contains(&format!(
-                "FROM pg_temp.tandem_rn_2 n JOIN pg_temp.tandem_rp_2 p ON p._ck = n._ck WHERE p._tid IS NULL AND NOT {REFUSED} \
-                 AND (n._op = 'I' OR (n._op = 'D' AND n._first_old IS NOT NULL))"
-            )),
+            sql.contains(
+                "WHERE qn.sc IS NOT DISTINCT FROM dn.sc AND qn.h = dn.h AND qn.dup = dn.dup"
+            ),
             "{sql}"
+        );
+        // The most columns equal to the old image first, then by position.
+        assert!(
+            sql.contains("CASE WHEN (d.\"Task List\")::text IS NOT DISTINCT FROM (lost.c1)::text THEN 1 ELSE 0 END"),
+            "{sql}"
+        );
+        assert!(sql.contains("DESC, l.tid LIMIT 1) best"), "{sql}");
+        assert!(
+            sql.contains("UPDATE pg_temp.tandem_rp_2 p SET _tid = best.tid, _contested = true"),
+            "{sql}"
+        );
+        assert!(odd_names_quoted(&sql), "{sql}");
+    }
+
+    #[test]
+    fn the_contested_scopes_are_read_from_the_cloud_as_images() {
+        let t = odd_scoped();
+        let scopes = built(&t, contested_scopes);
+        assert!(
+            scopes.starts_with("SELECT DISTINCT ARRAY[n._first_old ->> 'Task List']::text[] FROM "),
+            "{scopes}"
+        );
+        let rows = built(&t, cloud_scope_rows);
+        assert!(
+            rows.contains("FROM \"public\".\"Task List\" c WHERE EXISTS"),
+            "{rows}"
+        );
+        assert!(
+            rows.contains("ARRAY[(CASE WHEN pg_catalog.num_nulls(c.\"Task List\") = 1 THEN NULL ELSE pg_catalog.concat(c.\"Task List\") END)]::text[] IS NOT DISTINCT FROM"),
+            "{rows}"
+        );
+    }
+
+    #[test]
+    fn a_contested_change_is_an_update_against_an_update_or_a_delete() {
+        let t = odd_scoped();
+        let table = Table::new(&t, 2);
+        let key = match &t.kind {
+            crate::transform::Kind::Scoped { scope, .. } => scope.clone(),
+            _ => unreachable!(),
+        };
+        let s = Scoped::new(&table, &key, 2);
+        let site = site(&s);
+        assert_eq!(
+            site.from,
+            "JOIN pg_temp.tandem_rp_2 p ON p._ck = n._ck LEFT JOIN \"public\".\"Task List\" d ON d.ctid = p._tid"
+        );
+        assert!(
+            site.kind
+                .contains("WHEN n._op = 'I' AND p._contested THEN 'update/update'"),
+            "{}",
+            site.kind
+        );
+        assert!(site.kind.contains("THEN 'delete/update'"), "{}", site.kind);
+        assert!(
+            site.kind
+                .contains("WHEN n._op = 'D' AND p._contested THEN 'update/delete'"),
+            "{}",
+            site.kind
+        );
+        assert_eq!(site.row_key, ROW_KEY);
+        assert_eq!(
+            site.outbox_key,
+            "ARRAY[(CAST(coalesce(n.c1, n._first_old ->> 'Task List') AS integer))::text]::text[]"
         );
     }
 
@@ -299,7 +508,8 @@ mod tests {
         assert_eq!(
             r.sql,
             "DELETE FROM \"public\".\"Task List\" d USING pg_temp.tandem_rp_2 p JOIN pg_temp.tandem_rn_2 n ON n._ck = p._ck \
-             WHERE d.ctid = p._tid AND n._op = 'D' AND n._n BETWEEN $1 AND $2"
+             WHERE d.ctid = p._tid AND n._op = 'D' AND (p._contested IS NOT TRUE OR n._verdict = 'settled') \
+             AND n._n BETWEEN $1 AND $2"
         );
     }
 
@@ -309,7 +519,8 @@ mod tests {
         assert_eq!(r.what, "reverse update");
         assert!(r.sql.starts_with("UPDATE \"public\".\"Task List\" d SET \"Task List\" = CASE WHEN 1 = ANY(n._unchanged) THEN d.\"Task List\""), "{}", r.sql);
         assert!(
-            r.sql.ends_with("FROM pg_temp.tandem_rp_2 p JOIN pg_temp.tandem_rn_2 n ON n._ck = p._ck WHERE d.ctid = p._tid AND n._op = 'I' AND n._n BETWEEN $1 AND $2"),
+            r.sql.ends_with("FROM pg_temp.tandem_rp_2 p JOIN pg_temp.tandem_rn_2 n ON n._ck = p._ck WHERE d.ctid = p._tid AND n._op = 'I' \
+                             AND (p._contested IS NOT TRUE OR n._verdict = 'settled') AND n._n BETWEEN $1 AND $2"),
             "{}",
             r.sql
         );
@@ -317,13 +528,13 @@ mod tests {
     }
 
     #[test]
-    fn an_insert_writes_new_rows_and_refused_rows_the_desktop_holds_no_copy_of() {
+    fn an_insert_writes_new_rows_and_refused_or_settled_rows_the_desktop_holds_no_copy_of() {
         let r = built(&odd_scoped(), insert);
         assert_eq!(r.what, "reverse insert");
         assert!(
             r.sql.ends_with(&format!(
                 "FROM pg_temp.tandem_rn_2 n WHERE n._op = 'I' AND (n._first_old IS NULL \
-                 OR ({REFUSED} AND NOT EXISTS (SELECT 1 FROM pg_temp.tandem_rp_2 p WHERE p._ck = n._ck AND p._tid IS NOT NULL))) \
+                 OR (({REFUSED} OR n._verdict = 'settled') AND NOT EXISTS (SELECT 1 FROM pg_temp.tandem_rp_2 p WHERE p._ck = n._ck AND p._tid IS NOT NULL))) \
                  AND n._n BETWEEN $1 AND $2"
             )),
             "{}",

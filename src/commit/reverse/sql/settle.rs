@@ -1,5 +1,7 @@
-//! Conflicts of a desktop-key table, found and settled where the phone's change meets the desktop's
-//! row: on the desktop, in the group's transaction.
+//! Conflicts, found and settled where the phone's change meets the desktop's row: on the desktop, in
+//! the group's transaction. A desktop-key table finds the desktop's row by the key; a cloud-key table
+//! by the pairing of its plan `P` (the row holding the old image, or the row the desktop changed it
+//! to: see `scoped::contest`).
 //!
 //! A phone's net change applies as it is when the desktop's row is what the phone started from (its
 //! old image), or holds the new version already. Otherwise the desktop changed the row since the
@@ -24,6 +26,33 @@ use super::{Keyed, Table};
 use crate::config::Policy;
 use crate::expr::{col, json_object, lit, output_text, q, text};
 
+/// Where a table's net changes meet the desktop's rows, as the settling statements need it.
+pub(super) struct Site<'a> {
+    pub table: &'a Table<'a>,
+    /// After `FROM N n`: the joins that give the desktop row `d` of each net change (NULL columns
+    /// when the desktop holds none).
+    pub from: String,
+    /// The kind of conflict of net change `n` against `d` (see the module); NULL when none.
+    pub kind: String,
+    /// How `tandem.conflicts` names the row of `n`.
+    pub row_key: String,
+    /// The key's (or scope's) texts as the capture triggers write them: what the outbox holds.
+    pub outbox_key: String,
+}
+
+impl<'a> Site<'a> {
+    /// A desktop-key table: the desktop row of the same key.
+    pub fn keyed(k: &'a Keyed<'a>) -> Self {
+        Site {
+            table: k.table,
+            from: format!("LEFT JOIN {} d ON {}", k.table.target, k.is_key("n")),
+            kind: kind(k),
+            row_key: k.key_json("n"),
+            outbox_key: key_texts(k),
+        }
+    }
+}
+
 /// `CREATE TEMP TABLE` of `C`: the conflicts of a group, one row per net change in conflict (see
 /// [`find`]).
 pub(super) fn create(table: &Table) -> String {
@@ -38,12 +67,12 @@ pub(super) fn create(table: &Table) -> String {
 /// The expressions over net change `n`, desktop row `d` (NULL columns when none) and old image `o`
 /// that the settling statements share.
 struct Versions<'a> {
-    k: &'a Keyed<'a>,
+    table: &'a Table<'a>,
 }
 
 impl Versions<'_> {
     fn cols(&self) -> &[crate::transform::MappedColumn] {
-        self.k.table.c.cols
+        self.table.c.cols
     }
 
     /// Column `j`'s name as a literal.
@@ -158,16 +187,15 @@ fn key_texts(k: &Keyed) -> String {
 /// Finds the group's conflicts (net changes `N` against the desktop's rows) and settles each by
 /// `policy`: one row of `C` each, with the versions, the desktop change's time and transaction (from
 /// the outbox), the result and the outcome (NULL: a person decides).
-pub(super) fn find(k: &Keyed, policy: Policy) -> String {
+pub(super) fn find(site: &Site, policy: Policy) -> String {
     let Table {
         t,
         c,
-        target,
         net,
         found: c_table,
         ..
-    } = k.table;
-    let v = Versions { k };
+    } = site.table;
+    let v = Versions { table: site.table };
     let width = c.cols.len();
     let desktop_row = format!(
         "CASE WHEN d.ctid IS NULL THEN NULL ELSE {} END",
@@ -198,7 +226,7 @@ pub(super) fn find(k: &Keyed, policy: Policy) -> String {
         .map(|j| format!("CASE WHEN {} THEN {} END", v.both_changed(j), v.name(j)))
         .collect::<Vec<_>>()
         .join(", ");
-    let key = key_texts(k);
+    let key = &site.outbox_key;
     format!(
         "INSERT INTO {c_table} (_n, kind, base, desktop_row, mobile_row, result, columns, desktop_at, desktop_xid, outcome, key) \
          SELECT x._n, x.kind, x.base, x.desktop_row, x.mobile_row, {result}, x.columns, x.desktop_at, x.desktop_xid, {outcome}, x.key \
@@ -206,7 +234,7 @@ pub(super) fn find(k: &Keyed, policy: Policy) -> String {
                       CASE WHEN n._op = 'D' OR d.ctid IS NULL THEN NULL ELSE {merged} END AS merged, \
                       CASE WHEN n._op = 'I' AND d.ctid IS NOT NULL THEN array_remove(ARRAY[{columns}]::text[], NULL) END AS columns, \
                       w.at AS desktop_at, w.xid AS desktop_xid, {key} AS key \
-                 FROM {net} n LEFT JOIN {target} d ON {is_n} \
+                 FROM {net} n {from} \
                  LEFT JOIN LATERAL {old_row} ON n._first_old IS NOT NULL \
                  LEFT JOIN LATERAL (SELECT max(ob.captured_at) AS at, \
                                            (array_agg(ob.xid::text::bigint ORDER BY ob.id DESC))[1] AS xid \
@@ -214,8 +242,8 @@ pub(super) fn find(k: &Keyed, policy: Policy) -> String {
                                        AND ob.op <> 'T' AND ob.row_key = {key}) w ON true \
                 WHERE n._verdict IS NULL) x \
          WHERE x.kind IS NOT NULL",
-        kind = kind(k),
-        is_n = k.is_key("n"),
+        kind = site.kind,
+        from = site.from,
         old_row = c.old_row(),
         schema = lit(&t.table.desktop.schema),
         tname = lit(&t.table.desktop.name),
@@ -224,9 +252,9 @@ pub(super) fn find(k: &Keyed, policy: Policy) -> String {
 
 /// Records the conflicts of `C` in `tandem.conflicts` ($1: table name): settled ones with their
 /// outcome (resolved by the policy), open ones once (not again while the same one is open).
-pub(super) fn record(k: &Keyed, policy: Policy) -> String {
-    let (net, c_table) = (&k.table.net, &k.table.found);
-    let row_key = k.key_json("n");
+pub(super) fn record(site: &Site, policy: Policy) -> String {
+    let (net, c_table) = (&site.table.net, &site.table.found);
+    let row_key = &site.row_key;
     format!(
         "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason, kind, base, \
                 desktop_row, mobile_row, columns, desktop_at, mobile_at, cloud_lsn, cloud_xid, desktop_xid, policy, \
@@ -250,8 +278,8 @@ pub(super) fn record(k: &Keyed, policy: Policy) -> String {
 
 /// Puts the keys of the settled conflicts whose result is not the phone's version into the outbox:
 /// the cloud must take it too. The forward worker is woken (tandem's own writes are not captured).
-pub(super) fn enqueue(k: &Keyed) -> String {
-    let (t, c_table) = (k.table.t, &k.table.found);
+pub(super) fn enqueue(site: &Site) -> String {
+    let (t, c_table) = (site.table.t, &site.table.found);
     format!(
         "WITH queued AS (INSERT INTO tandem.outbox (table_schema, table_name, op, row_key) \
                          SELECT {schema}, {tname}, 'U', c.key FROM {c_table} c \
@@ -264,8 +292,8 @@ pub(super) fn enqueue(k: &Keyed) -> String {
 
 /// Writes each settled conflict's result over its net change (which then applies: a delete when the
 /// result is none), and marks the others held (a person decides).
-pub(super) fn apply(k: &Keyed) -> String {
-    let (c, c_table) = (&k.table.c, &k.table.found);
+pub(super) fn apply(site: &Site) -> String {
+    let (c, c_table) = (&site.table.c, &site.table.found);
     let sets: Vec<String> = (0..c.cols.len())
         .map(|j| {
             format!(
@@ -280,7 +308,7 @@ pub(super) fn apply(k: &Keyed) -> String {
                 _op = CASE WHEN x.outcome IS NULL THEN n._op WHEN x.result IS NULL THEN 'D' ELSE 'I' END, \
                 _unchanged = CASE WHEN x.outcome IS NULL THEN n._unchanged END{comma}{sets} \
            FROM {c_table} x WHERE x._n = n._n",
-        net = k.table.net,
+        net = site.table.net,
         comma = if sets.is_empty() { "" } else { ", " },
         sets = sets.join(", "),
     )
