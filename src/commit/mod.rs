@@ -24,6 +24,7 @@
 pub mod forward;
 pub mod isolate;
 pub mod reconcile;
+pub mod resolve;
 pub mod reverse;
 mod staging;
 

@@ -11,7 +11,7 @@ use super::{DEADLINE, count, heading};
 use crate::change::Side;
 use crate::cli::report::Progress;
 use crate::cluster::wait_until;
-use crate::config::{Config, owner};
+use crate::config::Config;
 use crate::ops::conflicts::{self, Keep};
 use crate::ops::{check, status};
 use crate::pipeline::{self, RunOptions, RunReport, Tables};
@@ -20,16 +20,8 @@ use crate::{db, sample, setup};
 /// The job both sides change at once in the conflict step (steps 5 edits jobs 1 and 2).
 const CONFLICT_PHONE: &str = "UPDATE jobshead SET job_status = 'Completed', remarks = 'Closed on the phone at the client''s office' WHERE job_id = 3";
 const CONFLICT_DESKTOP: &str = "UPDATE jobshead SET job_status = 'On Hold', remarks = 'Held on the desktop: fees unpaid' WHERE job_id = 3";
-/// Job 3 as the desktop holds it.
-const CONFLICT_ROW_DESKTOP: &str =
-    "SELECT job_status || ' / ' || remarks FROM jobshead WHERE job_id = 3";
-/// The same in the cloud (only once it is desktop-owned again).
-fn conflict_row_cloud() -> String {
-    format!(
-        "{CONFLICT_ROW_DESKTOP} AND {}",
-        owner::is_desktop(&owner::column())
-    )
-}
+/// Job 3 as a side holds it.
+const CONFLICT_ROW: &str = "SELECT job_status || ' / ' || remarks FROM jobshead WHERE job_id = 3";
 
 /// Steps 1 (from the schema on) to 7.
 pub(super) async fn tell(config: &Config, scale: f64) -> anyhow::Result<()> {
@@ -129,7 +121,7 @@ pub(super) async fn tell(config: &Config, scale: f64) -> anyhow::Result<()> {
         heading(4);
         edits(&desktop, &cloud).await?;
         heading(5);
-        conflict(config, &desktop, &mut cloud).await?;
+        conflict(config, &mut desktop, &mut cloud).await?;
         heading(6);
         print!("{}", crate::cli::status::render(&status::collect(config).await));
         Ok(())
@@ -256,13 +248,20 @@ async fn text_of(client: &Client, sql: &str) -> Option<String> {
         .and_then(|r| r.get(0))
 }
 
-/// Step 6: a phone and the desktop change job 3 a moment apart, while `run` streams. The phone's edit
-/// (a plain cloud session: the ownership trigger makes the row mobile-owned) commits first, so the
-/// desktop's change reaching the cloud finds a mobile row: a forward conflict, always. The reverse
-/// direction may log one too (the desktop changed the row before the phone's edit reached it): the
-/// step waits until both directions have handled both edits, then lists the conflicts and resolves
-/// them keeping the desktop's row.
-async fn conflict(config: &Config, desktop: &Client, cloud: &mut Client) -> anyhow::Result<()> {
+/// Step 6: the desktop and a phone change job 3 at once, while `run` streams. The desktop's edit is in
+/// a transaction open while the phone's commits, so neither saw the other's: a conflict, whichever
+/// direction meets it first. The default policy `latest` settles it on both sides: each side's changes,
+/// and where both changed a column the later writer's, the phone (the desktop's change counts from its
+/// transaction's start). The operator then reverses that with `tandem conflicts resolve --keep desktop`.
+async fn conflict(config: &Config, desktop: &mut Client, cloud: &mut Client) -> anyhow::Result<()> {
+    let office = desktop
+        .transaction()
+        .await
+        .context("beginning the desktop's edit")?;
+    office
+        .batch_execute(CONFLICT_DESKTOP)
+        .await
+        .context("the desktop's edit of job 3")?;
     let phone = cloud
         .transaction()
         .await
@@ -282,14 +281,22 @@ async fn conflict(config: &Config, desktop: &Client, cloud: &mut Client) -> anyh
         .await
         .context("committing the phone's edit")?;
     let phone_at = Instant::now();
-    desktop
-        .batch_execute(CONFLICT_DESKTOP)
+    office
+        .commit()
         .await
-        .context("the desktop's edit of job 3")?;
+        .context("committing the desktop's edit")?;
     println!(
-        "  a phone marks job 3 completed; {:.1} ms later the desktop puts it on hold",
+        "  the desktop puts job 3 on hold while a phone marks it completed; the phone commits first, the desktop {:.1} ms later",
         ms(phone_at.elapsed())
     );
+    let (desktop, cloud) = (&*desktop, &*cloud);
+    let job_3 = async || {
+        let d = text_of(desktop, CONFLICT_ROW).await;
+        (
+            d.clone(),
+            d.is_some() && d == text_of(cloud, CONFLICT_ROW).await,
+        )
+    };
     let settled = wait_until(DEADLINE, || async {
         let forward_done = count(desktop, "SELECT count(*) FROM tandem.outbox", &[]).await == 0;
         let reverse_done = count(
@@ -299,26 +306,26 @@ async fn conflict(config: &Config, desktop: &Client, cloud: &mut Client) -> anyh
         )
         .await
             == 1;
-        let open = "SELECT count(*) FROM tandem.conflicts WHERE resolved_at IS NULL";
-        let logged = count(cloud, open, &[]).await + count(desktop, open, &[]).await > 0;
-        forward_done && reverse_done && logged
+        let logged = count(desktop, "SELECT count(*) FROM tandem.conflicts", &[]).await > 0;
+        forward_done && reverse_done && logged && job_3().await.1
     })
     .await;
     anyhow::ensure!(
         settled,
-        "no conflict was logged within {DEADLINE:?} (or a direction did not apply both edits)"
+        "no conflict was settled within {DEADLINE:?} (or a direction did not apply both edits)"
     );
     println!(
-        "  tandem logged it (`tandem conflicts list`), {:.1} ms after the phone's commit:",
-        ms(phone_at.elapsed())
+        "  tandem found and settled it by its policy in {:.1} ms; both sides hold {} (`tandem conflicts list --all`):",
+        ms(phone_at.elapsed()),
+        text_of(desktop, CONFLICT_ROW).await.unwrap_or_default()
     );
-    let open = conflicts::list(config, false).await?;
-    for c in &open {
+    let recorded = conflicts::list(config, true).await?;
+    for c in &recorded {
         println!("  {}", c.to_string().replace('\n', "\n  "));
     }
-    let ids: Vec<String> = open.iter().map(|c| c.id.clone()).collect();
+    let ids: Vec<String> = recorded.iter().map(|c| c.id.clone()).collect();
     println!(
-        "  `tandem conflicts resolve {} --keep desktop`:",
+        "  the office knows better: `tandem conflicts resolve {} --keep desktop`:",
         ids.join(" ")
     );
     let done = conflicts::resolve(config, &ids, Keep::Desktop).await?;
@@ -330,19 +337,17 @@ async fn conflict(config: &Config, desktop: &Client, cloud: &mut Client) -> anyh
         "resolving the conflict failed (see above)"
     );
     let agree = wait_until(DEADLINE, || async {
-        let d = text_of(desktop, CONFLICT_ROW_DESKTOP).await;
-        d.is_some() && d == text_of(cloud, &conflict_row_cloud()).await
+        let (d, same) = job_3().await;
+        same && d.is_some_and(|d| d.starts_with("On Hold"))
     })
     .await;
     anyhow::ensure!(
         agree,
-        "after the resolution, the cloud's job 3 does not match the desktop's within {DEADLINE:?}"
+        "after the resolution, the two sides do not both hold the desktop's job 3 within {DEADLINE:?}"
     );
     println!(
-        "  both sides now agree on job 3: {} (and the cloud row is desktop-owned again)",
-        text_of(desktop, CONFLICT_ROW_DESKTOP)
-            .await
-            .unwrap_or_default()
+        "  both sides now agree on job 3: {}",
+        text_of(desktop, CONFLICT_ROW).await.unwrap_or_default()
     );
     Ok(())
 }

@@ -55,7 +55,8 @@ fn the_demo_tells_the_migration_story_and_removes_its_clusters() {
         "three edits, each timed:\n{text}"
     );
     assert!(
-        stdout.contains("resolved: kept the desktop row of jobshead"),
+        stdout.contains("settled by policy latest")
+            && stdout.contains("resolved: the desktop version of jobshead"),
         "no resolution line:\n{text}"
     );
     assert!(

@@ -41,7 +41,6 @@ const MAX_DESKTOP: usize = 10;
 const MAX_CLOUD: usize = 10;
 /// Aliases no generated name can be.
 const ROW: &str = "\"tandem test row\"";
-const DROW: &str = "\"tandem desktop row\"";
 
 type Vals = Vec<Option<usize>>;
 

@@ -230,9 +230,17 @@ async fn status_reads_known_values_while_run_is_stopped_and_zero_after_run_once(
     let _ = std::fs::remove_file(strict);
 }
 
+/// Under the `manual` policy both sides keep their own version of a row both changed until the operator
+/// chooses; the listing shows both, and the choice reaches both sides.
 #[tokio::test]
-async fn conflicts_are_listed_and_resolved_through_the_engine_keeping_the_chosen_side() {
-    let (db, config) = item_db().await;
+async fn conflicts_are_listed_and_resolved_by_the_operator_under_the_manual_policy() {
+    const MANUAL: &str = "[conflicts]\npolicy = \"manual\"\n";
+    let (db, config) = installed_with(
+        "CREATE TABLE item (id int PRIMARY KEY, name text);",
+        &format!("CREATE TABLE item (id int PRIMARY KEY, name text, {OWNERSHIP});"),
+        &format!("{MANUAL}{ITEM}"),
+    )
+    .await;
     let (desktop, cloud) = (db.desktop().await, db.cloud().await);
     exec(&desktop, "INSERT INTO item VALUES (1, 'desk'), (2, 'desk')").await;
     run_once(&config).await;
@@ -248,86 +256,67 @@ async fn conflicts_are_listed_and_resolved_through_the_engine_keeping_the_chosen
     )
     .await;
     run_once(&config).await;
-    let file = config_file(&db, "conflicts", &db.cloud_url, "");
+    let name = |client| crate::support::rows(client, "item", "name", "true");
+    assert_eq!(name(&desktop).await, ["(\"desk edit\")", "(\"desk edit\")"]);
+    assert_eq!(name(&cloud).await, ["(\"phone edit\")", "(\"phone edit\")"]);
+    let file = config_file(&db, "conflicts", &db.cloud_url, MANUAL);
+    let (code, text, all) = tandem(&file, &["conflicts"]);
+    assert_eq!(code, 0, "{all}");
+    assert!(
+        text.contains("conflicts: 2 open")
+            && text.contains("desk edit")
+            && text.contains("phone edit"),
+        "{text}"
+    );
     let (code, stdout, all) = tandem(&file, &["conflicts", "--json"]);
     assert_eq!(code, 0, "{all}");
     let list: Value = serde_json::from_str(&stdout).unwrap();
-    let ids: Vec<(String, i64)> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["id"].as_str().unwrap().to_string(),
-                c["row_key"]["id"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    assert!(!ids.is_empty(), "{stdout}");
-    let of = |key: i64| -> Vec<&str> {
-        ids.iter()
-            .filter(|(_, k)| *k == key)
-            .map(|(id, _)| id.as_str())
-            .collect()
+    let of = |key: i64| -> String {
+        let c = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["row_key"]["id"].as_i64() == Some(key))
+            .unwrap_or_else(|| panic!("no conflict of row {key}: {stdout}"));
+        assert_eq!(c["incoming"]["name"], "phone edit", "{c:#}");
+        assert_eq!(c["current"]["name"], "desk edit", "{c:#}");
+        c["id"].as_str().unwrap().to_string()
     };
-    assert!(!of(1).is_empty() && !of(2).is_empty(), "{stdout}");
-
-    // Row 2: the phone's. Row 1: the desktop's (last: nothing after it takes the stream past it).
-    let mut args = vec!["conflicts", "resolve"];
-    args.extend(of(2));
-    args.extend(["--keep", "mobile"]);
-    let (code, _, all) = tandem(&file, &args);
-    assert_eq!(code, 0, "{all}");
-    let mut args = vec!["conflicts", "resolve"];
-    args.extend(of(1));
-    args.extend(["--keep", "desktop"]);
-    let (code, text, all) = tandem(&file, &args);
-    assert_eq!(code, 0, "{all}");
-    assert!(text.contains("resolved: kept the desktop row"), "{text}");
-
-    assert_eq!(
-        crate::support::rows(&cloud, "item", "name, source", "id = 1").await,
-        vec!["(\"desk edit\",D)".to_string()]
-    );
-    assert_eq!(
-        crate::support::rows(&desktop, "item", "name", "id = 1").await,
-        vec!["(\"desk edit\")".to_string()]
-    );
-    assert_eq!(
-        crate::support::rows(&cloud, "item", "name, source", "id = 2").await,
-        vec!["(\"phone edit\",M)".to_string()]
-    );
-    assert_eq!(
-        crate::support::rows(&desktop, "item", "name", "id = 2").await,
-        vec!["(\"phone edit\")".to_string()]
-    );
-    // The stream afterwards: making the row desktop-owned reached the slot as a DELETE (it left the
-    // publication's `source = 'M'`); it is tandem's own, neither applied nor a new conflict.
+    let (one, two) = (of(1), of(2));
+    for (id, keep) in [(&two, "mobile"), (&one, "desktop")] {
+        let (code, text, all) = tandem(&file, &["conflicts", "resolve", id, "--keep", keep]);
+        assert_eq!(code, 0, "{all}");
+        assert!(
+            text.contains(&format!("{id} resolved: the {keep} version")),
+            "{text}"
+        );
+    }
     run_once(&config).await;
-    assert_eq!(
-        crate::support::rows(&desktop, "item", "name", "id IN (1, 2)").await,
-        vec![
-            "(\"desk edit\")".to_string(),
-            "(\"phone edit\")".to_string()
-        ]
-    );
+    let both = ["(1,\"desk edit\")", "(2,\"phone edit\")"];
+    for client in [&desktop, &cloud] {
+        assert_eq!(
+            crate::support::rows(client, "item", "id, name", "true").await,
+            both
+        );
+    }
     // Nothing left open, and who chose is recorded.
     let (_, text, _) = tandem(&file, &["conflicts"]);
     assert!(text.contains("conflicts: 0 open"), "{text}");
     every_conflict_says_who_chose(&file);
-    // A second resolve of the same id changes nothing and says so.
-    let first = of(1)[0].to_string();
-    let (code, text, _) = tandem(&file, &["conflicts", "resolve", &first, "--keep", "mobile"]);
-    assert_eq!(code, 1);
-    assert!(text.contains("already resolved, kept desktop"), "{text}");
-    assert_eq!(
-        count(
-            &cloud,
-            "SELECT count(*) FROM item WHERE id = 1 AND source = 'D'"
-        )
-        .await,
-        1
-    );
+    // The opposite choice afterwards reverses it on both sides.
+    let (code, _, all) = tandem(&file, &["conflicts", "resolve", &one, "--keep", "mobile"]);
+    assert_eq!(code, 0, "{all}");
+    run_once(&config).await;
+    for client in [&desktop, &cloud] {
+        assert_eq!(
+            count(
+                client,
+                "SELECT count(*) FROM item WHERE name = 'phone edit'"
+            )
+            .await,
+            2
+        );
+    }
     let _ = std::fs::remove_file(file);
 }
 

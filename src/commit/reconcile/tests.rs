@@ -95,13 +95,23 @@ fn row(forward: i64, reverse: i64, mobile: bool, ck: &str) -> CloudRow {
 fn a_scope_is_compared_as_a_multiset_mobile_rows_first() {
     // Two equal desktop rows, one desktop-owned and one mobile-owned copy in the cloud: in sync.
     let d = [h(1, 1), h(1, 1)];
-    let same = decide_scope(&d, &[row(1, 1, true, "7"), row(1, 1, false, "8")], &[], false);
+    let same = decide_scope(
+        &d,
+        &[row(1, 1, true, "7"), row(1, 1, false, "8")],
+        &[],
+        false,
+    );
     assert_eq!((same.unchanged, same.unchanged_mobile), (1, 1));
     assert_eq!((same.inserts, same.deletes), (0, 0));
     assert!(same.repairs.is_empty());
     // One desktop row, a desktop-owned and a mobile copy: the desktop row is the mobile one's copy,
     // the desktop-owned one is stray.
-    let stray = decide_scope(&d[..1], &[row(1, 1, true, "7"), row(1, 1, false, "8")], &[], false);
+    let stray = decide_scope(
+        &d[..1],
+        &[row(1, 1, true, "7"), row(1, 1, false, "8")],
+        &[],
+        false,
+    );
     assert_eq!(
         (stray.unchanged_mobile, stray.inserts, stray.deletes),
         (1, 0, 1)

@@ -45,12 +45,7 @@ struct Choosing<'a> {
     chosen: &'a [(usize, Vec<String>)],
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Keep {
-    Desktop,
-    Mobile,
-}
+pub use crate::commit::resolve::Chosen as Keep;
 
 /// One conflict. Its id is the side it is recorded on and its number there: `f12` (forward, in the
 /// cloud's `tandem.conflicts`), `r7` (reverse, in the desktop's).
@@ -206,6 +201,33 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
             ));
             continue;
         };
+        // A conflict by concurrency (recorded with both versions): the chosen version is written on
+        // the desktop and travels from there, whether the conflict is open or a policy settled it.
+        let recorded = match c.id.strip_prefix('r').and_then(|n| n.parse().ok()) {
+            Some(number) => crate::commit::resolve::recorded(&desktop, number).await?,
+            None => None,
+        };
+        if let Some(r) = recorded {
+            let Some(t) = mapping
+                .tables
+                .iter()
+                .find(|t| t.table.desktop.to_string() == c.table)
+            else {
+                out.push(no(format!("table {} is not configured any more", c.table)));
+                continue;
+            };
+            out.push(
+                match crate::commit::resolve::choose(&desktop, t, &r, keep, &chooser()).await? {
+                    Ok(message) => Resolved {
+                        id: id.clone(),
+                        resolved: true,
+                        message,
+                    },
+                    Err(why) => no(why),
+                },
+            );
+            continue;
+        }
         if c.resolved_at.is_some() {
             out.push(no(format!(
                 "already resolved, kept {}",
@@ -282,10 +304,7 @@ pub async fn resolve(config: &Config, ids: &[String], keep: Keep) -> anyhow::Res
 const CLOUD_KEY: &str = "cloud_key";
 
 fn kept(keep: Keep) -> &'static str {
-    match keep {
-        Keep::Desktop => "desktop",
-        Keep::Mobile => "mobile",
-    }
+    keep.as_str()
 }
 
 fn queue(tables: &mut Vec<String>, table: String) {
