@@ -43,8 +43,11 @@ pub enum ReconcileDirection {
 
 #[derive(Debug, Subcommand)]
 pub enum ConflictsAction {
-    /// The open conflicts (the default); with --all, the resolved ones too.
+    /// The open conflicts (the default; also `tandem conflicts [--all]`): id, table, row key, kind,
+    /// policy, outcome or how to choose, the columns in conflict, each side's transaction, the three
+    /// versions (base, desktop, mobile) and the result. With --all, the settled ones too.
     List {
+        /// Also the settled ones (by a policy or a person).
         #[arg(long)]
         all: bool,
     },
@@ -143,6 +146,9 @@ pub enum Command {
     Conflicts {
         #[command(subcommand)]
         action: Option<ConflictsAction>,
+        /// Without a subcommand: list the settled ones too (as `list --all`).
+        #[arg(long)]
+        all: bool,
         /// Print them as JSON.
         #[arg(long, global = true)]
         json: bool,
