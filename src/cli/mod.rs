@@ -131,8 +131,9 @@ pub enum Command {
     },
     /// How both directions are doing, read from the two databases (works while `run` is stopped):
     /// outbox backlog and age, slot lag in bytes and seconds, wal_status, safe_wal_size, table
-    /// states, open conflicts and dead letters, the last reconcile. Exits 0 healthy, 1 degraded,
-    /// 2 broken (thresholds in `[status]`).
+    /// states, conflicts (open and settled, per kind) and open dead letters, the last reconcile.
+    /// Exits 0 healthy, 1 degraded (conflicts waiting for a person among others), 2 broken
+    /// (thresholds in `[status]`).
     Status {
         /// Print it as JSON (every field is documented in the README, Operations).
         #[arg(long)]

@@ -1,7 +1,8 @@
 //! Conflicts as an operator sees them, on records written into `tandem.conflicts` as the engine
-//! writes them (after `tandem init`): `tandem conflicts` lists the open ones, `--all` the settled ones
-//! too, `--json` every field. Records of the older shape (no kind, no versions) list too, on either
-//! side.
+//! writes them (after `tandem init`): `tandem status` counts them per kind and is degraded while
+//! conflicts wait for a person past `[status]`'s thresholds, healthy again once they are resolved;
+//! `tandem conflicts` lists the open ones, `--all` the settled ones too, `--json` every field. Records
+//! of the older shape (no kind, no versions) list and count too, on either side.
 
 use serde_json::{Value, json};
 use tokio_postgres::Client;
@@ -137,6 +138,218 @@ pub async fn item_db() -> (TestDb, tandem::config::Config) {
         ITEM,
     )
     .await
+}
+
+/// `tandem status --json` with `[status]` settings `settings`: (exit code, the status).
+fn status(db: &TestDb, settings: &str) -> (i32, Value) {
+    let file = config_file(
+        db,
+        "conflict-status",
+        &db.cloud_url,
+        &format!("[status]\n{settings}"),
+    );
+    let (code, stdout, all) = tandem(&file, &["status", "--json"]);
+    let _ = std::fs::remove_file(file);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
+    (code, json)
+}
+
+/// The problems of a status whose subject is `conflicts`.
+fn conflict_problems(s: &Value) -> Vec<&Value> {
+    s["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["subject"] == "conflicts")
+        .collect()
+}
+
+#[tokio::test]
+async fn an_open_conflict_degrades_the_status_until_it_is_resolved() {
+    let (db, _config) = item_db().await;
+    let desktop = db.desktop().await;
+    let (code, s) = status(&db, "");
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["conflicts"]["by_type"], json!({}), "{s:#}");
+
+    // Settled by a policy: counted, nothing waits.
+    for (key, kind, outcome) in [
+        (1, "update/update", "mobile"),
+        (2, "update/update", "desktop"),
+        (3, "insert/insert", "merged"),
+    ] {
+        Record {
+            key,
+            kind,
+            policy: "latest",
+            outcome: Some(outcome),
+            age_seconds: 600.0,
+        }
+        .write(&desktop)
+        .await;
+    }
+    let (code, s) = status(&db, "");
+    assert_eq!(code, 0, "settled conflicts wait for nobody: {s:#}");
+    let c = &s["conflicts"];
+    assert_eq!(
+        (c["open"].as_i64(), c["settled"].as_i64()),
+        (Some(0), Some(3)),
+        "{s:#}"
+    );
+    assert_eq!(c["oldest_open_age_seconds"], Value::Null, "{s:#}");
+    assert_eq!(
+        c["by_type"],
+        json!({"update/update": {"open": 0, "settled": 2}, "insert/insert": {"open": 0, "settled": 1}}),
+        "{s:#}"
+    );
+
+    // One left for a person, two minutes ago: degraded, exit 1, saying how many, how long, the fix.
+    let open = Record {
+        key: 4,
+        kind: "update/delete",
+        policy: "manual",
+        outcome: None,
+        age_seconds: 120.0,
+    }
+    .write(&desktop)
+    .await;
+    let (code, s) = status(&db, "");
+    assert_eq!(code, 1, "{s:#}");
+    assert_eq!(s["health"], "degraded", "{s:#}");
+    let c = &s["conflicts"];
+    assert_eq!(
+        (
+            c["open"].as_i64(),
+            c["reverse"].as_i64(),
+            c["forward"].as_i64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{s:#}"
+    );
+    assert_eq!(
+        (c["settled"].as_i64(), c["overdue"].as_i64()),
+        (Some(3), Some(1)),
+        "{s:#}"
+    );
+    let age = c["oldest_open_age_seconds"].as_f64().unwrap();
+    assert!((120.0..180.0).contains(&age), "{s:#}");
+    assert_eq!(
+        c["by_type"]["update/delete"],
+        json!({"open": 1, "settled": 0}),
+        "{s:#}"
+    );
+    assert_eq!(s["tables"][0]["conflicts"], 1, "{s:#}");
+    let problems = conflict_problems(&s);
+    assert_eq!(problems.len(), 1, "{s:#}");
+    let p = problems[0];
+    assert_eq!(p["health"], "degraded", "{s:#}");
+    let message = p["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("1 conflict(s) wait for a person to choose, the oldest for 1"),
+        "{message}"
+    );
+    let fix = p["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("`tandem conflicts list`")
+            && fix.contains("`tandem conflicts resolve ID --keep desktop|mobile`"),
+        "{fix}"
+    );
+    let file = config_file(&db, "conflict-text", &db.cloud_url, "");
+    let (code, text, _) = tandem(&file, &["status"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("DEGRADED")
+            && text.contains("conflicts 1 open (0 forward, 1 reverse), 3 settled;")
+            && text.contains("update/delete 1 open, 0 settled")
+            && text.contains("[degraded] conflicts: 1 conflict(s) wait for a person"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(file);
+
+    // Resolved: healthy again; it counts as settled.
+    resolve(&desktop, &open, "desktop").await;
+    let (code, s) = status(&db, "");
+    assert_eq!(code, 0, "{s:#}");
+    assert!(conflict_problems(&s).is_empty(), "{s:#}");
+    let c = &s["conflicts"];
+    assert_eq!(
+        (c["open"].as_i64(), c["settled"].as_i64()),
+        (Some(0), Some(4)),
+        "{s:#}"
+    );
+    assert_eq!(
+        c["by_type"]["update/delete"],
+        json!({"open": 0, "settled": 1}),
+        "{s:#}"
+    );
+}
+
+#[tokio::test]
+async fn the_conflict_thresholds_of_status_are_respected() {
+    let (db, _config) = item_db().await;
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    // One conflict that just opened.
+    Record {
+        key: 1,
+        kind: "update/update",
+        policy: "manual",
+        outcome: None,
+        age_seconds: 0.0,
+    }
+    .write(&desktop)
+    .await;
+    let degraded = |s: &Value| !conflict_problems(s).is_empty();
+    let (code, s) = status(&db, "");
+    assert!(
+        code == 1 && degraded(&s),
+        "the default degrades on one: {s:#}"
+    );
+    let (code, s) = status(&db, "conflicts_warn_count = 2\n");
+    assert!(code == 0 && !degraded(&s), "one of two: {s:#}");
+    let (code, s) = status(&db, "conflicts_warn_count = 0\n");
+    assert!(code == 0 && !degraded(&s), "0 never degrades: {s:#}");
+    let (code, s) = status(&db, "conflicts_warn_age_seconds = 3600\n");
+    assert!(code == 0 && !degraded(&s), "not an hour old: {s:#}");
+    assert_eq!(s["conflicts"]["open"], 1, "{s:#}");
+    assert_eq!(s["conflicts"]["overdue"], 0, "{s:#}");
+
+    // An older one, of the older shape, in the cloud: two hours waiting.
+    let old = write_old(&cloud, "forward", 2).await;
+    cloud
+        .execute(
+            "UPDATE tandem.conflicts SET detected_at = now() - interval '2 hours' WHERE id = $1",
+            &[&old[1..].parse::<i64>().unwrap()],
+        )
+        .await
+        .unwrap();
+    let (code, s) = status(&db, "conflicts_warn_age_seconds = 3600\n");
+    assert!(code == 1 && degraded(&s), "one past an hour: {s:#}");
+    assert_eq!(s["conflicts"]["overdue"], 1, "{s:#}");
+    assert_eq!(s["conflicts"]["forward"], 1, "{s:#}");
+    assert_eq!(
+        s["conflicts"]["by_type"]["unknown"],
+        json!({"open": 1, "settled": 0}),
+        "{s:#}"
+    );
+    let message = conflict_problems(&s)[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("the oldest for 720"), "{message}");
+    let (code, s) = status(
+        &db,
+        "conflicts_warn_count = 2\nconflicts_warn_age_seconds = 3600\n",
+    );
+    assert!(code == 0 && !degraded(&s), "one of two past an hour: {s:#}");
+    let (code, s) = status(&db, "conflicts_warn_count = 2\n");
+    assert!(code == 1 && degraded(&s), "two of two: {s:#}");
+    assert!(
+        conflict_problems(&s)[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 conflict(s) wait"),
+        "{s:#}"
+    );
 }
 
 /// `tandem -c FILE args...`'s stdout, which must exit 0.
