@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tandem::cli::{
     Cli, Command, ConflictsAction, Keep, LogFormat, ReconcileDirection, ServiceAction, report,
 };
@@ -107,7 +107,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => reconcile(&load()?, tables, direction, dry_run, json).await,
         Command::Status { json, watch } => status(&load()?, json, watch).await,
-        Command::Conflicts { action, json } => conflicts(&load()?, action, json).await,
+        Command::Conflicts { action, all, json } => {
+            let action = conflicts_action(action, all);
+            conflicts(&load()?, action, json).await
+        }
         Command::DeadLetters { json, all, retry } => dead_letters(&load()?, json, all, retry).await,
         Command::Service { action } => {
             let done = match action {
@@ -154,12 +157,29 @@ async fn status(config: &Config, json: bool, watch: bool) -> anyhow::Result<Exit
     }
 }
 
+/// The action of `tandem conflicts [--all] [ACTION]`: listing by default; `--all` before the action
+/// lists the settled ones too (a usage error with `resolve`).
+fn conflicts_action(action: Option<ConflictsAction>, all: bool) -> ConflictsAction {
+    match action.unwrap_or(ConflictsAction::List { all: false }) {
+        ConflictsAction::List { all: listed } => ConflictsAction::List {
+            all: all || listed,
+        },
+        ConflictsAction::Resolve { .. } if all => Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--all lists the settled conflicts too: use it with `tandem conflicts [list]`, not with resolve",
+            )
+            .exit(),
+        resolve => resolve,
+    }
+}
+
 async fn conflicts(
     config: &Config,
-    action: Option<ConflictsAction>,
+    action: ConflictsAction,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    match action.unwrap_or(ConflictsAction::List { all: false }) {
+    match action {
         ConflictsAction::List { all } => {
             let list = conflict::list(config, all).await?;
             if json {
@@ -169,7 +189,11 @@ async fn conflicts(
                     println!("{c}");
                 }
                 let open = list.iter().filter(|c| c.resolved_at.is_none()).count();
-                println!("conflicts: {open} open");
+                if all {
+                    println!("conflicts: {open} open, {} settled", list.len() - open);
+                } else {
+                    println!("conflicts: {open} open");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

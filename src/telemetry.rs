@@ -1,8 +1,8 @@
 //! The series tandem exports, recorded through the `metrics` facade: a no-op until `tandem run
 //! --metrics-addr` installs the Prometheus recorder (`ops::metrics`). The names live here, once; the
 //! README's Operations section, `deploy/prometheus/alerts.yml` and `deploy/grafana/tandem.json` use
-//! them. Gauges read from the databases (backlog, slot) are set by `ops::metrics` from the same
-//! reading `tandem status` prints.
+//! them. Series read from the databases (backlog, slot, conflicts) are set by `ops::metrics` from the
+//! same reading `tandem status` prints.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -62,17 +62,9 @@ pub fn rows_applied(direction: &'static str, table: &str, rows: u64) {
     }
 }
 
-/// A committed batch's conflicts and dead letters, and its latency: from `since` (when the oldest
-/// change in it committed on its source) to now.
-pub fn batch_committed(
-    direction: &'static str,
-    conflicts: u64,
-    dead_letters: u64,
-    since: Option<SystemTime>,
-) {
-    if conflicts > 0 {
-        metrics::counter!(CONFLICTS, "direction" => direction).increment(conflicts);
-    }
+/// A committed batch's dead letters, and its latency: from `since` (when the oldest change in it
+/// committed on its source) to now. (Its conflicts are counted from the databases: [`CONFLICTS`].)
+pub fn batch_committed(direction: &'static str, dead_letters: u64, since: Option<SystemTime>) {
     if dead_letters > 0 {
         metrics::counter!(DEAD_LETTERS, "direction" => direction).increment(dead_letters);
     }

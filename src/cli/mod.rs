@@ -43,8 +43,11 @@ pub enum ReconcileDirection {
 
 #[derive(Debug, Subcommand)]
 pub enum ConflictsAction {
-    /// The open conflicts (the default); with --all, the resolved ones too.
+    /// The open conflicts (the default; also `tandem conflicts [--all]`): id, table, row key, kind,
+    /// policy, outcome or how to choose, the columns in conflict, each side's transaction, the three
+    /// versions (base, desktop, mobile) and the result. With --all, the settled ones too.
     List {
+        /// Also the settled ones (by a policy or a person).
         #[arg(long)]
         all: bool,
     },
@@ -128,8 +131,9 @@ pub enum Command {
     },
     /// How both directions are doing, read from the two databases (works while `run` is stopped):
     /// outbox backlog and age, slot lag in bytes and seconds, wal_status, safe_wal_size, table
-    /// states, open conflicts and dead letters, the last reconcile. Exits 0 healthy, 1 degraded,
-    /// 2 broken (thresholds in `[status]`).
+    /// states, conflicts (open and settled, per kind) and open dead letters, the last reconcile.
+    /// Exits 0 healthy, 1 degraded (conflicts waiting for a person among others), 2 broken
+    /// (thresholds in `[status]`).
     Status {
         /// Print it as JSON (every field is documented in the README, Operations).
         #[arg(long)]
@@ -143,6 +147,9 @@ pub enum Command {
     Conflicts {
         #[command(subcommand)]
         action: Option<ConflictsAction>,
+        /// Without a subcommand: list the settled ones too (as `list --all`).
+        #[arg(long)]
+        all: bool,
         /// Print them as JSON.
         #[arg(long, global = true)]
         json: bool,

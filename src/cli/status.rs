@@ -80,6 +80,27 @@ pub fn render(s: &Status) -> String {
         s.conflicts.open,
         s.dead_letters.open
     );
+    let c = &s.conflicts;
+    if c.open + c.settled > 0 {
+        let by_type: Vec<String> = c
+            .by_type
+            .iter()
+            .map(|(kind, n)| format!("{kind} {} open, {} settled", n.open, n.settled))
+            .collect();
+        let _ = write!(
+            o,
+            "conflicts {} open ({} forward, {} reverse), {} settled; {}",
+            c.open,
+            c.forward,
+            c.reverse,
+            c.settled,
+            by_type.join("; ")
+        );
+        if let Some(age) = c.oldest_open_age_seconds {
+            let _ = write!(o, "; the oldest open waits for {age:.0} s");
+        }
+        o.push('\n');
+    }
     for t in &s.tables {
         if t.state == "streaming" && t.conflicts == 0 && t.dead_letters == 0 {
             continue;

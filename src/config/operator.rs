@@ -38,8 +38,8 @@ pub struct StatusConfig {
     /// Above this: broken. Default: 80 % of `max_slot_wal_keep_size` (less than a fifth of the room left
     /// before the cloud invalidates the slot), else 4 GiB.
     pub retained_wal_broken_bytes: Option<u64>,
-    /// Degraded when at least this many conflicts wait for a person (open), each older than
-    /// `conflicts_warn_age_seconds`. 0 never degrades for conflicts.
+    /// Degraded when at least this many conflicts wait for a person (open), each for
+    /// `conflicts_warn_age_seconds` or longer. 0 never degrades for conflicts.
     pub conflicts_warn_count: u64,
     pub conflicts_warn_age_seconds: u64,
 }

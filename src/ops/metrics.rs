@@ -3,10 +3,10 @@
 //!
 //! The exporter is `metrics-exporter-prometheus` with its default features off (no push gateway, no
 //! HTTP stack of its own): the two routes are served here by a small HTTP/1.1 responder on tokio,
-//! one request per connection, which is all Prometheus and a load balancer's probe need. The gauges
-//! that live in the databases (backlog, slot) are set from [`status::collect`], the reading `tandem
-//! status` prints; the counters and the latency histogram are recorded where the work happens
-//! (`crate::telemetry`).
+//! one request per connection, which is all Prometheus and a load balancer's probe need. The series
+//! that live in the databases (backlog, slot, conflicts) are set from [`status::collect`], the reading
+//! `tandem status` prints; the other counters and the latency histogram are recorded where the work
+//! happens (`crate::telemetry`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -104,8 +104,11 @@ fn describe() {
         t::ROWS_APPLIED,
         "rows written or deleted, per table and direction"
     );
-    metrics::describe_gauge!(t::CONFLICTS_OPEN, "open conflicts");
-    metrics::describe_counter!(t::CONFLICTS, "conflicts recorded by this process");
+    metrics::describe_gauge!(t::CONFLICTS_OPEN, "conflicts waiting for a person");
+    metrics::describe_counter!(
+        t::CONFLICTS,
+        "conflicts recorded on both sides, by table, type and outcome when recorded (open: left for a person)"
+    );
     metrics::describe_gauge!(t::DEAD_LETTERS_OPEN, "open dead letters");
     metrics::describe_counter!(t::DEAD_LETTERS, "dead letters recorded by this process");
     metrics::describe_counter!(t::RETRIES, "sessions retried, by cause");
@@ -115,9 +118,9 @@ fn describe() {
         t::LAST_RECONCILE,
         "when the last reconcile finished, unix seconds"
     );
-    // Counters exist from the start, at 0: `increase()` sees the first conflict or dead letter.
+    // Counters exist from the start, at 0: `increase()` sees the first dead letter. (The conflicts'
+    // series appear with their first record: their labels come from the records.)
     for direction in ["forward", "reverse"] {
-        metrics::counter!(t::CONFLICTS, "direction" => direction).increment(0);
         metrics::counter!(t::DEAD_LETTERS, "direction" => direction).increment(0);
         metrics::counter!(t::RETRIES, "direction" => direction, "cause" => "connection")
             .increment(0);
@@ -195,7 +198,8 @@ pub struct Healthz {
 }
 
 /// Healthy only when both directions are connected, the slot is there and not lost, the publication
-/// is there, and no table is parked.
+/// is there, no table is parked, and no conflicts wait for a person past `[status]`'s thresholds: the
+/// status's problems marked `unhealthy`.
 pub async fn healthz(config: &Config) -> Healthz {
     let mut reasons = Vec::new();
     for direction in ["forward", "reverse"] {
@@ -211,10 +215,7 @@ pub async fn healthz(config: &Config) -> Healthz {
         Err(_) => reasons.push("the databases did not answer within 10 s".into()),
         Ok(s) => {
             for p in &s.problems {
-                let counts = p.health == Health::Broken
-                    || p.subject.starts_with("table ")
-                    || p.message.contains("wal_status");
-                if counts {
+                if p.unhealthy {
                     reasons.push(format!("{}: {} (fix: {})", p.subject, p.message, p.fix));
                 }
             }
@@ -268,6 +269,12 @@ pub fn set_gauges(s: &Status) {
         metrics::gauge!(t::WAL_STATUS, "status" => status).set(on);
     }
     gauge(t::CONFLICTS_OPEN, s.conflicts.open as f64);
+    // Counts of records, which are never deleted: each series only grows (`absolute` keeps the
+    // highest value seen, so a side unreadable for one reading lowers nothing).
+    for ((table, kind, outcome), n) in &s.conflicts.recorded {
+        metrics::counter!(t::CONFLICTS, "table" => table.clone(), "type" => kind.clone(), "outcome" => outcome.clone())
+            .absolute(*n);
+    }
     for (direction, n) in [
         ("forward", s.dead_letters.forward),
         ("reverse", s.dead_letters.reverse),

@@ -3,9 +3,9 @@
 //! (`ops::metrics`), and `/healthz` judges by the same rules.
 //!
 //! Health: `healthy` (exit 0), `degraded` (exit 1: a threshold of `[status]` crossed, a table parked,
-//! the slot's WAL `unreserved`), `broken` (exit 2: a side unreachable or not set up, the slot missing
-//! or lost, the publication missing, or the slot's retained WAL past the broken threshold). Every
-//! problem names its fix.
+//! the slot's WAL `unreserved`, conflicts waiting for a person), `broken` (exit 2: a side unreachable
+//! or not set up, the slot missing or lost, the publication missing, or the slot's retained WAL past
+//! the broken threshold). Every problem names its fix.
 
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -13,6 +13,8 @@ use tokio_postgres::Client;
 use crate::change::Side;
 use crate::config::Config;
 use crate::db::{self, Context, DbError};
+
+pub mod conflicts;
 
 /// How the installation is doing, worst first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -40,6 +42,10 @@ pub struct Problem {
     pub subject: String,
     pub message: String,
     pub fix: String,
+    /// Whether `/healthz` answers 503 for it: every broken problem, and the degraded ones that wait
+    /// for a person (a parked table, conflicts to choose) or are about to lose the slot.
+    #[serde(skip)]
+    pub unhealthy: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -102,7 +108,7 @@ pub struct TableStatus {
     pub dead_letters: i64,
 }
 
-/// Open items of `tandem.conflicts` or `tandem.dead_letters`, per direction.
+/// Open items of `tandem.dead_letters`, per direction.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Open {
     pub open: i64,
@@ -130,7 +136,7 @@ pub struct Status {
     pub forward: Forward,
     pub reverse: Reverse,
     pub tables: Vec<TableStatus>,
-    pub conflicts: Open,
+    pub conflicts: conflicts::Conflicts,
     pub dead_letters: Open,
     pub last_reconcile: Option<LastReconcile>,
 }
@@ -154,7 +160,7 @@ pub async fn collect(config: &Config) -> Status {
             ..Reverse::default()
         },
         tables: Vec::new(),
-        conflicts: Open::default(),
+        conflicts: conflicts::Conflicts::default(),
         dead_letters: Open::default(),
         last_reconcile: None,
     };
@@ -162,10 +168,10 @@ pub async fn collect(config: &Config) -> Status {
         db::connect(Side::Desktop, &config.desktop.url),
         db::connect(Side::Cloud, &config.cloud.url)
     );
-    let mut open = Vec::new();
+    let mut logs = Logs::default();
     match desktop {
         Ok(c) => {
-            if let Err(e) = read_desktop(&c, &mut status, &mut open).await {
+            if let Err(e) = read_desktop(&c, config, &mut status, &mut logs).await {
                 status.unreadable(Side::Desktop, &e);
             }
         }
@@ -173,58 +179,67 @@ pub async fn collect(config: &Config) -> Status {
     }
     match cloud {
         Ok(c) => {
-            if let Err(e) = read_cloud(&c, config, &mut status, &mut open).await {
+            if let Err(e) = read_cloud(&c, config, &mut status, &mut logs).await {
                 status.unreadable(Side::Cloud, &e);
             }
         }
         Err(e) => status.unreachable(Side::Cloud, &e),
     }
-    for (direction, table, conflicts, dead_letters) in open {
-        let (c, d) = if direction == "forward" {
-            (
-                &mut status.conflicts.forward,
-                &mut status.dead_letters.forward,
-            )
+    for (direction, table, dead_letters) in logs.dead_letters {
+        let d = if direction == "forward" {
+            &mut status.dead_letters.forward
         } else {
-            (
-                &mut status.conflicts.reverse,
-                &mut status.dead_letters.reverse,
-            )
+            &mut status.dead_letters.reverse
         };
-        *c += conflicts;
         *d += dead_letters;
         if let Some(t) = status.tables.iter_mut().find(|t| t.table == table) {
-            t.conflicts += conflicts;
             t.dead_letters += dead_letters;
         }
     }
-    status.conflicts.open = status.conflicts.forward + status.conflicts.reverse;
+    for g in logs.conflicts.iter().filter(|g| g.open) {
+        if let Some(t) = status.tables.iter_mut().find(|t| t.table == g.table) {
+            t.conflicts += g.count;
+        }
+    }
+    status.conflicts = conflicts::Conflicts::of(&logs.conflicts);
     status.dead_letters.open = status.dead_letters.forward + status.dead_letters.reverse;
     status.judge(config);
     status
 }
 
-/// Open conflicts and dead letters: (direction, table, conflicts, dead letters).
-type OpenRows = Vec<(String, String, i64, i64)>;
-
-const OPEN_SQL: &str = "SELECT direction, table_name, sum(c)::int8, sum(d)::int8 FROM (
-        SELECT direction, table_name, 1 AS c, 0 AS d FROM tandem.conflicts WHERE resolved_at IS NULL
-        UNION ALL
-        SELECT direction, table_name, 0, 1 FROM tandem.dead_letters WHERE resolved_at IS NULL) o
-     GROUP BY 1, 2";
-
-async fn read_open(client: &Client, side: Side, open: &mut OpenRows) -> Result<(), DbError> {
-    for r in client
-        .query(OPEN_SQL, &[])
-        .await
-        .ctx(side, "reading open conflicts and dead letters")?
-    {
-        open.push((r.get(0), r.get(1), r.get(2), r.get(3)));
-    }
-    Ok(())
+/// What both sides' `tandem.dead_letters` and `tandem.conflicts` hold.
+#[derive(Default)]
+struct Logs {
+    /// Open dead letters: (direction, table, count).
+    dead_letters: Vec<(String, String, i64)>,
+    conflicts: Vec<conflicts::Group>,
 }
 
-async fn read_desktop(c: &Client, s: &mut Status, open: &mut OpenRows) -> Result<(), DbError> {
+const OPEN_DEAD_LETTERS_SQL: &str = "SELECT direction, table_name, count(*)::int8
+   FROM tandem.dead_letters WHERE resolved_at IS NULL GROUP BY 1, 2";
+
+async fn read_logs(
+    client: &Client,
+    side: Side,
+    config: &Config,
+    logs: &mut Logs,
+) -> Result<(), DbError> {
+    for r in client
+        .query(OPEN_DEAD_LETTERS_SQL, &[])
+        .await
+        .ctx(side, "reading open dead letters")?
+    {
+        logs.dead_letters.push((r.get(0), r.get(1), r.get(2)));
+    }
+    conflicts::read(client, side, &config.status, &mut logs.conflicts).await
+}
+
+async fn read_desktop(
+    c: &Client,
+    config: &Config,
+    s: &mut Status,
+    logs: &mut Logs,
+) -> Result<(), DbError> {
     let side = Side::Desktop;
     let r = c
         .query_one(
@@ -314,14 +329,14 @@ async fn read_desktop(c: &Client, s: &mut Status, open: &mut OpenRows) -> Result
             written: r.get(4),
         });
     }
-    read_open(c, side, open).await
+    read_logs(c, side, config, logs).await
 }
 
 async fn read_cloud(
     c: &Client,
     config: &Config,
     s: &mut Status,
-    open: &mut OpenRows,
+    logs: &mut Logs,
 ) -> Result<(), DbError> {
     let side = Side::Cloud;
     let r = c
@@ -374,7 +389,7 @@ async fn read_cloud(
             .await
             .ctx(side, "reading tandem.progress")?
             .and_then(|r| r.get(0));
-        read_open(c, side, open).await?;
+        read_logs(c, side, config, logs).await?;
     }
     Ok(())
 }
@@ -386,7 +401,16 @@ impl Status {
             subject: subject.to_string(),
             message,
             fix,
+            unhealthy: health == Health::Broken,
         });
+    }
+
+    /// A degraded problem `/healthz` answers 503 for.
+    fn unhealthy(&mut self, subject: &str, message: String, fix: String) {
+        self.problem(Health::Degraded, subject, message, fix);
+        if let Some(p) = self.problems.last_mut() {
+            p.unhealthy = true;
+        }
     }
 
     fn unreachable(&mut self, side: Side, e: &DbError) {
@@ -432,8 +456,7 @@ impl Status {
                 format!("drop it (SELECT pg_drop_replication_slot('{slot}')), then {recover}; raise max_slot_wal_keep_size to prevent it"),
             );
         } else if self.reverse.wal_status == "unreserved" {
-            self.problem(
-                Health::Degraded,
+            self.unhealthy(
                 "reverse",
                 format!("replication slot {slot} is past max_slot_wal_keep_size (wal_status unreserved): it is lost at the next checkpoint unless it catches up"),
                 "make sure `tandem run` streams (see `reverse.active`); raise max_slot_wal_keep_size".into(),
@@ -507,12 +530,10 @@ impl Status {
             })
             .collect();
         for (table, reason, fix) in parked {
-            self.problem(
-                Health::Degraded,
-                &format!("table {table}"),
-                format!("parked: {reason}"),
-                fix,
-            );
+            self.unhealthy(&format!("table {table}"), format!("parked: {reason}"), fix);
+        }
+        if let Some((message, fix)) = conflicts::problem(&self.conflicts, limits) {
+            self.unhealthy("conflicts", message, fix);
         }
         self.health = self
             .problems

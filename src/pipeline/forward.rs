@@ -370,12 +370,7 @@ async fn one_batch(
         .await?;
     let mut outcome = applied.outcome;
     target.commit(cloud, Progress::Forward).await?;
-    crate::telemetry::batch_committed(
-        "forward",
-        outcome.conflicts,
-        outcome.dead_letters,
-        batch.oldest,
-    );
+    crate::telemetry::batch_committed("forward", outcome.dead_letters, batch.oldest);
     outcome.staged_rows = rows;
     outcome.staged_bytes = bytes;
     failpoint("after-cloud-commit");

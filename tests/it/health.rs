@@ -1,6 +1,7 @@
 //! What `run` shows while it runs: `/metrics` (valid for promtool), `/healthz` (200, then 503 when a
-//! table parks and when the cloud goes away), and a broken direction that stops alone and resumes
-//! after `tandem init`.
+//! table parks, when conflicts wait for a person and when the cloud goes away), the conflicts recorded
+//! on both sides counted on `/metrics`, and a broken direction that stops alone and resumes after
+//! `tandem init`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio_postgres::Client;
 
 use crate::any_schema::{OWNERSHIP, installed_with, run_once};
 use crate::operator::config_file;
+use crate::status_conflicts::{Record, item_db, resolve, write_old};
 use crate::support::{Proxy, Streaming, count};
 
 const ITEM: &str = "[[tables]]\ndesktop = \"item\"\nkey = [\"id\"]\n";
@@ -67,22 +69,18 @@ async fn healthz_becomes(addr: &str, code: u16, what: &str) -> String {
     last
 }
 
-#[tokio::test]
-async fn run_serves_metrics_promtool_accepts_and_healthz_follows_parking_and_the_cloud() {
-    let (db, config) = installed_with(
-        "CREATE TABLE item (id int PRIMARY KEY, name text);",
-        &format!("CREATE TABLE item (id int PRIMARY KEY, name text, {OWNERSHIP});"),
-        ITEM,
-    )
-    .await;
-    run_once(&config).await;
-    let proxy = Proxy::start(db.cloud_port()).await;
-    let extra =
-        "[sync]\nschema_recheck_ms = 300\nbroken_retry_ms = 300\n[metrics]\ninterval_ms = 200\n";
-    let file = config_file(&db, "metrics", &db.cloud_url_at(proxy.port), extra);
+/// A `tandem run --metrics-addr 127.0.0.1:0` of config `file`: the process, its log (stderr) as it
+/// grows, and the address it serves at (read from its log).
+struct Served {
+    child: tokio::process::Child,
+    log: Arc<Mutex<String>>,
+    addr: String,
+}
+
+async fn serve(file: &std::path::Path) -> Served {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
         .arg("-c")
-        .arg(&file)
+        .arg(file)
         .args(["run", "--metrics-addr", "127.0.0.1:0"])
         .env_remove("TANDEM_DESKTOP_URL")
         .env_remove("TANDEM_CLOUD_URL")
@@ -126,6 +124,71 @@ async fn run_serves_metrics_promtool_accepts_and_healthz_follows_parking_and_the
         log.lock().unwrap()
     );
     let addr = addr.lock().unwrap().clone().unwrap();
+    Served { child, log, addr }
+}
+
+/// `/metrics` once it holds every line of `lines` (within 30 s); fails with the last body otherwise.
+async fn metrics_with(addr: &str, lines: &[String]) -> String {
+    let last = Arc::new(Mutex::new(String::new()));
+    let complete = wait_until(Duration::from_secs(30), || {
+        let last = last.clone();
+        async move {
+            let Some((200, body)) = get(addr, "/metrics").await else {
+                return false;
+            };
+            *last.lock().unwrap() = body.clone();
+            lines.iter().all(|l| body.contains(l.as_str()))
+        }
+    })
+    .await;
+    let body = last.lock().unwrap().clone();
+    assert!(complete, "/metrics never held all of {lines:#?}:\n{body}");
+    body
+}
+
+/// `promtool check metrics` accepts `body`.
+fn promtool_accepts(body: &str) {
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut promtool = promtool.expect("promtool not found: install Debian's prometheus package");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn run_serves_metrics_promtool_accepts_and_healthz_follows_parking_and_the_cloud() {
+    let (db, config) = installed_with(
+        "CREATE TABLE item (id int PRIMARY KEY, name text);",
+        &format!("CREATE TABLE item (id int PRIMARY KEY, name text, {OWNERSHIP});"),
+        ITEM,
+    )
+    .await;
+    run_once(&config).await;
+    let proxy = Proxy::start(db.cloud_port()).await;
+    let extra =
+        "[sync]\nschema_recheck_ms = 300\nbroken_retry_ms = 300\n[metrics]\ninterval_ms = 200\n";
+    let file = config_file(&db, "metrics", &db.cloud_url_at(proxy.port), extra);
+    let Served {
+        mut child,
+        log,
+        addr,
+    } = serve(&file).await;
     assert!(
         !log.lock().unwrap().contains('\u{1b}'),
         "colour codes in a log that is no terminal"
@@ -182,36 +245,22 @@ async fn run_serves_metrics_promtool_accepts_and_healthz_follows_parking_and_the
         assert!(body.contains(series), "{series} missing:\n{body}");
     }
     // Every series the deploy files read is served (the safe WAL size only where the cloud limits
-    // the slot's WAL: not on the test clusters).
+    // the slot's WAL: not on the test clusters; the conflicts' counters from the first conflict
+    // recorded: see the next test).
     for name in tandem::telemetry::ALL {
-        if *name != tandem::telemetry::SAFE_WAL_SIZE_BYTES {
+        if ![
+            tandem::telemetry::SAFE_WAL_SIZE_BYTES,
+            tandem::telemetry::CONFLICTS,
+        ]
+        .contains(name)
+        {
             assert!(
                 body.contains(&format!("\n{name}")),
                 "{name} missing:\n{body}"
             );
         }
     }
-    let promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut promtool = promtool.expect("promtool not found: install Debian's prometheus package");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_accepts(&body);
 
     // A table parks: 503, naming it.
     exec(&cloud, "ALTER TABLE item RENAME COLUMN name TO label").await;
@@ -225,6 +274,107 @@ async fn run_serves_metrics_promtool_accepts_and_healthz_follows_parking_and_the
     proxy.go_down();
     let said = healthz_becomes(&addr, 503, "the cloud gone").await;
     assert!(said.contains("cloud"), "{said}");
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let _ = std::fs::remove_file(file);
+}
+
+/// `tandem_conflicts_total{table="item",type,outcome} n`.
+fn recorded(kind: &str, outcome: &str, n: u64) -> String {
+    format!("tandem_conflicts_total{{table=\"item\",type=\"{kind}\",outcome=\"{outcome}\"}} {n}\n")
+}
+
+#[tokio::test]
+async fn metrics_count_every_conflict_recorded_and_healthz_follows_the_waiting_ones() {
+    let (db, _config) = item_db().await;
+    let (desktop, cloud) = (db.desktop().await, db.cloud().await);
+    let settled = |key: i32, kind: &'static str, outcome: &'static str| Record {
+        key,
+        kind,
+        policy: "latest",
+        outcome: Some(outcome),
+        age_seconds: 60.0,
+    };
+    for (key, kind, outcome) in [
+        (1, "update/update", "mobile"),
+        (2, "update/update", "mobile"),
+        (3, "insert/insert", "merged"),
+    ] {
+        settled(key, kind, outcome).write(&desktop).await;
+    }
+    let open = Record {
+        key: 4,
+        kind: "update/delete",
+        policy: "manual",
+        outcome: None,
+        age_seconds: 60.0,
+    }
+    .write(&desktop)
+    .await;
+    // Older records, one on each side: one still open, one a person resolved.
+    let old_open = write_old(&cloud, "forward", 5).await;
+    let old_resolved = write_old(&desktop, "reverse", 6).await;
+    resolve(&desktop, &old_resolved, "desktop").await;
+
+    let file = config_file(
+        &db,
+        "conflict-metrics",
+        &db.cloud_url,
+        "[sync]\nbroken_retry_ms = 300\n[metrics]\ninterval_ms = 200\n",
+    );
+    let Served {
+        mut child,
+        log: _log,
+        addr,
+    } = serve(&file).await;
+    let body = metrics_with(
+        &addr,
+        &[
+            recorded("update/update", "mobile", 2),
+            recorded("insert/insert", "merged", 1),
+            recorded("update/delete", "open", 1),
+            // Left for a person when recorded, both: the one resolved since stays there.
+            recorded("unknown", "open", 2),
+            "\ntandem_conflicts_open 2\n".into(),
+        ],
+    )
+    .await;
+    assert!(
+        body.contains("# TYPE tandem_conflicts_total counter"),
+        "{body}"
+    );
+    assert_eq!(
+        body.matches("\ntandem_conflicts_total{").count(),
+        4,
+        "one series per table, type and outcome, no other:\n{body}"
+    );
+    promtool_accepts(&body);
+
+    // Conflicts wait for a person: 503, saying what to do.
+    let said = healthz_becomes(&addr, 503, "conflicts waiting").await;
+    assert!(
+        said.contains("conflicts: 2 conflict(s) wait for a person")
+            && said.contains("tandem conflicts resolve ID --keep desktop|mobile"),
+        "{said}"
+    );
+    // Resolved: 200 again; the counters do not move (each conflict stays where it was recorded).
+    resolve(&desktop, &open, "mobile").await;
+    resolve(&cloud, &old_open, "desktop").await;
+    healthz_becomes(&addr, 200, "no conflict waits").await;
+    metrics_with(
+        &addr,
+        &[
+            "\ntandem_conflicts_open 0\n".into(),
+            recorded("update/delete", "open", 1),
+            recorded("unknown", "open", 2),
+        ],
+    )
+    .await;
+    // A conflict recorded while it runs is counted at the next reading.
+    settled(7, "update/update", "mobile").write(&desktop).await;
+    metrics_with(&addr, &[recorded("update/update", "mobile", 3)]).await;
+
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;

@@ -24,6 +24,7 @@ mod reconcile;
 mod reverse;
 mod reverse_retry;
 mod seed;
+mod status_conflicts;
 mod support;
 mod sync_whole;
 mod tls;

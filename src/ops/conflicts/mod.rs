@@ -28,6 +28,7 @@ use crate::transform::Kind;
 
 mod keyed;
 mod scoped;
+mod show;
 use scoped::apply;
 
 /// What choosing for one conflict came to: its row (the key's texts, or the cloud key) and what was
@@ -49,6 +50,10 @@ pub use crate::commit::resolve::Chosen as Keep;
 
 /// One conflict. Its id is the side it is recorded on and its number there: `f12` (forward, in the
 /// cloud's `tandem.conflicts`), `r7` (reverse, in the desktop's).
+///
+/// A conflict by concurrency (a desktop change and a phone change of one row, neither made seeing the
+/// other) has `kind` and the fields after it; a record of the older shape has them null and only
+/// `incoming`, `current` and `reason`. Versions are objects of each column's exact text.
 #[derive(Debug, Clone, Serialize)]
 pub struct Conflict {
     pub id: String,
@@ -62,55 +67,56 @@ pub struct Conflict {
     pub resolved_at: Option<String>,
     pub resolution: Option<String>,
     pub resolved_by: Option<String>,
+    /// `update/update`, `update/delete`, `delete/update` or `insert/insert`: the desktop's change,
+    /// then the phone's.
+    pub kind: Option<String>,
+    /// The version both sides last agreed on (null: unknown, or none for `insert/insert`).
+    pub base: Option<serde_json::Value>,
+    /// Each side's version (null: that side deleted the row).
+    pub desktop_row: Option<serde_json::Value>,
+    pub mobile_row: Option<serde_json::Value>,
+    /// The columns both sides changed (every differing column for `insert/insert`).
+    pub columns: Option<Vec<String>>,
+    /// The desktop transaction's time (its capture), and the phone's commit in the cloud.
+    pub desktop_at: Option<String>,
+    pub mobile_at: Option<String>,
+    /// The phone's transaction in the cloud: its commit LSN and xid; and the desktop's xid.
+    pub cloud_lsn: Option<String>,
+    pub cloud_xid: Option<i64>,
+    pub desktop_xid: Option<i64>,
+    /// The table's policy when it was recorded.
+    pub policy: Option<String>,
+    /// What both sides were given: `desktop`, `mobile` or `merged` (null while a person must decide).
+    pub outcome: Option<String>,
+    /// That row (null: deleted, or not decided yet).
+    pub result: Option<serde_json::Value>,
 }
 
-impl fmt::Display for Conflict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let key = self
-            .row_key
-            .as_ref()
-            .map(|k| k.to_string())
-            .unwrap_or_default();
-        write!(
-            f,
-            "{} {} {} {key}: {} (detected {}",
-            self.id, self.direction, self.table, self.reason, self.detected_at
-        )?;
-        match (&self.resolved_at, &self.resolution) {
-            (Some(at), Some(kept)) => write!(
-                f,
-                "; resolved {at}, kept {kept}, by {})",
-                self.resolved_by.as_deref().unwrap_or("?")
-            ),
-            _ => write!(f, "; open)"),
-        }?;
-        if self.resolved_at.is_none() {
-            let incoming = self
-                .incoming
-                .as_ref()
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            let current = self
-                .current
-                .as_ref()
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            write!(f, "\n    incoming: {incoming}\n    current:  {current}")?;
-        }
-        Ok(())
-    }
-}
+/// A time as UTC RFC 3339, to the second.
+const SECONDS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
+/// A time as UTC RFC 3339, to the microsecond: the two sides' times of a conflict, which `latest`
+/// compares.
+const MICROSECONDS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
 
-const LIST_SQL: &str = "SELECT id, direction, table_name,
-        to_char(detected_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-        row_key, incoming, current, reason,
-        to_char(resolved_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), resolution, resolved_by
-   FROM tandem.conflicts WHERE $1 OR resolved_at IS NULL ORDER BY detected_at, id";
+fn list_sql() -> String {
+    let utc =
+        |column: &str, format: &str| format!("to_char({column} AT TIME ZONE 'UTC', {format})");
+    format!(
+        "SELECT id, direction, table_name, {}, row_key, incoming, current, reason, {}, resolution,
+                resolved_by, kind, base, desktop_row, mobile_row, columns, {}, {}, cloud_lsn::text,
+                cloud_xid, desktop_xid, policy, outcome, result
+           FROM tandem.conflicts WHERE $1 OR resolved_at IS NULL ORDER BY detected_at, id",
+        utc("detected_at", SECONDS),
+        utc("resolved_at", SECONDS),
+        utc("desktop_at", MICROSECONDS),
+        utc("mobile_at", MICROSECONDS),
+    )
+}
 
 async fn read(client: &Client, side: Side, all: bool) -> Result<Vec<Conflict>, DbError> {
     let prefix = if side == Side::Cloud { "f" } else { "r" };
     let rows = client
-        .query(LIST_SQL, &[&all])
+        .query(&list_sql(), &[&all])
         .await
         .ctx(side, "reading tandem.conflicts")?;
     Ok(rows
@@ -127,11 +133,24 @@ async fn read(client: &Client, side: Side, all: bool) -> Result<Vec<Conflict>, D
             resolved_at: r.get(8),
             resolution: r.get(9),
             resolved_by: r.get(10),
+            kind: r.get(11),
+            base: r.get(12),
+            desktop_row: r.get(13),
+            mobile_row: r.get(14),
+            columns: r.get(15),
+            desktop_at: r.get(16),
+            mobile_at: r.get(17),
+            cloud_lsn: r.get(18),
+            cloud_xid: r.get(19),
+            desktop_xid: r.get(20),
+            policy: r.get(21),
+            outcome: r.get(22),
+            result: r.get(23),
         })
         .collect())
 }
 
-/// The open conflicts of both sides (with `all`, the resolved ones too), oldest first.
+/// The open conflicts of both sides (with `all`, the settled ones too), oldest first.
 pub async fn list(config: &Config, all: bool) -> Result<Vec<Conflict>, DbError> {
     let desktop = db::connect(Side::Desktop, &config.desktop.url).await?;
     let cloud = db::connect(Side::Cloud, &config.cloud.url).await?;

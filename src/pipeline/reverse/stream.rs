@@ -546,12 +546,7 @@ impl Stream<'_> {
             .await;
         let outcome = committed.map_err(|e| self.refused(e))?;
         failpoint("reverse-after-commit");
-        crate::telemetry::batch_committed(
-            "reverse",
-            outcome.conflicts,
-            outcome.dead_letters,
-            Some(pg_time(first)),
-        );
+        crate::telemetry::batch_committed("reverse", outcome.dead_letters, Some(pg_time(first)));
         self.acknowledge(Event::Applied(end));
         self.stored = Some(end);
         stats.batches += 1;
