@@ -231,13 +231,30 @@ impl Forward {
             horizons,
         } = shape;
         let names = batch.names;
+        /// What a statement's rows are.
         #[derive(PartialEq)]
         enum Reads {
             Nothing,
             Check,
             Held,
+            /// The transaction's id (the emitted message's).
+            Own,
         }
-        // (table, statement, what it does, its parameters, what its rows are)
+        /// One statement of the round trip: its table, what it does, its parameters, its rows.
+        struct Read<'a> {
+            table: usize,
+            sql: &'a str,
+            what: &'a str,
+            params: Vec<&'a (dyn ToSql + Sync)>,
+            reads: Reads,
+        }
+        let read = |table, sql, what, reads| Read {
+            table,
+            sql,
+            what,
+            params: Vec::new(),
+            reads,
+        };
         let settings: Vec<(String, String)> = order
             .iter()
             .map(|&i| {
@@ -248,68 +265,54 @@ impl Forward {
                 )
             })
             .collect();
-        let mut statements: Vec<(usize, &str, &str, Vec<&(dyn ToSql + Sync)>, Reads)> = Vec::new();
+        let mut statements: Vec<Read> = Vec::new();
         for (&i, (name, value)) in order.iter().zip(&settings) {
-            let params: Vec<&(dyn ToSql + Sync)> = vec![name, value];
-            statements.push((
-                i,
-                SET_HORIZON,
-                "setting the horizon",
-                params,
-                Reads::Nothing,
-            ));
+            statements.push(Read {
+                params: vec![name, value],
+                ..read(i, SET_HORIZON, "setting the horizon", Reads::Nothing)
+            });
         }
         for &i in order.iter().filter(|i| truncated.contains(i)) {
             let sql = &self.sql[i].truncate_keys;
-            statements.push((i, sql, "applying a TRUNCATE", vec![], Reads::Nothing));
+            statements.push(read(i, sql, "applying a TRUNCATE", Reads::Nothing));
         }
         for &i in order.iter().filter(|i| big.contains(i)) {
             let sql = &self.sql[i].analyze_staged;
-            statements.push((
-                i,
-                sql,
-                "analyzing the staging tables",
-                vec![],
-                Reads::Nothing,
-            ));
+            statements.push(read(i, sql, "analyzing the staging tables", Reads::Nothing));
         }
         for &i in order {
             if let Some(hold) = &self.sql[i].hold {
-                statements.push((i, hold, "holding back unreceived keys", vec![], Reads::Held));
+                statements.push(read(i, hold, "holding back unreceived keys", Reads::Held));
             }
         }
         for &i in order {
             let sql = &self.sql[i];
             if let Some(check) = sql.duplicate_rows.as_ref().or(sql.keys_have_null.as_ref()) {
-                statements.push((i, check, "reading the staged keys", vec![], Reads::Check));
+                statements.push(read(i, check, "reading the staged keys", Reads::Check));
             }
         }
         let own = Own::emit_sql();
         let quiet = false;
         if let Some(&first) = order.first() {
-            let params: Vec<&(dyn ToSql + Sync)> = vec![&quiet];
-            statements.push((
-                first,
-                &own,
-                "marking the transaction as tandem's",
-                params,
-                Reads::Nothing,
-            ));
+            statements.push(Read {
+                params: vec![&quiet],
+                ..read(first, &own, "marking the transaction as tandem's", Reads::Own)
+            });
         }
         let mut prepared = Vec::with_capacity(statements.len());
-        for (i, sql, _, _, _) in &statements {
+        for s in &statements {
             let statement = target
                 .statements
-                .get(cloud, sql)
+                .get(cloud, s.sql)
                 .await
-                .map_err(|e| CommitError::of_table(e, *i))?;
+                .map_err(|e| CommitError::of_table(e, s.table))?;
             prepared.push(statement);
         }
         let results = db::pipelined(
             prepared
                 .iter()
                 .zip(&statements)
-                .map(|(s, (_, _, _, params, _))| cloud.query(s, params))
+                .map(|(p, s)| cloud.query(p, &s.params))
                 .collect(),
         )
         .await;
@@ -317,19 +320,20 @@ impl Forward {
         let mut held = Vec::new();
         let mut wait_for = 0;
         // The first error is the cause; the statements after it only say the transaction is aborted.
-        for ((i, sql, what, _, reads), result) in statements.iter().zip(results) {
+        for (s, result) in statements.iter().zip(results) {
+            let i = s.table;
             let rows = result
-                .ctx(Side::Cloud, format!("{what} of {}", names[*i]))
-                .map_err(|e| CommitError::of_table(e, *i))?;
-            match reads {
-                Reads::Check => checks.push((*i, rows)),
+                .ctx(Side::Cloud, format!("{} of {}", s.what, names[i]))
+                .map_err(|e| CommitError::of_table(e, i))?;
+            match s.reads {
+                Reads::Check => checks.push((i, rows)),
                 Reads::Held if !rows.is_empty() => held.push((
-                    *i,
+                    i,
                     rows.iter()
                         .map(|r| r.get::<_, Vec<Option<String>>>(0))
                         .collect::<Vec<_>>(),
                 )),
-                _ if *sql == own.as_str() => wait_for = rows[0].get(0),
+                Reads::Own => wait_for = rows[0].get(0),
                 _ => {}
             }
         }
