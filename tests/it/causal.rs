@@ -326,3 +326,25 @@ async fn a_task_changed_on_both_sides_at_once_is_settled_in_place_by_the_later_w
         ("update/update", "merged")
     );
 }
+
+/// The reverse worker measures how far the cloud's clock is ahead of the desktop's when it connects,
+/// and records it where every settlement reads it: both clusters here share one clock, so the
+/// offset is within the round trip of the measurement.
+#[tokio::test]
+async fn the_cloud_clocks_offset_is_measured_and_recorded_for_the_latest_policy() {
+    let (db, config) = installed().await;
+    let desktop = db.desktop().await;
+    let recorded = "SELECT count(*) FROM tandem.installation WHERE item = 'cloud_ahead'";
+    assert_eq!(count(&desktop, recorded).await, 0);
+    run_once(&config).await;
+    let ahead: f64 = desktop
+        .query_one(
+            "SELECT extract(epoch FROM value::interval)::float8 FROM tandem.installation \
+              WHERE item = 'cloud_ahead'",
+            &[],
+        )
+        .await
+        .expect("cloud_ahead recorded")
+        .get(0);
+    assert!(ahead.abs() < 0.5, "one clock, {ahead} s apart");
+}

@@ -55,7 +55,7 @@ fn the_demo_tells_the_migration_story_and_removes_its_clusters() {
         "three edits, each timed:\n{text}"
     );
     assert!(
-        stdout.contains("settled by policy latest")
+        stdout.contains("policy latest, outcome merged")
             && stdout.contains("resolved: the desktop version of jobshead"),
         "no resolution line:\n{text}"
     );

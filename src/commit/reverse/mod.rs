@@ -16,6 +16,11 @@ pub mod relation;
 pub mod retry;
 pub mod sql;
 
+/// The item of `tandem.installation` (on the desktop) holding how far the cloud's clock is ahead of the
+/// desktop's, as an interval: what the `latest` policy moves the desktop's times by (see
+/// [`crate::pipeline::reverse::clock`]).
+pub const CLOUD_AHEAD_ITEM: &str = "cloud_ahead";
+
 use std::collections::{BTreeMap, HashSet};
 
 use tokio_postgres::Client;

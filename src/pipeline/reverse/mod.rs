@@ -9,6 +9,7 @@
 //! transaction is open and nothing is pending, a keepalive's position is acknowledged, so a quiet
 //! publication never pins the cloud's WAL.
 
+pub mod clock;
 mod diagnose;
 mod resume;
 mod stream;
@@ -226,6 +227,11 @@ impl ReverseWorker<'_> {
             .map(|(&i, p)| (i, format!("{}; fix: {}", p.reason, p.fix)))
             .collect();
         let target = Target::prepare(&desktop, Direction::Reverse, prepared.plan.staging()).await?;
+        let ahead = clock::record_cloud_ahead(&desktop, &cloud).await?;
+        tracing::debug!(
+            cloud_ahead_ms = ahead as f64 / 1000.0,
+            "measured how far the cloud's clock is ahead of the desktop's"
+        );
         let stored = reverse::stored_position(&desktop).await?;
         let sync_points = sync_points(&desktop, &prepared.mapping).await?;
         let start = stored.map(|s| s.0);

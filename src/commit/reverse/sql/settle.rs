@@ -19,8 +19,9 @@
 //! versions, the common one, the columns both changed, both times, the policy and the outcome.
 //!
 //! `latest` compares the desktop change's time (its capture in the outbox, the desktop's clock
-//! moved by the session's `tandem.cloud_ahead`, how far the cloud's clock is ahead of the desktop's)
-//! with the phone's commit in the cloud. A side whose time is not known counts as the earlier.
+//! moved by `cloud_ahead`, how far the cloud's clock is ahead of the desktop's: see
+//! [`crate::pipeline::reverse::clock`]) with the phone's commit in the cloud. A side whose time is not
+//! known counts as the earlier.
 
 use super::{Keyed, Table};
 use crate::config::Policy;
@@ -205,9 +206,12 @@ pub(super) fn find(site: &Site, policy: Policy) -> String {
         "CASE WHEN n._op = 'D' THEN NULL ELSE {} END",
         v.json(|j| v.mobile(j))
     );
-    let desktop_later = "coalesce(w.at + coalesce(nullif(current_setting('tandem.cloud_ahead', true), '')::interval, \
-                         '0'::interval) > n._at, n._at IS NULL)";
-    let merged = v.json(|j| v.latest(j, desktop_later));
+    let desktop_later = format!(
+        "coalesce(w.at + coalesce((SELECT i.value::interval FROM tandem.installation i WHERE i.item = {}), \
+                  '0'::interval) > n._at, n._at IS NULL)",
+        lit(crate::commit::reverse::CLOUD_AHEAD_ITEM)
+    );
+    let merged = v.json(|j| v.latest(j, &desktop_later));
     let (result, outcome) = match policy {
         Policy::Desktop => ("x.desktop_row".to_string(), "'desktop'".to_string()),
         Policy::Mobile => ("x.mobile_row".to_string(), "'mobile'".to_string()),
@@ -230,7 +234,7 @@ pub(super) fn find(site: &Site, policy: Policy) -> String {
     format!(
         "INSERT INTO {c_table} (_n, kind, base, desktop_row, mobile_row, result, columns, desktop_at, desktop_xid, outcome, key) \
          SELECT x._n, x.kind, x.base, x.desktop_row, x.mobile_row, {result}, x.columns, x.desktop_at, x.desktop_xid, {outcome}, x.key \
-         FROM (SELECT n._n, {kind} AS kind, n._first_old AS base, {desktop_row} AS desktop_row, {mobile_row} AS mobile_row, \
+         FROM (SELECT n._n, {kind} AS kind, {base} AS base, {desktop_row} AS desktop_row, {mobile_row} AS mobile_row, \
                       CASE WHEN n._op = 'D' OR d.ctid IS NULL THEN NULL ELSE {merged} END AS merged, \
                       CASE WHEN n._op = 'I' AND d.ctid IS NOT NULL THEN array_remove(ARRAY[{columns}]::text[], NULL) END AS columns, \
                       w.at AS desktop_at, w.xid AS desktop_xid, {key} AS key \
@@ -243,10 +247,22 @@ pub(super) fn find(site: &Site, policy: Policy) -> String {
                 WHERE n._verdict IS NULL) x \
          WHERE x.kind IS NOT NULL",
         kind = site.kind,
+        base = base(&v),
         from = site.from,
         old_row = c.old_row(),
         schema = lit(&t.table.desktop.schema),
         tname = lit(&t.table.desktop.name),
+    )
+}
+
+/// The old image's mapped columns: the version both sides agreed on (the image holds the cloud's
+/// own columns too).
+fn base(v: &Versions) -> String {
+    let names: Vec<String> = v.cols().iter().map(|c| lit(&c.name)).collect();
+    format!(
+        "(SELECT jsonb_object_agg(b.key, b.value) FROM jsonb_each(n._first_old) b \
+           WHERE b.key = ANY(ARRAY[{}]::text[]))",
+        names.join(", ")
     )
 }
 
