@@ -364,6 +364,33 @@ async fn migration_from_the_old_sync_adopts_the_cloud_as_it_is() {
     let unwritten = every_row(&db, &config).await == all_rows;
     assert!(unwritten, "the second reconcile wrote rows");
     is(&cloud, "tandem.dead_letters WHERE resolved_at IS NULL", 3).await;
+
+    // Adopted: the desktop holds the phones' rows as agreed versions, so its first edits of them are
+    // ordinary edits, applied in place (the same cloud row, now desktop-owned), not conflicts.
+    let phone_task = "SELECT jt_id FROM jobtasks WHERE task_name = 'Phone task'";
+    let jt_id: i64 = cloud.query_one(phone_task, &[]).await.unwrap().get(0);
+    exec(
+        &desktop,
+        "UPDATE jobshead SET remarks = 'edited at the office' WHERE job_id = 900001;
+         UPDATE jobtasks SET task_name = 'Phone task, checked' WHERE task_name = 'Phone task';
+         DELETE FROM mbreminder WHERE rem_id = 900001;",
+    )
+    .await;
+    run_once(&config).await;
+    is(&cloud, "jobshead WHERE job_id = 900001 AND remarks = 'edited at the office' AND source = 'D'", 1).await;
+    is(&cloud, "reminder WHERE rem_id = 900001", 0).await;
+    let edited: Vec<i64> = cloud
+        .query("SELECT jt_id FROM jobtasks WHERE task_name LIKE 'Phone task%'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(edited, [jt_id], "the phone's task, edited in place");
+    for client in [&desktop, &cloud] {
+        is(client, "tandem.conflicts", 0).await;
+    }
+    assert_sides_equal(&db, &config).await;
 }
 
 /// Drift between the two sides of a synced sample, found only by a scan: the cloud edited by hand
