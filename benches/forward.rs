@@ -1,6 +1,6 @@
 //! Forward (desktop → cloud) benchmark: `cargo bench --bench forward`.
 //!
-//! Starts two throwaway clusters (both `wal_level = logical`, fsync off) and measures, each figure on
+//! Starts two throwaway clusters (both `wal_level = logical`, fsync on) and measures, each figure on
 //! fresh databases: tandem's throughput for one 100k-row transaction and for 100 × 1,000-row
 //! transactions (at two batch sizes), and tandem's commit → visible latency for paced single-row
 //! commits. In the same run, on the same clusters, two references: a plain COPY floor and PostgreSQL's
@@ -257,9 +257,9 @@ impl Env<'_> {
         let desktop_url = self.desktop.url(&name);
         let cloud_url = self.cloud.url(&name);
         let desktop = connect(&desktop_url).await?;
-        // fsync stays off, so this costs a write(), not a disk flush. With it off, a walsender sends
-        // WAL only once the WAL writer flushed it (wal_writer_delay, 200 ms): the native reference
-        // would measure that delay, not replication. tandem's NOTIFY wake-up is unaffected either way.
+        // The clusters commit durably already; said here too, since without it a walsender sends WAL
+        // only once the WAL writer flushed it (wal_writer_delay, 200 ms): the native reference would
+        // measure that delay, not replication.
         desktop.batch_execute("SET synchronous_commit = on").await?;
         Ok(Pair {
             desktop,

@@ -1,6 +1,6 @@
 //! Reverse (cloud → desktop) benchmark: `cargo bench --bench reverse`.
 //!
-//! Starts two throwaway clusters (both `wal_level = logical`, fsync off; the cloud with
+//! Starts two throwaway clusters (both `wal_level = logical`, fsync on; the cloud with
 //! `wal_sender_timeout = '10s'`) and measures how fast rows a phone makes in the cloud (plain INSERTs,
 //! which tandem's ownership trigger marks `source = 'M'`) reach the desktop through tandem's reverse
 //! worker: commit → visible latency for paced single-row commits, and 100k-row transactions (five, one
@@ -254,9 +254,9 @@ impl Env<'_> {
         }
         let desktop_url = self.desktop.url(&name);
         let cloud = connect(&self.cloud.url(&name)).await?;
-        // fsync stays off, so this costs a write(), not a disk flush. With it off, a walsender sends
-        // WAL only once the WAL writer flushed it (wal_writer_delay, 200 ms): both tandem's slot and
-        // the native subscription would measure that delay, not replication.
+        // The clusters commit durably already; said here too, since without it a walsender sends WAL
+        // only once the WAL writer flushed it (wal_writer_delay, 200 ms): both tandem's slot and the
+        // native subscription would measure that delay, not replication.
         cloud.batch_execute("SET synchronous_commit = on").await?;
         Ok(Pair {
             desktop: connect(&desktop_url).await?,

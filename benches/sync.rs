@@ -1,6 +1,6 @@
 //! Initial sync and reconcile benchmark: `cargo bench --bench sync`.
 //!
-//! Starts two throwaway clusters (both `wal_level = logical`, fsync off) and measures, each part on
+//! Starts two throwaway clusters (both `wal_level = logical`, fsync on) and measures, each part on
 //! fresh databases:
 //! 1. the seeds-sized initial sync (the PowerCA sample, `sample::seed` at scale 1.0, ~92k rows) into an
 //!    empty cloud: `setup::init`, then `pipeline::run(once)`, timed from the start of the run to its

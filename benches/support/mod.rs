@@ -19,7 +19,8 @@ pub type Body = for<'a> fn(
     &'a LocalCluster,
 ) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
 
-/// Starts a desktop and a cloud cluster (both `wal_level = logical`, fsync off; the cloud gets
+/// Starts a desktop and a cloud cluster (both `wal_level = logical`, durable: fsync, synchronous_commit
+/// and full_page_writes on, as a real desktop runs; the cloud gets
 /// `cloud_settings` too), runs `body` on a tokio runtime, then stops and removes both on every path.
 /// `note` completes the line that reports the clusters.
 pub fn with_clusters(
@@ -37,7 +38,7 @@ pub fn with_clusters(
     let started = Instant::now();
     let options = |settings: Vec<(String, String)>| ClusterOptions {
         wal_level: WalLevel::Logical,
-        durable: false,
+        durable: true,
         settings,
         ..ClusterOptions::default()
     };
@@ -46,8 +47,8 @@ pub fn with_clusters(
     let cloud = LocalCluster::start(&format!("{name}-cloud"), &options(cloud_settings))
         .context("starting the cloud cluster")?;
     println!(
-        "clusters started in {:.2} s (desktop port {}, cloud port {}; wal_level = logical, fsync and \
-         synchronous_commit off{note})",
+        "clusters started in {:.2} s (desktop port {}, cloud port {}; wal_level = logical, fsync, \
+         synchronous_commit and full_page_writes on{note})",
         started.elapsed().as_secs_f64(),
         desktop.port(),
         cloud.port()

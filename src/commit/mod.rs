@@ -270,6 +270,35 @@ impl From<DbError> for CommitError {
     }
 }
 
+/// What a direction brings to one transaction of the target: the engine's one contract, which the
+/// forward batches, a sync's direct applications, the reverse groups, a reconcile's desktop repairs and
+/// `conflicts resolve` all write through ([`Target::run`] drives it):
+/// - [`Job::tables`]: the staging tables the transaction uses (emptied before their first use in it);
+/// - [`Job::stage`]: the rows, into staging (a reverse group's came while the stream was read, in the
+///   transaction open already);
+/// - [`Job::apply`]: what decides the plan, read first, then the plan, through [`Target::apply`];
+/// - [`Job::progress`]: what the commit records with the data, or `None` to write nothing after all.
+pub(crate) trait Job {
+    /// What the transaction did.
+    type Done;
+
+    fn tables(&self) -> Vec<usize> {
+        Vec::new()
+    }
+
+    async fn stage(&mut self, _target: &mut Target, _client: &Client) -> Result<(), CommitError> {
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        target: &mut Target,
+        client: &Client,
+    ) -> Result<Self::Done, CommitError>;
+
+    fn progress(&self, done: &Self::Done) -> Option<Progress<'_>>;
+}
+
 /// One connection to a target database, in tandem's session: its prepared statements, its staging
 /// tables, and the transaction open on it.
 #[derive(Debug)]
@@ -587,6 +616,26 @@ impl Target {
         self.staging.end_transaction();
         self.committed();
         Ok(())
+    }
+
+    /// Runs `job` in one transaction, from its begin (unless one is open: a job may have staged in it
+    /// already) to its commit with the job's progress; rolled back when the job writes nothing after
+    /// all. On an error the transaction is left as it is: the caller decides from it (a reverse group
+    /// whose rows went straight into desktop tables is received again, staged) and ends the session or
+    /// rolls back.
+    pub(crate) async fn run<J: Job>(
+        &mut self,
+        client: &Client,
+        job: &mut J,
+    ) -> Result<J::Done, CommitError> {
+        self.begin(client, job.tables()).await?;
+        job.stage(self, client).await?;
+        let done = job.apply(self, client).await?;
+        match job.progress(&done) {
+            Some(progress) => self.commit(client, progress).await?,
+            None => self.rollback(client).await?,
+        }
+        Ok(done)
     }
 
     /// Rolls the open transaction back (what was staged in it is gone too).

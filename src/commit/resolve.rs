@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
-use super::{Direction, Progress, StagingTables, Target};
+use super::{CommitError, Direction, Job, Progress, StagingTables, Target};
 use crate::change::Side;
 use crate::db::{Context, DbError};
 use crate::expr::{lit, q, same_key, text};
@@ -103,40 +103,33 @@ pub async fn choose(
         Some(_) => &c.result,
         None => &c.desktop_row,
     };
-    let sql = ChoiceSql::build(t);
     let mut target = Target::prepare(
         desktop,
         Direction::Reverse,
         StagingTables::declared(Side::Desktop, []),
     )
     .await?;
-    target.begin(desktop, []).await?;
-    // An open conflict kept for the desktop: its row stays as it is now (a later desktop edit of it
-    // included), and only travels.
-    let rewrite = !(keep == Chosen::Desktop && c.outcome.is_none());
-    let done = write(desktop, t, &sql, c, (chosen, expected), rewrite).await;
-    match done {
+    let mut job = Choice {
+        t,
+        sql: ChoiceSql::build(t),
+        c,
+        chosen,
+        expected,
+        // An open conflict kept for the desktop: its row stays as it is now (a later desktop edit
+        // of it included), and only travels.
+        rewrite: !(keep == Chosen::Desktop && c.outcome.is_none()),
+        keep,
+        chooser,
+    };
+    match target.run(desktop, &mut job).await {
         Ok(Ok(())) => {}
-        Ok(Err(why)) => {
-            target.rollback(desktop).await?;
-            return Ok(Err(why));
-        }
+        Ok(Err(why)) => return Ok(Err(why)),
         Err(e) => {
-            // The transaction failed already: nothing was written.
+            // The session goes on with the next conflict: nothing of this one stays.
             let _ = target.rollback(desktop).await;
             return Err(e.into());
         }
     }
-    let what = format!("marking conflict r{} resolved", c.id);
-    desktop
-        .execute(
-            "UPDATE tandem.conflicts SET resolved_at = now(), resolution = $2, resolved_by = $3, outcome = $2, \
-                    result = $4 WHERE id = $1",
-            &[&c.id, &keep.as_str(), &chooser, chosen],
-        )
-        .await
-        .ctx(Side::Desktop, &what)?;
-    target.commit(desktop, Progress::Nothing).await?;
     let key = c
         .row_key
         .as_ref()
@@ -151,6 +144,104 @@ pub async fn choose(
         keep.as_str(),
         t.table.desktop
     )))
+}
+
+/// One choice, as the commit engine runs it (in the reverse direction's transaction: under its lock).
+struct Choice<'a> {
+    t: &'a TableMapping,
+    sql: ChoiceSql,
+    c: &'a Recorded,
+    chosen: &'a Option<Value>,
+    expected: &'a Option<Value>,
+    rewrite: bool,
+    keep: Chosen,
+    chooser: &'a str,
+}
+
+impl Job for Choice<'_> {
+    /// Why nothing was written, if so.
+    type Done = Result<(), String>;
+
+    async fn apply(&mut self, _: &mut Target, desktop: &Client) -> Result<Self::Done, CommitError> {
+        let c = self.c;
+        let versions = (self.chosen, self.expected);
+        if let Err(why) = write(desktop, self.t, &self.sql, c, versions, self.rewrite).await? {
+            return Ok(Err(why));
+        }
+        let what = format!("marking conflict r{} resolved", c.id);
+        desktop
+            .execute(
+                "UPDATE tandem.conflicts SET resolved_at = now(), resolution = $2, resolved_by = $3, \
+                        outcome = $2, result = $4 WHERE id = $1",
+                &[&c.id, &self.keep.as_str(), &self.chooser, self.chosen],
+            )
+            .await
+            .ctx(Side::Desktop, &what)?;
+        Ok(Ok(()))
+    }
+
+    fn progress(&self, done: &Self::Done) -> Option<Progress<'_>> {
+        done.is_ok().then_some(Progress::Nothing)
+    }
+}
+
+/// Runs `update` (a change of mobile rows' ownership, for a conflict of the older shape) in a cloud
+/// transaction the reverse stream skips: a row leaving `source = 'M'` is published as a DELETE, and
+/// the message first in the transaction tells the stream it is tandem's own, not a phone's delete.
+/// Returns the rows changed.
+pub async fn own_cloud_update(
+    cloud: &Client,
+    update: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: &str,
+) -> Result<u64, CommitError> {
+    let mut target = Target::prepare(
+        cloud,
+        Direction::Forward,
+        StagingTables::declared(Side::Cloud, []),
+    )
+    .await?;
+    let mut job = OwnUpdate {
+        update,
+        params,
+        what,
+    };
+    let done = target.run(cloud, &mut job).await;
+    if done.is_err() && target.is_open() {
+        // The session goes on: nothing of this write stays.
+        let _ = target.rollback(cloud).await;
+    }
+    done
+}
+
+struct OwnUpdate<'a> {
+    update: &'a str,
+    params: &'a [&'a (dyn ToSql + Sync)],
+    what: &'a str,
+}
+
+impl Job for OwnUpdate<'_> {
+    /// The rows changed.
+    type Done = u64;
+
+    async fn apply(&mut self, _: &mut Target, cloud: &Client) -> Result<u64, CommitError> {
+        let mark = format!(
+            "SELECT pg_logical_emit_message(true, {}, 'conflicts resolve')",
+            lit(crate::capture::logical::OWN_PREFIX)
+        );
+        cloud
+            .batch_execute(&mark)
+            .await
+            .ctx(Side::Cloud, self.what)?;
+        Ok(cloud
+            .execute(self.update, self.params)
+            .await
+            .ctx(Side::Cloud, self.what)?)
+    }
+
+    fn progress(&self, _: &u64) -> Option<Progress<'_>> {
+        Some(Progress::Nothing)
+    }
 }
 
 /// Steps 1–3 of the module in the open transaction. `Ok(Err(why))`: the row is not as the conflict

@@ -21,7 +21,8 @@ use crate::capture::outbox::{self, NOTIFY_CHANNEL, ReadSql};
 use crate::change::QualifiedName;
 use crate::change::Side;
 use crate::commit::forward::Forward;
-use crate::commit::{BatchOutcome, Direction, Progress, Target};
+use crate::commit::forward::Sending;
+use crate::commit::{BatchOutcome, Direction, Staged, Target};
 use crate::config::Config;
 use crate::db::{self, Context, Notifications, StatementCache};
 use crate::transform::Mapping;
@@ -338,38 +339,22 @@ async fn one_batch(
     let (first, last) = (batch.ids[0].0, batch.ids[batch.ids.len() - 1].0);
     let batch_id = format!("forward {first}..{last}");
     let (cloud, target) = (&conn.cloud, &mut conn.target);
-    target.begin(cloud, tables.iter().copied()).await?;
-    let (mut rows, mut bytes) = (0, 0);
-    for &i in &tables {
-        let staged = state
-            .plan
-            .stage(
-                target,
-                i,
-                &state.read[i],
-                &conn.desktop,
-                &mut conn.desktop_statements,
-                cloud,
-            )
-            .await?;
-        rows += staged.rows;
-        bytes += staged.bytes;
-    }
     // The session ends on an error; closing its connections rolls both transactions back.
-    let applied = state
-        .plan
-        .apply(
-            target,
-            cloud,
-            mapping,
-            &tables,
-            &batch.truncated,
-            &batch.horizons,
-            &batch_id,
-        )
-        .await?;
+    let mut sending = Sending {
+        plan: &state.plan,
+        mapping,
+        reads: tables.iter().map(|&i| (i, &state.read[i])).collect(),
+        truncated: &batch.truncated,
+        horizons: &batch.horizons,
+        batch_id: &batch_id,
+        fill: false,
+        desktop: &conn.desktop,
+        desktop_statements: &mut conn.desktop_statements,
+        staged: Staged::default(),
+    };
+    let applied = target.run(cloud, &mut sending).await?;
+    let (rows, bytes) = (sending.staged.rows, sending.staged.bytes);
     let mut outcome = applied.outcome;
-    target.commit(cloud, Progress::Forward).await?;
     crate::telemetry::batch_committed("forward", outcome.dead_letters, batch.oldest);
     outcome.staged_rows = rows;
     outcome.staged_bytes = bytes;

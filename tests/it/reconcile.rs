@@ -377,10 +377,18 @@ async fn migration_from_the_old_sync_adopts_the_cloud_as_it_is() {
     )
     .await;
     run_once(&config).await;
-    is(&cloud, "jobshead WHERE job_id = 900001 AND remarks = 'edited at the office' AND source = 'D'", 1).await;
+    is(
+        &cloud,
+        "jobshead WHERE job_id = 900001 AND remarks = 'edited at the office' AND source = 'D'",
+        1,
+    )
+    .await;
     is(&cloud, "reminder WHERE rem_id = 900001", 0).await;
     let edited: Vec<i64> = cloud
-        .query("SELECT jt_id FROM jobtasks WHERE task_name LIKE 'Phone task%'", &[])
+        .query(
+            "SELECT jt_id FROM jobtasks WHERE task_name LIKE 'Phone task%'",
+            &[],
+        )
         .await
         .unwrap()
         .iter()

@@ -47,6 +47,83 @@ pub struct Applied {
     pub wait_for: i64,
 }
 
+/// One forward transaction as the commit engine runs it ([`Target::run`]): each table's desktop rows
+/// that `read` selects, piped from the desktop's snapshot into staging, then the plan; with `fill`, a
+/// table still empty once locked is filled instead (see [`Forward::fill`]).
+pub struct Sending<'a> {
+    pub plan: &'a Forward,
+    pub mapping: &'a Mapping,
+    /// The tables, in order, each with what selects its rows.
+    pub reads: Vec<(usize, &'a ReadSql)>,
+    pub truncated: &'a BTreeSet<usize>,
+    pub horizons: &'a [Option<Horizon>],
+    pub batch_id: &'a str,
+    pub fill: bool,
+    /// The source: its transaction holds the batch's snapshot.
+    pub desktop: &'a Client,
+    pub desktop_statements: &'a mut StatementCache,
+    /// What was staged.
+    pub staged: Staged,
+}
+
+impl super::Job for Sending<'_> {
+    type Done = Applied;
+
+    fn tables(&self) -> Vec<usize> {
+        self.reads.iter().map(|(i, _)| *i).collect()
+    }
+
+    async fn stage(&mut self, target: &mut Target, cloud: &Client) -> Result<(), CommitError> {
+        for &(i, read) in &self.reads {
+            let staged = self
+                .plan
+                .stage(
+                    target,
+                    i,
+                    read,
+                    self.desktop,
+                    self.desktop_statements,
+                    cloud,
+                )
+                .await?;
+            self.staged.rows += staged.rows;
+            self.staged.bytes += staged.bytes;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, target: &mut Target, cloud: &Client) -> Result<Applied, CommitError> {
+        if self.fill
+            && let [(i, _)] = self.reads[..]
+            && let Some(outcome) = self
+                .plan
+                .fill(target, cloud, self.mapping, i, self.batch_id)
+                .await?
+        {
+            return Ok(Applied {
+                outcome,
+                ..Applied::default()
+            });
+        }
+        let tables = self.tables().into_iter().collect();
+        self.plan
+            .apply(
+                target,
+                cloud,
+                self.mapping,
+                &tables,
+                self.truncated,
+                self.horizons,
+                self.batch_id,
+            )
+            .await
+    }
+
+    fn progress(&self, _: &Applied) -> Option<super::Progress<'_>> {
+        Some(super::Progress::Forward)
+    }
+}
+
 /// What shapes a batch's plan.
 #[derive(Clone, Copy)]
 struct Shape<'a> {

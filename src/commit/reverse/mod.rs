@@ -189,65 +189,15 @@ impl Reverse {
         mapping: &Mapping,
         group: &Group<'_>,
     ) -> Result<BatchOutcome, CommitError> {
-        let Group {
-            end,
-            complex,
-            parked,
-            origin,
-            horizon,
-            cloud,
-        } = *group;
-        let mut out = BatchOutcome::default();
         if !target.is_open() {
-            return Ok(out);
+            return Ok(BatchOutcome::default());
         }
-        target
-            .staging
-            .finish_copy()
-            .await
-            .map_err(|(t, e)| CommitError::of_table(e, t))?;
-        let tables: Vec<usize> = mapping
-            .parents_first
-            .iter()
-            .copied()
-            .filter(|&i| target.staging.is_used(i))
-            .collect();
-        if !tables.is_empty() {
-            let batch_id = match origin {
-                Origin::Stream { .. } => format!("reverse {end}"),
-                Origin::Resumed => format!("reverse {end} (a parked table resumed)"),
-                Origin::Reconcile => "reverse (reconcile)".to_string(),
-            };
-            let batch = Batch {
-                names: &self.names,
-                id: &batch_id,
-                reasons: parked,
-            };
-            let (reduced, direct): (Vec<usize>, Vec<usize>) = tables
-                .iter()
-                .partition(|i| complex.contains(i) || parked.contains_key(i));
-            self.reduce(target, desktop, &reduced, parked).await?;
-            let contested: Vec<usize> = reduced
-                .iter()
-                .copied()
-                .filter(|i| !parked.contains_key(i))
-                .collect();
-            self.contest(desktop, cloud, &contested).await?;
-            let plan = self.plan(target, desktop, &tables, &direct, parked).await?;
-            out = target.apply(desktop, &plan, batch).await?;
-        }
-        let (direct, per_table) = target.staging.take_direct_written();
-        out.written += direct;
-        for (i, n) in per_table {
-            target.count_applied(&self.names[i], n);
-        }
-        let progress = match origin {
-            Origin::Stream { committed } => Progress::Reverse(end, Some(committed), horizon),
-            Origin::Resumed => Progress::Reverse(end, None, horizon),
-            Origin::Reconcile => Progress::Nothing,
+        let mut applying = Applying {
+            plan: self,
+            mapping,
+            group,
         };
-        target.commit(desktop, progress).await?;
-        Ok(out)
+        target.run(desktop, &mut applying).await
     }
 
     /// Cloud-key tables whose net changes meet a desktop that no longer holds the version the phone
@@ -352,5 +302,94 @@ impl Reverse {
             out.push(plan);
         }
         out
+    }
+}
+
+/// A group as the commit engine runs it ([`Target::run`]), in the transaction its rows were staged in
+/// as the stream delivered them: the last COPY ended, the plan applied (see [`Reverse::commit`]), the
+/// group's position recorded.
+struct Applying<'a> {
+    plan: &'a Reverse,
+    mapping: &'a Mapping,
+    group: &'a Group<'a>,
+}
+
+impl super::Job for Applying<'_> {
+    type Done = BatchOutcome;
+
+    async fn stage(&mut self, target: &mut Target, _: &Client) -> Result<(), CommitError> {
+        target
+            .staging
+            .finish_copy()
+            .await
+            .map_err(|(t, e)| CommitError::of_table(e, t))
+    }
+
+    async fn apply(
+        &mut self,
+        target: &mut Target,
+        desktop: &Client,
+    ) -> Result<BatchOutcome, CommitError> {
+        let Group {
+            end,
+            complex,
+            parked,
+            origin,
+            cloud,
+            ..
+        } = *self.group;
+        let plan = self.plan;
+        let mut out = BatchOutcome::default();
+        let tables: Vec<usize> = self
+            .mapping
+            .parents_first
+            .iter()
+            .copied()
+            .filter(|&i| target.staging.is_used(i))
+            .collect();
+        if !tables.is_empty() {
+            let batch_id = match origin {
+                Origin::Stream { .. } => format!("reverse {end}"),
+                Origin::Resumed => format!("reverse {end} (a parked table resumed)"),
+                Origin::Reconcile => "reverse (reconcile)".to_string(),
+            };
+            let batch = Batch {
+                names: &plan.names,
+                id: &batch_id,
+                reasons: parked,
+            };
+            let (reduced, direct): (Vec<usize>, Vec<usize>) = tables
+                .iter()
+                .partition(|i| complex.contains(i) || parked.contains_key(i));
+            plan.reduce(target, desktop, &reduced, parked).await?;
+            let contested: Vec<usize> = reduced
+                .iter()
+                .copied()
+                .filter(|i| !parked.contains_key(i))
+                .collect();
+            plan.contest(desktop, cloud, &contested).await?;
+            let steps = plan.plan(target, desktop, &tables, &direct, parked).await?;
+            out = target.apply(desktop, &steps, batch).await?;
+        }
+        let (direct, per_table) = target.staging.take_direct_written();
+        out.written += direct;
+        for (i, n) in per_table {
+            target.count_applied(&plan.names[i], n);
+        }
+        Ok(out)
+    }
+
+    fn progress(&self, _: &BatchOutcome) -> Option<Progress<'_>> {
+        let Group {
+            end,
+            origin,
+            horizon,
+            ..
+        } = *self.group;
+        Some(match origin {
+            Origin::Stream { committed } => Progress::Reverse(end, Some(committed), horizon),
+            Origin::Resumed => Progress::Reverse(end, None, horizon),
+            Origin::Reconcile => Progress::Nothing,
+        })
     }
 }

@@ -355,26 +355,16 @@ async fn mark_resolved(
     Ok(())
 }
 
-/// Runs `update` (a change of mobile rows' ownership) in a cloud transaction the reverse stream skips:
-/// a row leaving `source = 'M'` is published as a DELETE, and the message first in the transaction
-/// tells the stream it is tandem's own, not a phone's delete. Returns the rows changed.
+/// See [`crate::commit::resolve::own_cloud_update`].
 async fn own_update(
     cloud: &Client,
     update: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     what: &str,
 ) -> Result<u64, DbError> {
-    cloud
-        .batch_execute(&format!(
-            "BEGIN; SELECT pg_logical_emit_message(true, {}, 'conflicts resolve')",
-            crate::expr::lit(crate::capture::logical::OWN_PREFIX)
-        ))
+    crate::commit::resolve::own_cloud_update(cloud, update, params, what)
         .await
-        .ctx(Side::Cloud, what)?;
-    let n = cloud.execute(update, params).await.ctx(Side::Cloud, what);
-    let end = if n.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    cloud.batch_execute(end).await.ctx(Side::Cloud, what)?;
-    n
+        .map_err(|e| e.source)
 }
 
 /// `alias`'s key columns equal to the parameters `$1..`, by each type's btree equality (or text).

@@ -10,10 +10,11 @@ use futures_util::SinkExt;
 use crate::capture::outbox::{NOTIFY_CHANNEL, ReadSql, key_list};
 use crate::capture::scan::{Key, Line, Lines, ScanSql};
 use crate::change::Side;
+use crate::commit::forward::{Applied, Sending};
 use crate::commit::reconcile::{self, CloudRow, Entry, KeyDecision, Repair, Repairs, ScopeRepair};
 use crate::commit::reverse::Reverse;
 use crate::commit::reverse::encode::copy_escape;
-use crate::commit::{BatchOutcome, Direction, Progress, Target};
+use crate::commit::{BatchOutcome, CommitError, Direction, Job, Progress, Staged, Target};
 use crate::db::{self, Context, DbError};
 use crate::transform::{Kind, Mapping};
 
@@ -140,66 +141,41 @@ impl Scan<'_> {
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
             .ctx(Side::Desktop, "beginning the read of the rows to send")?;
-        let staged = direct
-            .plan
-            .stage(
-                target,
-                i,
-                read,
-                self.desktop,
-                &mut direct.statements,
-                &direct.cloud,
-            )
-            .await?;
-        if let Some(gate) = self.gate.take() {
-            gate.open().await;
-        }
-        let tables = BTreeSet::from([i]);
-        let batch = format!("reconcile {}", self.mapping.tables[i].table);
+        // In the snapshot the rows are read in.
         let horizons = self
             .desktop
             .query(crate::capture::outbox::HORIZONS_SQL, &[])
             .await
             .ctx(Side::Desktop, "reading the tables' horizons")?;
         let horizons = crate::capture::outbox::table_horizons(self.mapping, &horizons);
-        let mut held = Vec::new();
-        let filled = match whole {
-            true => {
-                direct
-                    .plan
-                    .fill(target, &direct.cloud, self.mapping, i, &batch)
-                    .await?
-            }
-            false => None,
+        let batch = format!("reconcile {}", self.mapping.tables[i].table);
+        let mut sending = Gated {
+            sending: Sending {
+                plan: &direct.plan,
+                mapping: self.mapping,
+                reads: vec![(i, read)],
+                truncated: &BTreeSet::new(),
+                horizons: &horizons,
+                batch_id: &batch,
+                fill: whole,
+                desktop: self.desktop,
+                desktop_statements: &mut direct.statements,
+                staged: Staged::default(),
+            },
+            gate: self.gate.take(),
         };
-        let outcome = match filled {
-            Some(outcome) => outcome,
-            None => {
-                let applied = direct
-                    .plan
-                    .apply(
-                        target,
-                        &direct.cloud,
-                        self.mapping,
-                        &tables,
-                        &BTreeSet::new(),
-                        &horizons,
-                        &batch,
-                    )
-                    .await?;
-                held = applied
-                    .held
-                    .into_iter()
-                    .map(|(i, keys)| crate::capture::outbox::Held {
-                        table: self.mapping.tables[i].table.desktop.clone(),
-                        keys,
-                        wait_for: applied.wait_for,
-                    })
-                    .collect();
-                applied.outcome
-            }
-        };
-        target.commit(&direct.cloud, Progress::Forward).await?;
+        let applied = target.run(&direct.cloud, &mut sending).await?;
+        let staged = sending.sending.staged;
+        let outcome = applied.outcome;
+        let held: Vec<_> = applied
+            .held
+            .into_iter()
+            .map(|(i, keys)| crate::capture::outbox::Held {
+                table: self.mapping.tables[i].table.desktop.clone(),
+                keys,
+                wait_for: applied.wait_for,
+            })
+            .collect();
         // Keys whose phone change the desktop had not received go to the outbox, held until it has.
         crate::capture::outbox::hold(self.desktop, &held).await?;
         self.desktop
@@ -485,6 +461,37 @@ impl Scan<'_> {
 }
 
 /// Scan lines grouped by key (a cloud-key table's scope, or a desktop key held by several rows).
+/// A table's rows sent by a scan, as the commit engine runs them: staged from the scan's snapshot,
+/// then the lanes' gate opens (the next table's scan may take its snapshot) before the plan applies.
+struct Gated<'a> {
+    sending: Sending<'a>,
+    gate: Option<super::lanes::Gate>,
+}
+
+impl Job for Gated<'_> {
+    type Done = Applied;
+
+    fn tables(&self) -> Vec<usize> {
+        self.sending.tables()
+    }
+
+    async fn stage(&mut self, target: &mut Target, cloud: &Client) -> Result<(), CommitError> {
+        self.sending.stage(target, cloud).await?;
+        if let Some(gate) = self.gate.take() {
+            gate.open().await;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, target: &mut Target, cloud: &Client) -> Result<Applied, CommitError> {
+        self.sending.apply(target, cloud).await
+    }
+
+    fn progress(&self, done: &Applied) -> Option<Progress<'_>> {
+        self.sending.progress(done)
+    }
+}
+
 pub(super) struct Grouped {
     lines: Lines,
     pending: Option<Line>,
