@@ -153,6 +153,18 @@ impl Versions<'_> {
         )
     }
 
+    /// The version both sides last agreed on (the old image), written like the other versions: the
+    /// columns that travel, each as the image holds it (one it does not know is left out), not the
+    /// cloud's own columns (`source`, `created_at`, a cloud key). NULL without an old image.
+    fn base(&self) -> String {
+        let names: Vec<String> = (0..self.cols().len()).map(|j| self.name(j)).collect();
+        format!(
+            "(SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(n._first_old) e \
+              WHERE e.key = ANY(ARRAY[{}]::text[]))",
+            names.join(", ")
+        )
+    }
+
     fn json(&self, value: impl Fn(usize) -> String) -> String {
         let pairs: Vec<(String, String)> = (0..self.cols().len())
             .map(|j| (self.cols()[j].name.clone(), value(j)))
@@ -230,7 +242,7 @@ pub(super) fn find(site: &Site, policy: Policy) -> String {
     format!(
         "INSERT INTO {c_table} (_n, kind, base, desktop_row, mobile_row, result, columns, desktop_at, desktop_xid, outcome, key) \
          SELECT x._n, x.kind, x.base, x.desktop_row, x.mobile_row, {result}, x.columns, x.desktop_at, x.desktop_xid, {outcome}, x.key \
-         FROM (SELECT n._n, {kind} AS kind, n._first_old AS base, {desktop_row} AS desktop_row, {mobile_row} AS mobile_row, \
+         FROM (SELECT n._n, {kind} AS kind, {base} AS base, {desktop_row} AS desktop_row, {mobile_row} AS mobile_row, \
                       CASE WHEN n._op = 'D' OR d.ctid IS NULL THEN NULL ELSE {merged} END AS merged, \
                       CASE WHEN n._op = 'I' AND d.ctid IS NOT NULL THEN array_remove(ARRAY[{columns}]::text[], NULL) END AS columns, \
                       w.at AS desktop_at, w.xid AS desktop_xid, {key} AS key \
@@ -243,6 +255,7 @@ pub(super) fn find(site: &Site, policy: Policy) -> String {
                 WHERE n._verdict IS NULL) x \
          WHERE x.kind IS NOT NULL",
         kind = site.kind,
+        base = v.base(),
         from = site.from,
         old_row = c.old_row(),
         schema = lit(&t.table.desktop.schema),
