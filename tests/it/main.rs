@@ -19,6 +19,7 @@ mod lost_slot;
 mod operator;
 mod parking;
 mod pgoutput;
+mod policies;
 mod property;
 mod reconcile;
 mod reverse;
