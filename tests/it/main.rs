@@ -15,6 +15,7 @@ mod health;
 mod init;
 mod initial_sync;
 mod live_sync;
+mod load;
 mod lost_slot;
 mod operator;
 mod parking;
