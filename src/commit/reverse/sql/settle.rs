@@ -291,11 +291,14 @@ pub(super) fn record(site: &Site, policy: Policy) -> String {
 
 /// Puts the keys of the settled conflicts whose result is not the phone's version into the outbox:
 /// the cloud must take it too. The forward worker is woken (tandem's own writes are not captured).
+/// Each with the time of the desktop change settled (as a held key keeps it, see
+/// `capture::outbox`), not the settlement's: the row's next conflict compares that time, and the
+/// desktop changed nothing since.
 pub(super) fn enqueue(site: &Site) -> String {
     let (t, c_table) = (site.table.t, &site.table.found);
     format!(
-        "WITH queued AS (INSERT INTO tandem.outbox (table_schema, table_name, op, row_key) \
-                         SELECT {schema}, {tname}, 'U', c.key FROM {c_table} c \
+        "WITH queued AS (INSERT INTO tandem.outbox (table_schema, table_name, op, row_key, captured_at) \
+                         SELECT {schema}, {tname}, 'U', c.key, coalesce(c.desktop_at, now()) FROM {c_table} c \
                           WHERE c.outcome IS NOT NULL AND c.result IS DISTINCT FROM c.mobile_row RETURNING 1) \
          SELECT pg_notify('tandem_outbox', '') FROM (SELECT 1 FROM queued LIMIT 1) q",
         schema = lit(&t.table.desktop.schema),
