@@ -16,6 +16,7 @@ mod init;
 mod initial_sync;
 mod live_sync;
 mod load;
+mod load_findings;
 mod lost_slot;
 mod operator;
 mod parking;

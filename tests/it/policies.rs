@@ -25,8 +25,9 @@ const DESK: Row = ["a0", "b desk", "3000.50"];
 /// The phone's edit: `"Note's A"` and `"Amount"` (written `2000`: the column's type makes it `2000.00`).
 const PHONE: Row = ["a phone", "b0", "2000.00"];
 
-const DESK_EDIT: &str = r#"UPDATE {t} SET "b col" = 'b desk', "Amount" = 3000.5 WHERE {row}"#;
-const PHONE_EDIT: &str = r#"UPDATE {t} SET "Note's A" = 'a phone', "Amount" = 2000 WHERE {row}"#;
+pub const DESK_EDIT: &str = r#"UPDATE {t} SET "b col" = 'b desk', "Amount" = 3000.5 WHERE {row}"#;
+pub const PHONE_EDIT: &str =
+    r#"UPDATE {t} SET "Note's A" = 'a phone', "Amount" = 2000 WHERE {row}"#;
 const DELETE: &str = "DELETE FROM {t} WHERE {row}";
 
 /// What each policy makes of a case: the outcome, and the row both sides get (None: deleted).
@@ -186,20 +187,20 @@ impl Case {
 
 /// A table kind: one table per policy, named `"{prefix} {Policy}"`, and how a statement finds a case's
 /// row (by its key, or its scope and content).
-struct Kind {
+pub struct Kind {
     prefix: &'static str,
     /// The column naming a case: the key, or the scope.
     id: &'static str,
     keyed: bool,
     /// The desktop table's columns; the cloud's has these, the cloud key if any, and [`OWNERSHIP`].
-    columns: &'static str,
+    pub columns: &'static str,
     /// The cloud key column, with its type, for a cloud-key table.
     cloud_key: Option<&'static str>,
     /// The `[[tables]]` lines after the table's name.
     shape: &'static str,
 }
 
-const KEYED: Kind = Kind {
+pub const KEYED: Kind = Kind {
     prefix: "Item",
     id: "Key",
     keyed: true,
@@ -208,7 +209,7 @@ const KEYED: Kind = Kind {
     shape: "key = [\"Key\"]\n",
 };
 
-const SCOPED: Kind = Kind {
+pub const SCOPED: Kind = Kind {
     prefix: "Task",
     id: "Grp",
     keyed: false,
@@ -232,13 +233,13 @@ impl Kind {
         format!("{} {}{rest}", self.prefix, first.to_uppercase())
     }
 
-    fn quoted(&self, policy: &str) -> String {
+    pub fn quoted(&self, policy: &str) -> String {
         format!("\"{}\"", self.name(policy))
     }
 
     /// Fresh databases with a table per policy, tandem installed, each case's row ([`BASE`]; in a
     /// cloud-key table with a [`BYSTANDER`]) written on the desktop and synced.
-    async fn install(&self) -> (TestDb, Config) {
+    pub async fn install(&self) -> (TestDb, Config) {
         let (mut desktop, mut cloud, mut tables, mut seed) =
             <(String, String, String, String)>::default();
         for policy in POLICIES {
@@ -306,7 +307,13 @@ impl Kind {
 
     /// The versions of case `n`'s row in the table of `policy`, sorted; with the cloud key first
     /// when `ck` (in the cloud of a cloud-key table).
-    async fn versions(&self, client: &Client, policy: &str, n: i32, ck: bool) -> Vec<Vec<String>> {
+    pub async fn versions(
+        &self,
+        client: &Client,
+        policy: &str,
+        n: i32,
+        ck: bool,
+    ) -> Vec<Vec<String>> {
         let ck = if ck { r#""task ID"::text, "# } else { "" };
         let sql = format!(
             r#"SELECT ARRAY[{ck}"Note's A", "b col", "Amount"::text] FROM {} WHERE "{}" = $1 ORDER BY 1"#,
@@ -331,7 +338,7 @@ impl Kind {
     }
 }
 
-async fn exec(client: &Client, sql: &str) {
+pub async fn exec(client: &Client, sql: &str) {
     client
         .batch_execute(sql)
         .await
