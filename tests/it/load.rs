@@ -3,7 +3,9 @@
 //! sessions) update, insert and delete random rows of the same small set, in a desktop-key table and
 //! a cloud-key table of the same shape, under the default policy (`latest`). Then the writers stop,
 //! tandem drains, and both sides must hold exactly the same rows, with no dead letter and no open
-//! conflict. It prints the conflicts by kind and outcome and the writes each side made.
+//! conflict. It prints the writes each side made, the conflicts by table, kind and outcome, and
+//! those not recorded as `latest` settles their versions (printed, not asserted, while a race found
+//! this way is open: see `load_findings.rs`).
 //!
 //! It writes for `TANDEM_LOAD_SECONDS` (default 5, to keep CI fast). To run it longer:
 //!
@@ -13,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tandem::config::Config;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -254,19 +257,93 @@ async fn drained(db: &TestDb, desktop: &Client, cloud: &Client, lsn: &str) -> bo
     confirmed && count(desktop, "SELECT count(*) FROM tandem.outbox").await == 0
 }
 
-/// The conflicts of each side by direction, kind and outcome, as lines of a table.
-async fn conflict_counts(client: &Client) -> Vec<(String, String, String, i64)> {
+/// The conflicts of each side by direction, table, kind and outcome, as lines of a table.
+async fn conflict_counts(client: &Client) -> Vec<(String, String, String, String, i64)> {
     let rows = client
         .query(
-            "SELECT direction, coalesce(kind, 'unknown'), coalesce(outcome, 'open'), count(*)
-               FROM tandem.conflicts GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            "SELECT direction, table_name, coalesce(kind, 'unknown'), coalesce(outcome, 'open'), count(*)
+               FROM tandem.conflicts GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
             &[],
         )
         .await
         .unwrap();
     rows.iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect()
+}
+
+/// What `latest` makes of a conflict's versions: the desktop's edit against a delete, the phone's
+/// against the desktop's delete; otherwise each column changed on one side only takes that side's
+/// value, one changed on both (without a base: one that differs) the later writer's.
+fn latest(
+    kind: &str,
+    base: Option<&Value>,
+    desktop: &Value,
+    mobile: &Value,
+    desktop_later: bool,
+) -> Value {
+    match kind {
+        "update/delete" => return desktop.clone(),
+        "delete/update" => return mobile.clone(),
+        _ => {}
+    }
+    let merged = desktop
+        .as_object()
+        .expect("a version is an object")
+        .iter()
+        .map(|(column, d)| {
+            let m = &mobile[column];
+            let b = base.map(|b| &b[column]);
+            let both = b.is_none_or(|b| d != b && m != b) && d != m;
+            let value = if both {
+                if desktop_later { d } else { m }
+            } else if b.is_some_and(|b| m != b) {
+                m
+            } else {
+                d
+            };
+            (column.clone(), value.clone())
+        })
+        .collect();
+    Value::Object(merged)
+}
+
+/// The conflicts the desktop recorded that did not get what `latest` makes of their versions, or
+/// not the outcome that names it: each described.
+async fn not_settled_as_latest(desktop: &Client) -> Vec<String> {
+    let all = desktop
+        .query(
+            "SELECT id, kind, base, desktop_row, mobile_row, coalesce(desktop_at > mobile_at, false),
+                    result, outcome FROM tandem.conflicts WHERE direction = 'reverse' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut wrong = Vec::new();
+    for r in &all {
+        let (id, kind): (i64, String) = (r.get(0), r.get(1));
+        let base: Option<Value> = r.get(2);
+        let (d, m): (Option<Value>, Option<Value>) = (r.get(3), r.get(4));
+        let (result, outcome): (Option<Value>, Option<String>) = (r.get(6), r.get(7));
+        let want = match (&d, &m) {
+            (Some(d), Some(m)) => Some(latest(&kind, base.as_ref(), d, m, r.get(5))),
+            (d, m) => d.clone().or(m.clone()),
+        };
+        let named = if want == d {
+            "desktop"
+        } else if want == m {
+            "mobile"
+        } else {
+            "merged"
+        };
+        if (&result, outcome.as_deref()) != (&want, Some(named)) {
+            wrong.push(format!(
+                "conflict {id} ({kind}): base {base:?}, desktop {d:?}, mobile {m:?}: got {result:?} ({outcome:?}), \
+                 not {want:?} ({named})"
+            ));
+        }
+    }
+    wrong
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,15 +417,27 @@ async fn both_sides_under_write_load_on_the_same_rows_end_equal() {
     println!("  tandem forward: {:?}", report.forward);
     println!("  tandem reverse: {:?}", report.reverse);
     println!(
-        "  {:<10} {:<16} {:<10} {:>6}",
-        "direction", "kind", "outcome", "count"
+        "  {:<10} {:<12} {:<16} {:<10} {:>6}",
+        "direction", "table", "kind", "outcome", "count"
     );
     let (mine, theirs) = (
         conflict_counts(&desktop).await,
         conflict_counts(&cloud).await,
     );
-    for (direction, kind, outcome, n) in mine.iter().chain(&theirs) {
-        println!("  {direction:<10} {kind:<16} {outcome:<10} {n:>6}");
+    for (direction, table, kind, outcome, n) in mine.iter().chain(&theirs) {
+        println!("  {direction:<10} {table:<12} {kind:<16} {outcome:<10} {n:>6}");
+    }
+
+    // Printed, not asserted, while the reverse can pair a phone's change with a desktop row that a
+    // desktop transaction changes before the group applies (see `load_findings.rs`): such a
+    // cloud-key conflict is recorded with no desktop version and no result.
+    let wrong = not_settled_as_latest(&desktop).await;
+    println!(
+        "  recorded not as latest settles their versions: {}",
+        wrong.len()
+    );
+    for w in wrong.iter().take(5) {
+        println!("    {w}");
     }
 
     let item = "id, name, qty, amount";
@@ -371,6 +460,6 @@ async fn both_sides_under_write_load_on_the_same_rows_end_equal() {
         assert_eq!(count(client, open).await, 0, "{mine:?} {theirs:?}");
     }
     assert!(on_desktop.transactions > 0 && on_phones.transactions > 0);
-    let settled: i64 = mine.iter().map(|c| c.3).sum();
+    let settled: i64 = mine.iter().map(|c| c.4).sum();
     assert!(settled > 0, "no conflict: the writers never met on a row");
 }
