@@ -154,6 +154,18 @@ impl Versions<'_> {
         )
     }
 
+    /// The version both sides last agreed on (the old image), written like the other versions: the
+    /// columns that travel, each as the image holds it (one it does not know is left out), not the
+    /// cloud's own columns (`source`, `created_at`, a cloud key). NULL without an old image.
+    fn base(&self) -> String {
+        let names: Vec<String> = (0..self.cols().len()).map(|j| self.name(j)).collect();
+        format!(
+            "(SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(n._first_old) e \
+              WHERE e.key = ANY(ARRAY[{}]::text[]))",
+            names.join(", ")
+        )
+    }
+
     fn json(&self, value: impl Fn(usize) -> String) -> String {
         let pairs: Vec<(String, String)> = (0..self.cols().len())
             .map(|j| (self.cols()[j].name.clone(), value(j)))
@@ -247,22 +259,11 @@ pub(super) fn find(site: &Site, policy: Policy) -> String {
                 WHERE n._verdict IS NULL) x \
          WHERE x.kind IS NOT NULL",
         kind = site.kind,
-        base = base(&v),
+        base = v.base(),
         from = site.from,
         old_row = c.old_row(),
         schema = lit(&t.table.desktop.schema),
         tname = lit(&t.table.desktop.name),
-    )
-}
-
-/// The old image's mapped columns: the version both sides agreed on (the image holds the cloud's
-/// own columns too).
-fn base(v: &Versions) -> String {
-    let names: Vec<String> = v.cols().iter().map(|c| lit(&c.name)).collect();
-    format!(
-        "(SELECT jsonb_object_agg(b.key, b.value) FROM jsonb_each(n._first_old) b \
-           WHERE b.key = ANY(ARRAY[{}]::text[]))",
-        names.join(", ")
     )
 }
 
@@ -294,11 +295,14 @@ pub(super) fn record(site: &Site, policy: Policy) -> String {
 
 /// Puts the keys of the settled conflicts whose result is not the phone's version into the outbox:
 /// the cloud must take it too. The forward worker is woken (tandem's own writes are not captured).
+/// Each with the time of the desktop change settled (as a held key keeps it, see
+/// `capture::outbox`), not the settlement's: the row's next conflict compares that time, and the
+/// desktop changed nothing since.
 pub(super) fn enqueue(site: &Site) -> String {
     let (t, c_table) = (site.table.t, &site.table.found);
     format!(
-        "WITH queued AS (INSERT INTO tandem.outbox (table_schema, table_name, op, row_key) \
-                         SELECT {schema}, {tname}, 'U', c.key FROM {c_table} c \
+        "WITH queued AS (INSERT INTO tandem.outbox (table_schema, table_name, op, row_key, captured_at) \
+                         SELECT {schema}, {tname}, 'U', c.key, coalesce(c.desktop_at, now()) FROM {c_table} c \
                           WHERE c.outcome IS NOT NULL AND c.result IS DISTINCT FROM c.mobile_row RETURNING 1) \
          SELECT pg_notify('tandem_outbox', '') FROM (SELECT 1 FROM queued LIMIT 1) q",
         schema = lit(&t.table.desktop.schema),
