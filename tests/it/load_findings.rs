@@ -1,6 +1,5 @@
-//! Conflicts settled wrongly, found by the load test (`load.rs`), each reduced to a few writes.
-//! The tables and statements are those of `policies.rs`. The ones still open are ignored, with the
-//! statement at fault: `cargo test --test it load_findings:: -- --include-ignored` shows them.
+//! Conflicts once settled wrongly, found by the load test (`load.rs`), each reduced to a few writes:
+//! regression tests. The tables and statements are those of `policies.rs`.
 
 use std::time::Duration;
 
@@ -11,7 +10,6 @@ use crate::support::count;
 /// Found by the load test: in a cloud-key table the desktop's time of a conflict is its latest
 /// change of any row of the scope, not of the row in conflict (the outbox holds only the scope).
 #[tokio::test]
-#[ignore = "open bug: settle::find takes the desktop's time from every outbox row of the scope"]
 async fn latest_takes_the_desktops_time_from_its_change_of_the_row_not_of_another_row_of_the_scope()
 {
     let (db, config) = SCOPED.install().await;
@@ -79,7 +77,6 @@ async fn latest_does_not_take_a_settlements_time_for_the_desktops() {
 /// what it started from), and nothing records why. Both changes were made without seeing each other:
 /// a conflict, which `latest` merges (they changed different columns).
 #[tokio::test]
-#[ignore = "open bug: the reverse applies a group in READ COMMITTED without locking the rows it checked"]
 async fn a_desktop_change_committed_while_the_reverse_applies_is_a_conflict_not_a_lost_phone_edit()
 {
     let t = KEYED.quoted("latest");
@@ -130,7 +127,6 @@ async fn a_desktop_change_committed_while_the_reverse_applies_is_a_conflict_not_
 /// holding its old image by the row's place (`ctid`): the desktop's change, committed after the
 /// pairing, moves the row, and the phone's change applies to nothing.
 #[tokio::test]
-#[ignore = "open bug: the reverse applies a group in READ COMMITTED without locking the rows it paired"]
 async fn a_desktop_change_committed_while_the_reverse_applies_to_a_cloud_key_row_is_a_conflict_too()
 {
     let (db, config) = SCOPED.install().await;
@@ -178,7 +174,6 @@ async fn a_desktop_change_committed_while_the_reverse_applies_to_a_cloud_key_row
 /// deletes a row a phone edits, and edits another row of the scope. The phone's edit must meet the
 /// desktop's delete (`latest` keeps the edit), and the other row's edit is no conflict.
 #[tokio::test]
-#[ignore = "open bug: scoped::contest pairs a lost change with any desktop row of the scope no cloud row matches"]
 async fn a_phones_edit_of_a_row_the_desktop_deleted_is_not_paired_with_another_row_it_edited() {
     let (db, config) = SCOPED.install().await;
     let (desktop, cloud) = (db.desktop().await, db.cloud().await);

@@ -262,48 +262,67 @@ impl Reverse {
         let mut statements = Vec::new();
         for &i in tables {
             let of_table = |e| CommitError::of_table(e, i);
-            for sql in self.reduction(target, i, parked.contains_key(&i)) {
+            for (sql, what) in self.reduction(target, i, parked.contains_key(&i)) {
                 let statement = target
                     .statements
                     .get(desktop, sql)
                     .await
                     .map_err(of_table)?;
-                statements.push((i, statement));
+                statements.push((i, statement, what));
             }
         }
         let results = db::pipelined(
             statements
                 .iter()
-                .map(|(_, s)| desktop.execute(s, &[]))
+                .map(|(_, s, _)| desktop.execute(s, &[]))
                 .collect(),
         )
         .await;
-        for ((i, _), result) in statements.iter().zip(results) {
+        for ((i, _, what), result) in statements.iter().zip(results) {
             result
-                .ctx(Side::Desktop, "reducing the staged mobile changes")
+                .ctx(Side::Desktop, *what)
                 .map_err(|e| CommitError::of_table(e, *i))?;
         }
         Ok(())
     }
 
-    /// The statements that reduce table `i`'s staged changes, in order (a parked table's only to its
-    /// net changes, which are set aside).
-    fn reduction(&self, target: &Target, i: usize, parked: bool) -> Vec<&str> {
+    /// The statements that reduce table `i`'s staged changes, in order, with what each does (a parked
+    /// table's only to its net changes, which are set aside). The desktop rows they meet are locked
+    /// first, giving way to the desktop's application (see [`LOCK_TIMEOUT`]).
+    fn reduction(&self, target: &Target, i: usize, parked: bool) -> Vec<(&str, &'static str)> {
+        const REDUCING: &str = "reducing the staged mobile changes";
         let sql = &self.sql[i];
-        let mut out = vec![sql.reduce.as_str()];
+        let mut out = vec![(sql.reduce.as_str(), REDUCING)];
         if parked {
             return out;
         }
         if target.staging.staged(i) > ANALYZE_ABOVE {
-            out.push(&sql.analyze_net);
+            out.push((&sql.analyze_net, REDUCING));
         }
-        out.push(&sql.inherit);
+        out.push((LOCK_TIMEOUT, REDUCING));
+        out.push((
+            &sql.lock,
+            "locking the desktop rows the phones' changes meet (a desktop transaction holds one: \
+             tandem gives way, and applies the changes again once it ends)",
+        ));
+        out.push((LOCK_TIMEOUT_RESET, REDUCING));
+        out.push((&sql.inherit, REDUCING));
         if let Some(plan) = &sql.plan {
-            out.push(plan);
+            out.push((plan, REDUCING));
         }
         out
     }
 }
+
+/// How long the reverse waits for a desktop row the application holds before it gives way: shorter
+/// than PostgreSQL's `deadlock_timeout` (1 s by default), so when the application and tandem each wait
+/// for a row the other holds, tandem's wait ends first and the application's transaction goes on (the
+/// deadlock detector would otherwise abort either one). tandem's group is rolled back and received
+/// again after a pause (a transient error).
+const LOCK_TIMEOUT: &str = "SELECT pg_catalog.set_config('lock_timeout', '300ms', true)";
+/// The session's `lock_timeout` again.
+const LOCK_TIMEOUT_RESET: &str = "SELECT pg_catalog.set_config('lock_timeout', \
+     (SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'lock_timeout'), true)";
 
 /// A group as the commit engine runs it ([`Target::run`]), in the transaction its rows were staged in
 /// as the stream delivered them: the last COPY ended, the plan applied (see [`Reverse::commit`]), the

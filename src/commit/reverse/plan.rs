@@ -47,14 +47,8 @@ impl Reverse {
         fast.extend(self.steps(target, desktop, &active, direct).await?);
         let mut careful: Vec<Step<'a>> = set_aside;
         for &i in direct {
-            for sql in self.reduction(target, i, false) {
-                careful.push(Step::whole(
-                    i,
-                    "reducing the staged mobile changes",
-                    sql,
-                    Params::None,
-                    Count::Nothing,
-                ));
+            for (sql, what) in self.reduction(target, i, false) {
+                careful.push(Step::whole(i, what, sql, Params::None, Count::Nothing));
             }
         }
         careful.extend(self.steps(target, desktop, &active, &[]).await?);

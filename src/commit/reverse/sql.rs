@@ -65,6 +65,11 @@ pub struct ReverseSql {
     pub copy_direct: String,
     /// Fills `N` from `S`.
     pub reduce: String,
+    /// Locks the desktop rows the net changes meet (by key; a cloud-key table's rows of the scopes
+    /// the changes started in) before anything reads them: each later statement of the group reads
+    /// them as they are then (a new snapshot per statement), and no desktop change can commit between
+    /// the check that finds a conflict and the write that relies on it.
+    pub lock: String,
     /// Cloud-key tables: pairs each changed cloud row with the desktop row it started from.
     pub plan: Option<String>,
     /// Settles the conflicts.
@@ -192,6 +197,10 @@ impl ReverseSql {
             reduce: match &kind {
                 ByKind::Keyed(k) => keyed::reduce(k),
                 ByKind::Scoped(_) => scoped::reduce(&table),
+            },
+            lock: match &kind {
+                ByKind::Keyed(k) => keyed::lock(k),
+                ByKind::Scoped(s) => scoped::lock(s),
             },
             plan: match &kind {
                 ByKind::Keyed(_) => None,

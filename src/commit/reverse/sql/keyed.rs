@@ -99,6 +99,17 @@ pub(super) fn reduce(k: &Keyed) -> String {
     super::common::reduce(k.table, &staged_key, &net_columns)
 }
 
+/// Locks the desktop rows of the net changes' keys (see `ReverseSql::lock`), counting them (no row
+/// comes back).
+pub(super) fn lock(k: &Keyed) -> String {
+    let Table { target, net, .. } = k.table;
+    format!(
+        "SELECT count(*) FROM (SELECT 1 FROM {target} d WHERE EXISTS (SELECT 1 FROM {net} n WHERE {}) \
+         FOR UPDATE OF d) locked",
+        k.is_key("n")
+    )
+}
+
 /// Deletes the desktop rows of the net deletes where the desktop row is the old image (range of `N`).
 pub(super) fn delete(k: &Keyed) -> Ranged {
     let Table { c, target, net, .. } = k.table;

@@ -78,6 +78,33 @@ pub(super) fn reduce(table: &Table) -> String {
     super::common::reduce(table, &["s._ck".to_string()], &plain_columns(table))
 }
 
+/// Locks the desktop rows of the scopes the net changes' old images are in (see `ReverseSql::lock`):
+/// the rows `plan` and `contest` pair them with. Counts them (no row comes back).
+pub(super) fn lock(s: &Scoped) -> String {
+    let Table { c, target, net, .. } = s.table;
+    let in_scope = s
+        .scope
+        .iter()
+        .map(|(j, sc)| {
+            same_key(
+                &format!("d.{}", q(&sc.name)),
+                &format!("o.{}", col(*j)),
+                &sc.desktop,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "WITH o AS (SELECT o.* FROM {net} n CROSS JOIN LATERAL {old_row} WHERE n._first_old IS NOT NULL) \
+         SELECT count(*) FROM (SELECT 1 FROM {target} d WHERE EXISTS (SELECT 1 FROM o WHERE {in_scope}) \
+                                  OR (({d_null}) AND EXISTS (SELECT 1 FROM o WHERE {o_null})) \
+                               FOR UPDATE OF d) locked",
+        old_row = c.old_row(),
+        o_null = s.any_null("o", false),
+        d_null = s.any_null("d", true),
+    )
+}
+
 /// Fills `P`: the old image of each net change that has one, paired with a desktop row of its scope
 /// (or, when a scope part is NULL, of a scope with a NULL part) and the same content, copy by copy.
 pub(super) fn plan(s: &Scoped) -> String {
@@ -186,10 +213,14 @@ pub(super) fn cloud_scope_rows(s: &Scoped) -> String {
 }
 
 /// Pairs each lost net change with the desktop row its old image became, when the desktop changed
-/// it: among the desktop rows of its scope that match none of the cloud's rows of it (`$1`, a JSON
-/// array of their images, as [`cloud_scope_rows`] reads them; copy by copy), the one most like the
-/// old image (the most columns equal; the first by position when tied). None: the desktop deleted
-/// it (or never had it).
+/// it. The candidates are the desktop rows of its scope that match none of the cloud's rows of it
+/// (`$1`, a JSON array of their images, as [`cloud_scope_rows`] reads them; copy by copy): each is a
+/// desktop change of some row. One is the change of the lost one's row only when it is more like the
+/// old image (more columns equal) than like every cloud row of the scope that no desktop row matches
+/// (the other rows the desktop changed, as the cloud still holds them; the lost changes' new versions
+/// aside): otherwise it is another row's change, and the lost one's row was deleted on the desktop.
+/// Of those, the most like the old image (the first by position when tied). None: the desktop
+/// deleted it (or never had it).
 pub(super) fn contest(s: &Scoped) -> String {
     let Table { c, target, .. } = s.table;
     let plan = &s.plan;
@@ -204,14 +235,30 @@ pub(super) fn contest(s: &Scoped) -> String {
                 .join(", ")
         )
     };
+    let shaped = |j: usize, text_of: &str| c.cols[j].desktop_shaped(text_of);
     let lost_scope = scope_of(&|j, _| text(&format!("o.{}", col(j))));
-    let image_scope = scope_of(&|j, _| {
-        text(&c.cols[j].desktop_shaped(&format!("x.img ->> {}", lit(&c.cols[j].name))))
-    });
+    let image_scope =
+        scope_of(&|j, _| text(&shaped(j, &format!("x.img ->> {}", lit(&c.cols[j].name)))));
     let desktop_scope = scope_of(&|_, sc| text(&format!("d.{}", q(&sc.name))));
     let image_row = row_text(
         &(0..width)
-            .map(|j| c.cols[j].desktop_shaped(&format!("x.img ->> {}", lit(&c.cols[j].name))))
+            .map(|j| shaped(j, &format!("x.img ->> {}", lit(&c.cols[j].name))))
+            .collect::<Vec<_>>(),
+    );
+    // The phone's new version of a lost change (an unchanged TOAST value from its old image).
+    let new_row = row_text(
+        &(0..width)
+            .map(|j| {
+                shaped(
+                    j,
+                    &format!(
+                        "CASE WHEN {} = ANY(n._unchanged) THEN n._first_old ->> {} ELSE n.{} END",
+                        j + 1,
+                        lit(&c.cols[j].name),
+                        col(j)
+                    ),
+                )
+            })
             .collect::<Vec<_>>(),
     );
     let desktop_row = row_text(
@@ -220,29 +267,44 @@ pub(super) fn contest(s: &Scoped) -> String {
             .map(|n| format!("d.{n}"))
             .collect::<Vec<_>>(),
     );
-    let likeness = (0..width)
-        .map(|j| {
-            format!(
-                "CASE WHEN {} IS NOT DISTINCT FROM {} THEN 1 ELSE 0 END",
-                text(&format!("d.{}", q(&c.cols[j].name))),
-                text(&format!("lost.{}", col(j)))
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" + ");
+    // How many columns of desktop row `d` equal those of `other(j)` (text).
+    let likeness = |other: &dyn Fn(usize) -> String| {
+        (0..width)
+            .map(|j| {
+                format!(
+                    "CASE WHEN {} IS NOT DISTINCT FROM {} THEN 1 ELSE 0 END",
+                    text(&format!("d.{}", q(&c.cols[j].name))),
+                    text(&other(j))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let to_old = likeness(&|j| format!("lost.{}", col(j)));
+    let to_stray = likeness(&|j| shaped(j, &format!("st.img ->> {}", lit(&c.cols[j].name))));
+    let (to_old, to_stray) = if width == 0 {
+        ("0".to_string(), "0".to_string())
+    } else {
+        (to_old, to_stray)
+    };
     format!(
-        "WITH lost AS (SELECT n._ck, {lost_scope} AS sc, o.* FROM {lost}), \
-              q AS (SELECT {image_scope} AS sc, md5({image_row}) AS h FROM jsonb_array_elements($1::text::jsonb) x(img)), \
-              qn AS (SELECT q.sc, q.h, row_number() OVER (PARTITION BY q.sc, q.h) AS dup FROM q), \
+        "WITH lost AS (SELECT n._ck, {lost_scope} AS sc, md5({new_row}) AS h, o.* FROM {lost}), \
+              q AS (SELECT x.img, {image_scope} AS sc, md5({image_row}) AS h FROM jsonb_array_elements($1::text::jsonb) x(img)), \
+              qn AS (SELECT q.img, q.sc, q.h, row_number() OVER (PARTITION BY q.sc, q.h) AS dup FROM q), \
               dn AS (SELECT d.ctid AS tid, {desktop_scope} AS sc, md5({desktop_row}) AS h, \
                             row_number() OVER (PARTITION BY {desktop_scope}, md5({desktop_row}) ORDER BY d.ctid) AS dup \
                        FROM {target} d WHERE EXISTS (SELECT 1 FROM lost WHERE lost.sc IS NOT DISTINCT FROM {desktop_scope})), \
               lone AS (SELECT dn.tid, dn.sc FROM dn WHERE NOT EXISTS \
-                         (SELECT 1 FROM qn WHERE qn.sc IS NOT DISTINCT FROM dn.sc AND qn.h = dn.h AND qn.dup = dn.dup)) \
+                         (SELECT 1 FROM qn WHERE qn.sc IS NOT DISTINCT FROM dn.sc AND qn.h = dn.h AND qn.dup = dn.dup)), \
+              stray AS (SELECT qn.img, qn.sc FROM qn WHERE NOT EXISTS \
+                          (SELECT 1 FROM dn WHERE dn.sc IS NOT DISTINCT FROM qn.sc AND dn.h = qn.h AND dn.dup = qn.dup) \
+                          AND NOT EXISTS (SELECT 1 FROM lost WHERE lost.sc IS NOT DISTINCT FROM qn.sc AND lost.h = qn.h)) \
          UPDATE {plan} p SET _tid = best.tid, _contested = true \
            FROM lost CROSS JOIN LATERAL (SELECT l.tid FROM lone l JOIN {target} d ON d.ctid = l.tid \
                                           WHERE l.sc IS NOT DISTINCT FROM lost.sc \
-                                          ORDER BY {likeness} DESC, l.tid LIMIT 1) best \
+                                            AND {to_old} > coalesce((SELECT max({to_stray}) FROM stray st \
+                                                                     WHERE st.sc IS NOT DISTINCT FROM l.sc), -1) \
+                                          ORDER BY {to_old} DESC, l.tid LIMIT 1) best \
           WHERE p._ck = lost._ck",
         lost = lost(s),
     )
@@ -275,6 +337,7 @@ pub(super) fn site<'a>(s: &'a Scoped<'a>) -> Site<'a> {
         ),
         row_key: ROW_KEY.to_string(),
         outbox_key: format!("ARRAY[{}]::text[]", scope.join(", ")),
+        keyed: false,
     }
 }
 

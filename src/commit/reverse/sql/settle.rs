@@ -39,6 +39,8 @@ pub(super) struct Site<'a> {
     pub row_key: String,
     /// The key's (or scope's) texts as the capture triggers write them: what the outbox holds.
     pub outbox_key: String,
+    /// Whether `outbox_key` names one row (a desktop key), not a scope.
+    pub keyed: bool,
 }
 
 impl<'a> Site<'a> {
@@ -50,6 +52,7 @@ impl<'a> Site<'a> {
             kind: kind(k),
             row_key: k.key_json("n"),
             outbox_key: key_texts(k),
+            keyed: true,
         }
     }
 }
@@ -197,6 +200,11 @@ fn key_texts(k: &Keyed) -> String {
     format!("ARRAY[{}]::text[]", texts.join(", "))
 }
 
+/// The outbox row `ob` is the capture of the transaction that wrote the desktop's row `d` (its
+/// `xmin`, the low 32 bits of the outbox's xid8): the desktop change whose time and transaction a
+/// conflict records, exactly, in either table kind.
+const WRITER: &str = "coalesce((ob.xid::text::bigint % 4294967296) = d.xmin::text::bigint, false)";
+
 /// Finds the group's conflicts (net changes `N` against the desktop's rows) and settles each by
 /// `policy`: one row of `C` each, with the versions, the desktop change's time and transaction (from
 /// the outbox), the result and the outcome (NULL: a person decides).
@@ -252,14 +260,19 @@ pub(super) fn find(site: &Site, policy: Policy) -> String {
                       w.at AS desktop_at, w.xid AS desktop_xid, {key} AS key \
                  FROM {net} n {from} \
                  LEFT JOIN LATERAL {old_row} ON n._first_old IS NOT NULL \
-                 LEFT JOIN LATERAL (SELECT max(ob.captured_at) AS at, \
-                                           (array_agg(ob.xid::text::bigint ORDER BY ob.id DESC))[1] AS xid \
+                 LEFT JOIN LATERAL (SELECT ob.captured_at AS at, ob.xid::text::bigint AS xid \
                                       FROM tandem.outbox ob WHERE ob.table_schema = {schema} AND ob.table_name = {tname} \
-                                       AND ob.op <> 'T' AND ob.row_key = {key}) w ON true \
+                                       AND ob.op <> 'T' AND ob.row_key = {key} AND ({by_writer} OR {by_key}) \
+                                     ORDER BY {by_writer} DESC, ob.captured_at DESC, ob.id DESC LIMIT 1) w ON true \
                 WHERE n._verdict IS NULL) x \
          WHERE x.kind IS NOT NULL",
         kind = site.kind,
         base = v.base(),
+        by_writer = WRITER,
+        // A desktop-key table's key names the row: its latest change is the one, when the writer of
+        // the desktop's row is not known (deleted, or written in a subtransaction). A cloud-key
+        // table's scope holds other rows too: the time is unknown then.
+        by_key = if site.keyed { "true" } else { "false" },
         from = site.from,
         old_row = c.old_row(),
         schema = lit(&t.table.desktop.schema),
