@@ -296,7 +296,12 @@ impl Forward {
         if let Some(&first) = order.first() {
             statements.push(Read {
                 params: vec![&quiet],
-                ..read(first, &own, "marking the transaction as tandem's", Reads::Own)
+                ..read(
+                    first,
+                    &own,
+                    "marking the transaction as tandem's",
+                    Reads::Own,
+                )
             });
         }
         let mut prepared = Vec::with_capacity(statements.len());
