@@ -193,8 +193,11 @@ impl Harness<'_> {
         cloud: &[Row],
     ) -> Result<Option<String>, String> {
         let table = &self.schema.tables[t];
-        let since = self.conflicts(t, self.marks[w.segment]).await?;
-        let recorded = |c: &Conflict| {
+        // Recorded since the segment began, or open (a record a later version may have updated).
+        let mark = self.marks[w.segment];
+        let all = self.conflicts(t, 0).await?;
+        let since: Vec<&Conflict> = all.iter().filter(|c| c.id > mark || c.open).collect();
+        let recorded = |c: &&Conflict| {
             c.mobile_row == w.new
                 && match &w.ident {
                     Ident::Key(k) => c.key.as_ref() == Some(k),
@@ -245,8 +248,7 @@ impl Harness<'_> {
                     .iter()
                     .filter(|x| x.table == t && x.new == old)
                     .count();
-                let every = self.conflicts(t, 0).await?;
-                if made != 1 || every.iter().any(|c| c.result == old) {
+                if made != 1 || all.iter().any(|c| c.result == old) {
                     return Ok(None);
                 }
                 let old = old.expect("a deleted row");
