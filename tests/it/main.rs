@@ -14,6 +14,7 @@ mod generated_reconcile;
 mod health;
 mod init;
 mod initial_sync;
+mod interleave;
 mod live_sync;
 mod load;
 mod load_findings;

@@ -1,0 +1,464 @@
+//! What the interleaving property checks: that phones' writes reached the desktop (after each
+//! catch-up, and at the end), that both sides agree or every difference is an open conflict (at the
+//! end), and the state two runs of one interleaving are compared by.
+
+use super::harness::{Harness, Ident, Policy, Row, Written};
+use tandem::change::quote_literal;
+
+use crate::generated::{TYPES, diff, join, q, show};
+
+/// A conflict as the desktop's `tandem.conflicts` records it, its versions as rows (`None`: deleted).
+#[derive(Debug, Clone)]
+pub(crate) struct Conflict {
+    pub id: i64,
+    pub kind: Option<String>,
+    /// A desktop-key table's key (a cloud-key table's conflicts name the cloud row instead).
+    pub key: Option<Row>,
+    pub desktop_row: Option<Row>,
+    pub mobile_row: Option<Row>,
+    pub result: Option<Row>,
+    pub open: bool,
+}
+
+fn shown(row: &Option<Row>) -> String {
+    match row {
+        None => "(deleted)".into(),
+        Some(r) => format!(
+            "({})",
+            r.iter().map(|v| show(v, 40)).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+impl Harness<'_> {
+    /// The desktop's conflicts of table `t` with an id above `after`. Their versions hold each
+    /// column's output text; read through the column's type, they compare with [`Harness::rows`].
+    pub(crate) async fn conflicts(&self, t: usize, after: i64) -> Result<Vec<Conflict>, String> {
+        let table = &self.schema.tables[t];
+        let texts = |json: &str, cols: &[(&str, usize)]| {
+            let texts = join(cols, |(n, ty)| {
+                format!(
+                    "(c.{json} ->> {})::{}::text",
+                    quote_literal(n),
+                    TYPES[*ty].0
+                )
+            });
+            format!("jsonb_typeof(c.{json}) = 'object', {texts}")
+        };
+        let (all, key) = (&table.cols[..], &table.cols[..table.ident]);
+        let sql = format!(
+            "SELECT c.id, c.kind, c.resolved_at IS NULL, {}, {}, {}, {}
+               FROM tandem.conflicts c WHERE c.table_name = $1 AND c.id > $2 ORDER BY c.id",
+            texts("row_key", key),
+            texts("desktop_row", all),
+            texts("mobile_row", all),
+            texts("result", all)
+        );
+        let name = super::harness::table_name(table);
+        let rows = self.desktop.query(&sql, &[&name, &after]).await;
+        let rows = rows.map_err(|e| self.report(&format!("reading the conflicts: {e}\n{sql}")))?;
+        let mut conflicts = Vec::new();
+        for r in rows {
+            // Each version: whether it is an object, then its columns' texts.
+            let mut at = 3;
+            let mut version = |width: usize| -> Option<Row> {
+                let object: Option<bool> = r.get(at);
+                let row = (at + 1..at + 1 + width).map(|i| r.get(i)).collect();
+                at += 1 + width;
+                object.unwrap_or(false).then_some(row)
+            };
+            let key = version(key.len()).filter(|_| table.cloud_key.is_none());
+            conflicts.push(Conflict {
+                id: r.get(0),
+                kind: r.get(1),
+                open: r.get(2),
+                key,
+                desktop_row: version(all.len()),
+                mobile_row: version(all.len()),
+                result: version(all.len()),
+            });
+        }
+        Ok(conflicts)
+    }
+
+    /// Every phone write of `segment` (or, with `None`, of the whole case) that is the last a phone
+    /// made of its row there is the losing version of a conflict recorded since its segment began,
+    /// or on both sides, unless a later desktop write that may have seen it replaced it.
+    pub(crate) async fn phone_writes_arrived(
+        &self,
+        segment: Option<usize>,
+    ) -> Result<Vec<String>, String> {
+        let mut problems = Vec::new();
+        for t in 0..self.schema.tables.len() {
+            let table = &self.schema.tables[t];
+            let writes: Vec<&Written> = self
+                .written
+                .iter()
+                .filter(|w| w.table == t && segment.is_none_or(|s| w.segment == s))
+                .collect();
+            let desktop = self.rows(false, t, "").await?;
+            let ck = table.cloud_key.map(|ck| format!(", {}::text", q(ck)));
+            let cloud = self.rows(true, t, ck.as_deref().unwrap_or("")).await?;
+            for (i, w) in writes.iter().enumerate() {
+                let later = &writes[i + 1..];
+                if !w.phone || later.iter().any(|l| l.phone && l.ident == w.ident) {
+                    continue;
+                }
+                // A desktop write of the row that may have been made after it received this one.
+                let seen = |d: &&&Written| match &w.ident {
+                    Ident::Key(_) => d.ident == w.ident,
+                    _ => w.new.is_some() && d.old == w.new,
+                };
+                let replaced = later
+                    .iter()
+                    .filter(|d| !d.phone)
+                    .filter(seen)
+                    .any(|d| d.racy || d.segment > w.segment);
+                if replaced {
+                    continue;
+                }
+                if let Some(problem) = self.arrived(t, w, &desktop, &cloud).await? {
+                    problems.push(format!(
+                        "{}: the phone's write of step {} is lost: {problem}",
+                        table.qualified(),
+                        w.step + 1
+                    ));
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// The desktop's side of the same, in desktop-key tables: every desktop write of `segment` (or of
+    /// the whole case) that is the last the desktop made of its key there is in the cloud, or the
+    /// losing version of a conflict recorded since its segment began, or waits behind an open one;
+    /// unless a later phone write that may have seen it replaced it.
+    pub(crate) async fn desktop_writes_arrived(
+        &self,
+        segment: Option<usize>,
+    ) -> Result<Vec<String>, String> {
+        let mut problems = Vec::new();
+        for (t, table) in self.schema.tables.iter().enumerate() {
+            if table.cloud_key.is_some() {
+                continue;
+            }
+            let writes: Vec<&Written> = self
+                .written
+                .iter()
+                .filter(|w| w.table == t && segment.is_none_or(|s| w.segment == s))
+                .collect();
+            let cloud = self.rows(true, t, "").await?;
+            let conflicts = self.conflicts(t, 0).await?;
+            for (i, d) in writes.iter().enumerate() {
+                let later = &writes[i + 1..];
+                let same = |l: &&&Written| l.ident == d.ident;
+                if d.phone || later.iter().filter(same).any(|l| !l.phone) {
+                    continue;
+                }
+                let seen = |p: &&Written| p.phone && (p.racy || p.segment > d.segment);
+                if later.iter().filter(same).any(seen) {
+                    continue;
+                }
+                let Ident::Key(k) = &d.ident else { continue };
+                let of_key = |c: &&Conflict| c.key.as_ref() == Some(k);
+                let mark = self.marks[d.segment];
+                let recorded = conflicts
+                    .iter()
+                    .filter(of_key)
+                    .any(|c| c.open || (c.id > mark && c.desktop_row == d.new));
+                let now = cloud.iter().find(|r| r[..table.ident] == k[..]).cloned();
+                if !recorded && now != d.new {
+                    problems.push(format!(
+                        "{}: the desktop's write of step {} is lost: its version {} of key {}, the cloud's {}, no conflict recorded it",
+                        table.qualified(),
+                        d.step + 1,
+                        shown(&d.new),
+                        shown(&Some(k.clone())),
+                        shown(&now)
+                    ));
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Why phone write `w` of table `t` is neither on the desktop (`desktop`: its rows) nor a recorded
+    /// conflict's losing version, or was overwritten in the cloud (`cloud`: its rows, a cloud-key
+    /// table's with the cloud key last); `None` when it is (or when that cannot be told).
+    async fn arrived(
+        &self,
+        t: usize,
+        w: &Written,
+        desktop: &[Row],
+        cloud: &[Row],
+    ) -> Result<Option<String>, String> {
+        let table = &self.schema.tables[t];
+        // Recorded since the segment began, or open (a record a later version may have updated).
+        let mark = self.marks[w.segment];
+        let all = self.conflicts(t, 0).await?;
+        let since: Vec<&Conflict> = all.iter().filter(|c| c.id > mark || c.open).collect();
+        let recorded = |c: &&Conflict| {
+            c.mobile_row == w.new
+                && match &w.ident {
+                    Ident::Key(k) => c.key.as_ref() == Some(k),
+                    _ => true,
+                }
+        };
+        if since.iter().any(recorded) {
+            return Ok(None);
+        }
+        // Not a conflict: nothing but the phone changed the cloud's row since.
+        let n = table.cols.len();
+        let in_cloud = match &w.ident {
+            Ident::Key(k) => Some(cloud.iter().find(|r| r[..table.ident] == k[..]).cloned()),
+            Ident::Cloud(x) => Some(
+                cloud
+                    .iter()
+                    .find(|r| r[n].as_ref() == Some(x))
+                    .map(|r| r[..n].to_vec()),
+            ),
+            Ident::Content => None,
+        };
+        if let Some(now) = in_cloud.filter(|now| *now != w.new) {
+            return Ok(Some(format!(
+                "the cloud's row holds {} now, not the phone's version {}, and no conflict recorded it",
+                shown(&now),
+                shown(&w.new)
+            )));
+        }
+        let holds: Result<(), String> = match (&w.ident, &w.new) {
+            (Ident::Key(k), new) => {
+                let row = desktop.iter().find(|r| r[..table.ident] == k[..]).cloned();
+                (row == *new).then_some(()).ok_or(format!(
+                    "the phone's version {} of key {}, the desktop's {}",
+                    shown(new),
+                    shown(&Some(k.clone())),
+                    shown(&row)
+                ))
+            }
+            (_, Some(new)) => desktop.contains(new).then_some(()).ok_or(format!(
+                "the phone's version {} is not on the desktop",
+                shown(&w.new)
+            )),
+            (_, None) => {
+                let old = w.old.clone();
+                // Told only when one write alone ever made that content (and no settlement did).
+                let made = self
+                    .written
+                    .iter()
+                    .filter(|x| x.table == t && x.new == old)
+                    .count();
+                if made != 1 || all.iter().any(|c| c.result == old) {
+                    return Ok(None);
+                }
+                let old = old.expect("a deleted row");
+                // The desktop's edits of that row in the segment: the phone's delete met an edit.
+                let mut now = Some(old.clone());
+                let edits = self.written.iter().filter(|d| {
+                    !d.phone && d.table == t && d.segment == w.segment && d.old.is_some()
+                });
+                for d in edits {
+                    if d.old == now {
+                        now = d.new.clone();
+                    }
+                }
+                match now {
+                    Some(edited) if edited != old => Err(format!(
+                        "the phone deleted {}, which the desktop edited meanwhile into {}: no conflict recorded",
+                        shown(&Some(old)),
+                        shown(&Some(edited))
+                    )),
+                    _ if desktop.contains(&old) => Err(format!(
+                        "the phone deleted {}, the desktop still holds it",
+                        shown(&Some(old))
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        };
+        Ok(holds.err().map(|why| {
+            let kinds: Vec<String> = since
+                .iter()
+                .map(|c| format!("{:?} {}", c.kind, shown(&c.mobile_row)))
+                .collect();
+            format!("{why}; conflicts recorded since: {kinds:?}")
+        }))
+    }
+
+    /// At the end: under every policy but `manual` both sides hold the same rows and no conflict is
+    /// open; under `manual` every difference is an open conflict's; no dead letter anywhere.
+    pub(crate) async fn settled(&self) -> Result<Vec<String>, String> {
+        let mut problems = Vec::new();
+        for (t, table) in self.schema.tables.iter().enumerate() {
+            let name = table.qualified();
+            let (desktop, cloud) = (
+                self.rows(false, t, "").await?,
+                self.rows(true, t, "").await?,
+            );
+            let open: Vec<Conflict> = self
+                .conflicts(t, 0)
+                .await?
+                .into_iter()
+                .filter(|c| c.open)
+                .collect();
+            if self.schema.policy(t) != Policy::Manual {
+                if desktop != cloud {
+                    let diff = diff("on the desktop", &desktop, "in the cloud", &cloud);
+                    problems.push(format!("{name}: the sides differ\n{diff}"));
+                }
+                if !open.is_empty() {
+                    problems.push(format!("{name}: {} conflict(s) open: {open:?}", open.len()));
+                }
+                continue;
+            }
+            match table.cloud_key {
+                None => {
+                    let key = |r: &Row| r[..table.ident].to_vec();
+                    let mut keys: Vec<Row> = desktop.iter().chain(&cloud).map(key).collect();
+                    keys.sort();
+                    keys.dedup();
+                    for k in keys {
+                        let of = |rows: &[Row]| rows.iter().find(|r| key(r) == k).cloned();
+                        let (d, c) = (of(&desktop), of(&cloud));
+                        if d != c && !open.iter().any(|o| o.key.as_ref() == Some(&k)) {
+                            problems.push(format!(
+                                "{name}: key {} differs (desktop {}, cloud {}) with no open conflict",
+                                shown(&Some(k.clone())),
+                                shown(&d),
+                                shown(&c)
+                            ));
+                        }
+                    }
+                }
+                Some(_) => {
+                    let (mut only_d, mut only_c) = (desktop.clone(), Vec::new());
+                    for r in &cloud {
+                        match only_d.iter().position(|d| d == r) {
+                            Some(at) => drop(only_d.remove(at)),
+                            None => only_c.push(r.clone()),
+                        }
+                    }
+                    // The desktop may edit its version of an open conflict further: that row is
+                    // the conflict's still (a cloud-key table's conflict names the cloud row).
+                    let mut named_d: Vec<Row> = open
+                        .iter()
+                        .filter_map(|o| self.edited(t, o.desktop_row.clone()))
+                        .collect();
+                    let mut named_c: Vec<Row> =
+                        open.iter().filter_map(|o| o.mobile_row.clone()).collect();
+                    for (side, rows, named) in [
+                        ("desktop", only_d, &mut named_d),
+                        ("cloud", only_c, &mut named_c),
+                    ] {
+                        for r in rows {
+                            match named.iter().position(|n| *n == r) {
+                                Some(at) => drop(named.remove(at)),
+                                None => problems.push(format!(
+                                    "{name}: {} only on the {side}, no open conflict's",
+                                    shown(&Some(r))
+                                )),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (side, client) in [("desktop", &self.desktop), ("cloud", &self.cloud)] {
+            let sql = "SELECT l::text FROM tandem.dead_letters l";
+            let rows = crate::generated::query_texts(client, sql)
+                .await
+                .map_err(|e| self.report(&e))?;
+            for r in rows {
+                problems.push(format!(
+                    "a dead letter on the {side}: {}",
+                    show(&r[0], 1000)
+                ));
+            }
+            if side == "cloud" {
+                let sql = "SELECT c::text FROM tandem.conflicts c WHERE resolved_at IS NULL";
+                let rows = crate::generated::query_texts(client, sql)
+                    .await
+                    .map_err(|e| self.report(&e))?;
+                for r in rows {
+                    problems.push(format!(
+                        "an open conflict on the cloud: {}",
+                        show(&r[0], 1000)
+                    ));
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// What the desktop's writes made of a row of table `t` with content `row` (`None`: deleted).
+    fn edited(&self, t: usize, row: Option<Row>) -> Option<Row> {
+        let mut now = row;
+        let desktop = self.written.iter().filter(|d| !d.phone && d.table == t);
+        for d in desktop.filter(|d| d.old.is_some()) {
+            if d.old == now {
+                now = d.new.clone();
+            }
+        }
+        now
+    }
+
+    /// What two runs of one interleaving are compared by, per table: both sides' rows (the cloud's with
+    /// its owner), and the open conflicts (kind, key, both versions).
+    pub(crate) async fn state(&self) -> Result<Vec<TableState>, String> {
+        let mut state = Vec::new();
+        for t in 0..self.schema.tables.len() {
+            let mut open: Vec<String> = self
+                .conflicts(t, 0)
+                .await?
+                .into_iter()
+                .filter(|c| c.open)
+                .map(|c| {
+                    let key = c.key.map(|k| shown(&Some(k))).unwrap_or_default();
+                    let (d, m) = (shown(&c.desktop_row), shown(&c.mobile_row));
+                    format!("{:?} {key} desktop {d} mobile {m}", c.kind)
+                })
+                .collect();
+            open.sort();
+            state.push(TableState {
+                desktop: self.rows(false, t, "").await?,
+                cloud: self.rows(true, t, ", source::text").await?,
+                open,
+            });
+        }
+        Ok(state)
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) struct TableState {
+    pub desktop: Vec<Row>,
+    pub cloud: Vec<Row>,
+    pub open: Vec<String>,
+}
+
+/// How two states of table `name` differ.
+pub(crate) fn compare(name: &str, a: &TableState, b: &TableState) -> Option<String> {
+    if a == b {
+        return None;
+    }
+    let mut out = format!("{name}: the runs end differently");
+    if a.desktop != b.desktop {
+        out += &format!(
+            "\n  desktop:\n{}",
+            diff("as generated", &a.desktop, "by reconcile", &b.desktop)
+        );
+    }
+    if a.cloud != b.cloud {
+        out += &format!(
+            "\n  cloud (rows, source):\n{}",
+            diff("as generated", &a.cloud, "by reconcile", &b.cloud)
+        );
+    }
+    if a.open != b.open {
+        out += &format!(
+            "\n  open conflicts as generated: {:#?}\n  by reconcile: {:#?}",
+            a.open, b.open
+        );
+    }
+    Some(out)
+}
