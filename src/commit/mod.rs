@@ -216,6 +216,17 @@ pub enum Progress<'a> {
     Nothing,
 }
 
+/// How long tandem waits for a row an application holds before it gives way (the reverse for a
+/// desktop row, the forward for a cloud row a phone's transaction holds): shorter than PostgreSQL's
+/// `deadlock_timeout` (1 s by default), so when the application and tandem each wait for a row the
+/// other holds, tandem's wait ends first and the application's transaction goes on (the deadlock
+/// detector would otherwise abort either one). tandem's transaction is rolled back and tried again
+/// after a pause (a transient error).
+pub(crate) const LOCK_TIMEOUT: &str = "SELECT pg_catalog.set_config('lock_timeout', '300ms', true)";
+/// The session's `lock_timeout` again.
+pub(crate) const LOCK_TIMEOUT_RESET: &str = "SELECT pg_catalog.set_config('lock_timeout', \
+     (SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'lock_timeout'), true)";
+
 /// Records `$1` (a [`Horizon`]'s text, which the reverse stream has passed with everything before it
 /// applied) as the horizon of every table synced since the slot was made, where it is later than the
 /// table's own. A table due to sync (after a new slot) keeps the one it had, which is still true: what

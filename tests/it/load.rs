@@ -446,11 +446,14 @@ async fn both_sides_under_write_load_on_the_same_rows_end_equal() {
     }
     assert_eq!(on_desktop_rows, in_cloud_rows, "{ITEM}");
     let entry = "grp, name, qty, amount";
-    assert_eq!(
+    let (on_desktop_rows, in_cloud_rows) = (
         rows(&desktop, ENTRY, entry, "true").await,
         rows(&cloud, ENTRY, entry, "true").await,
-        "{ENTRY}"
     );
+    if on_desktop_rows != in_cloud_rows {
+        println!("{}", explain_entry(&desktop, &cloud).await);
+    }
+    assert_eq!(on_desktop_rows, in_cloud_rows, "{ENTRY}");
     for client in [&desktop, &cloud] {
         let dead = "SELECT count(*) FROM tandem.dead_letters";
         assert_eq!(count(client, dead).await, 0);
@@ -526,6 +529,70 @@ async fn explain_item(desktop: &Client, cloud: &Client) -> String {
         let waiting = count(
             desktop,
             &format!("SELECT count(*) FROM tandem.outbox WHERE row_key = '{{{k}}}'"),
+        )
+        .await;
+        out.push_str(&format!("    outbox rows: {waiting}\n"));
+    }
+    out
+}
+
+/// What each side and tandem's tables say of the scopes of the cloud-key table the sides disagree
+/// about: each side's rows (the cloud's with key, owner and xmin), the scope's conflicts and outbox rows.
+async fn explain_entry(desktop: &Client, cloud: &Client) -> String {
+    async fn scopes(
+        client: &Client,
+        columns: &str,
+    ) -> std::collections::BTreeMap<i32, Vec<String>> {
+        let sql = format!("SELECT grp, ({columns})::text FROM {ENTRY} ORDER BY 2");
+        let mut out = std::collections::BTreeMap::<i32, Vec<String>>::new();
+        for r in client.query(&sql, &[]).await.unwrap() {
+            out.entry(r.get(0)).or_default().push(r.get(1));
+        }
+        out
+    }
+    let d = scopes(desktop, "name, qty, amount").await;
+    let c = scopes(cloud, "name, qty, amount").await;
+    let mut out = String::from("the sides disagree:\n");
+    for g in 1..=SCOPES {
+        if d.get(&g) == c.get(&g) {
+            continue;
+        }
+        out.push_str(&format!("  scope {g}:\n    desktop {:?}\n", d.get(&g)));
+        let cloud_rows = cloud
+            .query(
+                &format!(
+                    r#"SELECT ("entry id", name, qty, amount, source, xmin)::text FROM {ENTRY} WHERE grp = $1 ORDER BY 1"#
+                ),
+                &[&g],
+            )
+            .await
+            .unwrap();
+        for r in cloud_rows {
+            out.push_str(&format!("    cloud {}\n", r.get::<_, String>(0)));
+        }
+        for r in desktop
+            .query(
+                "SELECT id, kind, outcome, row_key::text, desktop_row::text, mobile_row::text, result::text \
+                   FROM tandem.conflicts WHERE $1 IN (row_key->>'grp', desktop_row->>'grp', mobile_row->>'grp') ORDER BY id",
+                &[&g.to_string()],
+            )
+            .await
+            .unwrap()
+        {
+            out.push_str(&format!(
+                "    conflict r{}: {:?} {:?} key {:?} desktop {:?} mobile {:?} result {:?}\n",
+                r.get::<_, i64>(0),
+                r.get::<_, Option<String>>(1),
+                r.get::<_, Option<String>>(2),
+                r.get::<_, Option<String>>(3),
+                r.get::<_, Option<String>>(4),
+                r.get::<_, Option<String>>(5),
+                r.get::<_, Option<String>>(6)
+            ));
+        }
+        let waiting = count(
+            desktop,
+            &format!("SELECT count(*) FROM tandem.outbox WHERE row_key = '{{{g}}}'"),
         )
         .await;
         out.push_str(&format!("    outbox rows: {waiting}\n"));

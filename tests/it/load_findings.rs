@@ -209,3 +209,60 @@ async fn a_phones_edit_of_a_row_the_desktop_deleted_is_not_paired_with_another_r
     );
     assert_eq!(kinds, ["(delete/update,mobile)"]);
 }
+
+/// Found by the load test: the forward decided a key was the desktop's to write (the cloud row was a
+/// version the desktop had received), and a phone's delete of that row committed before the write,
+/// which then inserted the desktop's row again as new; the reverse applied the phone's delete on the
+/// desktop (the desktop's row was what the phone deleted), leaving the row in the cloud only. Here the
+/// phone's delete is open while the forward runs: the forward must wait for it, or give way, and then
+/// see it.
+#[tokio::test]
+async fn a_phones_delete_committed_while_the_forward_applies_is_not_undone() {
+    let t = KEYED.quoted("latest");
+    let (db, config) = installed_with(
+        &format!("CREATE TABLE {t} ({});", KEYED.columns),
+        &format!("CREATE TABLE {t} ({}, {OWNERSHIP});", KEYED.columns),
+        "[[tables]]\ndesktop = \"Item Latest\"\nkey = [\"Key\"]\n",
+    )
+    .await;
+    let (desktop, cloud, phone) = (db.desktop().await, db.cloud().await, db.cloud().await);
+    exec(
+        &desktop,
+        &format!("INSERT INTO {t} VALUES (1, 'a0', 'b0', 1000), (2, 'a0', 'b0', 1000)"),
+    )
+    .await;
+    run_once(&config).await;
+    // The desktop writes the row again as it is (its key goes to the outbox, its content is what
+    // the phone deletes); the phone's delete is under way.
+    exec(&desktop, &format!(r#"UPDATE {t} SET "b col" = "b col""#)).await;
+    exec(
+        &phone,
+        &format!(r#"BEGIN; DELETE FROM {t} WHERE "Key" = 1"#),
+    )
+    .await;
+    let run = tokio::spawn({
+        let config = config.clone();
+        async move { run_once(&config).await }
+    });
+    let waits = "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND application_name = 'tandem' AND wait_event_type = 'Lock'";
+    let waiting = tandem::cluster::wait_until(Duration::from_secs(30), || async {
+        count(&cloud, waits).await > 0
+    })
+    .await;
+    assert!(waiting, "the forward never waited for the phone's row");
+    exec(&phone, "COMMIT").await;
+    run.await.unwrap();
+    run_once(&config).await;
+    let want = vec![vec!["a0", "b0", "1000.00"]];
+    assert_eq!(KEYED.versions(&cloud, "latest", 2, false).await, want);
+    assert_eq!(KEYED.versions(&desktop, "latest", 2, false).await, want);
+    for (side, client) in [("desktop", &desktop), ("cloud", &cloud)] {
+        let left = count(
+            client,
+            &format!(r#"SELECT count(*) FROM {t} WHERE "Key" = 1"#),
+        )
+        .await;
+        assert_eq!(left, 0, "the phone's delete is undone on the {side}");
+    }
+}

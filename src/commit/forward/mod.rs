@@ -22,8 +22,8 @@ use tokio_postgres::types::ToSql;
 
 use super::isolate::{self, DeadLetterSite};
 use super::{
-    Batch, BatchOutcome, CommitError, Count, Isolate, Params, Plan, Staged, StagingTables, Step,
-    Target, pipe,
+    Batch, BatchOutcome, CommitError, Count, Isolate, LOCK_TIMEOUT, LOCK_TIMEOUT_RESET, Params,
+    Plan, Staged, StagingTables, Step, Target, pipe,
 };
 use sql::{ForwardSql, Write};
 
@@ -136,7 +136,6 @@ struct Shape<'a> {
 /// What [`Forward::prepare`] found.
 struct Prepared {
     dead_letters: u64,
-    null_scopes: BTreeSet<usize>,
     held: Vec<(usize, Vec<Vec<Option<String>>>)>,
     wait_for: i64,
 }
@@ -277,7 +276,7 @@ impl Forward {
             horizons,
         };
         let prepared = self.prepare(target, cloud, shape, batch).await?;
-        let plan = self.plan(&order, &prepared.null_scopes, &big);
+        let plan = self.plan(&order, &big);
         let mut outcome = target.apply(cloud, &plan, batch).await?;
         outcome.dead_letters += prepared.dead_letters;
         Ok(Applied {
@@ -289,11 +288,13 @@ impl Forward {
 
     /// What decides the plan, in one round trip: each table's horizon set for its statements; a
     /// TRUNCATE adds every key of its table the desktop may change to the batch's keys, before
-    /// anything reads them; the `big` tables' staging is analyzed; keys whose phone change the desktop
-    /// has not received are held back; keys the desktop holds twice become dead letters and leave the
+    /// anything reads them; the `big` tables' staging is analyzed; the cloud rows of the batch's keys
+    /// are locked against phones' changes, then keys whose phone change the desktop has not received
+    /// are held back; keys the desktop holds twice become dead letters and leave the
     /// batch; scopes holding NULL need the plan that matches NULL. Last, the transaction says it is
     /// tandem's own in the cloud's WAL (the reverse stream skips it), with its snapshot (the desktop's
-    /// next horizon, once the stream passes it).
+    /// next horizon, once the stream passes it). A second round trip fills cloud-key tables' match `P`
+    /// and holds back the scopes it finds a phone's unreceived row in.
     async fn prepare(
         &self,
         target: &mut Target,
@@ -357,6 +358,37 @@ impl Forward {
             let sql = &self.sql[i].analyze_staged;
             statements.push(read(i, sql, "analyzing the staging tables", Reads::Nothing));
         }
+        // The rows the holds read are locked first, giving way to phones' transactions (see
+        // `ForwardSql::lock`).
+        let locking: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| self.sql[i].lock.is_some())
+            .collect();
+        if let Some(&first) = locking.first() {
+            statements.push(read(
+                first,
+                LOCK_TIMEOUT,
+                "setting the lock timeout",
+                Reads::Nothing,
+            ));
+            for &i in &locking {
+                let lock = self.sql[i].lock.as_deref().expect("filtered");
+                statements.push(read(
+                    i,
+                    lock,
+                    "locking the cloud rows of the batch's keys (a phone's transaction holds one: \
+                     tandem gives way, and applies the batch again once it ends)",
+                    Reads::Nothing,
+                ));
+            }
+            statements.push(read(
+                first,
+                LOCK_TIMEOUT_RESET,
+                "setting the lock timeout",
+                Reads::Nothing,
+            ));
+        }
         for &i in order {
             if let Some(hold) = &self.sql[i].hold {
                 statements.push(read(i, hold, "holding back unreceived keys", Reads::Held));
@@ -419,17 +451,6 @@ impl Forward {
                 _ => {}
             }
         }
-        // Keys held back wait for the stream to pass this transaction: the reverse worker records
-        // that at once when told so.
-        if !held.is_empty() {
-            let wanted = true;
-            let statement = target.statements.get(cloud, &own).await?;
-            wait_for = cloud
-                .query_one(&statement, &[&wanted])
-                .await
-                .ctx(Side::Cloud, "marking the transaction as tandem's")?
-                .get(0);
-        }
         let mut dead_letters = 0;
         let mut null_scopes = BTreeSet::new();
         for (i, rows) in &checks {
@@ -444,9 +465,62 @@ impl Forward {
                 null_scopes.insert(*i);
             }
         }
+        // Cloud-key tables: `P` is filled, and the scopes it finds a phone's unreceived row in are
+        // held on its view (see `sql::scoped::late_hold`), in one round trip.
+        let mut planned: Vec<(usize, &str, &str, Reads)> = Vec::new();
+        for &i in order {
+            let sql = &self.sql[i];
+            let Some((without_null, with_null)) = &sql.plan else {
+                continue;
+            };
+            let fill = if null_scopes.contains(&i) {
+                with_null
+            } else {
+                without_null
+            };
+            planned.push((i, fill, "matching the scope's rows", Reads::Nothing));
+            if let Some(late) = &sql.late_hold {
+                planned.push((i, late, "holding back unreceived scopes", Reads::Held));
+            }
+        }
+        if !planned.is_empty() {
+            let mut statements = Vec::with_capacity(planned.len());
+            for &(i, sql, ..) in &planned {
+                let statement = target
+                    .statements
+                    .get(cloud, sql)
+                    .await
+                    .map_err(|e| CommitError::of_table(e, i))?;
+                statements.push(statement);
+            }
+            let results =
+                db::pipelined(statements.iter().map(|p| cloud.query(p, &[])).collect()).await;
+            for ((i, _, what, reads), result) in planned.iter().zip(results) {
+                let rows = result
+                    .ctx(Side::Cloud, format!("{what} of {}", names[*i]))
+                    .map_err(|e| CommitError::of_table(e, *i))?;
+                if *reads == Reads::Held && !rows.is_empty() {
+                    let keys = rows.iter().map(|r| r.get::<_, Vec<Option<String>>>(0));
+                    match held.iter_mut().find(|(t, _)| t == i) {
+                        Some((_, already)) => already.extend(keys),
+                        None => held.push((*i, keys.collect())),
+                    }
+                }
+            }
+        }
+        // Keys held back wait for the stream to pass this transaction: the reverse worker records
+        // that at once when told so.
+        if !held.is_empty() {
+            let wanted = true;
+            let statement = target.statements.get(cloud, &own).await?;
+            wait_for = cloud
+                .query_one(&statement, &[&wanted])
+                .await
+                .ctx(Side::Cloud, "marking the transaction as tandem's")?
+                .get(0);
+        }
         Ok(Prepared {
             dead_letters,
-            null_scopes,
             held,
             wait_for,
         })
@@ -456,41 +530,19 @@ impl Forward {
     /// as it is), deletes children first, writes parents first, then the dead letters of keys that
     /// applied resolved. The careful path runs the same steps, with its write statements as they are
     /// (see [`sql::CUSTOM_PLANS`]).
-    fn plan<'a>(
-        &'a self,
-        order: &[usize],
-        null_scopes: &BTreeSet<usize>,
-        big: &BTreeSet<usize>,
-    ) -> Plan<'a> {
+    fn plan<'a>(&'a self, order: &[usize], big: &BTreeSet<usize>) -> Plan<'a> {
         Plan {
-            fast: self.steps(order, null_scopes, big, true),
-            careful: self.steps(order, null_scopes, big, false),
+            fast: self.steps(order, big, true),
+            careful: self.steps(order, big, false),
         }
     }
 
-    fn steps<'a>(
-        &'a self,
-        order: &[usize],
-        null_scopes: &BTreeSet<usize>,
-        big: &BTreeSet<usize>,
-        fast: bool,
-    ) -> Vec<Step<'a>> {
+    fn steps<'a>(&'a self, order: &[usize], big: &BTreeSet<usize>, fast: bool) -> Vec<Step<'a>> {
         let mut steps = Vec::new();
         for &i in order {
             let sql = &self.sql[i];
-            if let Some((without_null, with_null)) = &sql.plan {
-                let plan = if null_scopes.contains(&i) {
-                    with_null
-                } else {
-                    without_null
-                };
-                steps.push(Step::whole(
-                    i,
-                    "matching the scope's rows",
-                    plan,
-                    Params::None,
-                    Count::Nothing,
-                ));
+            if sql.plan.is_some() {
+                // `P` was filled before the plan (see `prepare`).
                 if let Some(analyze) = sql.analyze_plan.as_ref().filter(|_| big.contains(&i)) {
                     steps.push(Step::whole(
                         i,

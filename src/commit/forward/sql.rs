@@ -115,6 +115,15 @@ pub struct ForwardSql {
     /// delivers the phone's change first (the desktop change is then an edit made after it, or a
     /// conflict it settles), or the desktop held it already and only the horizon was behind.
     pub hold: Option<String>,
+    /// Tables whose phone rows travel back: locks the cloud rows of the batch's keys (or scopes)
+    /// before `hold` reads them, so that what the hold decides stays true until the batch commits: a
+    /// phone's update or delete of one of them waits for the batch (and then changes the desktop's new
+    /// version, which the reverse applies as an ordinary edit), instead of slipping in between the
+    /// hold and the write (a phone's delete there let the write insert the row again).
+    pub lock: Option<String>,
+    /// Cloud-key tables whose phone rows travel back: the hold again once `P` is filled, on its view
+    /// (see [`scoped::late_hold`]).
+    pub late_hold: Option<String>,
     pub delete: Write,
     pub write: Write,
     /// Cloud-key tables: pairs the cloud rows no staged row matched with the staged rows no cloud row
@@ -226,6 +235,13 @@ impl ForwardSql {
                 None => keyed::hold(&table),
                 Some(s) => scoped::hold(s),
             }),
+            lock: t
+                .reverse
+                .then(|| common::lock(&table, scoped_table.is_some())),
+            late_hold: scoped_table
+                .as_ref()
+                .filter(|_| t.reverse)
+                .map(scoped::late_hold),
             pair: scoped_table.as_ref().map(scoped::pair),
             update_pairs: scoped_table.as_ref().map(scoped::update_pairs),
             delete: match &scoped_table {

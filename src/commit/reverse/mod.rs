@@ -29,7 +29,10 @@ use crate::change::{EndLsn, Side};
 use crate::db::{self, Context, DbError};
 use crate::transform::Mapping;
 
-use super::{Batch, BatchOutcome, CommitError, CopyInto, Dest, Progress, StagingTables, Target};
+use super::{
+    Batch, BatchOutcome, CommitError, CopyInto, Dest, LOCK_TIMEOUT, LOCK_TIMEOUT_RESET, Progress,
+    StagingTables, Target,
+};
 use sql::ReverseSql;
 
 /// Above this many staged rows, a staging table is analyzed before the statements that read it.
@@ -288,7 +291,7 @@ impl Reverse {
 
     /// The statements that reduce table `i`'s staged changes, in order, with what each does (a parked
     /// table's only to its net changes, which are set aside). The desktop rows they meet are locked
-    /// first, giving way to the desktop's application (see [`LOCK_TIMEOUT`]).
+    /// first, giving way to the desktop's application (see [`super::LOCK_TIMEOUT`]).
     fn reduction(&self, target: &Target, i: usize, parked: bool) -> Vec<(&str, &'static str)> {
         const REDUCING: &str = "reducing the staged mobile changes";
         let sql = &self.sql[i];
@@ -313,16 +316,6 @@ impl Reverse {
         out
     }
 }
-
-/// How long the reverse waits for a desktop row the application holds before it gives way: shorter
-/// than PostgreSQL's `deadlock_timeout` (1 s by default), so when the application and tandem each wait
-/// for a row the other holds, tandem's wait ends first and the application's transaction goes on (the
-/// deadlock detector would otherwise abort either one). tandem's group is rolled back and received
-/// again after a pause (a transient error).
-const LOCK_TIMEOUT: &str = "SELECT pg_catalog.set_config('lock_timeout', '300ms', true)";
-/// The session's `lock_timeout` again.
-const LOCK_TIMEOUT_RESET: &str = "SELECT pg_catalog.set_config('lock_timeout', \
-     (SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'lock_timeout'), true)";
 
 /// A group as the commit engine runs it ([`Target::run`]), in the transaction its rows were staged in
 /// as the stream delivered them: the last COPY ended, the plan applied (see [`Reverse::commit`]), the

@@ -43,14 +43,34 @@ pub(super) fn copy_keys_in(table: &Table) -> String {
     )
 }
 
+/// Locks the cloud rows of the keys (or scopes, `or_null`: a NULL part matching NULL) of `K` against
+/// phones' updates and deletes until the batch commits (see `ForwardSql::lock`). Counts them (no row
+/// comes back). `FOR NO KEY UPDATE`: a phone's new row referencing one of them still inserts.
+pub(super) fn lock(table: &Table, or_null: bool) -> String {
+    let Table {
+        st, target, keys, ..
+    } = table;
+    format!(
+        "SELECT count(*) FROM (SELECT 1 FROM {target} c WHERE EXISTS (SELECT 1 FROM {keys} k WHERE {}) \
+         FOR NO KEY UPDATE OF c) locked",
+        st.c_is_k(or_null)
+    )
+}
+
 /// The statement shape of a hold (see `ForwardSql::hold`): takes the keys of `K` (aliased `k`) for
 /// which `held` holds out of `K`, and their rows (`s_in_k`: `S` row `s` is of held key `k`) out of `S`,
 /// and returns each key's texts as the capture triggers write them (a `text[]`).
 pub(super) fn hold(table: &Table, held: &str, s_in_k: &str) -> String {
+    hold_after(table, "", held, s_in_k)
+}
+
+/// [`hold`] after the common table expressions `before` (each followed by a comma), which `held`
+/// may read.
+pub(super) fn hold_after(table: &Table, before: &str, held: &str, s_in_k: &str) -> String {
     let Table { st, rows, keys, .. } = table;
     let texts = list((0..st.key.len()).map(|n| format!("(k.{})::text", col(n))));
     format!(
-        "WITH held AS (DELETE FROM {keys} k WHERE {held} RETURNING k.*), \
+        "WITH {before}held AS (DELETE FROM {keys} k WHERE {held} RETURNING k.*), \
               dropped AS (DELETE FROM {rows} s USING held k WHERE {s_in_k} RETURNING 1) \
          SELECT ARRAY[{texts}]::text[] FROM held k"
     )

@@ -145,6 +145,34 @@ pub(super) fn hold(s: &Scoped) -> String {
     common::hold(table, &held, &table.st.s_is_k_or_null())
 }
 
+/// The hold of a cloud-key table once `P` is filled, on `P`'s own view of the cloud: the scopes where
+/// `P` holds a cloud row the desktop may not change. [`hold`] ran in an earlier snapshot (the cloud
+/// transaction reads committed data, a snapshot per statement): a phone's change committed between
+/// the two took its row out of the match (`_mine` false), and the desktop's version of that row,
+/// left unmatched, would have been inserted as a second copy beside the phone's. Held here, the hold
+/// and the match are one decision, taken on one snapshot; the writes after it check again that each
+/// row is still the desktop's to change. Takes those scopes out of `K`, `S` and `P` and returns their
+/// keys as [`hold`] does.
+pub(super) fn late_hold(s: &Scoped) -> String {
+    let table = s.table;
+    let plan = &s.plan;
+    let k_scope = row_text(
+        &table
+            .st
+            .key
+            .iter()
+            .enumerate()
+            .map(|(n, (k, _))| k.cloud_shaped(&format!("k.{}", col(n))))
+            .collect::<Vec<_>>(),
+    );
+    let before = format!(
+        "late AS (SELECT DISTINCT p._scope FROM {plan} p WHERE NOT p._mine), \
+         unplanned AS (DELETE FROM {plan} p USING late l WHERE p._scope = l._scope RETURNING 1), "
+    );
+    let held = format!("{k_scope} IN (SELECT l._scope FROM late l)");
+    common::hold_after(table, &before, &held, &table.st.s_is_k_or_null())
+}
+
 /// Pairs, in each scope, the cloud rows the desktop may change that no staged row matched with the
 /// staged rows no cloud row matched, in the order of their content (so that where a scope has one of
 /// each, as when the desktop edits one row, the edit replaces that row; where it has several, similar
@@ -427,6 +455,54 @@ mod tests {
         assert!(
             sql.contains("USING held k WHERE (s.c1 OPERATOR(pg_catalog.=) k.c1 OR (s.c1 IS NULL AND k.c1 IS NULL))"),
             "{sql}"
+        );
+    }
+
+    #[test]
+    fn a_scopes_rows_are_locked_against_phones_changes_null_parts_included() {
+        let sql = built(&odd_scoped(), |s| common::lock(s.table, true));
+        assert_eq!(
+            sql,
+            "SELECT count(*) FROM (SELECT 1 FROM \"public\".\"Task List\" c WHERE EXISTS (SELECT 1 FROM pg_temp.tandem_k_3 k \
+             WHERE (c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 OR (c.\"Task List\" IS NULL AND k.c1 IS NULL))) \
+             FOR NO KEY UPDATE OF c) locked"
+        );
+    }
+
+    #[test]
+    fn a_late_hold_takes_the_scopes_the_match_found_a_row_of_the_desktop_may_not_change_in() {
+        let t = odd_scoped();
+        let table = Table::new(&t, 3);
+        let s = Scoped::of(&table, 3).expect("a cloud-key table");
+        let (late, matched) = (late_hold(&s), plan(&s, false));
+        let k = &table.st.key[0].0;
+        // A scope is named by the same text in `K` as the match gives it from a staged row.
+        let (in_k, in_s) = (
+            row_text(&[k.cloud_shaped("k.c1")]),
+            row_text(&[k.cloud_shaped("s.c1")]),
+        );
+        assert!(matched.contains(&format!("{in_s} AS sc FROM")), "{matched}");
+        assert!(
+            late.starts_with(
+                "WITH late AS (SELECT DISTINCT p._scope FROM pg_temp.tandem_p_3 p WHERE NOT p._mine), \
+                 unplanned AS (DELETE FROM pg_temp.tandem_p_3 p USING late l WHERE p._scope = l._scope RETURNING 1), \
+                 held AS (DELETE FROM pg_temp.tandem_k_3 k WHERE "
+            ),
+            "{late}"
+        );
+        assert!(
+            late.contains(&format!(
+                "WHERE {in_k} IN (SELECT l._scope FROM late l) RETURNING k.*"
+            )),
+            "{late}"
+        );
+        assert!(
+            late.contains("USING held k WHERE (s.c1 OPERATOR(pg_catalog.=) k.c1 OR (s.c1 IS NULL AND k.c1 IS NULL))"),
+            "{late}"
+        );
+        assert!(
+            late.ends_with("SELECT ARRAY[(k.c1)::text]::text[] FROM held k"),
+            "{late}"
         );
     }
 
