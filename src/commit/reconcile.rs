@@ -100,23 +100,38 @@ pub enum KeyDecision {
     Collision {
         old: Option<String>,
     },
-    /// Reverse: a phone deleted the row the desktop still holds (its old image).
+    /// Reverse: a phone deleted the row; with the old image it deleted. `contested`: the desktop holds
+    /// another version (it changed the row without seeing the delete): staged all the same, the
+    /// reverse plan settles it as an `update/delete` conflict.
     Remove {
         old: String,
+        contested: bool,
     },
 }
 
 /// A desktop-key table's key: the desktop's row (`None`: none; several rows with one key are always
 /// sent forward, where the commit engine sorts them out), the cloud's (with whether it is a phone's the
-/// desktop has not received), and the journal's entries for the key, oldest first. `lost`: the desktop
-/// lacks a phone's row it received, and no desktop change of the key waits in the outbox (a delete
-/// would): the desktop lost it without deleting it (drift), so it is brought back, not deleted.
+/// desktop has not received), the journal's entries for the key, oldest first (only the phones'
+/// changes the desktop has not received: see `ScanSql::journal`), and whether a desktop change of the
+/// key waits in the outbox (`pending`).
+///
+/// The entries make the rules exact the way the stream's old images do: an entry is a phone's change
+/// the desktop has not received, of the version in it. So a desktop row that is not that version was
+/// changed by the desktop without seeing the phone's change: a conflict, staged for the reverse plan to
+/// find and settle as the stream's change would be (`update/update`, `update/delete`). A desktop row
+/// missing where a phone changed the row is a desktop delete when one waits in the outbox (a delete
+/// applied to the cloud would have removed the row the phone changed: it cannot have been applied), a
+/// `delete/update` conflict; with none waiting the desktop lost the row without deleting it (drift), or
+/// never had it, and it is brought. A phone's row the desktop received and lacks, with no desktop
+/// change waiting (`lost`), is drift too: brought back, not deleted.
 pub fn decide_key(
     desktop: Option<Hashes>,
     cloud: Option<(Hashes, bool)>,
     entries: &[&Entry],
-    lost: bool,
+    pending: bool,
+    phone: bool,
 ) -> KeyDecision {
+    let lost = phone && !pending;
     let last = |deleted: bool, reverse: i64| {
         entries
             .iter()
@@ -138,12 +153,27 @@ pub fn decide_key(
                     .map(|e| e.old.clone()),
             },
         },
-        (Some(d), None) => match last(true, d.reverse) {
-            Some(old) => KeyDecision::Remove { old },
-            None => KeyDecision::Insert,
+        (Some(d), None) => match (last(true, d.reverse), entries.last()) {
+            (Some(old), _) => KeyDecision::Remove {
+                old,
+                contested: false,
+            },
+            // The phone's last change deleted the row, a version the desktop no longer holds.
+            (None, Some(e)) if e.deleted => KeyDecision::Remove {
+                old: e.old.clone(),
+                contested: true,
+            },
+            (None, _) => KeyDecision::Insert,
         },
         (None, Some((_, false))) if lost => KeyDecision::Bring { old: None },
         (None, Some((_, false))) => KeyDecision::Delete,
+        // The desktop deleted the row a phone changed (from the first version it changed).
+        (None, Some((_, true))) if pending => match entries.iter().find(|e| !e.deleted) {
+            Some(e) if !entries.first().is_some_and(|f| f.deleted) => KeyDecision::Collision {
+                old: Some(e.old.clone()),
+            },
+            _ => KeyDecision::Bring { old: None },
+        },
         (None, Some((_, true))) => KeyDecision::Bring { old: None },
         (None, None) => KeyDecision::Unchanged,
     }
@@ -172,9 +202,13 @@ pub enum ScopeRepair {
         contested: bool,
     },
     /// Delete the desktop row equal to `old` (a phone deleted the row; `cloud_key` was its key).
+    /// `contested`: no desktop row holds a version the phone's changes started from, and the desktop
+    /// has rows of the scope left unexplained: it may have changed its copy (the reverse plan pairs
+    /// it by likeness, as the stream's delete, and settles an `update/delete` conflict).
     Remove {
         cloud_key: Option<String>,
         old: String,
+        contested: bool,
     },
 }
 
@@ -191,8 +225,9 @@ pub struct ScopeDecision {
     pub repairs: Vec<ScopeRepair>,
 }
 
-/// Matches a scope's rows as multisets: desktop rows first with mobile rows (a mobile row's copy is
-/// never sent back as desktop-owned), then with desktop-owned rows; mobile rows left over are brought
+/// Matches a scope's rows as multisets: desktop rows first with the cloud rows the desktop has (its
+/// own and phones' it received), then with mobile rows (a mobile row's copy is never sent back as
+/// desktop-owned); mobile rows left over are brought
 /// to the desktop (over the version a journal entry shows it holds, when one does), desktop rows left
 /// over are removed when the journal shows a phone deleted them, sent forward otherwise. A phone's
 /// row the desktop received and no desktop row matches, in a scope no desktop change of which waits
@@ -211,14 +246,12 @@ pub fn decide_scope(
             .and_then(Option::take)
             .is_some()
     };
-    let mut mobile_left = Vec::new();
-    for m in cloud.iter().filter(|c| c.mobile) {
-        if take(&mut left, &|d| d.reverse == m.hashes.reverse) {
-            out.unchanged_mobile += 1;
-        } else {
-            mobile_left.push(m);
-        }
-    }
+    // The cloud rows the desktop has (its own, and phones' it received) first: a phone's row it has
+    // not received is new to it, so no desktop row is its copy while one of those can be (two equal
+    // rows, the second a phone's new one: the desktop's copy is the first's, and the new one is
+    // brought). Then the phones' rows it has not received: a table without a horizon yet (its first
+    // sync, adopting a cloud the old sync filled) counts every phone row as such, and the desktop's
+    // copy of one matches it, never sent back as desktop-owned.
     for c in cloud.iter().filter(|c| !c.mobile) {
         if take(&mut left, &|d| d.forward == c.hashes.forward) {
             out.unchanged += 1;
@@ -230,6 +263,14 @@ pub fn decide_scope(
             });
         } else {
             out.deletes += 1;
+        }
+    }
+    let mut mobile_left = Vec::new();
+    for m in cloud.iter().filter(|c| c.mobile) {
+        if take(&mut left, &|d| d.reverse == m.hashes.reverse) {
+            out.unchanged_mobile += 1;
+        } else {
+            mobile_left.push(m);
         }
     }
     for m in mobile_left {
@@ -252,12 +293,21 @@ pub fn decide_scope(
             }
             // A phone edited the row, and the desktop holds no version it changed: when the desktop has
             // a row of the scope left unexplained, both sides changed it (a conflict, as the stream
-            // logs it); when it has none, the desktop never had the row (a phone made it, then edited
-            // it): a new row for the desktop.
-            None => match entries.iter().rev().find(of_row) {
-                Some(e) if left.iter().any(Option::is_some) => ScopeRepair::Bring {
+            // logs it); when it has none but a change of the scope waits in the outbox, the desktop
+            // deleted it (`delete/update`: the plan finds no row to pair); when neither, the desktop
+            // never had the row (a phone made it, then edited it): a new row for the desktop.
+            None => match (
+                entries.iter().rev().find(of_row),
+                entries.iter().find(of_row),
+            ) {
+                (Some(e), _) if left.iter().any(Option::is_some) => ScopeRepair::Bring {
                     cloud_key,
                     old: Some(e.old.clone()),
+                    contested: true,
+                },
+                (Some(_), Some(first)) if pending => ScopeRepair::Bring {
+                    cloud_key,
+                    old: Some(first.old.clone()),
                     contested: true,
                 },
                 _ => ScopeRepair::Bring {
@@ -269,11 +319,31 @@ pub fn decide_scope(
         };
         out.repairs.push(repair);
     }
+    // A phone's delete removes the desktop row holding a version of that row the phone's changes
+    // started from (the newest the desktop holds); with none, and desktop rows of the scope left
+    // unexplained, the desktop may have changed its copy: contested, as the stream's delete would be.
     for e in entries.iter().rev().filter(|e| e.deleted) {
-        if take(&mut left, &|d| d.reverse == e.reverse) {
+        let of_row = |x: &&&Entry| match &e.cloud_key {
+            Some(ck) => x.cloud_key.as_deref() == Some(ck.as_str()),
+            None => std::ptr::eq(**x, *e),
+        };
+        let held = entries.iter().rev().filter(of_row).find(|x| {
+            left.iter()
+                .any(|d| d.is_some_and(|d| d.reverse == x.reverse))
+        });
+        if let Some(x) = held {
+            take(&mut left, &|d| d.reverse == x.reverse);
             out.repairs.push(ScopeRepair::Remove {
                 cloud_key: e.cloud_key.clone(),
-                old: e.old.clone(),
+                old: x.old.clone(),
+                contested: false,
+            });
+        } else if left.iter().any(Option::is_some) {
+            let first = entries.iter().find(of_row).unwrap_or(e);
+            out.repairs.push(ScopeRepair::Remove {
+                cloud_key: e.cloud_key.clone(),
+                old: first.old.clone(),
+                contested: true,
             });
         }
     }

@@ -468,14 +468,13 @@ async fn regression(table: g::Table, policy: Policy, steps: Vec<Step>) {
     }
 }
 
-/// Found by the property (bug): the desktop edits a row it received from a phone while the phone
-/// deletes it; a reconcile catches up. The reconcile sends the desktop's row to the cloud as new
+/// Found by the property (fixed): the desktop edits a row it received from a phone while the phone
+/// deletes it; a reconcile catches up. The reconcile sent the desktop's row to the cloud as new
 /// (`decide_key`: the desktop holds the key, the cloud does not, and no journal entry deletes the
 /// version the desktop holds) and records no conflict: the phone's delete is lost, under every policy
 /// (under `mobile` it should have won; under `manual` both versions should have stayed, the conflict
 /// open). `run --once` records an `update/delete` conflict here.
 #[tokio::test]
-#[ignore = "bug: a reconcile resurrects a row a phone deleted while the desktop edited it"]
 async fn a_phones_delete_of_a_row_the_desktop_edited_meanwhile_is_a_conflict_for_reconcile() {
     use Act::*;
     let steps = vec![
@@ -492,7 +491,6 @@ async fn a_phones_delete_of_a_row_the_desktop_edited_meanwhile_is_a_conflict_for
 /// the desktop's edit to the cloud as a new row instead (`decide_scope`: a desktop row left over that
 /// no journal entry deletes is sent forward), and records nothing.
 #[tokio::test]
-#[ignore = "bug: a reconcile resurrects a row a phone deleted while the desktop edited it"]
 async fn a_phones_delete_of_a_cloud_key_row_the_desktop_edited_meanwhile_is_a_conflict_for_reconcile()
  {
     use Act::*;
@@ -526,16 +524,15 @@ async fn an_open_conflict_in_a_cloud_key_table_holds_back_only_its_own_row() {
     ];
     regression(plain(true), Policy::Manual, steps).await;
 }
-/// Found by the property (bug): in a cloud-key table a phone adds a row equal to one of its rows the
+/// Found by the property (fixed): in a cloud-key table a phone adds a row equal to one of its rows the
 /// desktop received, while the desktop has a change of the same scope waiting; a reconcile catches
-/// up. It matches the desktop's copy with the new phone row (mobile rows first, by content), leaves
+/// up. It matched the desktop's copy with the new phone row (mobile rows first, by content), leaves
 /// the received one unmatched and, the desktop's change pending, not to be brought back; the forward
 /// replace then turns the new phone row into the desktop's edited row and deletes the old one. The
 /// phone's new row is overwritten without a conflict: both sides end with one copy where the phone
 /// made two. `run --once` brings the second copy to the desktop. Likely in
 /// `commit/reconcile.rs` (`decide_scope`: the order rows of equal content are matched in).
 #[tokio::test]
-#[ignore = "bug: a reconcile overwrites a phone's new row equal to one the desktop received"]
 async fn a_phones_second_equal_row_survives_a_reconcile_while_the_desktop_edits_its_scope() {
     use Act::*;
     let a = || by(true, Insert, &["1", "'a'", "NULL"], None);
@@ -553,7 +550,6 @@ async fn a_phones_second_equal_row_survives_a_reconcile_while_the_desktop_edits_
 /// The same before the table's first run: a reconcile catches up, then the first `run --once` syncs
 /// the table (a reconcile leaves it `new`) and its sync overwrites the phone's second row alike.
 #[tokio::test]
-#[ignore = "bug: a reconcile overwrites a phone's new row equal to one the desktop received"]
 async fn a_phones_second_equal_row_survives_the_first_run_after_a_reconcile() {
     use Act::*;
     let a = || by(true, Insert, &["1", "'a'", "NULL"], None);
@@ -567,14 +563,13 @@ async fn a_phones_second_equal_row_survives_the_first_run_after_a_reconcile() {
     ];
     regression(plain(true), Policy::Desktop, steps).await;
 }
-/// Found by the property (bug): the desktop deletes a row while a phone edits it, and a reconcile
-/// catches up. It brings the phone's row to the desktop as new (`decide_key` in
+/// Found by the property (fixed): the desktop deletes a row while a phone edits it, and a reconcile
+/// catches up. It brought the phone's row to the desktop as new (`decide_key` in
 /// `commit/reconcile.rs`: a phone's row the desktop lacks is brought, with no look at a desktop
 /// delete of it waiting in the outbox; `decide_scope` likewise) and records no conflict: under
 /// `desktop` the desktop's delete should have won, under `manual` stayed open. `run --once` records a
 /// `delete/update` conflict and deletes the row on both sides.
 #[tokio::test]
-#[ignore = "bug: a reconcile undoes a desktop delete of a row a phone edited meanwhile"]
 async fn a_desktop_delete_of_a_row_a_phone_edited_meanwhile_is_a_conflict_for_reconcile() {
     use Act::*;
     for cloud_key in [false, true] {

@@ -515,11 +515,13 @@ async fn a_desktop_row_the_cloud_never_saw_is_sent_not_deleted() {
         0,
         "the desktop's rows are desktop-owned in the cloud"
     );
-    // [inserted, updated, deleted, conflicts]: 3 (a key a phone deleted, loaded again with other
-    // content), 20 and 21 sent; the two diary rows sent; nothing of the desktop's removed.
+    // [inserted, updated, deleted, conflicts]: 20 and 21 sent; item 3, which a phone deleted while
+    // the desktop changed it without seeing the delete, an update/delete conflict the default policy
+    // settles by keeping the edit (sent as the conflict's result); the two diary rows sent; nothing
+    // of the desktop's removed.
     let rows_of = format!("{:#?}", report.rows);
-    assert_eq!(tally(&report, "item", "forward"), [3, 0, 0, 0], "{rows_of}");
-    assert_eq!(tally(&report, "item", "reverse"), [0, 0, 0, 0], "{rows_of}");
+    assert_eq!(tally(&report, "item", "forward"), [2, 0, 0, 0], "{rows_of}");
+    assert_eq!(tally(&report, "item", "reverse"), [0, 0, 0, 1], "{rows_of}");
     assert_eq!(
         tally(&report, "diary", "forward"),
         [2, 0, 0, 0],
@@ -530,9 +532,27 @@ async fn a_desktop_row_the_cloud_never_saw_is_sent_not_deleted() {
         [0, 0, 0, 0],
         "{rows_of}"
     );
-    no_conflicts_or_dead_letters(&desktop, &cloud).await;
+    let settled = rows(
+        &desktop,
+        "tandem.conflicts",
+        "table_name, row_key, kind, policy, outcome, resolved_at IS NOT NULL",
+        "true",
+    )
+    .await;
+    assert_eq!(
+        settled,
+        vec![r#"(item,"{""id"": 3}",update/delete,latest,desktop,t)"#],
+        "{:?}",
+        conflicts(&desktop, &cloud).await
+    );
+    assert!(conflicts_of(&cloud).await.is_empty());
     let again = reconcile_all(&db, &config).await;
     assert_eq!(again.written(), 0, "{:#?}", again.rows);
+}
+
+/// The cloud's conflicts (none is ever recorded there for a table that syncs both ways).
+async fn conflicts_of(cloud: &Client) -> Vec<String> {
+    rows(cloud, "tandem.conflicts", "table_name, row_key", "true").await
 }
 
 /// The conflicts both sides logged, as text.

@@ -18,36 +18,78 @@ fn entry(deleted: bool, ck: Option<&str>, reverse: i64, old: &str) -> Entry {
 #[test]
 fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
     assert_eq!(
-        decide_key(Some(h(1, 1)), Some((h(1, 1), false)), &[], false),
+        decide_key(Some(h(1, 1)), Some((h(1, 1), false)), &[], false, false),
         KeyDecision::Unchanged
     );
     assert_eq!(
-        decide_key(Some(h(1, 1)), Some((h(2, 1), false)), &[], false),
+        decide_key(Some(h(1, 1)), Some((h(2, 1), false)), &[], false, false),
         KeyDecision::Update
     );
     assert_eq!(
-        decide_key(Some(h(1, 1)), None, &[], false),
+        decide_key(Some(h(1, 1)), None, &[], false, false),
         KeyDecision::Insert
     );
     assert_eq!(
-        decide_key(None, Some((h(1, 1), false)), &[], false),
+        decide_key(None, Some((h(1, 1), false)), &[], false, false),
         KeyDecision::Delete
     );
     // A phone's row the desktop received, then lost without deleting it (no change of it waits in
     // the outbox): brought back, not deleted.
     assert_eq!(
-        decide_key(None, Some((h(1, 1), false)), &[], true),
+        decide_key(None, Some((h(1, 1), false)), &[], false, true),
         KeyDecision::Bring { old: None }
     );
     let gone = entry(true, None, 1, "v1");
     assert_eq!(
-        decide_key(Some(h(1, 1)), None, &[&gone], false),
-        KeyDecision::Remove { old: "v1".into() }
+        decide_key(Some(h(1, 1)), None, &[&gone], false, false),
+        KeyDecision::Remove {
+            old: "v1".into(),
+            contested: false
+        }
     );
-    // The desktop changed the row after the phone deleted it: the desktop's row stays and travels.
+    // The desktop changed the row while a phone deleted it (the entry is a change the desktop has
+    // not received): an update/delete conflict for the reverse plan to settle.
     assert_eq!(
-        decide_key(Some(h(5, 5)), None, &[&gone], false),
-        KeyDecision::Insert
+        decide_key(Some(h(5, 5)), None, &[&gone], false, false),
+        KeyDecision::Remove {
+            old: "v1".into(),
+            contested: true
+        }
+    );
+    // A phone deleted the row, then made the key again and changed that (all unreceived); the desktop
+    // still holds the first version: its delete applies, the new row is the phone's.
+    let edited = entry(false, None, 2, "v2");
+    assert_eq!(
+        decide_key(Some(h(1, 1)), None, &[&gone, &edited], false, false),
+        KeyDecision::Remove {
+            old: "v1".into(),
+            contested: false
+        }
+    );
+}
+
+#[test]
+fn a_desktop_delete_of_a_row_a_phone_changed_meanwhile_is_a_conflict() {
+    let edited = entry(false, None, 3, "v3");
+    // The desktop's delete waits in the outbox: delete/update, from the version the phone changed.
+    assert_eq!(
+        decide_key(None, Some((h(4, 4), true)), &[&edited], true, false),
+        KeyDecision::Collision {
+            old: Some("v3".into())
+        }
+    );
+    // No desktop change waits: the desktop never had the row (or lost it): brought.
+    assert_eq!(
+        decide_key(None, Some((h(4, 4), true)), &[&edited], false, false),
+        KeyDecision::Bring { old: None }
+    );
+    // The phone deleted the version the desktop had first, then made the key again: both deleted
+    // that one, and the phone's new row is brought.
+    let gone = entry(true, None, 3, "v3");
+    let again = entry(false, None, 5, "v5");
+    assert_eq!(
+        decide_key(None, Some((h(4, 4), true)), &[&gone, &again], true, false),
+        KeyDecision::Bring { old: None }
     );
 }
 
@@ -55,29 +97,41 @@ fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
 fn a_mobile_row_applies_over_the_desktop_only_where_the_journal_shows_what_it_changed() {
     // The desktop holds the mobile row: nothing to do, whatever the forward columns say.
     assert_eq!(
-        decide_key(Some(h(1, 7)), Some((h(2, 7), true)), &[], false),
+        decide_key(Some(h(1, 7)), Some((h(2, 7), true)), &[], false, false),
         KeyDecision::Unchanged
     );
     assert_eq!(
-        decide_key(None, Some((h(1, 1), true)), &[], false),
+        decide_key(None, Some((h(1, 1), true)), &[], false, false),
         KeyDecision::Bring { old: None }
     );
     let edited = entry(false, None, 3, "v3");
     assert_eq!(
-        decide_key(Some(h(3, 3)), Some((h(4, 4), true)), &[&edited], false),
+        decide_key(
+            Some(h(3, 3)),
+            Some((h(4, 4), true)),
+            &[&edited],
+            false,
+            false
+        ),
         KeyDecision::Bring {
             old: Some("v3".into())
         }
     );
     // The desktop holds something the phone never started from.
     assert_eq!(
-        decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[&edited], false),
+        decide_key(
+            Some(h(9, 9)),
+            Some((h(4, 4), true)),
+            &[&edited],
+            false,
+            false
+        ),
         KeyDecision::Collision {
             old: Some("v3".into())
         }
     );
     assert_eq!(
-        decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[], false),
+        decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[], false, false),
         KeyDecision::Collision { old: None }
     );
 }
@@ -92,7 +146,7 @@ fn row(forward: i64, reverse: i64, mobile: bool, ck: &str) -> CloudRow {
 }
 
 #[test]
-fn a_scope_is_compared_as_a_multiset_mobile_rows_first() {
+fn a_scope_is_compared_as_a_multiset_received_rows_first() {
     // Two equal desktop rows, one desktop-owned and one mobile-owned copy in the cloud: in sync.
     let d = [h(1, 1), h(1, 1)];
     let same = decide_scope(
@@ -104,18 +158,32 @@ fn a_scope_is_compared_as_a_multiset_mobile_rows_first() {
     assert_eq!((same.unchanged, same.unchanged_mobile), (1, 1));
     assert_eq!((same.inserts, same.deletes), (0, 0));
     assert!(same.repairs.is_empty());
-    // One desktop row, a desktop-owned and a mobile copy: the desktop row is the mobile one's copy,
-    // the desktop-owned one is stray.
-    let stray = decide_scope(
+    // One desktop row, a row the desktop has and an equal phone's row it has not received: the
+    // desktop row is the first's copy, the phone's is new to the desktop and brought (a phone made a
+    // second equal row).
+    let second = decide_scope(
         &d[..1],
         &[row(1, 1, true, "7"), row(1, 1, false, "8")],
         &[],
-        false,
+        true,
     );
     assert_eq!(
-        (stray.unchanged_mobile, stray.inserts, stray.deletes),
-        (1, 0, 1)
+        (second.unchanged, second.inserts, second.deletes),
+        (1, 0, 0)
     );
+    assert_eq!(
+        second.repairs,
+        vec![ScopeRepair::Bring {
+            cloud_key: "7".into(),
+            old: None,
+            contested: false
+        }]
+    );
+    // The desktop's copy of a phone's row the table has no horizon for (every phone row counts as
+    // not received: adoption) matches it.
+    let adopted = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], false);
+    assert_eq!((adopted.unchanged_mobile, adopted.inserts), (1, 0));
+    assert!(adopted.repairs.is_empty());
     // A mobile row the desktop lacks is brought; a desktop row the cloud lacks goes forward.
     let missing = decide_scope(&[h(2, 2)], &[row(3, 3, true, "9")], &[], false);
     assert_eq!(missing.inserts, 1);
@@ -145,7 +213,8 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
             },
             ScopeRepair::Remove {
                 cloud_key: Some("5".into()),
-                old: "v4".into()
+                old: "v4".into(),
+                contested: false
             },
         ]
     );
@@ -202,4 +271,50 @@ fn a_received_phone_row_the_desktop_lost_is_brought_back_unless_a_change_waits()
     // A desktop change of the scope waits in the outbox: it decides, when applied.
     let pending = decide_scope(&[], &[received], &[], true);
     assert_eq!((pending.deletes, pending.repairs.len()), (1, 0));
+}
+
+#[test]
+fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contested() {
+    // The phone changed row 9 (v2 to v3), then deleted it; the desktop still holds v2: the delete
+    // applies to it, from the version the desktop holds.
+    let edited = entry(false, Some("9"), 2, "v2");
+    let gone = entry(true, Some("9"), 3, "v3");
+    let out = decide_scope(&[h(2, 2)], &[], &[&edited, &gone], false);
+    assert_eq!(
+        out.repairs,
+        vec![ScopeRepair::Remove {
+            cloud_key: Some("9".into()),
+            old: "v2".into(),
+            contested: false
+        }]
+    );
+    assert_eq!(out.inserts, 0);
+    // The desktop changed its copy instead: contested from the first version the phone changed
+    // (update/delete), and the desktop's row stays to be sent after the repair.
+    let out = decide_scope(&[h(8, 8)], &[], &[&edited, &gone], false);
+    assert_eq!(
+        out.repairs,
+        vec![ScopeRepair::Remove {
+            cloud_key: Some("9".into()),
+            old: "v2".into(),
+            contested: true
+        }]
+    );
+    assert_eq!(out.inserts, 1);
+    // The desktop holds nothing of the scope: both deleted the row.
+    assert!(
+        decide_scope(&[], &[], &[&edited, &gone], true)
+            .repairs
+            .is_empty()
+    );
+    // The desktop deleted the row a phone edited (a change of the scope waits): delete/update.
+    let out = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], true);
+    assert_eq!(
+        out.repairs,
+        vec![ScopeRepair::Bring {
+            cloud_key: "9".into(),
+            old: Some("v2".into()),
+            contested: true
+        }]
+    );
 }

@@ -202,14 +202,12 @@ impl Scan<'_> {
                 let decision = if desktop.len() > 1 {
                     KeyDecision::Update
                 } else {
-                    let lost = desktop.is_empty()
-                        && cloud.first().is_some_and(|l| l.phone && !l.mobile)
-                        && !self.pending.contains(&key.texts());
                     reconcile::decide_key(
                         desktop.first().map(|l| l.hashes),
                         cloud.first().map(|l| (l.hashes, l.mobile)),
                         journal,
-                        lost,
+                        self.pending.contains(&key.texts()),
+                        cloud.first().is_some_and(|l| l.phone && !l.mobile),
                     )
                 };
                 let mobile = cloud.first().is_some_and(|l| l.mobile);
@@ -252,8 +250,12 @@ impl Scan<'_> {
                             });
                         }
                     }
-                    KeyDecision::Remove { old } => {
-                        r.deleted += 1;
+                    KeyDecision::Remove { old, contested } => {
+                        if contested {
+                            r.conflicts += 1;
+                        } else {
+                            r.deleted += 1;
+                        }
                         if reverse {
                             self.repairs.push(Repair::Remove {
                                 cloud_key: None,
@@ -301,8 +303,16 @@ impl Scan<'_> {
                                 old,
                             });
                         }
-                        ScopeRepair::Remove { cloud_key, old } => {
-                            r.deleted += 1;
+                        ScopeRepair::Remove {
+                            cloud_key,
+                            old,
+                            contested,
+                        } => {
+                            if contested {
+                                r.conflicts += 1;
+                            } else {
+                                r.deleted += 1;
+                            }
                             self.repairs.push(Repair::Remove { cloud_key, old });
                         }
                     }
