@@ -152,6 +152,16 @@ pub struct EndLsn(pub Lsn);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Horizon(String);
 
+/// What the desktop has received of a table, as a forward batch reads it: the table's [`Horizon`]
+/// (none yet: every phone row counts as not received), and the cloud keys of the phone rows its open
+/// conflicts by concurrency keep (a JSON array of their texts; cloud-key tables): the forward neither
+/// changes nor deletes those rows while a person decides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Received {
+    pub horizon: Option<Horizon>,
+    pub kept: Option<String>,
+}
+
 impl Horizon {
     /// `None` unless `text` is a snapshot's text.
     pub fn parse(text: &str) -> Option<Horizon> {

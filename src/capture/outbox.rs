@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::Client;
 
-use crate::change::{Horizon, OutboxId, QualifiedName, Side, quote_literal};
+use crate::change::{Horizon, OutboxId, QualifiedName, Received, Side, quote_literal};
 use crate::expr::{col, group_by, q, same_key, same_key_or_null};
 
 /// The channel the capture function notifies when it wrote to the outbox.
@@ -34,7 +34,7 @@ pub struct OutboxBatch {
     /// When the oldest change in the batch was captured (its transaction's start on the desktop).
     pub oldest: Option<std::time::SystemTime>,
     /// Each table's horizon (by mapping index), as the batch's snapshot has it.
-    pub horizons: Vec<Option<Horizon>>,
+    pub horizons: Vec<Received>,
 }
 
 impl OutboxBatch {
@@ -154,13 +154,17 @@ pub async fn begin_batch(
     Ok(batch)
 }
 
-/// Every table's horizon (`tandem.table_state`).
-pub const HORIZONS_SQL: &str =
-    "SELECT table_name, horizon FROM tandem.table_state WHERE horizon IS NOT NULL";
+/// Every table's horizon (`tandem.table_state`), with the cloud keys its open conflicts by concurrency
+/// keep (see [`Received`]; NULL when none, as for a desktop-key table, whose records name its key).
+pub const HORIZONS_SQL: &str = "SELECT ts.table_name, ts.horizon, \
+       (SELECT jsonb_agg(DISTINCT x.row_key ->> 'cloud_key') FROM tandem.conflicts x \
+         WHERE x.resolved_at IS NULL AND x.table_name = ts.table_name AND x.direction = 'reverse' \
+           AND x.kind IS NOT NULL AND x.row_key ? 'cloud_key')::text \
+  FROM tandem.table_state ts WHERE ts.horizon IS NOT NULL";
 
-/// The horizons [`HORIZONS_SQL`] read, by mapping index.
-pub fn table_horizons(mapping: &Mapping, rows: &[tokio_postgres::Row]) -> Vec<Option<Horizon>> {
-    let mut out = vec![None; mapping.tables.len()];
+/// What [`HORIZONS_SQL`] read, by mapping index.
+pub fn table_horizons(mapping: &Mapping, rows: &[tokio_postgres::Row]) -> Vec<Received> {
+    let mut out = vec![Received::default(); mapping.tables.len()];
     for row in rows {
         let (name, horizon): (String, String) = (row.get(0), row.get(1));
         if let Some(i) = mapping
@@ -168,7 +172,10 @@ pub fn table_horizons(mapping: &Mapping, rows: &[tokio_postgres::Row]) -> Vec<Op
             .iter()
             .position(|t| t.table.desktop.to_string() == name)
         {
-            out[i] = Horizon::parse(&horizon);
+            out[i] = Received {
+                horizon: Horizon::parse(&horizon),
+                kept: row.get(2),
+            };
         }
     }
     out
@@ -200,23 +207,27 @@ pub struct Held {
 }
 
 /// Puts held keys back into the outbox, waiting for their horizon, with the time and transaction of
-/// the desktop change the batch took them for (a conflict settled later compares that time). A key
-/// already waiting (held before, changed again since) waits once, with the later change's time.
+/// the desktop change the batch took them for (a conflict settled later compares that time), and
+/// `I` for a key only inserted, `U` otherwise (a reconcile tells a row the desktop never had from one
+/// it changed by that: see `commit::reconcile::Waiting`). A key already waiting (held before, changed
+/// again since) waits once, with the later change's time.
 const HOLD_SQL: &str = "WITH k AS (SELECT ARRAY(SELECT jsonb_array_elements_text(e)) AS key
                   FROM jsonb_array_elements($3::text::jsonb) e),
-          b AS (SELECT k.key, coalesce(w.xid, pg_current_xact_id()) AS xid, coalesce(w.captured_at, now()) AS captured_at
+          b AS (SELECT k.key, coalesce(w.xid, pg_current_xact_id()) AS xid, coalesce(w.captured_at, now()) AS captured_at,
+                       CASE WHEN w.inserted THEN 'I' ELSE 'U' END::\"char\" AS op
                   FROM k LEFT JOIN LATERAL (SELECT (array_agg(o.xid ORDER BY o.id DESC))[1] AS xid,
-                                                   max(o.captured_at) AS captured_at
+                                                   max(o.captured_at) AS captured_at, bool_and(o.op = 'I') AS inserted
                                               FROM tandem.outbox o
                                              WHERE o.id = ANY($5) AND o.table_schema = $1 AND o.table_name = $2
                                                AND o.row_key = k.key) w ON true),
           waiting AS (UPDATE tandem.outbox o SET wait_for = $4, xid = b.xid,
-                             captured_at = greatest(o.captured_at, b.captured_at)
+                             captured_at = greatest(o.captured_at, b.captured_at),
+                             op = CASE WHEN o.op = 'I' AND b.op = 'I' THEN 'I' ELSE 'U' END::\"char\"
                         FROM b WHERE o.table_schema = $1 AND o.table_name = $2 AND o.row_key = b.key
                          AND o.wait_for IS NOT NULL AND NOT o.id = ANY($5)
                       RETURNING o.row_key)
      INSERT INTO tandem.outbox (table_schema, table_name, op, row_key, xid, captured_at, wait_for)
-     SELECT $1, $2, 'U', b.key, b.xid, b.captured_at, $4 FROM b
+     SELECT $1, $2, b.op, b.key, b.xid, b.captured_at, $4 FROM b
       WHERE NOT EXISTS (SELECT 1 FROM waiting w WHERE w.row_key = b.key)";
 
 /// Puts held keys into the outbox outside a batch (a reconcile applying directly): their changes'
@@ -511,9 +522,10 @@ impl ReadSql {
             .collect();
         // Keys holding NULL (a scope column without a value) match NULL, in a branch of their own so
         // the others can use the key's index.
+        let kept = not_kept(t, "t").map_or(String::new(), |w| format!(" WHERE {w}"));
         let rows = format!(
-            "SELECT {select} FROM {table} t JOIN k ON {}{joins} \
-             UNION ALL SELECT {select} FROM (SELECT * FROM k WHERE {}) k JOIN {table} t ON {}{joins}",
+            "SELECT {select} FROM {table} t JOIN k ON {}{joins}{kept} \
+             UNION ALL SELECT {select} FROM (SELECT * FROM k WHERE {}) k JOIN {table} t ON {}{joins}{kept}",
             matching(false),
             any_null.join(" OR "),
             matching(true),
@@ -531,7 +543,10 @@ impl ReadSql {
 /// reach the cloud either, over the phone's. Such a change is not sent (its outbox row goes: the open
 /// record explains the difference, and settling it applies the side chosen, as it is then).
 /// Desktop-key tables find them by their `row_key`; cloud-key tables (whose records name the cloud
-/// key) by the scope of any version a record holds.
+/// key) by the scope of any version a dead letter or a conflict of the older shape holds. A conflict
+/// by concurrency of a cloud-key table holds back its own row only, not its scope: the desktop's
+/// version of it is not read ([`not_kept`]) and the forward leaves the phone's alone (see
+/// `commit::forward`'s kept rows), so the scope's other rows travel while it waits.
 pub fn not_held(t: &TableMapping, alias: &str) -> String {
     let name = quote_literal(&t.table.desktop.to_string());
     let open = |table: &str| {
@@ -576,12 +591,37 @@ pub fn not_held(t: &TableMapping, alias: &str) -> String {
         .map(|v| format!("({})", matching(v)))
         .join(" OR ");
     format!(
-        "NOT EXISTS ({} AND x.row_key ? 'cloud_key' AND ({conflict_versions})) \
+        "NOT EXISTS ({} AND x.row_key ? 'cloud_key' AND x.kind IS NULL AND ({conflict_versions})) \
          AND NOT EXISTS ({} AND ({}))",
         open("conflicts"),
         open("dead_letters"),
         matching("row_image")
     )
+}
+
+/// For a cloud-key table: desktop row `t` is not the desktop's version of an open conflict by
+/// concurrency (its `desktop_row`, each column's text as the reverse plan wrote it, compared in the
+/// same way on the same database): that version waits for a person, and is not sent.
+pub fn not_kept(t: &TableMapping, alias: &str) -> Option<String> {
+    if matches!(t.kind, crate::transform::Kind::Key(_)) {
+        return None;
+    }
+    let pairs: Vec<(String, String)> = t
+        .reverse_columns
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                crate::expr::output_text(&format!("{alias}.{}", q(&c.name))),
+            )
+        })
+        .collect();
+    Some(format!(
+        "NOT EXISTS (SELECT 1 FROM tandem.conflicts x WHERE x.resolved_at IS NULL AND x.direction = 'reverse' \
+         AND x.table_name = {} AND x.kind IS NOT NULL AND x.desktop_row = {})",
+        quote_literal(&t.table.desktop.to_string()),
+        crate::expr::json_object(&pairs)
+    ))
 }
 
 /// The columns a forward read sends of a row `t` of table `i` (wire-typed, lookups included), and the
@@ -606,6 +646,43 @@ fn row_select(mapping: &Mapping, i: usize, lookups: Lookups) -> (String, String)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cloud_key_tables_open_conflict_holds_back_its_desktop_version_not_its_scope() {
+        use crate::transform::testing::{odd_keyed, odd_scoped};
+        let scoped = odd_scoped();
+        let mapping = Mapping {
+            tables: vec![scoped.clone()],
+            parents_first: vec![0],
+        };
+        // Its scopes: only dead letters and conflicts of the older shape hold one back whole.
+        let held = not_held(&scoped, "u");
+        assert!(held.contains("AND x.kind IS NULL AND"), "{held}");
+        // Its rows: not the desktop version of an open conflict by concurrency, as the reverse plan
+        // wrote it (each column's output text), on both branches of the read.
+        let kept = not_kept(&scoped, "t").expect("a cloud-key table");
+        assert!(
+            kept.starts_with(
+                "NOT EXISTS (SELECT 1 FROM tandem.conflicts x WHERE x.resolved_at IS NULL"
+            ),
+            "{kept}"
+        );
+        assert!(
+            kept.contains("AND x.kind IS NOT NULL AND x.desktop_row = jsonb_build_object('Task List', \
+                 (CASE WHEN pg_catalog.num_nulls(t.\"Task List\") = 1 THEN NULL ELSE pg_catalog.concat(t.\"Task List\") END), "),
+            "{kept}"
+        );
+        let read = ReadSql::build(&mapping, 0);
+        assert_eq!(
+            read.copy_rows.matches(&kept).count(),
+            2,
+            "{}",
+            read.copy_rows
+        );
+        // A desktop-key table's records name its key: the key waits, as before.
+        assert!(not_kept(&odd_keyed(), "t").is_none());
+        assert!(HORIZONS_SQL.contains("x.row_key ->> 'cloud_key'"));
+    }
 
     #[test]
     fn the_batch_query_sets_the_bounds_the_other_queries_read() {

@@ -15,8 +15,10 @@
 //! **After a lost slot** tandem tells a phone's delete or edit it missed from a desktop row the cloud
 //! has not seen yet by the cloud's journal (`tandem.journal`, written by the ownership trigger on every
 //! phone UPDATE and DELETE: the row as it was). A desktop row the cloud lacks is deleted on the desktop
-//! only when its last version is in the journal as deleted; otherwise it is the desktop's, and goes to
-//! the cloud. A mobile row that differs from the desktop's is applied over it only when the journal
+//! only when its last version is in the journal as deleted (another version: the desktop changed the
+//! row the phone deleted, an `update/delete` conflict); otherwise it is the desktop's, and goes to
+//! the cloud. A phone's row the desktop lacks while a desktop change of it waits in the outbox was
+//! deleted by the desktop: a `delete/update` conflict. A mobile row that differs from the desktop's is applied over it only when the journal
 //! shows the desktop holds the version the phone changed; otherwise both sides changed the row, or a
 //! phone created a key the desktop holds for another row: a conflict, never an overwrite.
 
@@ -79,6 +81,22 @@ pub async fn journal(cloud: &Client, sql: &ScanSql, table: &str) -> Result<Vec<E
         .collect())
 }
 
+/// The desktop's changes of a key (or scope) waiting in the outbox as a scan began: what the cloud
+/// has not taken yet. What they were tells a desktop that changed or deleted a row it had received from
+/// one that never had it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// A change waits.
+    pub any: bool,
+    /// The first of them made the key (an INSERT): the desktop lacked it until then, so it had not
+    /// received a phone's version of it (desktop-key tables: one row a key).
+    pub made: bool,
+    /// One of them is not an INSERT (an UPDATE, a DELETE, a TRUNCATE of the table, or a key held back
+    /// once, whose changes are no longer told apart): the desktop may have changed or removed a row
+    /// it had received. Without one, every row of the scope the desktop had received is still there.
+    pub changed: bool,
+}
+
 /// What to do with one key of a desktop-key table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyDecision {
@@ -112,8 +130,8 @@ pub enum KeyDecision {
 /// A desktop-key table's key: the desktop's row (`None`: none; several rows with one key are always
 /// sent forward, where the commit engine sorts them out), the cloud's (with whether it is a phone's the
 /// desktop has not received), the journal's entries for the key, oldest first (only the phones'
-/// changes the desktop has not received: see `ScanSql::journal`), and whether a desktop change of the
-/// key waits in the outbox (`pending`).
+/// changes the desktop has not received: see `ScanSql::journal`), and the desktop changes of the key
+/// waiting in the outbox.
 ///
 /// The entries make the rules exact the way the stream's old images do: an entry is a phone's change
 /// the desktop has not received, of the version in it. So a desktop row that is not that version was
@@ -122,16 +140,19 @@ pub enum KeyDecision {
 /// missing where a phone changed the row is a desktop delete when one waits in the outbox (a delete
 /// applied to the cloud would have removed the row the phone changed: it cannot have been applied), a
 /// `delete/update` conflict; with none waiting the desktop lost the row without deleting it (drift), or
-/// never had it, and it is brought. A phone's row the desktop received and lacks, with no desktop
-/// change waiting (`lost`), is drift too: brought back, not deleted.
+/// never had it, and it is brought. A key the desktop made since the cloud last took its changes
+/// (`made`) held no phone version the desktop had received: against a phone's row it is
+/// `insert/insert`, and a phone's delete of another version is no conflict. A phone's row the desktop
+/// received and lacks, with no desktop change waiting (`lost`), is drift too: brought back, not
+/// deleted.
 pub fn decide_key(
     desktop: Option<Hashes>,
     cloud: Option<(Hashes, bool)>,
     entries: &[&Entry],
-    pending: bool,
+    waiting: Waiting,
     phone: bool,
 ) -> KeyDecision {
-    let lost = phone && !pending;
+    let lost = phone && !waiting.any;
     let last = |deleted: bool, reverse: i64| {
         entries
             .iter()
@@ -145,6 +166,7 @@ pub fn decide_key(
         (Some(d), Some((c, true))) if d.reverse == c.reverse => KeyDecision::Unchanged,
         (Some(d), Some((_, true))) => match last(false, d.reverse) {
             Some(old) => KeyDecision::Bring { old: Some(old) },
+            None if waiting.made => KeyDecision::Collision { old: None },
             None => KeyDecision::Collision {
                 old: entries
                     .iter()
@@ -159,7 +181,7 @@ pub fn decide_key(
                 contested: false,
             },
             // The phone's last change deleted the row, a version the desktop no longer holds.
-            (None, Some(e)) if e.deleted => KeyDecision::Remove {
+            (None, Some(e)) if e.deleted && !waiting.made => KeyDecision::Remove {
                 old: e.old.clone(),
                 contested: true,
             },
@@ -168,12 +190,14 @@ pub fn decide_key(
         (None, Some((_, false))) if lost => KeyDecision::Bring { old: None },
         (None, Some((_, false))) => KeyDecision::Delete,
         // The desktop deleted the row a phone changed (from the first version it changed).
-        (None, Some((_, true))) if pending => match entries.iter().find(|e| !e.deleted) {
-            Some(e) if !entries.first().is_some_and(|f| f.deleted) => KeyDecision::Collision {
-                old: Some(e.old.clone()),
-            },
-            _ => KeyDecision::Bring { old: None },
-        },
+        (None, Some((_, true))) if waiting.any && !waiting.made => {
+            match entries.iter().find(|e| !e.deleted) {
+                Some(e) if !entries.first().is_some_and(|f| f.deleted) => KeyDecision::Collision {
+                    old: Some(e.old.clone()),
+                },
+                _ => KeyDecision::Bring { old: None },
+            }
+        }
         (None, Some((_, true))) => KeyDecision::Bring { old: None },
         (None, None) => KeyDecision::Unchanged,
     }
@@ -187,6 +211,9 @@ pub struct CloudRow {
     pub mobile: bool,
     /// A phone's row, received or not.
     pub phone: bool,
+    /// The phone's version of an open conflict by concurrency: a person decides it (the forward
+    /// leaves it alone too), so it is neither brought back nor deleted.
+    pub kept: bool,
     pub cloud_key: Option<String>,
 }
 
@@ -231,13 +258,16 @@ pub struct ScopeDecision {
 /// to the desktop (over the version a journal entry shows it holds, when one does), desktop rows left
 /// over are removed when the journal shows a phone deleted them, sent forward otherwise. A phone's
 /// row the desktop received and no desktop row matches, in a scope no desktop change of which waits
-/// in the outbox (`pending`), was lost by the desktop without a delete (drift): it is brought back.
+/// in the outbox, was lost by the desktop without a delete (drift): it is brought back. Where the
+/// desktop holds no version a phone's changes started from, it changed or deleted that row only if a
+/// change of the scope other than an INSERT waits (`waiting.changed`); otherwise it never had it.
 pub fn decide_scope(
     desktop: &[Hashes],
     cloud: &[CloudRow],
     entries: &[&Entry],
-    pending: bool,
+    waiting: Waiting,
 ) -> ScopeDecision {
+    let (pending, changed) = (waiting.any, waiting.changed);
     let mut out = ScopeDecision::default();
     let mut left: Vec<Option<Hashes>> = desktop.iter().copied().map(Some).collect();
     let take = |left: &mut Vec<Option<Hashes>>, matches: &dyn Fn(&Hashes) -> bool| {
@@ -253,7 +283,7 @@ pub fn decide_scope(
     // sync, adopting a cloud the old sync filled) counts every phone row as such, and the desktop's
     // copy of one matches it, never sent back as desktop-owned.
     for c in cloud.iter().filter(|c| !c.mobile) {
-        if take(&mut left, &|d| d.forward == c.hashes.forward) {
+        if take(&mut left, &|d| d.forward == c.hashes.forward) || c.kept {
             out.unchanged += 1;
         } else if let (true, false, Some(cloud_key)) = (c.phone, pending, c.cloud_key.clone()) {
             out.repairs.push(ScopeRepair::Bring {
@@ -291,21 +321,22 @@ pub fn decide_scope(
                     contested: false,
                 }
             }
-            // A phone edited the row, and the desktop holds no version it changed: when the desktop has
-            // a row of the scope left unexplained, both sides changed it (a conflict, as the stream
-            // logs it); when it has none but a change of the scope waits in the outbox, the desktop
-            // deleted it (`delete/update`: the plan finds no row to pair); when neither, the desktop
-            // never had the row (a phone made it, then edited it): a new row for the desktop.
+            // A phone edited the row, and the desktop holds no version it changed: when the desktop
+            // changed or deleted a row of the scope since the cloud last took its changes, it had
+            // the row and changed it (a conflict, as the stream logs it: paired with a row of the
+            // scope left unexplained) or deleted it (`delete/update`: the plan finds no row to pair);
+            // otherwise the desktop never had the row (a phone made it, then edited it): a new row
+            // for the desktop.
             None => match (
                 entries.iter().rev().find(of_row),
                 entries.iter().find(of_row),
             ) {
-                (Some(e), _) if left.iter().any(Option::is_some) => ScopeRepair::Bring {
+                (Some(e), _) if changed && left.iter().any(Option::is_some) => ScopeRepair::Bring {
                     cloud_key,
                     old: Some(e.old.clone()),
                     contested: true,
                 },
-                (Some(_), Some(first)) if pending => ScopeRepair::Bring {
+                (Some(_), Some(first)) if changed => ScopeRepair::Bring {
                     cloud_key,
                     old: Some(first.old.clone()),
                     contested: true,
@@ -320,8 +351,9 @@ pub fn decide_scope(
         out.repairs.push(repair);
     }
     // A phone's delete removes the desktop row holding a version of that row the phone's changes
-    // started from (the newest the desktop holds); with none, and desktop rows of the scope left
-    // unexplained, the desktop may have changed its copy: contested, as the stream's delete would be.
+    // started from (the newest the desktop holds); with none, desktop rows of the scope left
+    // unexplained and a desktop change of the scope that is not an INSERT waiting, the desktop may
+    // have changed its copy: contested, as the stream's delete would be.
     for e in entries.iter().rev().filter(|e| e.deleted) {
         let of_row = |x: &&&Entry| match &e.cloud_key {
             Some(ck) => x.cloud_key.as_deref() == Some(ck.as_str()),
@@ -338,7 +370,7 @@ pub fn decide_scope(
                 old: x.old.clone(),
                 contested: false,
             });
-        } else if left.iter().any(Option::is_some) {
+        } else if changed && left.iter().any(Option::is_some) {
             let first = entries.iter().find(of_row).unwrap_or(e);
             out.repairs.push(ScopeRepair::Remove {
                 cloud_key: e.cloud_key.clone(),

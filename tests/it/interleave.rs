@@ -50,8 +50,7 @@
 //!
 //! Every case runs on fresh databases, twice when compared: 24 cases by default (about 3 minutes in a debug
 //! build on 2 cores); more with `TANDEM_PROPTEST_CASES=500 cargo test --release --test it interleave`.
-//! The tests after the property are failures it found, written out step by step; those still
-//! failing are ignored, with the bug in their reason (`cargo test --test it interleave -- --ignored`).
+//! The tests after the property are failures it found, written out step by step (all fixed).
 
 use std::fmt;
 
@@ -407,7 +406,6 @@ proptest! {
     })]
 
     #[test]
-    #[ignore = "fails on the bugs of the ignored regression tests below: run it with --ignored until they are fixed"]
     fn interleaved_writes_of_the_same_rows_on_both_sides_end_as_the_conflict_rules_say(case in case()) {
         // Two workers: a stream runs beside the writes, not only while they wait.
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -503,14 +501,13 @@ async fn a_phones_delete_of_a_cloud_key_row_the_desktop_edited_meanwhile_is_a_co
     ];
     regression(plain(true), Policy::Mobile, steps).await;
 }
-/// Found by the property (bug): in a cloud-key table under `manual`, an open conflict holds back
+/// Found by the property (fixed): in a cloud-key table under `manual`, an open conflict held back
 /// every later desktop change of its scope, not only its row: a row the desktop adds to the scope
 /// never reaches the cloud while the conflict waits for a person, and no conflict names it. The
 /// forward's hold (`commit/forward/sql/scoped.rs`, `hold`) takes a scope whole while it holds a phone
 /// row the desktop may not change; a phone row in an open conflict stays so until it is resolved.
 /// In a desktop-key table only the conflict's key waits.
 #[tokio::test]
-#[ignore = "bug: an open manual conflict holds back its whole scope"]
 async fn an_open_conflict_in_a_cloud_key_table_holds_back_only_its_own_row() {
     use Act::*;
     let steps = vec![
@@ -578,6 +575,27 @@ async fn a_desktop_delete_of_a_row_a_phone_edited_meanwhile_is_a_conflict_for_re
             Step::Once,
             by(false, Delete, &["1", "'a'", "NULL"], None),
             by(true, Update, &["1", "'a'", "NULL"], Some((2, "'phone'"))),
+            Step::Reconcile,
+        ];
+        regression(plain(cloud_key), Policy::Desktop, steps).await;
+    }
+}
+
+/// Found by the property (fixed): a phone makes a row and edits it, while the desktop adds a row of
+/// the same scope; a reconcile catches up. It took the desktop's new row for the phone's row edited
+/// on the desktop (both sides changed it: an `update/update` the `desktop` policy settled by writing
+/// the desktop's row over the phone's), where the desktop never had the phone's row. Only INSERTs of
+/// the scope wait on the desktop, so every row of it the desktop had received is still there: the
+/// phone's is new to it (`commit::reconcile::Waiting`).
+#[tokio::test]
+async fn a_phones_new_row_edited_before_a_reconcile_is_not_taken_for_a_desktop_rows_copy() {
+    use Act::*;
+    for cloud_key in [false, true] {
+        let steps = vec![
+            Step::Once,
+            by(true, Insert, &["1", "'a'", "NULL"], None),
+            by(true, Update, &["1", "'a'", "NULL"], Some((2, "'phone'"))),
+            by(false, Insert, &["1", "'x'", "NULL"], None),
             Step::Reconcile,
         ];
         regression(plain(cloud_key), Policy::Desktop, steps).await;

@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 
 use crate::capture::logical::Own;
 use crate::capture::outbox::ReadSql;
-use crate::change::{Horizon, Side};
+use crate::change::{Received, Side};
 use crate::db::{self, Context, DbError, StatementCache};
 use crate::transform::Mapping;
 use tokio_postgres::types::ToSql;
@@ -56,7 +56,7 @@ pub struct Sending<'a> {
     /// The tables, in order, each with what selects its rows.
     pub reads: Vec<(usize, &'a ReadSql)>,
     pub truncated: &'a BTreeSet<usize>,
-    pub horizons: &'a [Option<Horizon>],
+    pub horizons: &'a [Received],
     pub batch_id: &'a str,
     pub fill: bool,
     /// The source: its transaction holds the batch's snapshot.
@@ -130,7 +130,7 @@ struct Shape<'a> {
     order: &'a [usize],
     truncated: &'a BTreeSet<usize>,
     big: &'a BTreeSet<usize>,
-    horizons: &'a [Option<Horizon>],
+    horizons: &'a [Received],
 }
 
 /// What [`Forward::prepare`] found.
@@ -249,7 +249,7 @@ impl Forward {
         mapping: &Mapping,
         tables: &BTreeSet<usize>,
         truncated: &BTreeSet<usize>,
-        horizons: &[Option<Horizon>],
+        horizons: &[Received],
         batch_id: &str,
     ) -> Result<Applied, CommitError> {
         let order: Vec<usize> = mapping
@@ -336,7 +336,7 @@ impl Forward {
         let settings: Vec<(String, String)> = order
             .iter()
             .map(|&i| {
-                let horizon = horizons.get(i).and_then(Option::as_ref);
+                let horizon = horizons.get(i).and_then(|r| r.horizon.as_ref());
                 (
                     crate::config::owner::horizon_setting(i),
                     horizon.map(|h| h.as_str().to_string()).unwrap_or_default(),
@@ -467,7 +467,7 @@ impl Forward {
         }
         // Cloud-key tables: `P` is filled, and the scopes it finds a phone's unreceived row in are
         // held on its view (see `sql::scoped::late_hold`), in one round trip.
-        let mut planned: Vec<(usize, &str, &str, Reads)> = Vec::new();
+        let mut planned: Vec<(usize, &str, &str, Reads, Option<&String>)> = Vec::new();
         for &i in order {
             let sql = &self.sql[i];
             let Some((without_null, with_null)) = &sql.plan else {
@@ -478,9 +478,14 @@ impl Forward {
             } else {
                 without_null
             };
-            planned.push((i, fill, "matching the scope's rows", Reads::Nothing));
+            planned.push((i, fill, "matching the scope's rows", Reads::Nothing, None));
+            let kept = horizons.get(i).and_then(|r| r.kept.as_ref());
+            if let (Some(keep), Some(kept)) = (&sql.keep, kept) {
+                let what = "leaving alone the rows open conflicts keep";
+                planned.push((i, keep, what, Reads::Nothing, Some(kept)));
+            }
             if let Some(late) = &sql.late_hold {
-                planned.push((i, late, "holding back unreceived scopes", Reads::Held));
+                planned.push((i, late, "holding back unreceived scopes", Reads::Held, None));
             }
         }
         if !planned.is_empty() {
@@ -493,9 +498,19 @@ impl Forward {
                     .map_err(|e| CommitError::of_table(e, i))?;
                 statements.push(statement);
             }
-            let results =
-                db::pipelined(statements.iter().map(|p| cloud.query(p, &[])).collect()).await;
-            for ((i, _, what, reads), result) in planned.iter().zip(results) {
+            let params: Vec<Vec<&(dyn ToSql + Sync)>> = planned
+                .iter()
+                .map(|(.., kept)| kept.iter().map(|k| *k as &(dyn ToSql + Sync)).collect())
+                .collect();
+            let results = db::pipelined(
+                statements
+                    .iter()
+                    .zip(&params)
+                    .map(|(p, params)| cloud.query(p, params))
+                    .collect(),
+            )
+            .await;
+            for ((i, _, what, reads, _), result) in planned.iter().zip(results) {
                 let rows = result
                     .ctx(Side::Cloud, format!("{what} of {}", names[*i]))
                     .map_err(|e| CommitError::of_table(e, *i))?;

@@ -124,6 +124,9 @@ pub struct ForwardSql {
     /// Cloud-key tables whose phone rows travel back: the hold again once `P` is filled, on its view
     /// (see [`scoped::late_hold`]).
     pub late_hold: Option<String>,
+    /// Cloud-key tables whose phone rows travel back: takes the cloud rows open conflicts keep out of
+    /// `P` (see [`scoped::keep`]).
+    pub keep: Option<String>,
     pub delete: Write,
     pub write: Write,
     /// Cloud-key tables: pairs the cloud rows no staged row matched with the staged rows no cloud row
@@ -242,6 +245,10 @@ impl ForwardSql {
                 .as_ref()
                 .filter(|_| t.reverse)
                 .map(scoped::late_hold),
+            keep: scoped_table
+                .as_ref()
+                .filter(|_| t.reverse)
+                .map(scoped::keep),
             pair: scoped_table.as_ref().map(scoped::pair),
             update_pairs: scoped_table.as_ref().map(scoped::update_pairs),
             delete: match &scoped_table {

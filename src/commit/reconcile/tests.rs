@@ -1,5 +1,23 @@
 use super::*;
 
+/// No desktop change waits; one that is not an INSERT waits.
+const NONE: Waiting = Waiting {
+    any: false,
+    made: false,
+    changed: false,
+};
+const CHANGED: Waiting = Waiting {
+    any: true,
+    made: false,
+    changed: true,
+};
+/// The desktop made the key since the cloud last took its changes.
+const MADE: Waiting = Waiting {
+    any: true,
+    made: true,
+    changed: false,
+};
+
 fn h(forward: i64, reverse: i64) -> Hashes {
     Hashes { forward, reverse }
 }
@@ -18,30 +36,30 @@ fn entry(deleted: bool, ck: Option<&str>, reverse: i64, old: &str) -> Entry {
 #[test]
 fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
     assert_eq!(
-        decide_key(Some(h(1, 1)), Some((h(1, 1), false)), &[], false, false),
+        decide_key(Some(h(1, 1)), Some((h(1, 1), false)), &[], NONE, false),
         KeyDecision::Unchanged
     );
     assert_eq!(
-        decide_key(Some(h(1, 1)), Some((h(2, 1), false)), &[], false, false),
+        decide_key(Some(h(1, 1)), Some((h(2, 1), false)), &[], NONE, false),
         KeyDecision::Update
     );
     assert_eq!(
-        decide_key(Some(h(1, 1)), None, &[], false, false),
+        decide_key(Some(h(1, 1)), None, &[], NONE, false),
         KeyDecision::Insert
     );
     assert_eq!(
-        decide_key(None, Some((h(1, 1), false)), &[], false, false),
+        decide_key(None, Some((h(1, 1), false)), &[], NONE, false),
         KeyDecision::Delete
     );
     // A phone's row the desktop received, then lost without deleting it (no change of it waits in
     // the outbox): brought back, not deleted.
     assert_eq!(
-        decide_key(None, Some((h(1, 1), false)), &[], false, true),
+        decide_key(None, Some((h(1, 1), false)), &[], NONE, true),
         KeyDecision::Bring { old: None }
     );
     let gone = entry(true, None, 1, "v1");
     assert_eq!(
-        decide_key(Some(h(1, 1)), None, &[&gone], false, false),
+        decide_key(Some(h(1, 1)), None, &[&gone], NONE, false),
         KeyDecision::Remove {
             old: "v1".into(),
             contested: false
@@ -50,7 +68,7 @@ fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
     // The desktop changed the row while a phone deleted it (the entry is a change the desktop has
     // not received): an update/delete conflict for the reverse plan to settle.
     assert_eq!(
-        decide_key(Some(h(5, 5)), None, &[&gone], false, false),
+        decide_key(Some(h(5, 5)), None, &[&gone], NONE, false),
         KeyDecision::Remove {
             old: "v1".into(),
             contested: true
@@ -60,7 +78,7 @@ fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
     // still holds the first version: its delete applies, the new row is the phone's.
     let edited = entry(false, None, 2, "v2");
     assert_eq!(
-        decide_key(Some(h(1, 1)), None, &[&gone, &edited], false, false),
+        decide_key(Some(h(1, 1)), None, &[&gone, &edited], NONE, false),
         KeyDecision::Remove {
             old: "v1".into(),
             contested: false
@@ -69,18 +87,45 @@ fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
 }
 
 #[test]
+fn a_key_the_desktop_made_since_the_cloud_took_its_changes_held_no_phone_version() {
+    let edited = entry(false, None, 3, "v3");
+    let gone = entry(true, None, 3, "v3");
+    // Against a phone's row: both created the key.
+    assert_eq!(
+        decide_key(
+            Some(h(9, 9)),
+            Some((h(4, 4), true)),
+            &[&edited],
+            MADE,
+            false
+        ),
+        KeyDecision::Collision { old: None }
+    );
+    // A phone's delete of a version the desktop never had: the desktop's row is its own.
+    assert_eq!(
+        decide_key(Some(h(9, 9)), None, &[&gone], MADE, false),
+        KeyDecision::Insert
+    );
+    // Made and removed again on the desktop, made and changed by a phone: the phone's row.
+    assert_eq!(
+        decide_key(None, Some((h(4, 4), true)), &[&edited], MADE, false),
+        KeyDecision::Bring { old: None }
+    );
+}
+
+#[test]
 fn a_desktop_delete_of_a_row_a_phone_changed_meanwhile_is_a_conflict() {
     let edited = entry(false, None, 3, "v3");
     // The desktop's delete waits in the outbox: delete/update, from the version the phone changed.
     assert_eq!(
-        decide_key(None, Some((h(4, 4), true)), &[&edited], true, false),
+        decide_key(None, Some((h(4, 4), true)), &[&edited], CHANGED, false),
         KeyDecision::Collision {
             old: Some("v3".into())
         }
     );
     // No desktop change waits: the desktop never had the row (or lost it): brought.
     assert_eq!(
-        decide_key(None, Some((h(4, 4), true)), &[&edited], false, false),
+        decide_key(None, Some((h(4, 4), true)), &[&edited], NONE, false),
         KeyDecision::Bring { old: None }
     );
     // The phone deleted the version the desktop had first, then made the key again: both deleted
@@ -88,7 +133,13 @@ fn a_desktop_delete_of_a_row_a_phone_changed_meanwhile_is_a_conflict() {
     let gone = entry(true, None, 3, "v3");
     let again = entry(false, None, 5, "v5");
     assert_eq!(
-        decide_key(None, Some((h(4, 4), true)), &[&gone, &again], true, false),
+        decide_key(
+            None,
+            Some((h(4, 4), true)),
+            &[&gone, &again],
+            CHANGED,
+            false
+        ),
         KeyDecision::Bring { old: None }
     );
 }
@@ -97,11 +148,11 @@ fn a_desktop_delete_of_a_row_a_phone_changed_meanwhile_is_a_conflict() {
 fn a_mobile_row_applies_over_the_desktop_only_where_the_journal_shows_what_it_changed() {
     // The desktop holds the mobile row: nothing to do, whatever the forward columns say.
     assert_eq!(
-        decide_key(Some(h(1, 7)), Some((h(2, 7), true)), &[], false, false),
+        decide_key(Some(h(1, 7)), Some((h(2, 7), true)), &[], NONE, false),
         KeyDecision::Unchanged
     );
     assert_eq!(
-        decide_key(None, Some((h(1, 1), true)), &[], false, false),
+        decide_key(None, Some((h(1, 1), true)), &[], NONE, false),
         KeyDecision::Bring { old: None }
     );
     let edited = entry(false, None, 3, "v3");
@@ -110,7 +161,7 @@ fn a_mobile_row_applies_over_the_desktop_only_where_the_journal_shows_what_it_ch
             Some(h(3, 3)),
             Some((h(4, 4), true)),
             &[&edited],
-            false,
+            NONE,
             false
         ),
         KeyDecision::Bring {
@@ -123,7 +174,7 @@ fn a_mobile_row_applies_over_the_desktop_only_where_the_journal_shows_what_it_ch
             Some(h(9, 9)),
             Some((h(4, 4), true)),
             &[&edited],
-            false,
+            NONE,
             false
         ),
         KeyDecision::Collision {
@@ -131,7 +182,7 @@ fn a_mobile_row_applies_over_the_desktop_only_where_the_journal_shows_what_it_ch
         }
     );
     assert_eq!(
-        decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[], false, false),
+        decide_key(Some(h(9, 9)), Some((h(4, 4), true)), &[], NONE, false),
         KeyDecision::Collision { old: None }
     );
 }
@@ -141,6 +192,7 @@ fn row(forward: i64, reverse: i64, mobile: bool, ck: &str) -> CloudRow {
         hashes: h(forward, reverse),
         mobile,
         phone: mobile,
+        kept: false,
         cloud_key: Some(ck.to_string()),
     }
 }
@@ -153,7 +205,7 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
         &d,
         &[row(1, 1, true, "7"), row(1, 1, false, "8")],
         &[],
-        false,
+        NONE,
     );
     assert_eq!((same.unchanged, same.unchanged_mobile), (1, 1));
     assert_eq!((same.inserts, same.deletes), (0, 0));
@@ -165,7 +217,7 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
         &d[..1],
         &[row(1, 1, true, "7"), row(1, 1, false, "8")],
         &[],
-        true,
+        CHANGED,
     );
     assert_eq!(
         (second.unchanged, second.inserts, second.deletes),
@@ -181,11 +233,11 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
     );
     // The desktop's copy of a phone's row the table has no horizon for (every phone row counts as
     // not received: adoption) matches it.
-    let adopted = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], false);
+    let adopted = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], NONE);
     assert_eq!((adopted.unchanged_mobile, adopted.inserts), (1, 0));
     assert!(adopted.repairs.is_empty());
     // A mobile row the desktop lacks is brought; a desktop row the cloud lacks goes forward.
-    let missing = decide_scope(&[h(2, 2)], &[row(3, 3, true, "9")], &[], false);
+    let missing = decide_scope(&[h(2, 2)], &[row(3, 3, true, "9")], &[], NONE);
     assert_eq!(missing.inserts, 1);
     assert_eq!(
         missing.repairs,
@@ -202,7 +254,7 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     let edited = entry(false, Some("9"), 2, "v2");
     let gone = entry(true, Some("5"), 4, "v4");
     let d = [h(2, 2), h(4, 4), h(6, 6)];
-    let out = decide_scope(&d, &[row(3, 3, true, "9")], &[&edited, &gone], false);
+    let out = decide_scope(&d, &[row(3, 3, true, "9")], &[&edited, &gone], NONE);
     assert_eq!(
         out.repairs,
         vec![
@@ -224,12 +276,13 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     );
     // A delete the stream applied long ago: the desktop's equal row is matched with the cloud's
     // first, and is not removed.
-    let twin = decide_scope(&[h(4, 4)], &[row(4, 4, false, "6")], &[&gone], false);
+    let twin = decide_scope(&[h(4, 4)], &[row(4, 4, false, "6")], &[&gone], NONE);
     assert!(twin.repairs.is_empty());
     assert_eq!(twin.unchanged, 1);
-    // Both sides changed a row: the phone's version is staged over the version it changed, which
-    // the desktop no longer holds: a conflict (the desktop's row goes forward as its own).
-    let both = decide_scope(&[h(8, 8)], &[row(3, 3, true, "9")], &[&edited], false);
+    // Both sides changed a row (a desktop update of the scope waits): the phone's version is staged
+    // over the version it changed, which the desktop no longer holds: a conflict (the desktop's row
+    // goes forward as its own).
+    let both = decide_scope(&[h(8, 8)], &[row(3, 3, true, "9")], &[&edited], CHANGED);
     assert_eq!(
         both.repairs,
         vec![ScopeRepair::Bring {
@@ -239,8 +292,21 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
         }]
     );
     assert_eq!(both.inserts, 1);
+    // Only the desktop's INSERTs of the scope wait (or none): every row of it the desktop had
+    // received is still there, so it never had the phone's: the phone made the row, then edited it.
+    for waiting in [NONE, MADE] {
+        let made = decide_scope(&[h(8, 8)], &[row(3, 3, true, "9")], &[&edited], waiting);
+        assert_eq!(
+            made.repairs,
+            vec![ScopeRepair::Bring {
+                cloud_key: "9".into(),
+                old: None,
+                contested: false
+            }]
+        );
+    }
     // A phone made the row and edited it before the desktop ever had it: a new row.
-    let made = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], false);
+    let made = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], NONE);
     assert_eq!(
         made.repairs,
         vec![ScopeRepair::Bring {
@@ -258,7 +324,7 @@ fn a_received_phone_row_the_desktop_lost_is_brought_back_unless_a_change_waits()
         phone: true,
         ..row(1, 1, false, "9")
     };
-    let lost = decide_scope(&[], std::slice::from_ref(&received), &[], false);
+    let lost = decide_scope(&[], std::slice::from_ref(&received), &[], NONE);
     assert_eq!(lost.deletes, 0);
     assert_eq!(
         lost.repairs,
@@ -268,8 +334,16 @@ fn a_received_phone_row_the_desktop_lost_is_brought_back_unless_a_change_waits()
             contested: false
         }]
     );
+    // The phone's version of an open conflict: a person decides it, nothing here.
+    let kept = CloudRow {
+        kept: true,
+        ..received.clone()
+    };
+    let open = decide_scope(&[h(5, 5)], &[kept], &[], NONE);
+    assert_eq!((open.unchanged, open.deletes, open.inserts), (1, 0, 1));
+    assert!(open.repairs.is_empty());
     // A desktop change of the scope waits in the outbox: it decides, when applied.
-    let pending = decide_scope(&[], &[received], &[], true);
+    let pending = decide_scope(&[], &[received], &[], CHANGED);
     assert_eq!((pending.deletes, pending.repairs.len()), (1, 0));
 }
 
@@ -279,7 +353,7 @@ fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contes
     // applies to it, from the version the desktop holds.
     let edited = entry(false, Some("9"), 2, "v2");
     let gone = entry(true, Some("9"), 3, "v3");
-    let out = decide_scope(&[h(2, 2)], &[], &[&edited, &gone], false);
+    let out = decide_scope(&[h(2, 2)], &[], &[&edited, &gone], NONE);
     assert_eq!(
         out.repairs,
         vec![ScopeRepair::Remove {
@@ -291,7 +365,7 @@ fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contes
     assert_eq!(out.inserts, 0);
     // The desktop changed its copy instead: contested from the first version the phone changed
     // (update/delete), and the desktop's row stays to be sent after the repair.
-    let out = decide_scope(&[h(8, 8)], &[], &[&edited, &gone], false);
+    let out = decide_scope(&[h(8, 8)], &[], &[&edited, &gone], CHANGED);
     assert_eq!(
         out.repairs,
         vec![ScopeRepair::Remove {
@@ -301,14 +375,18 @@ fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contes
         }]
     );
     assert_eq!(out.inserts, 1);
+    // Without a desktop change of the scope that is not an INSERT, the desktop never had the row.
+    let out = decide_scope(&[h(8, 8)], &[], &[&edited, &gone], MADE);
+    assert!(out.repairs.is_empty());
+    assert_eq!(out.inserts, 1);
     // The desktop holds nothing of the scope: both deleted the row.
     assert!(
-        decide_scope(&[], &[], &[&edited, &gone], true)
+        decide_scope(&[], &[], &[&edited, &gone], CHANGED)
             .repairs
             .is_empty()
     );
     // The desktop deleted the row a phone edited (a change of the scope waits): delete/update.
-    let out = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], true);
+    let out = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], CHANGED);
     assert_eq!(
         out.repairs,
         vec![ScopeRepair::Bring {

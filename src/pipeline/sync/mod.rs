@@ -240,16 +240,50 @@ async fn compare_and_repair(
         Ok((row.get::<_, bool>(0), row.get::<_, bool>(1)))
     })?;
     let (cloud_empty, mobile) = held;
-    // A desktop change waiting in the outbox decides its key when it is applied, not here.
-    let pending = desktop_scan
+    // A desktop change waiting in the outbox decides its key when it is applied, not here; what it
+    // was (see `reconcile::Waiting`) tells a row the desktop changed from one it never had.
+    let mut pending = scan::Pending::default();
+    let waiting = desktop_scan
         .query(
-            "SELECT row_key FROM tandem.outbox WHERE table_schema = $1 AND table_name = $2 AND op <> 'T'",
+            "SELECT row_key, (array_agg(op ORDER BY id))[1] = 'I', bool_or(op <> 'I') FROM tandem.outbox \
+              WHERE table_schema = $1 AND table_name = $2 GROUP BY row_key",
             &[&t.table.desktop.schema, &t.table.desktop.name],
         )
         .await
-        .ctx(Side::Desktop, format!("reading the outbox of {name}"))?
+        .ctx(Side::Desktop, format!("reading the outbox of {name}"))?;
+    for r in &waiting {
+        match r.get::<_, Option<Vec<Option<String>>>>(0) {
+            // A TRUNCATE: every key of the table may have changed.
+            None => pending.truncated = true,
+            Some(key) => {
+                pending.keys.insert(key, (r.get(1), r.get(2)));
+            }
+        }
+    }
+    // The rows open conflicts by concurrency keep while a person decides: their keys (cloud keys).
+    let named: Vec<String> = match &t.kind {
+        crate::transform::Kind::Key(key) => key
+            .iter()
+            .map(|k| format!("x.row_key ->> {}", crate::expr::lit(&k.name)))
+            .collect(),
+        crate::transform::Kind::Scoped { .. } => vec!["x.row_key ->> 'cloud_key'".to_string()],
+    };
+    let conflicted = desktop_scan
+        .query(
+            &format!(
+                "SELECT ARRAY[{}]::text[] FROM tandem.conflicts x WHERE x.resolved_at IS NULL \
+                 AND x.direction = 'reverse' AND x.table_name = $1 AND x.kind IS NOT NULL",
+                named.join(", ")
+            ),
+            &[&name],
+        )
+        .await
+        .ctx(
+            Side::Desktop,
+            format!("reading the open conflicts of {name}"),
+        )?
         .iter()
-        .filter_map(|r| r.get::<_, Option<Vec<Option<String>>>>(0))
+        .map(|r| r.get::<_, Vec<Option<String>>>(0))
         .collect();
     let whole = cloud_empty
         && entries.is_empty()
@@ -284,6 +318,7 @@ async fn compare_and_repair(
         repairs: Default::default(),
         handed: Handed::default(),
         pending,
+        conflicted,
         gate: gate.take(),
     };
     if whole {

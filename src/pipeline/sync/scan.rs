@@ -38,8 +38,11 @@ pub(super) struct Scan<'a> {
     pub(super) forward_after: Vec<Key>,
     pub(super) repairs: Repairs,
     pub(super) handed: Handed,
-    /// The keys (texts) of the table's desktop changes waiting in the outbox, as the scan began.
-    pub(super) pending: std::collections::HashSet<Vec<Option<String>>>,
+    /// The table's desktop changes waiting in the outbox, as the scan began.
+    pub(super) pending: Pending,
+    /// The keys (desktop-key tables) or cloud keys (cloud-key tables) of the rows the table's open
+    /// conflicts by concurrency keep, as the scan began: a person decides them, not the scan.
+    pub(super) conflicted: std::collections::HashSet<Vec<Option<String>>>,
     /// This process applies the forward repairs itself (see [`super::Direct`]).
     pub(super) direct: Option<&'a mut super::Direct>,
     /// Keys listed for it.
@@ -206,8 +209,9 @@ impl Scan<'_> {
                         desktop.first().map(|l| l.hashes),
                         cloud.first().map(|l| (l.hashes, l.mobile)),
                         journal,
-                        self.pending.contains(&key.texts()),
-                        cloud.first().is_some_and(|l| l.phone && !l.mobile),
+                        self.pending.of(&key.texts()),
+                        cloud.first().is_some_and(|l| l.phone && !l.mobile)
+                            && !self.conflicted.contains(&key.texts()),
                     )
                 };
                 let mobile = cloud.first().is_some_and(|l| l.mobile);
@@ -273,11 +277,11 @@ impl Scan<'_> {
                         hashes: l.hashes,
                         mobile: l.mobile,
                         phone: l.phone,
+                        kept: self.conflicted.contains(&vec![l.cloud_key.clone()]),
                         cloud_key: l.cloud_key,
                     })
                     .collect();
-                let pending = self.pending.contains(&key.texts());
-                let out = reconcile::decide_scope(&d, &c, journal, pending);
+                let out = reconcile::decide_scope(&d, &c, journal, self.pending.of(&key.texts()));
                 f.unchanged += out.unchanged;
                 r.unchanged += out.unchanged_mobile;
                 f.inserted += out.inserts;
@@ -473,6 +477,26 @@ impl Scan<'_> {
 /// Scan lines grouped by key (a cloud-key table's scope, or a desktop key held by several rows).
 /// A table's rows sent by a scan, as the commit engine runs them: staged from the scan's snapshot,
 /// then the lanes' gate opens (the next table's scan may take its snapshot) before the plan applies.
+/// The desktop changes of a table waiting in the outbox: by key (texts), whether the first made the
+/// key and whether one is not an INSERT; and whether the table was truncated.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    pub keys: std::collections::HashMap<Vec<Option<String>>, (bool, bool)>,
+    pub truncated: bool,
+}
+
+impl Pending {
+    /// What waits for `key` (see [`reconcile::Waiting`]).
+    pub fn of(&self, key: &[Option<String>]) -> reconcile::Waiting {
+        let (made, changed) = self.keys.get(key).copied().unwrap_or_default();
+        reconcile::Waiting {
+            any: self.keys.contains_key(key),
+            made: made && !self.truncated,
+            changed: changed || self.truncated,
+        }
+    }
+}
+
 struct Gated<'a> {
     sending: Sending<'a>,
     gate: Option<super::lanes::Gate>,

@@ -132,7 +132,8 @@ impl Harness<'_> {
     /// The desktop's side of the same, in desktop-key tables: every desktop write of `segment` (or of
     /// the whole case) that is the last the desktop made of its key there is in the cloud, or the
     /// losing version of a conflict recorded since its segment began, or waits behind an open one;
-    /// unless a later phone write that may have seen it replaced it.
+    /// unless a later phone write that may have seen it replaced it, or it deleted a row the desktop
+    /// made in the same segment.
     pub(crate) async fn desktop_writes_arrived(
         &self,
         segment: Option<usize>,
@@ -157,6 +158,15 @@ impl Harness<'_> {
                 }
                 let seen = |p: &&Written| p.phone && (p.racy || p.segment > d.segment);
                 if later.iter().filter(same).any(seen) {
+                    continue;
+                }
+                // A row the desktop made and removed between two catch-ups: nothing of it is owed
+                // to the cloud (a phone may have made the key meanwhile, a row of its own).
+                let made_here = writes[..i]
+                    .iter()
+                    .find(|e| e.ident == d.ident && !e.phone && e.segment == d.segment)
+                    .is_some_and(|first| first.old.is_none());
+                if d.new.is_none() && made_here {
                     continue;
                 }
                 let Ident::Key(k) = &d.ident else { continue };

@@ -173,6 +173,21 @@ pub(super) fn late_hold(s: &Scoped) -> String {
     common::hold_after(table, &before, &held, &table.st.s_is_k_or_null())
 }
 
+/// Takes out of `P` the cloud rows no staged row matched whose cloud key is one of `$1` (a JSON array
+/// of cloud keys' texts, as the reverse plan names them): the phone rows of open conflicts by
+/// concurrency (see `crate::change::Received`). A person decides such a row; until then the forward
+/// neither pairs it with a desktop row, nor writes over it, nor deletes it, and the rest of its scope
+/// travels as always (the desktop's version of the conflict is not read: see
+/// `capture::outbox::not_kept`). A row a staged row matches is unchanged anyway.
+pub(super) fn keep(s: &Scoped) -> String {
+    format!(
+        "DELETE FROM {} p WHERE p._row IS NULL AND p._ck IS NOT NULL \
+         AND {} IN (SELECT pg_catalog.jsonb_array_elements_text($1::text::pg_catalog.jsonb))",
+        s.plan,
+        crate::expr::output_text("p._ck")
+    )
+}
+
 /// Pairs, in each scope, the cloud rows the desktop may change that no staged row matched with the
 /// staged rows no cloud row matched, in the order of their content (so that where a scope has one of
 /// each, as when the desktop edits one row, the edit replaces that row; where it has several, similar
@@ -466,6 +481,17 @@ mod tests {
             "SELECT count(*) FROM (SELECT 1 FROM \"public\".\"Task List\" c WHERE EXISTS (SELECT 1 FROM pg_temp.tandem_k_3 k \
              WHERE (c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 OR (c.\"Task List\" IS NULL AND k.c1 IS NULL))) \
              FOR NO KEY UPDATE OF c) locked"
+        );
+    }
+
+    #[test]
+    fn the_rows_open_conflicts_keep_leave_the_match_unless_a_staged_row_matched_them() {
+        let sql = built(&odd_scoped(), keep);
+        assert_eq!(
+            sql,
+            "DELETE FROM pg_temp.tandem_p_3 p WHERE p._row IS NULL AND p._ck IS NOT NULL \
+             AND (CASE WHEN pg_catalog.num_nulls(p._ck) = 1 THEN NULL ELSE pg_catalog.concat(p._ck) END) \
+             IN (SELECT pg_catalog.jsonb_array_elements_text($1::text::pg_catalog.jsonb))"
         );
     }
 
