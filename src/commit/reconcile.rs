@@ -164,17 +164,21 @@ pub fn decide_key(
         (Some(d), Some((c, false))) if d.forward == c.forward => KeyDecision::Unchanged,
         (Some(_), Some((_, false))) => KeyDecision::Update,
         (Some(d), Some((c, true))) if d.reverse == c.reverse => KeyDecision::Unchanged,
-        (Some(d), Some((_, true))) => match last(false, d.reverse) {
-            Some(old) => KeyDecision::Bring { old: Some(old) },
-            None if waiting.made => KeyDecision::Collision { old: None },
-            None => KeyDecision::Collision {
-                old: entries
-                    .iter()
-                    .rev()
-                    .find(|e| !e.deleted)
-                    .map(|e| e.old.clone()),
-            },
-        },
+        // Over the version the desktop holds when a phone changed it, or deleted it and made the key
+        // again (the stream applies the delete, then the new row: the same).
+        (Some(d), Some((_, true))) => {
+            match last(false, d.reverse).or_else(|| last(true, d.reverse)) {
+                Some(old) => KeyDecision::Bring { old: Some(old) },
+                None if waiting.made => KeyDecision::Collision { old: None },
+                None => KeyDecision::Collision {
+                    old: entries
+                        .iter()
+                        .rev()
+                        .find(|e| !e.deleted)
+                        .map(|e| e.old.clone()),
+                },
+            }
+        }
         (Some(d), None) => match (last(true, d.reverse), entries.last()) {
             (Some(old), _) => KeyDecision::Remove {
                 old,
@@ -266,6 +270,7 @@ pub fn decide_scope(
     cloud: &[CloudRow],
     entries: &[&Entry],
     waiting: Waiting,
+    received_known: bool,
 ) -> ScopeDecision {
     let (pending, changed) = (waiting.any, waiting.changed);
     let mut out = ScopeDecision::default();
@@ -276,12 +281,12 @@ pub fn decide_scope(
             .and_then(Option::take)
             .is_some()
     };
-    // The cloud rows the desktop has (its own, and phones' it received) first: a phone's row it has
-    // not received is new to it, so no desktop row is its copy while one of those can be (two equal
-    // rows, the second a phone's new one: the desktop's copy is the first's, and the new one is
-    // brought). Then the phones' rows it has not received: a table without a horizon yet (its first
-    // sync, adopting a cloud the old sync filled) counts every phone row as such, and the desktop's
-    // copy of one matches it, never sent back as desktop-owned.
+    // The cloud rows the desktop has (its own, and phones' it received) first. A phone's row it has
+    // not received is new to it, so no desktop row is its copy (an equal desktop row is one the
+    // desktop made: both stay), unless what the desktop received is not known yet
+    // (`received_known`): a table's first sync, adopting a cloud the old sync filled, counts every
+    // phone row as not received, and the desktop's copy of one matches it, never sent back as
+    // desktop-owned.
     for c in cloud.iter().filter(|c| !c.mobile) {
         if take(&mut left, &|d| d.forward == c.hashes.forward) || c.kept {
             out.unchanged += 1;
@@ -297,7 +302,7 @@ pub fn decide_scope(
     }
     let mut mobile_left = Vec::new();
     for m in cloud.iter().filter(|c| c.mobile) {
-        if take(&mut left, &|d| d.reverse == m.hashes.reverse) {
+        if !received_known && take(&mut left, &|d| d.reverse == m.hashes.reverse) {
             out.unchanged_mobile += 1;
         } else {
             mobile_left.push(m);

@@ -87,6 +87,17 @@ fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
 }
 
 #[test]
+fn a_phones_delete_then_new_row_of_a_key_replaces_the_version_the_desktop_holds() {
+    let gone = entry(true, None, 3, "v3");
+    assert_eq!(
+        decide_key(Some(h(3, 3)), Some((h(4, 4), true)), &[&gone], NONE, false),
+        KeyDecision::Bring {
+            old: Some("v3".into())
+        }
+    );
+}
+
+#[test]
 fn a_key_the_desktop_made_since_the_cloud_took_its_changes_held_no_phone_version() {
     let edited = entry(false, None, 3, "v3");
     let gone = entry(true, None, 3, "v3");
@@ -206,6 +217,7 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
         &[row(1, 1, true, "7"), row(1, 1, false, "8")],
         &[],
         NONE,
+        false,
     );
     assert_eq!((same.unchanged, same.unchanged_mobile), (1, 1));
     assert_eq!((same.inserts, same.deletes), (0, 0));
@@ -218,6 +230,7 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
         &[row(1, 1, true, "7"), row(1, 1, false, "8")],
         &[],
         CHANGED,
+        false,
     );
     assert_eq!(
         (second.unchanged, second.inserts, second.deletes),
@@ -232,12 +245,23 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
         }]
     );
     // The desktop's copy of a phone's row the table has no horizon for (every phone row counts as
-    // not received: adoption) matches it.
-    let adopted = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], NONE);
+    // not received: adoption) matches it. With a horizon, a phone's row the desktop has not received
+    // has no copy there: an equal desktop row is the desktop's own, both stay.
+    let adopted = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], NONE, false);
     assert_eq!((adopted.unchanged_mobile, adopted.inserts), (1, 0));
     assert!(adopted.repairs.is_empty());
+    let both = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], MADE, true);
+    assert_eq!((both.unchanged_mobile, both.inserts), (0, 1));
+    assert_eq!(
+        both.repairs,
+        vec![ScopeRepair::Bring {
+            cloud_key: "7".into(),
+            old: None,
+            contested: false
+        }]
+    );
     // A mobile row the desktop lacks is brought; a desktop row the cloud lacks goes forward.
-    let missing = decide_scope(&[h(2, 2)], &[row(3, 3, true, "9")], &[], NONE);
+    let missing = decide_scope(&[h(2, 2)], &[row(3, 3, true, "9")], &[], NONE, false);
     assert_eq!(missing.inserts, 1);
     assert_eq!(
         missing.repairs,
@@ -254,7 +278,7 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     let edited = entry(false, Some("9"), 2, "v2");
     let gone = entry(true, Some("5"), 4, "v4");
     let d = [h(2, 2), h(4, 4), h(6, 6)];
-    let out = decide_scope(&d, &[row(3, 3, true, "9")], &[&edited, &gone], NONE);
+    let out = decide_scope(&d, &[row(3, 3, true, "9")], &[&edited, &gone], NONE, false);
     assert_eq!(
         out.repairs,
         vec![
@@ -276,13 +300,19 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     );
     // A delete the stream applied long ago: the desktop's equal row is matched with the cloud's
     // first, and is not removed.
-    let twin = decide_scope(&[h(4, 4)], &[row(4, 4, false, "6")], &[&gone], NONE);
+    let twin = decide_scope(&[h(4, 4)], &[row(4, 4, false, "6")], &[&gone], NONE, false);
     assert!(twin.repairs.is_empty());
     assert_eq!(twin.unchanged, 1);
     // Both sides changed a row (a desktop update of the scope waits): the phone's version is staged
     // over the version it changed, which the desktop no longer holds: a conflict (the desktop's row
     // goes forward as its own).
-    let both = decide_scope(&[h(8, 8)], &[row(3, 3, true, "9")], &[&edited], CHANGED);
+    let both = decide_scope(
+        &[h(8, 8)],
+        &[row(3, 3, true, "9")],
+        &[&edited],
+        CHANGED,
+        false,
+    );
     assert_eq!(
         both.repairs,
         vec![ScopeRepair::Bring {
@@ -295,7 +325,13 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     // Only the desktop's INSERTs of the scope wait (or none): every row of it the desktop had
     // received is still there, so it never had the phone's: the phone made the row, then edited it.
     for waiting in [NONE, MADE] {
-        let made = decide_scope(&[h(8, 8)], &[row(3, 3, true, "9")], &[&edited], waiting);
+        let made = decide_scope(
+            &[h(8, 8)],
+            &[row(3, 3, true, "9")],
+            &[&edited],
+            waiting,
+            false,
+        );
         assert_eq!(
             made.repairs,
             vec![ScopeRepair::Bring {
@@ -306,7 +342,7 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
         );
     }
     // A phone made the row and edited it before the desktop ever had it: a new row.
-    let made = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], NONE);
+    let made = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], NONE, false);
     assert_eq!(
         made.repairs,
         vec![ScopeRepair::Bring {
@@ -324,7 +360,7 @@ fn a_received_phone_row_the_desktop_lost_is_brought_back_unless_a_change_waits()
         phone: true,
         ..row(1, 1, false, "9")
     };
-    let lost = decide_scope(&[], std::slice::from_ref(&received), &[], NONE);
+    let lost = decide_scope(&[], std::slice::from_ref(&received), &[], NONE, false);
     assert_eq!(lost.deletes, 0);
     assert_eq!(
         lost.repairs,
@@ -339,11 +375,11 @@ fn a_received_phone_row_the_desktop_lost_is_brought_back_unless_a_change_waits()
         kept: true,
         ..received.clone()
     };
-    let open = decide_scope(&[h(5, 5)], &[kept], &[], NONE);
+    let open = decide_scope(&[h(5, 5)], &[kept], &[], NONE, false);
     assert_eq!((open.unchanged, open.deletes, open.inserts), (1, 0, 1));
     assert!(open.repairs.is_empty());
     // A desktop change of the scope waits in the outbox: it decides, when applied.
-    let pending = decide_scope(&[], &[received], &[], CHANGED);
+    let pending = decide_scope(&[], &[received], &[], CHANGED, false);
     assert_eq!((pending.deletes, pending.repairs.len()), (1, 0));
 }
 
@@ -353,7 +389,7 @@ fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contes
     // applies to it, from the version the desktop holds.
     let edited = entry(false, Some("9"), 2, "v2");
     let gone = entry(true, Some("9"), 3, "v3");
-    let out = decide_scope(&[h(2, 2)], &[], &[&edited, &gone], NONE);
+    let out = decide_scope(&[h(2, 2)], &[], &[&edited, &gone], NONE, false);
     assert_eq!(
         out.repairs,
         vec![ScopeRepair::Remove {
@@ -365,7 +401,7 @@ fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contes
     assert_eq!(out.inserts, 0);
     // The desktop changed its copy instead: contested from the first version the phone changed
     // (update/delete), and the desktop's row stays to be sent after the repair.
-    let out = decide_scope(&[h(8, 8)], &[], &[&edited, &gone], CHANGED);
+    let out = decide_scope(&[h(8, 8)], &[], &[&edited, &gone], CHANGED, false);
     assert_eq!(
         out.repairs,
         vec![ScopeRepair::Remove {
@@ -376,17 +412,17 @@ fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contes
     );
     assert_eq!(out.inserts, 1);
     // Without a desktop change of the scope that is not an INSERT, the desktop never had the row.
-    let out = decide_scope(&[h(8, 8)], &[], &[&edited, &gone], MADE);
+    let out = decide_scope(&[h(8, 8)], &[], &[&edited, &gone], MADE, false);
     assert!(out.repairs.is_empty());
     assert_eq!(out.inserts, 1);
     // The desktop holds nothing of the scope: both deleted the row.
     assert!(
-        decide_scope(&[], &[], &[&edited, &gone], CHANGED)
+        decide_scope(&[], &[], &[&edited, &gone], CHANGED, false)
             .repairs
             .is_empty()
     );
     // The desktop deleted the row a phone edited (a change of the scope waits): delete/update.
-    let out = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], CHANGED);
+    let out = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], CHANGED, false);
     assert_eq!(
         out.repairs,
         vec![ScopeRepair::Bring {

@@ -180,6 +180,7 @@ pub async fn table(
         .await
         .ctx(Side::Desktop, format!("reading the horizon of {name}"))?
         .and_then(|r| r.get(0));
+    let received_known = horizon.is_some();
     writer
         .scan_cloud
         .execute(
@@ -191,7 +192,16 @@ pub async fn table(
         )
         .await
         .ctx(Side::Cloud, "setting the scan's horizon")?;
-    let result = compare_and_repair(mapping, i, sql, request, writer, watch, cut.as_ref()).await;
+    let result = compare_and_repair(
+        mapping,
+        i,
+        sql,
+        (request, received_known),
+        writer,
+        watch,
+        cut.as_ref(),
+    )
+    .await;
     if let Some(cut) = &cut {
         // After a failure the writer's session may be in a failed transaction: a session of its own.
         match &result {
@@ -213,7 +223,7 @@ async fn compare_and_repair(
     mapping: &Mapping,
     i: usize,
     sql: ScanSql,
-    request: Request,
+    (request, received_known): (Request, bool),
     writer: &mut Writer,
     watch: &dyn Watch,
     cut: Option<&Cut>,
@@ -319,6 +329,7 @@ async fn compare_and_repair(
         handed: Handed::default(),
         pending,
         conflicted,
+        received_known,
         gate: gate.take(),
     };
     if whole {

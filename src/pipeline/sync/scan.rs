@@ -43,6 +43,9 @@ pub(super) struct Scan<'a> {
     /// The keys (desktop-key tables) or cloud keys (cloud-key tables) of the rows the table's open
     /// conflicts by concurrency keep, as the scan began: a person decides them, not the scan.
     pub(super) conflicted: std::collections::HashSet<Vec<Option<String>>>,
+    /// The table has a horizon: what the desktop received of it is known (see
+    /// [`reconcile::decide_scope`]).
+    pub(super) received_known: bool,
     /// This process applies the forward repairs itself (see [`super::Direct`]).
     pub(super) direct: Option<&'a mut super::Direct>,
     /// Keys listed for it.
@@ -281,7 +284,8 @@ impl Scan<'_> {
                         cloud_key: l.cloud_key,
                     })
                     .collect();
-                let out = reconcile::decide_scope(&d, &c, journal, self.pending.of(&key.texts()));
+                let waiting = self.pending.of(&key.texts());
+                let out = reconcile::decide_scope(&d, &c, journal, waiting, self.received_known);
                 f.unchanged += out.unchanged;
                 r.unchanged += out.unchanged_mobile;
                 f.inserted += out.inserts;

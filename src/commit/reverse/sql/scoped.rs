@@ -218,7 +218,10 @@ pub(super) fn cloud_scope_rows(s: &Scoped) -> String {
 /// desktop change of some row. One is the change of the lost one's row only when it is more like the
 /// old image (more columns equal) than like every cloud row of the scope that no desktop row matches
 /// (the other rows the desktop changed, as the cloud still holds them; the lost changes' new versions
-/// aside): otherwise it is another row's change, and the lost one's row was deleted on the desktop.
+/// aside): otherwise it is another row's change, and the lost one's row was deleted on the desktop. A
+/// desktop row another change of the group holds the old image of (paired in `P`) is that change's
+/// row, not a candidate: a phone that changed one row and deleted its twin must not have its change
+/// taken for the desktop's.
 /// Of those, the most like the old image (the first by position when tied). None: the desktop
 /// deleted it (or never had it).
 pub(super) fn contest(s: &Scoped) -> String {
@@ -295,7 +298,8 @@ pub(super) fn contest(s: &Scoped) -> String {
                             row_number() OVER (PARTITION BY {desktop_scope}, md5({desktop_row}) ORDER BY d.ctid) AS dup \
                        FROM {target} d WHERE EXISTS (SELECT 1 FROM lost WHERE lost.sc IS NOT DISTINCT FROM {desktop_scope})), \
               lone AS (SELECT dn.tid, dn.sc FROM dn WHERE NOT EXISTS \
-                         (SELECT 1 FROM qn WHERE qn.sc IS NOT DISTINCT FROM dn.sc AND qn.h = dn.h AND qn.dup = dn.dup)), \
+                         (SELECT 1 FROM qn WHERE qn.sc IS NOT DISTINCT FROM dn.sc AND qn.h = dn.h AND qn.dup = dn.dup) \
+                         AND NOT EXISTS (SELECT 1 FROM {plan} o WHERE o._tid = dn.tid)), \
               stray AS (SELECT qn.img, qn.sc FROM qn WHERE NOT EXISTS \
                           (SELECT 1 FROM dn WHERE dn.sc IS NOT DISTINCT FROM qn.sc AND dn.h = qn.h AND dn.dup = qn.dup) \
                           AND NOT EXISTS (SELECT 1 FROM lost WHERE lost.sc IS NOT DISTINCT FROM qn.sc AND lost.h = qn.h)) \
@@ -504,6 +508,13 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("DESC, l.tid LIMIT 1) best"), "{sql}");
+        // A desktop row another change holds the old image of is not a candidate.
+        assert!(
+            sql.contains(
+                "AND NOT EXISTS (SELECT 1 FROM pg_temp.tandem_rp_2 o WHERE o._tid = dn.tid)"
+            ),
+            "{sql}"
+        );
         assert!(
             sql.contains("UPDATE pg_temp.tandem_rp_2 p SET _tid = best.tid, _contested = true"),
             "{sql}"
