@@ -58,10 +58,24 @@ pub(super) fn lock(table: &Table, or_null: bool) -> String {
 }
 
 /// The statement shape of a hold (see `ForwardSql::hold`): takes the keys of `K` (aliased `k`) for
-/// which `held` holds out of `K`, and their rows (`s_in_k`: `S` row `s` is of held key `k`) out of `S`,
-/// and returns each key's texts as the capture triggers write them (a `text[]`).
-pub(super) fn hold(table: &Table, held: &str, s_in_k: &str) -> String {
-    hold_after(table, "", held, s_in_k)
+/// which one of the conditions `held` holds out of `K`, and their rows (`s_in_k`: `S` row `s` is of
+/// held key `k`) out of `S`, and returns each key's texts as the capture triggers write them (a
+/// `text[]`). Each condition selects its keys apart and the sets are joined: PostgreSQL plans `a OR b`
+/// of two subqueries as a filter that took 0.3 s for 50,000 keys, where each alone is a join of a few
+/// milliseconds.
+pub(super) fn hold(table: &Table, held: &[String], s_in_k: &str) -> String {
+    let keys = &table.keys;
+    match held {
+        [one] => hold_after(table, "", one, s_in_k),
+        _ => {
+            let sets: Vec<String> = held
+                .iter()
+                .map(|h| format!("SELECT k.ctid AS t FROM {keys} k WHERE {h}"))
+                .collect();
+            let before = format!("hk AS ({}), ", sets.join(" UNION ALL "));
+            hold_after(table, &before, "k.ctid IN (SELECT hk.t FROM hk)", s_in_k)
+        }
+    }
 }
 
 /// [`hold`] after the common table expressions `before` (each followed by a comma), which `held`
@@ -79,6 +93,8 @@ pub(super) fn hold_after(table: &Table, before: &str, held: &str, s_in_k: &str) 
 /// Whether the cloud's journal holds a phone's update or delete of key (or scope) `k` of `K` that the
 /// table's horizon does not see: the phone changed or removed a row of it after the last version the
 /// desktop received. Entries of older versions of tandem (no transaction recorded) are long received.
+/// The table's unreceived entries are looked for once a statement first (an uncorrelated `EXISTS`,
+/// an init plan): with none, as almost always, no key is looked up.
 pub(super) fn unreceived_journal(table: &Table) -> String {
     let Table { t, st, i, .. } = table;
     let horizon = owner::horizon(*i);
@@ -88,13 +104,16 @@ pub(super) fn unreceived_journal(table: &Table) -> String {
             .enumerate()
             .map(|(n, (k, _))| format!("to_jsonb({})", k.cloud_value(&format!("k.{}", col(n))))),
     );
-    format!(
-        "EXISTS (SELECT 1 FROM tandem.journal j WHERE j.table_schema = {} AND j.table_name = {} \
+    let unreceived = format!(
+        "SELECT 1 FROM tandem.journal j WHERE j.table_schema = {} AND j.table_name = {} \
          AND j.xid >= coalesce(pg_catalog.pg_snapshot_xmin({horizon}), '0'::pg_catalog.xid8) \
-         AND NOT {} AND j.key = jsonb_build_array({key}))",
+         AND NOT {}",
         crate::expr::lit(&t.table.cloud.schema),
         crate::expr::lit(&t.table.cloud.name),
         owner::seen_xid8("j.xid", &horizon),
+    );
+    format!(
+        "(EXISTS ({unreceived}) AND EXISTS ({unreceived} AND j.key = jsonb_build_array({key})))"
     )
 }
 
@@ -238,10 +257,22 @@ mod tests {
     #[test]
     fn a_hold_takes_keys_out_of_k_and_s_and_returns_their_texts() {
         let t = odd_keyed();
-        let sql = built(&t, |table| hold(table, "HELD", "S_IN_K"));
+        let sql = built(&t, |table| hold(table, &["HELD".to_string()], "S_IN_K"));
         assert_eq!(
             sql,
             "WITH held AS (DELETE FROM pg_temp.tandem_k_0 k WHERE HELD RETURNING k.*), \
+                  dropped AS (DELETE FROM pg_temp.tandem_s_0 s USING held k WHERE S_IN_K RETURNING 1) \
+             SELECT ARRAY[(k.c1)::text]::text[] FROM held k"
+        );
+        // Several conditions: each selects its keys apart, the sets joined.
+        let sql = built(&t, |table| {
+            hold(table, &["A".to_string(), "B".to_string()], "S_IN_K")
+        });
+        assert_eq!(
+            sql,
+            "WITH hk AS (SELECT k.ctid AS t FROM pg_temp.tandem_k_0 k WHERE A UNION ALL \
+                         SELECT k.ctid AS t FROM pg_temp.tandem_k_0 k WHERE B), \
+                  held AS (DELETE FROM pg_temp.tandem_k_0 k WHERE k.ctid IN (SELECT hk.t FROM hk) RETURNING k.*), \
                   dropped AS (DELETE FROM pg_temp.tandem_s_0 s USING held k WHERE S_IN_K RETURNING 1) \
              SELECT ARRAY[(k.c1)::text]::text[] FROM held k"
         );
@@ -251,7 +282,7 @@ mod tests {
     fn an_unreceived_journal_entry_is_one_of_the_key_the_horizon_does_not_see() {
         let sql = built(&odd_keyed(), unreceived_journal);
         assert!(
-            sql.starts_with("EXISTS (SELECT 1 FROM tandem.journal j WHERE j.table_schema = 'public' AND j.table_name = 'Task List' "),
+            sql.starts_with("(EXISTS (SELECT 1 FROM tandem.journal j WHERE j.table_schema = 'public' AND j.table_name = 'Task List' "),
             "{sql}"
         );
         // Only entries from the horizon's oldest on (an index range), not seen by it, of this key.
@@ -261,7 +292,12 @@ mod tests {
             "{sql}"
         );
         assert!(
-            sql.ends_with("AND j.key = jsonb_build_array(to_jsonb(k.c1)))"),
+            sql.ends_with("AND j.key = jsonb_build_array(to_jsonb(k.c1))))"),
+            "{sql}"
+        );
+        // The table's unreceived entries first, without the key: once a statement.
+        assert!(
+            sql.contains("false)) AND EXISTS (SELECT 1 FROM tandem.journal j"),
             "{sql}"
         );
     }

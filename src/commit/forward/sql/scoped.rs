@@ -135,13 +135,15 @@ pub(super) fn plan(s: &Scoped, or_null: bool) -> String {
 /// has not received, and scopes a phone's unreceived update or delete took a row from.
 pub(super) fn hold(s: &Scoped) -> String {
     let table = s.table;
-    let held = format!(
-        "EXISTS (SELECT 1 FROM {target} c WHERE {scope} AND NOT {may}) OR {journal}",
-        target = table.target,
-        scope = table.st.c_is_k(true),
-        may = table.may_change("c"),
-        journal = common::unreceived_journal(table),
-    );
+    let held = [
+        format!(
+            "EXISTS (SELECT 1 FROM {target} c WHERE {scope} AND NOT {may})",
+            target = table.target,
+            scope = table.st.c_is_k(true),
+            may = table.may_change("c"),
+        ),
+        common::unreceived_journal(table),
+    ];
     common::hold(table, &held, &table.st.s_is_k_or_null())
 }
 
@@ -462,7 +464,8 @@ mod tests {
         assert!(
             sql.contains(&format!(
                 "WHERE EXISTS (SELECT 1 FROM \"public\".\"Task List\" c WHERE (c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 \
-                 OR (c.\"Task List\" IS NULL AND k.c1 IS NULL)) AND NOT {may}) OR EXISTS (SELECT 1 FROM tandem.journal j"
+                 OR (c.\"Task List\" IS NULL AND k.c1 IS NULL)) AND NOT {may}) \
+                 UNION ALL SELECT k.ctid AS t FROM pg_temp.tandem_k_3 k WHERE (EXISTS (SELECT 1 FROM tandem.journal j"
             )),
             "{sql}"
         );
