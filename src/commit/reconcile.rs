@@ -281,12 +281,28 @@ pub fn decide_scope(
             .and_then(Option::take)
             .is_some()
     };
-    // The cloud rows the desktop has (its own, and phones' it received) first. A phone's row it has
-    // not received is new to it, so no desktop row is its copy (an equal desktop row is one the
-    // desktop made: both stay), unless what the desktop received is not known yet
-    // (`received_known`): a table's first sync, adopting a cloud the old sync filled, counts every
-    // phone row as not received, and the desktop's copy of one matches it, never sent back as
-    // desktop-owned.
+    // With a horizon (`received_known`), the cloud rows the desktop has (its own, and phones' it
+    // received) first, then the phones' rows it has not received: a desktop row equal to one of those
+    // is its copy (never sent back as desktop-owned) where no desktop change of the scope waits (the
+    // horizon lags what the stream applied: it moves when the stream passes one of tandem's
+    // snapshots); where one waits, an equal desktop row is taken for one the desktop made (both
+    // stay): a phone's row equal to a desktop row made meanwhile is brought, not taken for its copy.
+    // Without a horizon (a table's first sync, adopting a cloud the old sync filled, where every phone
+    // row counts as not received), the phones' rows first: the desktop's copy of one is never sent
+    // back as desktop-owned, and an old sync's equal copy beside it is the stray.
+    let mut mobile_left = Vec::new();
+    let mut mobile = |left: &mut Vec<Option<Hashes>>, out: &mut ScopeDecision, copies: bool| {
+        for m in cloud.iter().filter(|c| c.mobile) {
+            if copies && take(left, &|d| d.reverse == m.hashes.reverse) {
+                out.unchanged_mobile += 1;
+            } else {
+                mobile_left.push(m);
+            }
+        }
+    };
+    if !received_known {
+        mobile(&mut left, &mut out, true);
+    }
     for c in cloud.iter().filter(|c| !c.mobile) {
         if take(&mut left, &|d| d.forward == c.hashes.forward) || c.kept {
             out.unchanged += 1;
@@ -300,13 +316,8 @@ pub fn decide_scope(
             out.deletes += 1;
         }
     }
-    let mut mobile_left = Vec::new();
-    for m in cloud.iter().filter(|c| c.mobile) {
-        if !received_known && take(&mut left, &|d| d.reverse == m.hashes.reverse) {
-            out.unchanged_mobile += 1;
-        } else {
-            mobile_left.push(m);
-        }
+    if received_known {
+        mobile(&mut left, &mut out, !pending);
     }
     for m in mobile_left {
         let Some(cloud_key) = m.cloud_key.clone() else {

@@ -222,15 +222,28 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
     assert_eq!((same.unchanged, same.unchanged_mobile), (1, 1));
     assert_eq!((same.inserts, same.deletes), (0, 0));
     assert!(same.repairs.is_empty());
-    // One desktop row, a row the desktop has and an equal phone's row it has not received: the
-    // desktop row is the first's copy, the phone's is new to the desktop and brought (a phone made a
-    // second equal row).
+    // Without a horizon (adoption): one desktop row, an old sync's copy and a phone's equal row: the
+    // desktop row is the phone's copy, the old sync's is stray.
+    let stray = decide_scope(
+        &d[..1],
+        &[row(1, 1, true, "7"), row(1, 1, false, "8")],
+        &[],
+        NONE,
+        false,
+    );
+    assert_eq!(
+        (stray.unchanged_mobile, stray.inserts, stray.deletes),
+        (1, 0, 1)
+    );
+    // With one: one desktop row, a row the desktop has and an equal phone's row it has not received:
+    // the desktop row is the first's copy, the phone's is new to the desktop and brought (a phone
+    // made a second equal row).
     let second = decide_scope(
         &d[..1],
         &[row(1, 1, true, "7"), row(1, 1, false, "8")],
         &[],
         CHANGED,
-        false,
+        true,
     );
     assert_eq!(
         (second.unchanged, second.inserts, second.deletes),
@@ -245,11 +258,14 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
         }]
     );
     // The desktop's copy of a phone's row the table has no horizon for (every phone row counts as
-    // not received: adoption) matches it. With a horizon, a phone's row the desktop has not received
-    // has no copy there: an equal desktop row is the desktop's own, both stay.
+    // not received: adoption) matches it, and so does one the stream applied before the horizon
+    // moved. With a horizon and a desktop change of the scope waiting, an equal desktop row is the
+    // desktop's own: both stay.
     let adopted = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], NONE, false);
     assert_eq!((adopted.unchanged_mobile, adopted.inserts), (1, 0));
     assert!(adopted.repairs.is_empty());
+    let streamed = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], NONE, true);
+    assert_eq!((streamed.unchanged_mobile, streamed.inserts), (1, 0));
     let both = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], MADE, true);
     assert_eq!((both.unchanged_mobile, both.inserts), (0, 1));
     assert_eq!(
