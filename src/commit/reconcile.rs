@@ -18,9 +18,10 @@
 //! only when its last version is in the journal as deleted (another version: the desktop changed the
 //! row the phone deleted, an `update/delete` conflict); otherwise it is the desktop's, and goes to
 //! the cloud. A phone's row the desktop lacks while a desktop change of it waits in the outbox was
-//! deleted by the desktop: a `delete/update` conflict. A mobile row that differs from the desktop's is applied over it only when the journal
-//! shows the desktop holds the version the phone changed; otherwise both sides changed the row, or a
-//! phone created a key the desktop holds for another row: a conflict, never an overwrite.
+//! deleted by the desktop: a `delete/update` conflict. A mobile row that differs from the desktop's is
+//! applied over it only when the journal shows the desktop holds the version the phone changed;
+//! otherwise both sides changed the row, or a phone created a key the desktop holds for another row:
+//! a conflict, never an overwrite.
 
 use std::collections::HashMap;
 
@@ -256,9 +257,9 @@ pub struct ScopeDecision {
     pub repairs: Vec<ScopeRepair>,
 }
 
-/// Matches a scope's rows as multisets: desktop rows first with the cloud rows the desktop has (its
-/// own and phones' it received), then with mobile rows (a mobile row's copy is never sent back as
-/// desktop-owned); mobile rows left over are brought
+/// Matches a scope's rows as multisets, desktop rows with the cloud rows the desktop has (its own and
+/// phones' it received) and with mobile rows, in the order `received_known` decides (see below);
+/// mobile rows left over are brought
 /// to the desktop (over the version a journal entry shows it holds, when one does), desktop rows left
 /// over are removed when the journal shows a phone deleted them, sent forward otherwise. A phone's
 /// row the desktop received and no desktop row matches, in a scope no desktop change of which waits

@@ -292,38 +292,38 @@ impl Scan<'_> {
                 f.deleted += out.deletes;
                 let repaired = !out.repairs.is_empty();
                 for repair in out.repairs {
-                    match repair {
+                    let (counted, repair) = match repair {
                         ScopeRepair::Bring {
                             cloud_key,
                             old,
                             contested,
-                        } => {
-                            if contested {
-                                r.conflicts += 1;
-                            } else if old.is_some() {
-                                r.updated += 1;
-                            } else {
-                                r.inserted += 1;
-                            }
-                            self.repairs.push(Repair::Bring {
+                        } => (
+                            match (contested, old.is_some()) {
+                                (true, _) => &mut r.conflicts,
+                                (false, true) => &mut r.updated,
+                                (false, false) => &mut r.inserted,
+                            },
+                            Repair::Bring {
                                 key: key.clone(),
                                 cloud_key: Some(cloud_key),
                                 old,
-                            });
-                        }
+                            },
+                        ),
                         ScopeRepair::Remove {
                             cloud_key,
                             old,
                             contested,
-                        } => {
+                        } => (
                             if contested {
-                                r.conflicts += 1;
+                                &mut r.conflicts
                             } else {
-                                r.deleted += 1;
-                            }
-                            self.repairs.push(Repair::Remove { cloud_key, old });
-                        }
-                    }
+                                &mut r.deleted
+                            },
+                            Repair::Remove { cloud_key, old },
+                        ),
+                    };
+                    *counted += 1;
+                    self.repairs.push(repair);
                 }
                 if !reverse {
                     self.repairs.clear();
