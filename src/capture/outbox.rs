@@ -213,21 +213,24 @@ pub struct Held {
 
 /// Puts held keys back into the outbox, waiting for their horizon, with the time and transaction of
 /// the desktop change the batch took them for (a conflict settled later compares that time), and
-/// `I` for a key only inserted, `U` otherwise (a reconcile tells a row the desktop never had from one
-/// it changed by that: see `commit::reconcile::Waiting`). A key already waiting (held before, changed
-/// again since) waits once, with the later change's time.
+/// `I` for a key only inserted, `D` for one a change of which deleted a row, `U` otherwise (a
+/// reconcile tells a row the desktop never had from one it changed by that: see
+/// `commit::reconcile::Waiting`; the reverse plan finds a cloud-key table's `delete/update` only in
+/// a scope the desktop deleted a row of: see `commit::reverse::sql::scoped`). A key already waiting
+/// (held before, changed again since) waits once, with the later change's time.
 const HOLD_SQL: &str = "WITH k AS (SELECT ARRAY(SELECT jsonb_array_elements_text(e)) AS key
                   FROM jsonb_array_elements($3::text::jsonb) e),
           b AS (SELECT k.key, coalesce(w.xid, pg_current_xact_id()) AS xid, coalesce(w.captured_at, now()) AS captured_at,
-                       CASE WHEN w.inserted THEN 'I' ELSE 'U' END::\"char\" AS op
+                       CASE WHEN w.inserted THEN 'I' WHEN w.deleted THEN 'D' ELSE 'U' END::\"char\" AS op
                   FROM k LEFT JOIN LATERAL (SELECT (array_agg(o.xid ORDER BY o.id DESC))[1] AS xid,
-                                                   max(o.captured_at) AS captured_at, bool_and(o.op = 'I') AS inserted
+                                                   max(o.captured_at) AS captured_at, bool_and(o.op = 'I') AS inserted,
+                                                   bool_or(o.op = 'D') AS deleted
                                               FROM tandem.outbox o
                                              WHERE o.id = ANY($5) AND o.table_schema = $1 AND o.table_name = $2
                                                AND o.row_key = k.key) w ON true),
           waiting AS (UPDATE tandem.outbox o SET wait_for = $4, xid = b.xid,
                              captured_at = greatest(o.captured_at, b.captured_at),
-                             op = CASE WHEN o.op = 'I' AND b.op = 'I' THEN 'I' ELSE 'U' END::\"char\"
+                             op = CASE WHEN o.op = 'I' AND b.op = 'I' THEN 'I' WHEN 'D' IN (o.op, b.op) THEN 'D' ELSE 'U' END::\"char\"
                         FROM b WHERE o.table_schema = $1 AND o.table_name = $2 AND o.row_key = b.key
                          AND o.wait_for IS NOT NULL AND NOT o.id = ANY($5)
                       RETURNING o.row_key)

@@ -325,6 +325,20 @@ pub fn decide_scope(
             continue;
         };
         let of_row = |e: &&&Entry| !e.deleted && e.cloud_key.as_deref() == Some(cloud_key.as_str());
+        // A row an open conflict keeps: a person decides it. A phone's change of it since is brought
+        // as the stream brings it (the desktop's row still differs: the plan finds the conflict again
+        // and brings its record up to date); nothing else of it is touched.
+        if m.kept {
+            match entries.iter().rev().find(of_row) {
+                Some(e) => out.repairs.push(ScopeRepair::Bring {
+                    cloud_key,
+                    old: Some(e.old.clone()),
+                    contested: true,
+                }),
+                None => out.unchanged_mobile += 1,
+            }
+            continue;
+        }
         let held = entries.iter().rev().filter(of_row).find(|e| {
             left.iter()
                 .any(|d| d.is_some_and(|d| d.reverse == e.reverse))

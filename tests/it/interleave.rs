@@ -22,7 +22,8 @@
 //!   desktop (that key holds that version, none for a delete; in a cloud-key table a row of that
 //!   content). A phone's delete in a cloud-key table is told only where one write alone ever made the
 //!   deleted content (and no conflict's result is it): the desktop no longer holds it, and if the
-//!   desktop edited that row in the same segment, a conflict recorded the delete. Not checked: a phone
+//!   desktop edited that row in the same segment into content no phone write made, a conflict
+//!   recorded the delete (into a phone's row's content, the desktop holds that row already). Not checked: a phone
 //!   write followed, while a stream ran, by a desktop write of the same row (whether the desktop had
 //!   received it then is a matter of timing), and at the end one the desktop wrote over in a later
 //!   segment (having received it). It fails if a phone write is dropped or overwritten without a
@@ -30,7 +31,9 @@
 //! - *Desktop writes arrive*, the same way round, in desktop-key tables: the desktop's last write of
 //!   a key in a segment is in the cloud after the catch-up (and at the end), or the `desktop_row` of
 //!   a conflict of that key recorded since, or waits behind an open conflict of that key; unless a
-//!   phone wrote the key after receiving it. (A cloud-key table's desktop rows have no identity to
+//!   phone wrote the key after receiving it, or the desktop's edits of the segment ended at the
+//!   version a phone's write of the segment started from (conflicts are found by content: an edit
+//!   undone is no change). (A cloud-key table's desktop rows have no identity to
 //!   follow; the two runs' comparison below covers them.)
 //! - *Both sides settle*: after the last run, in every table under `latest`, `desktop` or `mobile`,
 //!   both sides hold the same multiset of rows (each column's text under fixed settings) and no
@@ -48,7 +51,10 @@
 //!   `latest`: it settles by the two writers' times, and a reconcile knows a phone's commit time only
 //!   when the stream brings it (the rows may differ, both right). Not after a stream ran beside the
 //!   writes: whether a write saw the other side's change there is timing, so what was a conflict in
-//!   one run may be an ordinary edit in the other.
+//!   one run may be an ordinary edit in the other. Nor in a cloud-key table where two writes made
+//!   rows of the same content: the desktop tells such rows apart by nothing, so a stream (one phone
+//!   transaction at a time) and a scan (the rows as they are) may pair a phone's row with a different
+//!   one of the equal desktop rows, each pairing by the rules; both runs still pass the checks above.
 //!
 //! Every case runs on fresh databases, twice when compared: 24 cases by default (about 3 minutes in a debug
 //! build on 2 cores); more with `TANDEM_PROPTEST_CASES=500 cargo test --release --test it interleave`.
@@ -69,7 +75,7 @@ mod checks;
 mod harness;
 
 use checks::{TableState, compare};
-use harness::{Act, Harness, Policy, Schema, Step, Write};
+use harness::{Act, Harness, Policy, Row, Schema, Step, Write};
 
 const MAX_ROWS: usize = 12;
 const MAX_OPS: usize = 20;
@@ -294,6 +300,8 @@ struct Ran {
     state: Vec<TableState>,
     streamed: bool,
     log: Vec<String>,
+    /// Per table: a cloud-key table in which two writes made rows of the same content.
+    twins: Vec<bool>,
 }
 
 /// The checks at the end of a run.
@@ -305,7 +313,20 @@ async fn finish(mut h: Harness<'_>) -> Result<Ran, String> {
     if !problems.is_empty() {
         return Err(h.report(&problems.join("\n")));
     }
+    let twins = (0..h.schema.tables.len())
+        .map(|t| {
+            let made: Vec<&Row> = h
+                .written
+                .iter()
+                .filter(|w| w.table == t)
+                .filter_map(|w| w.new.as_ref())
+                .collect();
+            h.schema.tables[t].cloud_key.is_some()
+                && made.iter().enumerate().any(|(i, r)| made[..i].contains(r))
+        })
+        .collect();
     Ok(Ran {
+        twins,
         state: h.state().await?,
         steps: std::mem::take(&mut h.steps),
         streamed: h.streamed,
@@ -374,7 +395,7 @@ async fn both_ways(schema: &Schema, first: Result<Ran, String>) -> Result<(), St
         .map_err(|e| format!("with every catch-up a reconcile: {e}"))?;
     let mut problems = Vec::new();
     for (t, table) in schema.tables.iter().enumerate() {
-        if schema.policy(t) == Policy::Latest {
+        if schema.policy(t) == Policy::Latest || a.twins[t] || b.twins[t] {
             continue;
         }
         problems.extend(compare(&table.qualified(), &a.state[t], &b.state[t]));
@@ -631,7 +652,7 @@ async fn a_phones_delete_and_new_row_of_a_key_reach_the_desktop_by_reconcile() {
 /// change was deleted under `mobile`. A desktop row another change of the group holds is not a
 /// candidate.
 #[tokio::test]
-#[ignore = "passes or fails by which of `run --once`'s directions goes first: equal rows of a scope are paired by likeness alone"]
+#[ignore = "passes or fails by whether the phone's two transactions reach the desktop in one group: across groups the delete's old image matches the row the phone's change just made (equal rows of a scope are told apart by content alone)"]
 async fn a_phones_change_of_a_row_into_its_deleted_twin_survives() {
     use Act::*;
     let steps = vec![
@@ -645,4 +666,68 @@ async fn a_phones_change_of_a_row_into_its_deleted_twin_survives() {
         Step::Once,
     ];
     regression(plain(true), Policy::Mobile, steps).await;
+}
+
+/// Found by the property (fixed): under `manual`, a phone changes a row twice while the desktop
+/// changes it, then once more after the catch-up. The stream recorded one open conflict per phone
+/// transaction (three records of one row, two of versions the phone itself replaced), where a
+/// reconcile, seeing only the row as it is, recorded one; and the first run after the reconcile
+/// brought the phone's later version to the desktop as a new row beside the conflict's (the row an
+/// open conflict keeps was taken for a phone's row the desktop never had). A row waiting for a person
+/// has one open conflict, brought up to date by the phone's later changes.
+#[tokio::test]
+async fn a_phones_later_change_of_a_row_in_an_open_conflict_updates_that_conflict() {
+    use Act::*;
+    for cloud_key in [true, false] {
+        let steps = vec![
+            by(false, Insert, &["1", "'c'", "NULL"], None),
+            Step::Once,
+            by(true, Update, &["1", "'c'", "NULL"], Some((2, "'p'"))),
+            by(true, Update, &["1", "'c'", "'p'"], Some((1, "'a'"))),
+            by(false, Update, &["1", "'c'", "NULL"], Some((2, "'d'"))),
+            Step::Once,
+            by(true, Update, &["1", "'a'", "'p'"], Some((1, "'c'"))),
+        ];
+        regression(plain(cloud_key), Policy::Manual, steps).await;
+    }
+}
+
+/// Found by the property (a check too strict): the desktop edits a row and puts it back while a
+/// phone deletes it. Conflicts are found by content: the desktop's row is the version the phone
+/// deleted, so the delete applies, with no conflict (`settle`: the desktop's row is the phone's old
+/// image). The check now counts an edit undone within a segment as no change.
+#[tokio::test]
+async fn a_desktop_edit_undone_before_a_phones_delete_arrives_is_no_conflict() {
+    use Act::*;
+    let steps = vec![
+        by(false, Insert, &["1", "'a'", "NULL"], None),
+        Step::Once,
+        by(true, Delete, &["1", "'a'", "NULL"], None),
+        by(false, Update, &["1", "'a'", "NULL"], Some((2, "'x'"))),
+        by(false, Update, &["1", "'a'", "'x'"], Some((2, "NULL"))),
+        Step::Once,
+    ];
+    regression(plain(false), Policy::Latest, steps).await;
+}
+
+/// Found by the property (fixed): in a cloud-key table a phone makes a row and edits it while the
+/// desktop edits another row of the scope; a reconcile catches up. It sees the phone's row with an
+/// edit the desktop has not received (not its insert), finds no desktop row holding the version it
+/// started from, and took the row for one the desktop deleted: a `delete/update` conflict (under
+/// `manual` held, under `desktop` deleted in the cloud), where the stream brings the new row. A
+/// `delete/update` needs a delete of the scope waiting in the outbox.
+#[tokio::test]
+async fn a_phones_new_and_edited_row_is_not_a_conflict_for_reconcile_beside_a_desktop_edit() {
+    use Act::*;
+    for policy in [Policy::Manual, Policy::Desktop] {
+        let steps = vec![
+            by(false, Insert, &["1", "'x'", "NULL"], None),
+            Step::Once,
+            by(false, Update, &["1", "'x'", "NULL"], Some((2, "'d'"))),
+            by(true, Insert, &["1", "'p'", "NULL"], None),
+            by(true, Update, &["1", "'p'", "NULL"], Some((2, "'q'"))),
+            Step::Once,
+        ];
+        regression(plain(true), policy, steps).await;
+    }
 }

@@ -320,7 +320,8 @@ async fn a_key_collision_under_the_manual_policy_is_an_open_conflict_and_both_si
         ("insert/insert", None, false)
     );
     // The phone saving its row again unchanged: the same conflict, not logged twice while it is open.
-    // Its next real edit is a new one.
+    // Its next real edit brings that conflict up to date: one open record of the row, with the
+    // phone's latest version (the one a person keeps or restores).
     let logged = "SELECT count(*) FROM tandem.conflicts";
     phone(
         &db,
@@ -335,7 +336,19 @@ async fn a_key_collision_under_the_manual_policy_is_an_open_conflict_and_both_si
     )
     .await;
     reverse_once(&config).await;
-    assert_eq!(count(&desktop, logged).await, 2);
+    assert_eq!(count(&desktop, logged).await, 1);
+    let (kind, subject, open): (String, String, bool) = desktop
+        .query_one(
+            "SELECT kind, mobile_row ->> 'rem_subject', resolved_at IS NULL FROM tandem.conflicts",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), subject.as_str(), open),
+        ("insert/insert", "Phone, later", true)
+    );
     assert_eq!(
         rows(&desktop, "mbreminder", "rem_id, rem_subject", "true").await,
         vec!["(5,Desk)"]

@@ -165,6 +165,15 @@ impl Harness<'_> {
                 if later.iter().filter(same).any(seen) {
                     continue;
                 }
+                // The desktop's edits of the segment ended at the version a phone's write of it
+                // started from (an edit and its undoing): compared by content, the desktop changed
+                // nothing the phone had not seen, and the phone's write applies.
+                let undone = |p: &&Written| {
+                    p.phone && p.segment == d.segment && d.new.is_some() && p.old == d.new
+                };
+                if writes[..i].iter().filter(same).any(undone) {
+                    continue;
+                }
                 // A row the desktop made and removed between two catch-ups: nothing of it is owed
                 // to the cloud (a phone may have made the key meanwhile, a row of its own).
                 let made_here = writes[..i]
@@ -284,7 +293,16 @@ impl Harness<'_> {
                         now = d.new.clone();
                     }
                 }
+                // The desktop's edit made the content of a phone's row it had not received: the
+                // phone's row is taken for the one the desktop holds already (the same version made
+                // on both sides), and which of the equal rows the edit was is not known.
+                let twin = |edited: &Row| {
+                    self.written
+                        .iter()
+                        .any(|x| x.phone && x.table == t && x.new.as_ref() == Some(edited))
+                };
                 match now {
+                    Some(edited) if edited != old && twin(&edited) => Ok(()),
                     Some(edited) if edited != old => Err(format!(
                         "the phone deleted {}, which the desktop edited meanwhile into {}: no conflict recorded",
                         shown(&Some(old)),

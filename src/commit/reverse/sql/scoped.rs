@@ -314,11 +314,9 @@ pub(super) fn contest(s: &Scoped) -> String {
     )
 }
 
-/// Where a cloud-key table's net changes meet the desktop's rows (see `settle`): the row `P` paired
-/// each with. A contested change is `update/update` (or `update/delete`, the phone's delete); a lost
-/// change without a pair is `delete/update` (a phone's delete of it: both deleted, no conflict).
-pub(super) fn site<'a>(s: &'a Scoped<'a>) -> Site<'a> {
-    let Table { c, target, .. } = s.table;
+/// The scope of net change `n` as the capture triggers write it (what the outbox holds).
+fn outbox_key(s: &Scoped) -> String {
+    let c = &s.table.c;
     let scope: Vec<String> = s
         .scope
         .iter()
@@ -326,6 +324,32 @@ pub(super) fn site<'a>(s: &'a Scoped<'a>) -> Site<'a> {
             text(&c.cols[*j].desktop_value(&format!("coalesce(n.{}, {})", col(*j), c.old(*j))))
         })
         .collect();
+    format!("ARRAY[{}]::text[]", scope.join(", "))
+}
+
+/// The desktop deleted a row of net change `n`'s scope since the cloud last took its changes: a
+/// delete of the scope, or a TRUNCATE of the table, waits in the outbox.
+fn deleted_in_scope(s: &Scoped) -> String {
+    let t = &s.table.t.table.desktop;
+    format!(
+        "EXISTS (SELECT 1 FROM tandem.outbox ob WHERE ob.table_schema = {} AND ob.table_name = {} \
+                 AND (ob.op = 'T' OR (ob.op = 'D' AND ob.row_key = {})))",
+        lit(&t.schema),
+        lit(&t.name),
+        outbox_key(s)
+    )
+}
+
+/// Where a cloud-key table's net changes meet the desktop's rows (see `settle`): the row `P` paired
+/// each with. A contested change is `update/update` (or `update/delete`, the phone's delete); a lost
+/// change without a pair is `delete/update` when the desktop deleted a row of its scope since the
+/// cloud last took its changes (a delete or TRUNCATE waits in the outbox: a held key keeps its `D`),
+/// and a row new to the desktop otherwise: nothing tells the desktop's rows apart but their content,
+/// so a phone's changes of a row the desktop never had (a reconcile sees a row a phone made and then
+/// edited, not its insert) look lost too. A phone's delete of a lost row: both deleted, no conflict.
+pub(super) fn site<'a>(s: &'a Scoped<'a>) -> Site<'a> {
+    let Table { target, .. } = s.table;
+    let outbox_key = outbox_key(s);
     Site {
         table: s.table,
         from: format!(
@@ -335,12 +359,13 @@ pub(super) fn site<'a>(s: &'a Scoped<'a>) -> Site<'a> {
         kind: format!(
             "CASE WHEN n._op = 'I' AND p._contested THEN 'update/update' \
                   WHEN n._op = 'I' AND p._tid IS NULL AND n._first_old IS NOT NULL AND NOT {refused} \
-                       THEN 'delete/update' \
+                       AND {deleted} THEN 'delete/update' \
                   WHEN n._op = 'D' AND p._contested THEN 'update/delete' END",
             refused = refused(s.table),
+            deleted = deleted_in_scope(s),
         ),
         row_key: ROW_KEY.to_string(),
-        outbox_key: format!("ARRAY[{}]::text[]", scope.join(", ")),
+        outbox_key,
         keyed: false,
     }
 }
@@ -383,11 +408,13 @@ pub(super) fn insert(s: &Scoped) -> Ranged {
         format!(
             "INSERT INTO {target} ({names}) SELECT {values} FROM {net} n \
              WHERE n._op = 'I' AND (n._first_old IS NULL \
-               OR (({refused} OR {SETTLED}) AND NOT EXISTS (SELECT 1 FROM {plan} p WHERE p._ck = n._ck AND p._tid IS NOT NULL))) \
+               OR (({refused} OR {SETTLED} OR NOT {deleted}) \
+                   AND NOT EXISTS (SELECT 1 FROM {plan} p WHERE p._ck = n._ck AND p._tid IS NOT NULL))) \
              AND n._n BETWEEN $1 AND $2",
             names = c.names().join(", "),
             values = insert_values(s.table),
             refused = refused(s.table),
+            deleted = deleted_in_scope(s),
         ),
     )
 }
@@ -602,15 +629,24 @@ mod tests {
     }
 
     #[test]
-    fn an_insert_writes_new_rows_and_refused_or_settled_rows_the_desktop_holds_no_copy_of() {
+    fn an_insert_writes_new_refused_settled_and_never_had_rows_the_desktop_lacks() {
         let r = built(&odd_scoped(), insert);
         assert_eq!(r.what, "reverse insert");
+        let deleted = "EXISTS (SELECT 1 FROM tandem.outbox ob WHERE ob.table_schema = 'public' AND ob.table_name = 'Task List' \
+                       AND (ob.op = 'T' OR (ob.op = 'D' AND ob.row_key = ARRAY[";
         assert!(
-            r.sql.ends_with(&format!(
+            r.sql.contains(&format!(
                 "FROM pg_temp.tandem_rn_2 n WHERE n._op = 'I' AND (n._first_old IS NULL \
-                 OR (({REFUSED} OR n._verdict = 'settled') AND NOT EXISTS (SELECT 1 FROM pg_temp.tandem_rp_2 p WHERE p._ck = n._ck AND p._tid IS NOT NULL))) \
-                 AND n._n BETWEEN $1 AND $2"
+                 OR (({REFUSED} OR n._verdict = 'settled' OR NOT {deleted}"
             )),
+            "{}",
+            r.sql
+        );
+        assert!(
+            r.sql.ends_with(
+                "AND NOT EXISTS (SELECT 1 FROM pg_temp.tandem_rp_2 p WHERE p._ck = n._ck AND p._tid IS NOT NULL))) \
+                 AND n._n BETWEEN $1 AND $2"
+            ),
             "{}",
             r.sql
         );

@@ -281,12 +281,34 @@ pub(super) fn find(site: &Site, policy: Policy) -> String {
 }
 
 /// Records the conflicts of `C` in `tandem.conflicts` ($1: table name): settled ones with their
-/// outcome (resolved by the policy), open ones once (not again while the same one is open).
+/// outcome (resolved by the policy); an open one as the row's one open conflict. A row a person has
+/// yet to decide keeps one record: a phone's later change of it (held again, the desktop's row
+/// still differs) brings that record up to date (both versions as they are now, the phone's commit,
+/// the columns both changed, added to those before; the common version stays) rather than adding a second
+/// record of an older version. The phone's latest version is the one to restore, and a reconcile,
+/// which sees only the row as it is now, records the same.
 pub(super) fn record(site: &Site, policy: Policy) -> String {
     let (net, c_table) = (&site.table.net, &site.table.found);
     let row_key = &site.row_key;
     format!(
-        "INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason, kind, base, \
+        "WITH held AS (SELECT DISTINCT ON (rk) x.* FROM (SELECT c.*, n._at, n._lsn, n._xid, {row_key} AS rk \
+                                                        FROM {c_table} c JOIN {net} n ON n._n = c._n \
+                                                       WHERE c.outcome IS NULL) x \
+                        ORDER BY rk, x._n DESC), \
+              refreshed AS (UPDATE tandem.conflicts o SET kind = {kind}, incoming = h.mobile_row, current = h.desktop_row, \
+                                   reason = {kind} || ': the desktop and a phone changed this row without seeing each \
+                                            other; nothing was applied: choose with `tandem conflicts resolve`', \
+                                   desktop_row = h.desktop_row, mobile_row = h.mobile_row, \
+                                   columns = coalesce(o.columns, '{{}}'::text[]) || ARRAY(SELECT x FROM unnest(h.columns) x \
+                                             WHERE x <> ALL(coalesce(o.columns, '{{}}'::text[]))), \
+                                   desktop_at = coalesce(h.desktop_at, o.desktop_at), \
+                                   desktop_xid = coalesce(h.desktop_xid, o.desktop_xid), \
+                                   mobile_at = h._at, cloud_lsn = h._lsn, cloud_xid = h._xid \
+                              FROM held h \
+                             WHERE o.resolved_at IS NULL AND o.direction = 'reverse' AND o.table_name = $1::text \
+                               AND o.row_key = h.rk AND o.kind IS NOT NULL \
+                            RETURNING h.rk) \
+         INSERT INTO tandem.conflicts (direction, table_name, row_key, incoming, current, reason, kind, base, \
                 desktop_row, mobile_row, columns, desktop_at, mobile_at, cloud_lsn, cloud_xid, desktop_xid, policy, \
                 outcome, result, resolved_at, resolution, resolved_by) \
          SELECT 'reverse', $1::text, {row_key}, c.mobile_row, c.desktop_row, \
@@ -300,9 +322,13 @@ pub(super) fn record(site: &Site, policy: Policy) -> String {
                 CASE WHEN c.outcome IS NOT NULL THEN now() END, c.outcome, \
                 CASE WHEN c.outcome IS NOT NULL THEN 'policy {policy}' END \
            FROM {c_table} c JOIN {net} n ON n._n = c._n \
-          WHERE c.outcome IS NOT NULL OR NOT EXISTS (SELECT 1 FROM tandem.conflicts o WHERE o.resolved_at IS NULL \
-                AND o.direction = 'reverse' AND o.table_name = $1::text AND o.row_key = {row_key} \
-                AND o.mobile_row IS NOT DISTINCT FROM c.mobile_row AND o.desktop_row IS NOT DISTINCT FROM c.desktop_row)",
+          WHERE c.outcome IS NOT NULL OR (NOT EXISTS (SELECT 1 FROM refreshed r WHERE r.rk = {row_key}) \
+                AND c._n = (SELECT h._n FROM held h WHERE h.rk = {row_key}))",
+        // How the two sides came apart stays while each side's version exists as it did (a phone's
+        // edit of a row both created is still `insert/insert`); a phone's delete of it, or a new
+        // row after one, is told by the kind of the change found now.
+        kind = "CASE WHEN (o.mobile_row IS NULL) = (h.mobile_row IS NULL) \
+                      AND (o.desktop_row IS NULL) = (h.desktop_row IS NULL) THEN o.kind ELSE h.kind END",
     )
 }
 
