@@ -180,7 +180,18 @@ pub fn decide_key(
                 },
             }
         }
-        (Some(d), None) => match (last(true, d.reverse), entries.last()) {
+        // The phone deleted the version the desktop holds, or the desktop holds the version the
+        // phone's changes started from (the stream's net change: its first old image; an edit the
+        // desktop made and undid since is no change).
+        (Some(d), None) => match (
+            last(true, d.reverse).or_else(|| {
+                entries
+                    .first()
+                    .filter(|e| e.reverse == d.reverse)
+                    .map(|e| e.old.clone())
+            }),
+            entries.last(),
+        ) {
             (Some(old), _) => KeyDecision::Remove {
                 old,
                 contested: false,

@@ -74,6 +74,18 @@ fn a_desktop_key_is_sent_forward_unless_the_journal_says_a_phone_deleted_it() {
             contested: true
         }
     );
+    // A phone changed the row, then deleted it; the desktop holds the version the phone started
+    // from (it changed the row and put it back meanwhile): the delete applies, as the stream's net
+    // change (first old image: the desktop's row) does.
+    let changed = entry(false, None, 1, "v1");
+    let deleted = entry(true, None, 6, "v6");
+    assert_eq!(
+        decide_key(Some(h(1, 1)), None, &[&changed, &deleted], CHANGED, false),
+        KeyDecision::Remove {
+            old: "v1".into(),
+            contested: false
+        }
+    );
     // A phone deleted the row, then made the key again and changed that (all unreceived); the desktop
     // still holds the first version: its delete applies, the new row is the phone's.
     let edited = entry(false, None, 2, "v2");

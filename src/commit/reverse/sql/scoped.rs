@@ -474,7 +474,11 @@ mod tests {
     fn the_reduction_is_per_cloud_row() {
         let sql = built(&odd_scoped(), |s| reduce(s.table));
         assert!(
-            sql.contains("SELECT DISTINCT ON (y._k0) y._op, y._unchanged, y._first_old, y._ck, y._xid, y._at, y._lsn, y.c1, y.c2, y.c3, y.c4 "),
+            sql.contains(
+                "SELECT DISTINCT ON (y._k0) y._op, y._unchanged, \
+                CASE WHEN y._first_old IS NULL AND y._op = 'D' THEN y._old ELSE y._first_old END, \
+                y._ck, y._xid, y._at, y._lsn, y.c1, y.c2, y.c3, y.c4 "
+            ),
             "{sql}"
         );
         assert!(
