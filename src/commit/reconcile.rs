@@ -205,15 +205,15 @@ pub fn decide_key(
         },
         (None, Some((_, false))) if lost => KeyDecision::Bring { old: None },
         (None, Some((_, false))) => KeyDecision::Delete,
-        // The desktop deleted the row a phone changed (from the first version it changed).
-        (None, Some((_, true))) if waiting.any && !waiting.made => {
-            match entries.iter().find(|e| !e.deleted) {
-                Some(e) if !entries.first().is_some_and(|f| f.deleted) => KeyDecision::Collision {
-                    old: Some(e.old.clone()),
-                },
-                _ => KeyDecision::Bring { old: None },
-            }
-        }
+        // The desktop deleted the row a phone changed (from the first version it changed), or
+        // deleted and made again: the stream's net change is a change of that first version, a
+        // `delete/update` conflict against the desktop's delete.
+        (None, Some((_, true))) if waiting.any && !waiting.made => match entries.first() {
+            Some(first) => KeyDecision::Collision {
+                old: Some(first.old.clone()),
+            },
+            None => KeyDecision::Bring { old: None },
+        },
         (None, Some((_, true))) => KeyDecision::Bring { old: None },
         (None, None) => KeyDecision::Unchanged,
     }

@@ -151,8 +151,9 @@ fn a_desktop_delete_of_a_row_a_phone_changed_meanwhile_is_a_conflict() {
         decide_key(None, Some((h(4, 4), true)), &[&edited], NONE, false),
         KeyDecision::Bring { old: None }
     );
-    // The phone deleted the version the desktop had first, then made the key again: both deleted
-    // that one, and the phone's new row is brought.
+    // The phone deleted the version the desktop had first, then made the key again, while the
+    // desktop deleted it: the stream's net change replaces that version (its first old image), a
+    // `delete/update` conflict against the desktop's delete; so here.
     let gone = entry(true, None, 3, "v3");
     let again = entry(false, None, 5, "v5");
     assert_eq!(
@@ -163,7 +164,9 @@ fn a_desktop_delete_of_a_row_a_phone_changed_meanwhile_is_a_conflict() {
             CHANGED,
             false
         ),
-        KeyDecision::Bring { old: None }
+        KeyDecision::Collision {
+            old: Some("v3".into())
+        }
     );
 }
 

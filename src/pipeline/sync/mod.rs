@@ -278,7 +278,7 @@ async fn compare_and_repair(
             .collect(),
         crate::transform::Kind::Scoped { .. } => vec!["x.row_key ->> 'cloud_key'".to_string()],
     };
-    let conflicted = desktop_scan
+    let conflicted: std::collections::HashSet<Vec<Option<String>>> = desktop_scan
         .query(
             &format!(
                 "SELECT ARRAY[{}]::text[] FROM tandem.conflicts x WHERE x.resolved_at IS NULL \
@@ -295,8 +295,11 @@ async fn compare_and_repair(
         .iter()
         .map(|r| r.get::<_, Vec<Option<String>>>(0))
         .collect();
+    // An empty cloud takes the desktop's rows whole, unless an open conflict keeps one of them (a
+    // phone deleted its row while the desktop changed it: the person decides, not the copy).
     let whole = cloud_empty
         && entries.is_empty()
+        && conflicted.is_empty()
         && direct.is_some()
         && request.forward
         && !request.dry_run;

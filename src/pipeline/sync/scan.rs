@@ -207,6 +207,24 @@ impl Scan<'_> {
                 // Several desktop rows with one key: the forward statements sort them out as always.
                 let decision = if desktop.len() > 1 {
                     KeyDecision::Update
+                } else if self.conflicted.contains(&key.texts()) {
+                    // An open conflict keeps the key: a person decides, not the scan. A phone's
+                    // change of it the desktop has not received goes through the reverse plan as
+                    // the stream's would (the conflict is found again and brought up to date);
+                    // nothing else of it moves.
+                    let mobile = cloud.first().is_some_and(|l| l.mobile);
+                    match (journal.last(), cloud.is_empty()) {
+                        (Some(e), false) if mobile => KeyDecision::Collision {
+                            old: Some(e.old.clone()),
+                        },
+                        (Some(e), true) if e.deleted && !desktop.is_empty() => {
+                            KeyDecision::Remove {
+                                old: e.old.clone(),
+                                contested: true,
+                            }
+                        }
+                        _ => KeyDecision::Unchanged,
+                    }
                 } else {
                     reconcile::decide_key(
                         desktop.first().map(|l| l.hashes),
