@@ -205,14 +205,14 @@ pub fn decide_key(
         },
         (None, Some((_, false))) if lost => KeyDecision::Bring { old: None },
         (None, Some((_, false))) => KeyDecision::Delete,
-        // The desktop deleted the row a phone changed (from the first version it changed), or
-        // deleted and made again: the stream's net change is a change of that first version, a
-        // `delete/update` conflict against the desktop's delete.
+        // The desktop deleted the row a phone changed (from the first version it changed). One the
+        // phone deleted first (and made again) both deleted: the phone's row is new, as the
+        // stream's net change of it is (`_remade`).
         (None, Some((_, true))) if waiting.any && !waiting.made => match entries.first() {
-            Some(first) => KeyDecision::Collision {
+            Some(first) if !first.deleted => KeyDecision::Collision {
                 old: Some(first.old.clone()),
             },
-            None => KeyDecision::Bring { old: None },
+            _ => KeyDecision::Bring { old: None },
         },
         (None, Some((_, true))) => KeyDecision::Bring { old: None },
         (None, None) => KeyDecision::Unchanged,

@@ -214,8 +214,13 @@ impl Scan<'_> {
                     // nothing else of it moves.
                     let mobile = cloud.first().is_some_and(|l| l.mobile);
                     match (journal.last(), cloud.is_empty()) {
-                        (Some(e), false) if mobile => KeyDecision::Collision {
-                            old: Some(e.old.clone()),
+                        // After a delete the phone made the key again (inserts are not journaled:
+                        // a phone's row the journal says nothing of since is one): a new row, as
+                        // the stream's net change of it is (no old image).
+                        (last, false) if mobile => KeyDecision::Collision {
+                            old: last
+                                .filter(|_| !journal.iter().any(|e| e.deleted))
+                                .map(|e| e.old.clone()),
                         },
                         (Some(e), true) if e.deleted && !desktop.is_empty() => {
                             KeyDecision::Remove {

@@ -174,6 +174,18 @@ impl Harness<'_> {
                 if writes[..i].iter().filter(same).any(undone) {
                     continue;
                 }
+                // Both deleted the same version: the desktop's delete is done; a row the phone made
+                // of the key since is a new one.
+                let both_deleted = |p: &&Written| {
+                    p.phone
+                        && p.segment == d.segment
+                        && d.new.is_none()
+                        && p.new.is_none()
+                        && p.old == d.old
+                };
+                if writes.iter().filter(same).any(both_deleted) {
+                    continue;
+                }
                 // A row the desktop made and removed between two catch-ups: nothing of it is owed
                 // to the cloud (a phone may have made the key meanwhile, a row of its own).
                 let made_here = writes[..i]

@@ -20,7 +20,7 @@ pub(super) fn create(table: &Table) -> String {
     format!(
         "CREATE TEMP TABLE IF NOT EXISTS {staged} ({}) ON COMMIT PRESERVE ROWS;\n\
          CREATE TEMP TABLE IF NOT EXISTS {net} (_n bigint GENERATED ALWAYS AS IDENTITY, _op \"char\", \
-         _unchanged int[], _first_old jsonb, _ck text, _xid bigint, _at timestamptz, _lsn pg_lsn, _verdict text{}) \
+         _unchanged int[], _first_old jsonb, _ck text, _xid bigint, _at timestamptz, _lsn pg_lsn, _verdict text, _remade boolean{}) \
          ON COMMIT PRESERVE ROWS;",
         layout::definitions(width),
         (0..width)
@@ -51,8 +51,9 @@ pub(super) fn copy_direct(table: &Table) -> String {
 /// the last version, with the first old image. A row a phone made and deleted within the group
 /// (its first change an insert, no old image) keeps its delete's old image: the same net change as
 /// when the two arrive in two groups (the insert taken for the desktop's equal row, if it holds one;
-/// the delete then of that row), whatever the grouping. `columns` are `y`'s expressions for N's
-/// columns.
+/// the delete then of that row), whatever the grouping; one a phone deleted and made again is
+/// `_remade` (a new row where the desktop deleted it too, as in two groups). `columns` are `y`'s
+/// expressions for N's columns.
 pub(super) fn reduce(table: &Table, key: &[String], columns: &[String]) -> String {
     let Table { staged, net, .. } = table;
     let width = table.c.cols.len();
@@ -68,12 +69,13 @@ pub(super) fn reduce(table: &Table, key: &[String], columns: &[String]) -> Strin
         .join(", ");
     let xs = ks.replace("y._k", "x._k");
     format!(
-        "INSERT INTO {net} (_op, _unchanged, _first_old, _ck, _xid, _at, _lsn{comma}{data}) \
+        "INSERT INTO {net} (_op, _unchanged, _first_old, _ck, _xid, _at, _lsn, _remade{comma}{data}) \
          SELECT DISTINCT ON ({ks}) y._op, y._unchanged, \
                 CASE WHEN y._first_old IS NULL AND y._op = 'D' THEN y._old ELSE y._first_old END, \
-                y._ck, y._xid, y._at, y._lsn{comma}{columns} \
-         FROM (SELECT x.*, first_value(x._old) OVER (PARTITION BY {xs} ORDER BY x._seq) AS _first_old \
-               FROM (SELECT s.*, {named} FROM {staged} s) x) y \
+                y._ck, y._xid, y._at, y._lsn, y._first_op = 'D' AND y._op = 'I'{comma}{columns} \
+         FROM (SELECT x.*, first_value(x._old) OVER w AS _first_old, first_value(x._op) OVER w AS _first_op \
+               FROM (SELECT s.*, {named} FROM {staged} s) x \
+               WINDOW w AS (PARTITION BY {xs} ORDER BY x._seq)) y \
          ORDER BY {ks}, y._seq DESC",
         comma = if width > 0 { ", " } else { "" },
         columns = columns.join(", "),
@@ -204,7 +206,7 @@ mod tests {
                 "CREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_r_0 ({}) ON COMMIT PRESERVE ROWS;\n\
                  CREATE TEMP TABLE IF NOT EXISTS pg_temp.tandem_rn_0 (_n bigint GENERATED ALWAYS AS IDENTITY, \
                  _op \"char\", _unchanged int[], _first_old jsonb, _ck text, _xid bigint, _at timestamptz, _lsn pg_lsn, \
-                 _verdict text, c1 text, c2 text, c3 text, c4 text) ON COMMIT PRESERVE ROWS;",
+                 _verdict text, _remade boolean, c1 text, c2 text, c3 text, c4 text) ON COMMIT PRESERVE ROWS;",
                 layout::definitions(4)
             )
         );
@@ -232,12 +234,13 @@ mod tests {
         let sql = built(&odd_keyed(), |t| reduce(t, &key, &plain_columns(t)));
         assert_eq!(
             sql,
-            "INSERT INTO pg_temp.tandem_rn_0 (_op, _unchanged, _first_old, _ck, _xid, _at, _lsn, c1, c2, c3, c4) \
+            "INSERT INTO pg_temp.tandem_rn_0 (_op, _unchanged, _first_old, _ck, _xid, _at, _lsn, _remade, c1, c2, c3, c4) \
              SELECT DISTINCT ON (y._k0, y._k1) y._op, y._unchanged, \
              CASE WHEN y._first_old IS NULL AND y._op = 'D' THEN y._old ELSE y._first_old END, y._ck, y._xid, y._at, y._lsn, \
-             y.c1, y.c2, y.c3, y.c4 \
-             FROM (SELECT x.*, first_value(x._old) OVER (PARTITION BY x._k0, x._k1 ORDER BY x._seq) AS _first_old \
-             FROM (SELECT s.*, s.c1 AS _k0, s._ck AS _k1 FROM pg_temp.tandem_r_0 s) x) y \
+             y._first_op = 'D' AND y._op = 'I', y.c1, y.c2, y.c3, y.c4 \
+             FROM (SELECT x.*, first_value(x._old) OVER w AS _first_old, first_value(x._op) OVER w AS _first_op \
+             FROM (SELECT s.*, s.c1 AS _k0, s._ck AS _k1 FROM pg_temp.tandem_r_0 s) x \
+             WINDOW w AS (PARTITION BY x._k0, x._k1 ORDER BY x._seq)) y \
              ORDER BY y._k0, y._k1, y._seq DESC"
         );
         // A table of no travelling columns: no dangling comma.
@@ -245,7 +248,7 @@ mod tests {
         bare.reverse_columns.clear();
         let sql = built(&bare, |t| reduce(t, &["s._ck".to_string()], &[]));
         assert!(
-            sql.contains("y._ck, y._xid, y._at, y._lsn FROM (SELECT x.*"),
+            sql.contains("y._first_op = 'D' AND y._op = 'I' FROM (SELECT x.*"),
             "{sql}"
         );
     }

@@ -164,7 +164,7 @@ pub(super) fn insert(k: &Keyed) -> Ranged {
         "reverse insert",
         format!(
             "INSERT INTO {target} ({names}) SELECT {values} FROM {net} n {absent} \
-             AND n._op = 'I' AND (n._first_old IS NULL OR {SETTLED}) AND n._n BETWEEN $1 AND $2",
+             AND n._op = 'I' AND (n._first_old IS NULL OR n._remade OR {SETTLED}) AND n._n BETWEEN $1 AND $2",
             names = c.names().join(", "),
             values = insert_values(k.table),
         ),
@@ -281,7 +281,7 @@ mod tests {
             sql.contains(
                 "SELECT DISTINCT ON (y._k0) y._op, y._unchanged, \
                 CASE WHEN y._first_old IS NULL AND y._op = 'D' THEN y._old ELSE y._first_old END, \
-                y._ck, y._xid, y._at, y._lsn, y._k0, y.c2, y.c3, y.c4 "
+                y._ck, y._xid, y._at, y._lsn, y._first_op = 'D' AND y._op = 'I', y._k0, y.c2, y.c3, y.c4 "
             ),
             "{sql}"
         );
@@ -347,7 +347,7 @@ mod tests {
         assert!(
             probing.sql.contains(&format!(
                 "FROM pg_temp.tandem_rn_0 n LEFT JOIN LATERAL (SELECT 1 AS found FROM \"public\".\"Task List\" d WHERE {IS_N} LIMIT 1) x ON true \
-                 WHERE x.found IS NULL AND n._op = 'I' AND (n._first_old IS NULL OR n._verdict = 'settled') AND n._n BETWEEN $1 AND $2"
+                 WHERE x.found IS NULL AND n._op = 'I' AND (n._first_old IS NULL OR n._remade OR n._verdict = 'settled') AND n._n BETWEEN $1 AND $2"
             )),
             "{}",
             probing.sql
@@ -357,7 +357,7 @@ mod tests {
         assert!(
             scanning.sql.ends_with(&format!(
                 "FROM pg_temp.tandem_rn_0 n WHERE NOT EXISTS (SELECT 1 FROM \"public\".\"Task List\" d WHERE {IS_N}) \
-                 AND n._op = 'I' AND (n._first_old IS NULL OR n._verdict = 'settled') AND n._n BETWEEN $1 AND $2"
+                 AND n._op = 'I' AND (n._first_old IS NULL OR n._remade OR n._verdict = 'settled') AND n._n BETWEEN $1 AND $2"
             )),
             "{}",
             scanning.sql

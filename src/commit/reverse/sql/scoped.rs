@@ -477,7 +477,7 @@ mod tests {
             sql.contains(
                 "SELECT DISTINCT ON (y._k0) y._op, y._unchanged, \
                 CASE WHEN y._first_old IS NULL AND y._op = 'D' THEN y._old ELSE y._first_old END, \
-                y._ck, y._xid, y._at, y._lsn, y.c1, y.c2, y.c3, y.c4 "
+                y._ck, y._xid, y._at, y._lsn, y._first_op = 'D' AND y._op = 'I', y.c1, y.c2, y.c3, y.c4 "
             ),
             "{sql}"
         );

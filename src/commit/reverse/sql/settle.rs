@@ -177,7 +177,9 @@ impl Versions<'_> {
     }
 }
 
-/// The kind of conflict of net change `n` against desktop row `d` (none: NULL).
+/// The kind of conflict of net change `n` against desktop row `d` (none: NULL). A key the phone
+/// deleted and made again (`_remade`) that the desktop lacks is a new row for it: both deleted the
+/// old one (as when the delete and the new row arrive in two groups).
 fn kind(k: &Keyed) -> String {
     let c = &k.table.c;
     let (same_old, same_new) = (c.same_old(), c.same_new());
@@ -185,7 +187,8 @@ fn kind(k: &Keyed) -> String {
         "CASE WHEN n._op = 'I' AND d.ctid IS NOT NULL AND n._first_old IS NOT NULL AND NOT {same_old} AND NOT {same_new} \
                    THEN 'update/update' \
               WHEN n._op = 'I' AND d.ctid IS NOT NULL AND n._first_old IS NULL AND NOT {same_new} THEN 'insert/insert' \
-              WHEN n._op = 'I' AND d.ctid IS NULL AND n._first_old IS NOT NULL THEN 'delete/update' \
+              WHEN n._op = 'I' AND d.ctid IS NULL AND n._first_old IS NOT NULL AND n._remade IS NOT TRUE \
+                   THEN 'delete/update' \
               WHEN n._op = 'D' AND d.ctid IS NOT NULL AND NOT {same_old} THEN 'update/delete' END"
     )
 }
@@ -303,7 +306,8 @@ pub(super) fn record(site: &Site, policy: Policy) -> String {
                                              WHERE x <> ALL(coalesce(o.columns, '{{}}'::text[]))), \
                                    desktop_at = coalesce(h.desktop_at, o.desktop_at), \
                                    desktop_xid = coalesce(h.desktop_xid, o.desktop_xid), \
-                                   mobile_at = h._at, cloud_lsn = h._lsn, cloud_xid = h._xid \
+                                   mobile_at = coalesce(h._at, o.mobile_at), cloud_lsn = coalesce(h._lsn, o.cloud_lsn), \
+                                   cloud_xid = coalesce(h._xid, o.cloud_xid) \
                               FROM held h \
                              WHERE o.resolved_at IS NULL AND o.direction = 'reverse' AND o.table_name = $1::text \
                                AND o.row_key = h.rk AND o.kind IS NOT NULL \
