@@ -296,25 +296,28 @@ impl Harness<'_> {
                 }
                 let old = old.expect("a deleted row");
                 // The desktop's edits of that row in the segment: the phone's delete met an edit.
+                // The desktop's edit made the content of a phone's row: the phone's row is taken
+                // for the one the desktop holds already (the same version made on both sides), and
+                // which of the equal rows the edit (or a later edit of that content) was is not
+                // known.
+                let twin = |edited: &Row| {
+                    self.written
+                        .iter()
+                        .any(|x| x.phone && x.table == t && x.new.as_ref() == Some(edited))
+                };
                 let mut now = Some(old.clone());
+                let mut shared = false;
                 let edits = self.written.iter().filter(|d| {
                     !d.phone && d.table == t && d.segment == w.segment && d.old.is_some()
                 });
                 for d in edits {
                     if d.old == now {
                         now = d.new.clone();
+                        shared |= now.as_ref().is_some_and(twin);
                     }
                 }
-                // The desktop's edit made the content of a phone's row it had not received: the
-                // phone's row is taken for the one the desktop holds already (the same version made
-                // on both sides), and which of the equal rows the edit was is not known.
-                let twin = |edited: &Row| {
-                    self.written
-                        .iter()
-                        .any(|x| x.phone && x.table == t && x.new.as_ref() == Some(edited))
-                };
                 match now {
-                    Some(edited) if edited != old && twin(&edited) => Ok(()),
+                    Some(edited) if edited != old && shared => Ok(()),
                     Some(edited) if edited != old => Err(format!(
                         "the phone deleted {}, which the desktop edited meanwhile into {}: no conflict recorded",
                         shown(&Some(old)),
