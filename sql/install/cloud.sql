@@ -11,12 +11,18 @@
 -- tells a phone's delete (or a key it moved) that the desktop has not received yet from a key the cloud
 -- never had: such a key is held back until the reverse direction has delivered the phone's change (see
 -- `tandem.table_state.horizon` on the desktop). A reconcile prunes a table's entries it has applied.
+--
+-- In a cloud-key table a phone's INSERT is journaled too (`I`, the new row; a statement-level trigger,
+-- one insert for the statement's rows): the desktop tells its rows apart by content alone, so only this
+-- tells a row a phone made after the last version the desktop received (and then changed or deleted)
+-- from a row the desktop had and changed: a reconcile must neither pair the former with a desktop row
+-- of like content nor take its delete for one of a row the desktop holds.
 CREATE TABLE IF NOT EXISTS tandem.journal (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at           timestamptz NOT NULL DEFAULT now(),
     table_schema text NOT NULL,
     table_name   text NOT NULL,
-    op           "char" NOT NULL,   -- U: updated, D: deleted
+    op           "char" NOT NULL,   -- U: updated, D: deleted, I: inserted (cloud-key tables)
     names        text[] NOT NULL,
     old          text NOT NULL
 );
@@ -47,10 +53,14 @@ CREATE INDEX IF NOT EXISTS journal_recent ON tandem.journal (table_schema, table
 -- `OPERATOR(pg_catalog.=)` instead of `IS DISTINCT FROM` and `IN`, which look `=` up by search_path.
 --
 -- Every phone UPDATE and DELETE also leaves the row as it was in `tandem.journal` (above), with the key
--- (or scope) columns the trigger's arguments name. SECURITY DEFINER: the phones' roles get no privilege
--- on schema tandem; the body names everything with its schema, so no search_path can swap what it calls.
+-- (or scope) columns the trigger's arguments name; called at statement level (`tandem_journal_inserts`,
+-- with the statement's new rows as `tandem_new`), it journals a phone's inserted rows. SECURITY
+-- DEFINER: the phones' roles get no privilege on schema tandem; the body names everything with its
+-- schema, so no search_path can swap what it calls. `use_variable`: a column of the table named like
+-- one of the variables (`names`) is never taken for it.
 CREATE OR REPLACE FUNCTION tandem.mark_mobile() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+#variable_conflict use_variable
 DECLARE
     own     text[];
     old_row text;
@@ -63,7 +73,7 @@ BEGIN
             RETURN CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN OLD ELSE NEW END;
         END IF;
     END IF;
-    IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN
+    IF TG_LEVEL OPERATOR(pg_catalog.=) 'STATEMENT' OR TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN
         own := ARRAY[pg_catalog.current_setting('DateStyle'), pg_catalog.current_setting('IntervalStyle'),
                      pg_catalog.current_setting('extra_float_digits'), pg_catalog.current_setting('lc_monetary'),
                      pg_catalog.current_setting('bytea_output'), pg_catalog.current_setting('TimeZone')];
@@ -73,8 +83,18 @@ BEGIN
                 pg_catalog.set_config('lc_monetary', 'C', true),
                 pg_catalog.set_config('bytea_output', 'hex', true),
                 pg_catalog.set_config('TimeZone', 'UTC', true);
-        old_row := OLD::pg_catalog.text;
-        IF TG_NARGS OPERATOR(pg_catalog.>) 0 THEN
+        names := (SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum)
+                    FROM pg_catalog.pg_attribute a
+                   WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
+                     AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped);
+        IF TG_LEVEL OPERATOR(pg_catalog.=) 'STATEMENT' THEN
+            INSERT INTO tandem.journal (table_schema, table_name, op, names, old, xid)
+            SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, 'I', names, (n.*)::pg_catalog.text, pg_catalog.pg_current_xact_id()
+              FROM tandem_new n;
+        ELSE
+            old_row := OLD::pg_catalog.text;
+        END IF;
+        IF TG_NARGS OPERATOR(pg_catalog.>) 0 AND TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN
             old_key := (SELECT pg_catalog.jsonb_agg(r.j OPERATOR(pg_catalog.->) a.name ORDER BY a.ord)
                           FROM (SELECT pg_catalog.to_jsonb(OLD) AS j) r,
                                pg_catalog.unnest(TG_ARGV) WITH ORDINALITY AS a(name, ord));
@@ -85,10 +105,9 @@ BEGIN
                 pg_catalog.set_config('lc_monetary', own[4], true),
                 pg_catalog.set_config('bytea_output', own[5], true),
                 pg_catalog.set_config('TimeZone', own[6], true);
-        names := (SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum)
-                    FROM pg_catalog.pg_attribute a
-                   WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
-                     AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped);
+        IF TG_LEVEL OPERATOR(pg_catalog.=) 'STATEMENT' THEN
+            RETURN NULL;
+        END IF;
         INSERT INTO tandem.journal (table_schema, table_name, op, names, old, xid, key)
         VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, pg_catalog.left(TG_OP, 1)::pg_catalog."char", names, old_row,
                 pg_catalog.pg_current_xact_id(), old_key);

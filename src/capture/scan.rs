@@ -59,7 +59,8 @@ pub struct ScanSql {
     /// Cloud: the table's journal entries (`id, op, cloud key, reverse hash, old image JSON, key
     /// texts...`), of the table's current shape.
     pub journal: String,
-    /// Cloud: deletes the table's journal entries up to id `$1` (read and applied).
+    /// Cloud: deletes the table's journal entries of ids `$1` (read and applied), and those horizon
+    /// `$2` (a `pg_snapshot` as text, or NULL) sees: the desktop received their changes.
     pub prune: String,
     /// Cloud: whether the table holds no row, and whether it holds a mobile one.
     pub cloud_holds: String,
@@ -225,7 +226,9 @@ impl ScanSql {
             keys = journal_keys.join(", "),
         );
         let prune = format!(
-            "DELETE FROM tandem.journal WHERE table_schema = {schema} AND table_name = {name} AND id <= $1"
+            "DELETE FROM tandem.journal WHERE table_schema = {schema} AND table_name = {name} \
+             AND (id = ANY($1::bigint[]) OR {seen})",
+            seen = owner::seen_xid8("xid", "$2::text::pg_catalog.pg_snapshot"),
         );
 
         // The values as the stream would send them (see `output_text`).

@@ -43,11 +43,13 @@ mod scope;
 pub use repairs::Repairs;
 pub use scope::{CloudRow, ScopeDecision, ScopeRepair, decide_scope};
 
-/// A journal entry: a phone's UPDATE or DELETE of a row, with the row before it.
+/// A journal entry: a phone's UPDATE or DELETE of a row, with the row before it; or (`inserted`,
+/// cloud-key tables) a phone's INSERT, with the row it made.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub id: i64,
     pub deleted: bool,
+    pub inserted: bool,
     /// The row's cloud key (cloud-key tables).
     pub cloud_key: Option<String>,
     /// The `reverse` hash of the row before the change (see [`Hashes`]).
@@ -76,6 +78,7 @@ pub async fn journal(cloud: &Client, sql: &ScanSql, table: &str) -> Result<Vec<E
             Entry {
                 id: r.get(0),
                 deleted: r.get::<_, String>(1) == "D",
+                inserted: r.get::<_, String>(1) == "I",
                 cloud_key: r.get(2),
                 reverse: r.get(3),
                 old: r.get(4),

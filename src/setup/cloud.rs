@@ -11,7 +11,7 @@
 use tokio_postgres::Client;
 
 use crate::change::{QualifiedName, Side, quote_ident};
-use crate::config::{Config, SOURCE_COLUMN, owner};
+use crate::config::{Config, Identity, SOURCE_COLUMN, owner};
 use crate::db::{APPLYING_SETTING, Context, DbError};
 
 use super::triggers::{TriggerSpec, tgtype};
@@ -40,25 +40,44 @@ pub const API_ROLES: &[&str] = &["anon", "authenticated"];
 /// columns the journal records of a phone's update or delete; its WHEN skips the call for tandem's own
 /// writes, those of a session of `role` (tandem's, as init found it) that set `tandem.applying`: no other
 /// role can pass for tandem by setting the setting.
+///
+/// A cloud-key table also gets `tandem_journal_inserts` (after each INSERT statement, its new rows as
+/// the transition table `tandem_new`), which journals a phone's new rows: see `tandem.journal`.
 pub fn mark_triggers(config: &Config, role: &str) -> Vec<TriggerSpec> {
-    config
-        .tables
-        .iter()
-        .map(|t| TriggerSpec {
-            side: Side::Cloud,
-            table: t.table.cloud.clone(),
-            name: "tandem_mark_mobile".to_string(),
-            function: "\"tandem\".\"mark_mobile\"".to_string(),
-            tgtype: tgtype::ROW | tgtype::BEFORE | tgtype::INSERT | tgtype::UPDATE | tgtype::DELETE,
-            args: t.identity.capture_columns().to_vec(),
-            old_table: None,
-            new_table: None,
-            when: Some(format!(
-                "current_setting('{APPLYING_SETTING}', true) IS DISTINCT FROM 'on' OR session_user <> {}",
-                crate::change::quote_literal(role)
-            )),
-        })
-        .collect()
+    let when = format!(
+        "current_setting('{APPLYING_SETTING}', true) IS DISTINCT FROM 'on' OR session_user <> {}",
+        crate::change::quote_literal(role)
+    );
+    let mut specs = Vec::new();
+    for t in &config.tables {
+        let spec =
+            |name: &str, tgtype: i16, args: Vec<String>, new_table: Option<&str>| TriggerSpec {
+                side: Side::Cloud,
+                table: t.table.cloud.clone(),
+                name: name.to_string(),
+                function: "\"tandem\".\"mark_mobile\"".to_string(),
+                tgtype,
+                args,
+                old_table: None,
+                new_table: new_table.map(str::to_string),
+                when: Some(when.clone()),
+            };
+        specs.push(spec(
+            "tandem_mark_mobile",
+            tgtype::ROW | tgtype::BEFORE | tgtype::INSERT | tgtype::UPDATE | tgtype::DELETE,
+            t.identity.capture_columns().to_vec(),
+            None,
+        ));
+        if matches!(t.identity, Identity::CloudKey { .. }) {
+            specs.push(spec(
+                "tandem_journal_inserts",
+                tgtype::INSERT,
+                Vec::new(),
+                Some("tandem_new"),
+            ));
+        }
+    }
+    specs
 }
 
 /// `"schema"."table" WHERE ("source" = 'M')`: one entry of the publication's table list.

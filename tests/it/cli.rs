@@ -74,7 +74,7 @@ async fn init_check_uninstall_from_the_command_line() {
         text.contains("create trigger tandem_capture_insert on jobshead [job_id]"),
         "{text}"
     );
-    assert!(text.contains("init: 98 change(s) made"), "{text}");
+    assert!(text.contains("init: 101 change(s) made"), "{text}");
     assert!(!text.contains("password"), "{text}");
 
     let (code, text) = run(&["init"]).await.unwrap();

@@ -20,11 +20,11 @@ async fn init_twice_changes_nothing_the_second_time() {
         "{:#?}",
         first.desktop[1]
     );
-    // Cloud: schema, 15 ownership triggers, 15 replica identities, publication, slot, 3 records
-    // (tandem's role, the publication, the slot).
+    // Cloud: schema, 15 ownership triggers (and 3 that journal inserts, on the cloud-key tables), 15
+    // replica identities, publication, slot, 3 records (tandem's role, the publication, the slot).
     assert_eq!(
         first.cloud.len(),
-        1 + 15 + 15 + 1 + 1 + 3,
+        1 + 15 + 3 + 15 + 1 + 1 + 3,
         "{:#?}",
         first.cloud
     );

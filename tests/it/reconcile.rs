@@ -500,7 +500,11 @@ async fn dry_run_writes_nothing_and_reports_the_drift() {
     let logged = bookkeeping(&db).await;
     assert!(logged[0].is_empty(), "outbox: {:?}", logged[0]);
     assert_eq!(logged[4].len(), 3, "the orphans' dead letters");
-    assert_eq!(logged[5].len(), 1, "the phone's edit is in the journal");
+    assert_eq!(
+        logged[5].len(),
+        3,
+        "the phone's edit is in the journal, and its inserts into cloud-key tables"
+    );
 
     let dry = reconcile_all(&config, true).await;
     assert!(dry.dry_run);
@@ -706,4 +710,32 @@ async fn the_cli_reconciles_one_table_as_json() {
         assert!(all.contains(name), "{name}: {all}");
     }
     std::fs::remove_file(&file).unwrap();
+}
+
+/// The journal holds what phones did that the desktop may not have received: a reconcile removes the
+/// entries it read and those the table's horizon sees (the stream delivered them), so it does not grow
+/// while the stream keeps up; an entry the desktop has not received stays until a reconcile reads it.
+#[tokio::test]
+async fn a_reconcile_prunes_the_journal_of_what_the_desktop_received() {
+    let (db, config) = synced().await;
+    let cloud = db.cloud().await;
+    let jobs = jobs_with_tasks(&db.desktop().await, 1).await;
+    exec(
+        &cloud,
+        &with(
+            "INSERT INTO jobtasks (job_id, client_id, task_name) \
+             SELECT job_id, client_id, 'phone task' FROM jobshead WHERE job_id = {0}; \
+             UPDATE jobtasks SET task_name = 'phone edit' WHERE ctid = \
+               (SELECT ctid FROM jobtasks WHERE job_id = {0} AND source = 'D' LIMIT 1)",
+            &jobs,
+        ),
+    )
+    .await;
+    is(&cloud, "tandem.journal WHERE table_name = 'jobtasks'", 2).await;
+    run_once(&config).await;
+    // Received: the stream brought them, and the horizon moved past them.
+    let report = reconcile_all(&config, false).await;
+    assert!(report.complete(), "{:?}", report.skipped);
+    is(&cloud, "tandem.journal", 0).await;
+    assert_sides_equal(&db, &config).await;
 }

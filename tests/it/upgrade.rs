@@ -183,6 +183,12 @@ async fn init_upgrades_an_installation_of_2026_12_01_with_changes_waiting_on_bot
             .any(|s| s.contains("replace trigger tandem_mark_mobile")),
         "{said:#?}"
     );
+    // A cloud-key table's phone inserts are journaled since (see `tandem.journal`).
+    assert!(
+        said.iter()
+            .any(|s| s.contains("create trigger tandem_journal_inserts on jobtasks")),
+        "{said:#?}"
+    );
     // Nothing waiting was touched by the upgrade itself.
     assert_eq!(
         count(&desktop, "SELECT count(*) FROM tandem.outbox").await,
@@ -234,6 +240,29 @@ async fn init_upgrades_an_installation_of_2026_12_01_with_changes_waiting_on_bot
         .await
         .unwrap();
     assert_eq!(letters.len(), 2, "{letters:#?}");
+
+    // A phone's new task after the upgrade: journaled (the cloud-key table's inserts are), and
+    // brought to the desktop.
+    cloud
+        .batch_execute(
+            "INSERT INTO jobtasks (job_id, client_id, task_id, task_name) VALUES (100, 1, NULL, 'Photo')",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &cloud,
+            "SELECT count(*) FROM tandem.journal WHERE table_name = 'jobtasks' AND op = 'I'"
+        )
+        .await,
+        1
+    );
+    let brought = run_once(&config).await;
+    assert_eq!(
+        rows(&desktop, "jobtasks", "job_id, task_id, task_name", "true").await,
+        vec!["(100,,Photo)"],
+        "{brought:?}"
+    );
 
     // Applied once: a second run writes nothing, a second init has nothing to do.
     let again = run_once(&config).await;

@@ -1,5 +1,7 @@
 //! A cloud-key table's scope: its rows matched as multisets, and the repairs that follow.
 
+use std::collections::HashSet;
+
 use crate::capture::scan::Hashes;
 
 use super::{Entry, Waiting};
@@ -62,10 +64,16 @@ pub struct ScopeDecision {
 /// in the outbox, was lost by the desktop without a delete (drift): it is brought back. Where the
 /// desktop holds no version a phone's changes started from, it changed or deleted that row only if a
 /// change of the scope other than an INSERT waits (`waiting.changed`); otherwise it never had it.
+///
+/// `made` holds the cloud keys of rows a phone made that the desktop has not received (their inserts
+/// are journaled): the desktop never had them, whatever rows of like content it holds. Such a row is
+/// brought as new, and its delete asks nothing of the desktop: neither is paired by content or
+/// likeness with a desktop row, which is the desktop's own.
 pub fn decide_scope(
     desktop: &[Hashes],
     cloud: &[CloudRow],
     entries: &[&Entry],
+    made: &HashSet<String>,
     waiting: Waiting,
     received_known: bool,
 ) -> ScopeDecision {
@@ -135,6 +143,14 @@ pub fn decide_scope(
             }
             continue;
         }
+        if made.contains(&cloud_key) {
+            out.repairs.push(ScopeRepair::Bring {
+                cloud_key,
+                old: None,
+                contested: false,
+            });
+            continue;
+        }
         let held = entries.iter().rev().filter(of_row).find(|e| {
             left.iter()
                 .any(|d| d.is_some_and(|d| d.reverse == e.reverse))
@@ -182,6 +198,9 @@ pub fn decide_scope(
     // unexplained and a desktop change of the scope that is not an INSERT waiting, the desktop may
     // have changed its copy: contested, as the stream's delete would be.
     for e in entries.iter().rev().filter(|e| e.deleted) {
+        if e.cloud_key.as_ref().is_some_and(|ck| made.contains(ck)) {
+            continue;
+        }
         let of_row = |x: &&&Entry| match &e.cloud_key {
             Some(ck) => x.cloud_key.as_deref() == Some(ck.as_str()),
             None => std::ptr::eq(**x, *e),

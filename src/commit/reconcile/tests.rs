@@ -18,12 +18,25 @@ const MADE: Waiting = Waiting {
     changed: false,
 };
 
+/// [`decide_scope`] with no row a phone made unseen.
+fn decide(
+    desktop: &[Hashes],
+    cloud: &[CloudRow],
+    entries: &[&Entry],
+    waiting: Waiting,
+    received_known: bool,
+) -> ScopeDecision {
+    let none = std::collections::HashSet::new();
+    decide_scope(desktop, cloud, entries, &none, waiting, received_known)
+}
+
 fn h(forward: i64, reverse: i64) -> Hashes {
     Hashes { forward, reverse }
 }
 
 fn entry(deleted: bool, ck: Option<&str>, reverse: i64, old: &str) -> Entry {
     Entry {
+        inserted: false,
         id: 1,
         deleted,
         cloud_key: ck.map(str::to_string),
@@ -225,7 +238,7 @@ fn row(forward: i64, reverse: i64, mobile: bool, ck: &str) -> CloudRow {
 fn a_scope_is_compared_as_a_multiset_received_rows_first() {
     // Two equal desktop rows, one desktop-owned and one mobile-owned copy in the cloud: in sync.
     let d = [h(1, 1), h(1, 1)];
-    let same = decide_scope(
+    let same = decide(
         &d,
         &[row(1, 1, true, "7"), row(1, 1, false, "8")],
         &[],
@@ -237,7 +250,7 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
     assert!(same.repairs.is_empty());
     // Without a horizon (adoption): one desktop row, an old sync's copy and a phone's equal row: the
     // desktop row is the phone's copy, the old sync's is stray.
-    let stray = decide_scope(
+    let stray = decide(
         &d[..1],
         &[row(1, 1, true, "7"), row(1, 1, false, "8")],
         &[],
@@ -251,7 +264,7 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
     // With one: one desktop row, a row the desktop has and an equal phone's row it has not received:
     // the desktop row is the first's copy, the phone's is new to the desktop and brought (a phone
     // made a second equal row).
-    let second = decide_scope(
+    let second = decide(
         &d[..1],
         &[row(1, 1, true, "7"), row(1, 1, false, "8")],
         &[],
@@ -274,12 +287,12 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
     // not received: adoption) matches it, and so does one the stream applied before the horizon
     // moved. With a horizon and a desktop change of the scope waiting, an equal desktop row is the
     // desktop's own: both stay.
-    let adopted = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], NONE, false);
+    let adopted = decide(&d[..1], &[row(1, 1, true, "7")], &[], NONE, false);
     assert_eq!((adopted.unchanged_mobile, adopted.inserts), (1, 0));
     assert!(adopted.repairs.is_empty());
-    let streamed = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], NONE, true);
+    let streamed = decide(&d[..1], &[row(1, 1, true, "7")], &[], NONE, true);
     assert_eq!((streamed.unchanged_mobile, streamed.inserts), (1, 0));
-    let both = decide_scope(&d[..1], &[row(1, 1, true, "7")], &[], MADE, true);
+    let both = decide(&d[..1], &[row(1, 1, true, "7")], &[], MADE, true);
     assert_eq!((both.unchanged_mobile, both.inserts), (0, 1));
     assert_eq!(
         both.repairs,
@@ -290,7 +303,7 @@ fn a_scope_is_compared_as_a_multiset_received_rows_first() {
         }]
     );
     // A mobile row the desktop lacks is brought; a desktop row the cloud lacks goes forward.
-    let missing = decide_scope(&[h(2, 2)], &[row(3, 3, true, "9")], &[], NONE, false);
+    let missing = decide(&[h(2, 2)], &[row(3, 3, true, "9")], &[], NONE, false);
     assert_eq!(missing.inserts, 1);
     assert_eq!(
         missing.repairs,
@@ -307,7 +320,7 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     let edited = entry(false, Some("9"), 2, "v2");
     let gone = entry(true, Some("5"), 4, "v4");
     let d = [h(2, 2), h(4, 4), h(6, 6)];
-    let out = decide_scope(&d, &[row(3, 3, true, "9")], &[&edited, &gone], NONE, false);
+    let out = decide(&d, &[row(3, 3, true, "9")], &[&edited, &gone], NONE, false);
     assert_eq!(
         out.repairs,
         vec![
@@ -329,13 +342,13 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     );
     // A delete the stream applied long ago: the desktop's equal row is matched with the cloud's
     // first, and is not removed.
-    let twin = decide_scope(&[h(4, 4)], &[row(4, 4, false, "6")], &[&gone], NONE, false);
+    let twin = decide(&[h(4, 4)], &[row(4, 4, false, "6")], &[&gone], NONE, false);
     assert!(twin.repairs.is_empty());
     assert_eq!(twin.unchanged, 1);
     // Both sides changed a row (a desktop update of the scope waits): the phone's version is staged
     // over the version it changed, which the desktop no longer holds: a conflict (the desktop's row
     // goes forward as its own).
-    let both = decide_scope(
+    let both = decide(
         &[h(8, 8)],
         &[row(3, 3, true, "9")],
         &[&edited],
@@ -354,7 +367,7 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
     // Only the desktop's INSERTs of the scope wait (or none): every row of it the desktop had
     // received is still there, so it never had the phone's: the phone made the row, then edited it.
     for waiting in [NONE, MADE] {
-        let made = decide_scope(
+        let made = decide(
             &[h(8, 8)],
             &[row(3, 3, true, "9")],
             &[&edited],
@@ -371,7 +384,7 @@ fn a_scope_uses_the_journal_for_edits_and_deletes_the_desktop_missed() {
         );
     }
     // A phone made the row and edited it before the desktop ever had it: a new row.
-    let made = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], NONE, false);
+    let made = decide(&[], &[row(3, 3, true, "9")], &[&edited], NONE, false);
     assert_eq!(
         made.repairs,
         vec![ScopeRepair::Bring {
@@ -389,7 +402,7 @@ fn a_received_phone_row_the_desktop_lost_is_brought_back_unless_a_change_waits()
         phone: true,
         ..row(1, 1, false, "9")
     };
-    let lost = decide_scope(&[], std::slice::from_ref(&received), &[], NONE, false);
+    let lost = decide(&[], std::slice::from_ref(&received), &[], NONE, false);
     assert_eq!(lost.deletes, 0);
     assert_eq!(
         lost.repairs,
@@ -404,11 +417,11 @@ fn a_received_phone_row_the_desktop_lost_is_brought_back_unless_a_change_waits()
         kept: true,
         ..received.clone()
     };
-    let open = decide_scope(&[h(5, 5)], &[kept], &[], NONE, false);
+    let open = decide(&[h(5, 5)], &[kept], &[], NONE, false);
     assert_eq!((open.unchanged, open.deletes, open.inserts), (1, 0, 1));
     assert!(open.repairs.is_empty());
     // A desktop change of the scope waits in the outbox: it decides, when applied.
-    let pending = decide_scope(&[], &[received], &[], CHANGED, false);
+    let pending = decide(&[], &[received], &[], CHANGED, false);
     assert_eq!((pending.deletes, pending.repairs.len()), (1, 0));
 }
 
@@ -418,7 +431,7 @@ fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contes
     // applies to it, from the version the desktop holds.
     let edited = entry(false, Some("9"), 2, "v2");
     let gone = entry(true, Some("9"), 3, "v3");
-    let out = decide_scope(&[h(2, 2)], &[], &[&edited, &gone], NONE, false);
+    let out = decide(&[h(2, 2)], &[], &[&edited, &gone], NONE, false);
     assert_eq!(
         out.repairs,
         vec![ScopeRepair::Remove {
@@ -430,7 +443,7 @@ fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contes
     assert_eq!(out.inserts, 0);
     // The desktop changed its copy instead: contested from the first version the phone changed
     // (update/delete), and the desktop's row stays to be sent after the repair.
-    let out = decide_scope(&[h(8, 8)], &[], &[&edited, &gone], CHANGED, false);
+    let out = decide(&[h(8, 8)], &[], &[&edited, &gone], CHANGED, false);
     assert_eq!(
         out.repairs,
         vec![ScopeRepair::Remove {
@@ -441,17 +454,17 @@ fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contes
     );
     assert_eq!(out.inserts, 1);
     // Without a desktop change of the scope that is not an INSERT, the desktop never had the row.
-    let out = decide_scope(&[h(8, 8)], &[], &[&edited, &gone], MADE, false);
+    let out = decide(&[h(8, 8)], &[], &[&edited, &gone], MADE, false);
     assert!(out.repairs.is_empty());
     assert_eq!(out.inserts, 1);
     // The desktop holds nothing of the scope: both deleted the row.
     assert!(
-        decide_scope(&[], &[], &[&edited, &gone], CHANGED, false)
+        decide(&[], &[], &[&edited, &gone], CHANGED, false)
             .repairs
             .is_empty()
     );
     // The desktop deleted the row a phone edited (a change of the scope waits): delete/update.
-    let out = decide_scope(&[], &[row(3, 3, true, "9")], &[&edited], CHANGED, false);
+    let out = decide(&[], &[row(3, 3, true, "9")], &[&edited], CHANGED, false);
     assert_eq!(
         out.repairs,
         vec![ScopeRepair::Bring {
@@ -460,4 +473,33 @@ fn a_scopes_row_changed_on_one_side_and_deleted_or_edited_on_the_other_is_contes
             contested: true
         }]
     );
+}
+
+#[test]
+fn a_row_a_phone_made_unseen_is_new_to_the_desktop_and_its_delete_asks_nothing_of_it() {
+    // The desktop edited a row of the scope (its cloud version `(1, 1)` is left over; the desktop's
+    // edit `(2, 2)` is what it holds) while a phone made row "9", edited it from content like the
+    // desktop's edit and made another, "8", then deleted it. Without the phone's inserts, "9" is taken
+    // for a row the desktop changed (a contested bring, paired by likeness with the desktop's edit) and
+    // the delete of "8" for one of a row it changed too.
+    let d = [h(2, 2)];
+    let cloud = [row(1, 1, false, "5"), row(3, 3, true, "9")];
+    let edited = entry(false, Some("9"), 4, "{}");
+    let gone = entry(true, Some("8"), 5, "{}");
+    let unseen = decide(&d, &cloud, &[&edited, &gone], CHANGED, true);
+    assert!(unseen.repairs.iter().all(|r| match r {
+        ScopeRepair::Bring { contested, .. } | ScopeRepair::Remove { contested, .. } => *contested,
+    }));
+    assert_eq!(unseen.repairs.len(), 2);
+    let made: std::collections::HashSet<String> = ["9".to_string(), "8".to_string()].into();
+    let known = decide_scope(&d, &cloud, &[&edited, &gone], &made, CHANGED, true);
+    assert_eq!(
+        known.repairs,
+        vec![ScopeRepair::Bring {
+            cloud_key: "9".into(),
+            old: None,
+            contested: false
+        }]
+    );
+    assert_eq!((known.inserts, known.deletes), (1, 1));
 }

@@ -180,14 +180,13 @@ pub async fn table(
         .await
         .ctx(Side::Desktop, format!("reading the horizon of {name}"))?
         .and_then(|r| r.get(0));
-    let received_known = horizon.is_some();
     writer
         .scan_cloud
         .execute(
             "SELECT pg_catalog.set_config($1, $2, true)",
             &[
                 &crate::config::owner::horizon_setting(i),
-                &horizon.unwrap_or_default(),
+                &horizon.clone().unwrap_or_default(),
             ],
         )
         .await
@@ -196,7 +195,7 @@ pub async fn table(
         mapping,
         i,
         sql,
-        (request, received_known),
+        (request, horizon),
         writer,
         watch,
         cut.as_ref(),
@@ -223,11 +222,12 @@ async fn compare_and_repair(
     mapping: &Mapping,
     i: usize,
     sql: ScanSql,
-    (request, received_known): (Request, bool),
+    (request, horizon): (Request, Option<String>),
     writer: &mut Writer,
     watch: &dyn Watch,
     cut: Option<&Cut>,
 ) -> Result<(TableReport, Handed), RunError> {
+    let received_known = horizon.is_some();
     let Writer {
         desktop,
         target,
@@ -304,10 +304,20 @@ async fn compare_and_repair(
         && request.forward
         && !request.dry_run;
     let forward_only = !mobile && entries.is_empty();
-    let journal_upto = entries.iter().map(|e| e.id).max();
+    let journal_read: Vec<i64> = entries.iter().map(|e| e.id).collect();
     let mut by_key: HashMap<&Key, Vec<&Entry>> = HashMap::new();
+    // A cloud-key table's rows a phone made that the desktop has not received (their inserts are
+    // journaled): what a phone did with them since is new to the desktop, whatever content it holds.
+    // Not on a table's first sync (no horizon): an old sync may have copied them.
+    let mut made = std::collections::HashSet::new();
     for e in &entries {
-        by_key.entry(&e.key).or_default().push(e);
+        if e.inserted {
+            if received_known && let Some(ck) = &e.cloud_key {
+                made.insert(ck.clone());
+            }
+        } else {
+            by_key.entry(&e.key).or_default().push(e);
+        }
     }
     let mut scan = Scan {
         mapping,
@@ -333,6 +343,7 @@ async fn compare_and_repair(
         pending,
         conflicted,
         received_known,
+        made,
         gate: gate.take(),
     };
     if whole {
@@ -415,14 +426,17 @@ async fn compare_and_repair(
         .ctx(Side::Cloud, "ending the scan")?;
     scan.flush(true).await?;
     scan.apply_listed().await?;
-    if request.reverse
-        && !request.dry_run
-        && let Some(upto) = journal_upto
-    {
-        cloud_scan.execute(&scan.sql.prune, &[&upto]).await.ctx(
-            Side::Cloud,
-            format!("pruning the journal of {}", t.table.cloud),
-        )?;
+    // The entries read are applied; those the horizon sees (the desktop received their changes) are
+    // of no further use: without them the journal would only grow while the stream keeps up.
+    // (Only those read: one with a lower id may have committed after the scan's snapshot.)
+    if request.reverse && !request.dry_run && (!journal_read.is_empty() || horizon.is_some()) {
+        cloud_scan
+            .execute(&scan.sql.prune, &[&journal_read, &horizon])
+            .await
+            .ctx(
+                Side::Cloud,
+                format!("pruning the journal of {}", t.table.cloud),
+            )?;
     }
     let Scan { report, handed, .. } = scan;
     Ok((report, handed))

@@ -46,6 +46,9 @@ pub(super) struct Scan<'a> {
     /// The table has a horizon: what the desktop received of it is known (see
     /// [`reconcile::decide_scope`]).
     pub(super) received_known: bool,
+    /// The cloud keys of rows phones made that the desktop has not received (see
+    /// [`reconcile::decide_scope`]).
+    pub(super) made: std::collections::HashSet<String>,
     /// This process applies the forward repairs itself (see [`super::Direct`]).
     pub(super) direct: Option<&'a mut super::Direct>,
     /// Keys listed for it.
@@ -308,7 +311,14 @@ impl Scan<'_> {
                     })
                     .collect();
                 let waiting = self.pending.of(&key.texts());
-                let out = reconcile::decide_scope(&d, &c, journal, waiting, self.received_known);
+                let out = reconcile::decide_scope(
+                    &d,
+                    &c,
+                    journal,
+                    &self.made,
+                    waiting,
+                    self.received_known,
+                );
                 f.unchanged += out.unchanged;
                 r.unchanged += out.unchanged_mobile;
                 f.inserted += out.inserts;
