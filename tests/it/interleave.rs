@@ -874,3 +874,26 @@ async fn a_phones_row_made_and_deleted_unseen_is_not_taken_for_a_desktop_row_by_
         regression(plain(true), Policy::Mobile, steps).await;
     }
 }
+
+/// Found by the property (fixed): in a cloud-key table under `manual`, the desktop edits a row while a
+/// phone edits it too and makes a new row of the scope, as like the desktop's edit as the row's old
+/// version is. `run --once` records the `update/update` conflict (the phone's new row reaches the
+/// desktop first, or in the same group); a reconcile brings the new row in the same plan as the edit,
+/// counted the new row among the rows the desktop changed (cloud rows no desktop row matches), found
+/// the desktop's edit no more like the old version than like it, and took the phone's edit for a row
+/// new to the desktop: both versions on both sides, no record. The new versions of the plan's changes
+/// are set aside, as the lost changes' were.
+#[tokio::test]
+async fn a_phones_new_row_beside_its_edit_of_a_row_the_desktop_edited_leaves_the_conflict_to_be_found()
+ {
+    use Act::*;
+    let steps = vec![
+        by(false, Insert, &["1", "'a'", "'x'"], None),
+        Step::Once,
+        by(false, Update, &["1", "'a'", "'x'"], Some((2, "'y'"))),
+        by(true, Insert, &["1", "'q'", "'y'"], None),
+        by(true, Update, &["1", "'a'", "'x'"], Some((2, "'p'"))),
+        Step::Once,
+    ];
+    regression(plain(true), Policy::Manual, steps).await;
+}

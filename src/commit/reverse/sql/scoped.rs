@@ -217,8 +217,9 @@ pub(super) fn cloud_scope_rows(s: &Scoped) -> String {
 /// (`$1`, a JSON array of their images, as [`cloud_scope_rows`] reads them; copy by copy): each is a
 /// desktop change of some row. One is the change of the lost one's row only when it is more like the
 /// old image (more columns equal) than like every cloud row of the scope that no desktop row matches
-/// (the other rows the desktop changed, as the cloud still holds them; the lost changes' new versions
-/// aside): otherwise it is another row's change, and the lost one's row was deleted on the desktop. A
+/// (the other rows the desktop changed, as the cloud still holds them; the new versions of the
+/// group's changes aside, a phone's new rows among them: the stream may bring those in an earlier
+/// group, where the desktop then holds them, and a reconcile in the same one): otherwise it is another row's change, and the lost one's row was deleted on the desktop. A
 /// desktop row another change of the group holds the old image of (paired in `P`) is that change's
 /// row, not a candidate: a phone that changed one row and deleted its twin must not have its change
 /// taken for the desktop's.
@@ -240,6 +241,7 @@ pub(super) fn contest(s: &Scoped) -> String {
     };
     let shaped = |j: usize, text_of: &str| c.cols[j].desktop_shaped(text_of);
     let lost_scope = scope_of(&|j, _| text(&format!("o.{}", col(j))));
+    let new_scope = scope_of(&|j, _| text(&format!("n.{}", col(j))));
     let image_scope =
         scope_of(&|j, _| text(&shaped(j, &format!("x.img ->> {}", lit(&c.cols[j].name)))));
     let desktop_scope = scope_of(&|_, sc| text(&format!("d.{}", q(&sc.name))));
@@ -292,6 +294,8 @@ pub(super) fn contest(s: &Scoped) -> String {
     };
     format!(
         "WITH lost AS (SELECT n._ck, {lost_scope} AS sc, md5({new_row}) AS h, o.* FROM {lost}), \
+              news AS (SELECT lost.sc, lost.h FROM lost \
+                       UNION ALL SELECT {new_scope}, md5({new_row}) FROM {net} n WHERE n._op <> 'D'), \
               q AS (SELECT x.img, {image_scope} AS sc, md5({image_row}) AS h FROM jsonb_array_elements($1::text::jsonb) x(img)), \
               qn AS (SELECT q.img, q.sc, q.h, row_number() OVER (PARTITION BY q.sc, q.h) AS dup FROM q), \
               dn AS (SELECT d.ctid AS tid, {desktop_scope} AS sc, md5({desktop_row}) AS h, \
@@ -302,7 +306,7 @@ pub(super) fn contest(s: &Scoped) -> String {
                          AND NOT EXISTS (SELECT 1 FROM {plan} o WHERE o._tid = dn.tid)), \
               stray AS (SELECT qn.img, qn.sc FROM qn WHERE NOT EXISTS \
                           (SELECT 1 FROM dn WHERE dn.sc IS NOT DISTINCT FROM qn.sc AND dn.h = qn.h AND dn.dup = qn.dup) \
-                          AND NOT EXISTS (SELECT 1 FROM lost WHERE lost.sc IS NOT DISTINCT FROM qn.sc AND lost.h = qn.h)) \
+                          AND NOT EXISTS (SELECT 1 FROM news WHERE news.sc IS NOT DISTINCT FROM qn.sc AND news.h = qn.h)) \
          UPDATE {plan} p SET _tid = best.tid, _contested = true \
            FROM lost CROSS JOIN LATERAL (SELECT l.tid FROM lone l JOIN {target} d ON d.ctid = l.tid \
                                           WHERE l.sc IS NOT DISTINCT FROM lost.sc \
@@ -311,6 +315,7 @@ pub(super) fn contest(s: &Scoped) -> String {
                                           ORDER BY {to_old} DESC, l.tid LIMIT 1) best \
           WHERE p._ck = lost._ck",
         lost = lost(s),
+        net = s.table.net,
     )
 }
 
