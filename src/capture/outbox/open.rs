@@ -35,9 +35,9 @@ pub fn not_held(t: &TableMapping, alias: &str) -> String {
                 .collect();
             let json = crate::expr::json_object(&pairs);
             return format!(
-                "NOT EXISTS ({} AND x.row_key = {json}) AND NOT EXISTS ({} AND x.row_key = {json})",
-                open("conflicts"),
-                open("dead_letters")
+                "{} AND {}",
+                none_of(&open("conflicts"), &format!("x.row_key = {json}")),
+                none_of(&open("dead_letters"), &format!("x.row_key = {json}"))
             );
         }
         crate::transform::Kind::Scoped { scope, .. } => |version: &str| {
@@ -59,12 +59,21 @@ pub fn not_held(t: &TableMapping, alias: &str) -> String {
         .map(|v| format!("({})", matching(v)))
         .join(" OR ");
     format!(
-        "NOT EXISTS ({} AND x.row_key ? 'cloud_key' AND x.kind IS NULL AND ({conflict_versions})) \
-         AND NOT EXISTS ({} AND ({}))",
-        open("conflicts"),
-        open("dead_letters"),
-        matching("row_image")
+        "{} AND {}",
+        none_of(
+            &open("conflicts"),
+            &format!("x.row_key ? 'cloud_key' AND x.kind IS NULL AND ({conflict_versions})")
+        ),
+        none_of(&open("dead_letters"), &format!("({})", matching("row_image")))
     )
+}
+
+/// `NOT EXISTS ({open} AND {matching})`, with the table's open records looked for once a statement
+/// first (an uncorrelated `NOT EXISTS`, an init plan): with none, as almost always, no row of the read
+/// is looked up (the lookups of two of them cost a 50,000-row batch 0.15 s on the desktop, measured
+/// 2026-12-07, where the read itself takes 0.2 s).
+fn none_of(open: &str, matching: &str) -> String {
+    format!("(NOT EXISTS ({open}) OR NOT EXISTS ({open} AND {matching}))")
 }
 
 /// For a cloud-key table: desktop row `t` is not the desktop's version of an open conflict by
@@ -84,11 +93,14 @@ pub fn not_kept(t: &TableMapping, alias: &str) -> Option<String> {
             )
         })
         .collect();
-    Some(format!(
-        "NOT EXISTS (SELECT 1 FROM tandem.conflicts x WHERE x.resolved_at IS NULL AND x.direction = 'reverse' \
-         AND x.table_name = {} AND x.kind IS NOT NULL AND x.desktop_row = {})",
+    let open = format!(
+        "SELECT 1 FROM tandem.conflicts x WHERE x.resolved_at IS NULL AND x.direction = 'reverse' \
+         AND x.table_name = {} AND x.kind IS NOT NULL",
         quote_literal(&t.table.desktop.to_string()),
-        crate::expr::json_object(&pairs)
+    );
+    Some(none_of(
+        &open,
+        &format!("x.desktop_row = {}", crate::expr::json_object(&pairs)),
     ))
 }
 
@@ -114,7 +126,7 @@ mod tests {
         let kept = not_kept(&scoped, "t").expect("a cloud-key table");
         assert!(
             kept.starts_with(
-                "NOT EXISTS (SELECT 1 FROM tandem.conflicts x WHERE x.resolved_at IS NULL"
+                "(NOT EXISTS (SELECT 1 FROM tandem.conflicts x WHERE x.resolved_at IS NULL"
             ),
             "{kept}"
         );
