@@ -49,7 +49,30 @@ impl Own {
             "SELECT pg_catalog.pg_snapshot_xmax(x.s)::text::bigint,                     pg_catalog.pg_logical_emit_message(true, '{OWN_PREFIX}',                       pg_catalog.json_build_object('horizon', x.s::text, 'wanted', $1::boolean)::text)::text                FROM (SELECT pg_catalog.pg_current_snapshot() AS s) x"
         )
     }
+
+    /// [`Own::emit_sql`], writing the message only when the stream needs it: `$1` (a desktop change
+    /// waits for it), `$2` (the horizon is due: the desktop's was last moved a while ago), or the
+    /// transaction changes phones' rows (the batch's lock found one: [`PHONE_ROWS_SETTING`]), whose
+    /// update to a desktop row or delete the row filter sends the stream, which must skip them. A
+    /// transaction that writes only desktop rows sends the stream nothing (PostgreSQL 15 leaves out
+    /// a transaction the row filter empties): a message in each cost the single-row forward batches
+    /// a walsender's decoding and a reverse worker's wake-up. Its second column is NULL when nothing
+    /// was written.
+    pub fn emit_when_sql() -> String {
+        format!(
+            "SELECT pg_catalog.pg_snapshot_xmax(x.s)::text::bigint, \
+                    CASE WHEN $1::boolean OR $2::boolean \
+                           OR pg_catalog.current_setting('{PHONE_ROWS_SETTING}', true) = 'on' \
+                         THEN pg_catalog.pg_logical_emit_message(true, '{OWN_PREFIX}', \
+                                pg_catalog.json_build_object('horizon', x.s::text, 'wanted', $1::boolean)::text)::text END \
+               FROM (SELECT pg_catalog.pg_current_snapshot() AS s) x"
+        )
+    }
 }
+
+/// A transaction-local setting a forward batch's lock sets (`on`) when it locked a phone's row: the
+/// batch may change or delete it, and says it is tandem's (see [`Own::emit_when_sql`]).
+pub const PHONE_ROWS_SETTING: &str = "tandem.phone_rows";
 /// The prefix of a reconcile's cut (a non-transactional message; its content is the cut's id).
 pub const CUT_PREFIX: &str = "tandem.cut";
 

@@ -64,7 +64,10 @@ pub fn not_held(t: &TableMapping, alias: &str) -> String {
             &open("conflicts"),
             &format!("x.row_key ? 'cloud_key' AND x.kind IS NULL AND ({conflict_versions})")
         ),
-        none_of(&open("dead_letters"), &format!("({})", matching("row_image")))
+        none_of(
+            &open("dead_letters"),
+            &format!("({})", matching("row_image"))
+        )
     )
 }
 

@@ -44,15 +44,18 @@ pub(super) fn copy_keys_in(table: &Table) -> String {
 }
 
 /// Locks the cloud rows of the keys (or scopes, `or_null`: a NULL part matching NULL) of `K` against
-/// phones' updates and deletes until the batch commits (see `ForwardSql::lock`). Counts them (no row
-/// comes back). `FOR NO KEY UPDATE`: a phone's new row referencing one of them still inserts.
+/// phones' updates and deletes until the batch commits (see `ForwardSql::lock`). Counts them, and
+/// sets [`crate::capture::logical::PHONE_ROWS_SETTING`] when one is a phone's. `FOR NO KEY UPDATE`: a phone's new row referencing one of them still inserts.
 pub(super) fn lock(table: &Table, or_null: bool) -> String {
     let Table {
         st, target, keys, ..
     } = table;
     format!(
-        "SELECT count(*) FROM (SELECT 1 FROM {target} c WHERE EXISTS (SELECT 1 FROM {keys} k WHERE {}) \
+        "SELECT count(*), CASE WHEN bool_or(locked.phone) THEN pg_catalog.set_config('{}', 'on', true) END \
+         FROM (SELECT {} AS phone FROM {target} c WHERE EXISTS (SELECT 1 FROM {keys} k WHERE {}) \
          FOR NO KEY UPDATE OF c) locked",
+        crate::capture::logical::PHONE_ROWS_SETTING,
+        owner::is_mobile(&owner::of("c")),
         st.c_is_k(or_null)
     )
 }
