@@ -177,12 +177,15 @@ impl ScanSql {
             Kind::Scoped { cloud_key, .. } => text(&format!("c.{}", q(cloud_key))),
             Kind::Key(_) => "NULL::text".to_string(),
         };
-        let mobile_flag = format!("coalesce({mobile}, false)");
+        // Whether the row is a phone's the desktop has not received, worked out once a row (`OFFSET 0`
+        // keeps the planner from copying the expression into each of its three uses).
+        let mobile_flag = "u.m";
         let phone_flag = owner::mobile_flag(&owner::text_of("c"));
         let cloud = format!(
             "COPY (SELECT {keys}, CASE WHEN {mobile_flag} THEN 0 ELSE {forward} END, \
              CASE WHEN {mobile_flag} THEN {reverse} ELSE 0 END, {mobile_flag}, {cloud_key}, {phone_flag} \
-             FROM {cloud_table} c ORDER BY {order}) TO STDOUT (FORMAT binary)",
+             FROM {cloud_table} c CROSS JOIN LATERAL (SELECT coalesce({mobile}, false) AS m OFFSET 0) u \
+             ORDER BY {order}) TO STDOUT (FORMAT binary)",
             keys = cloud_keys.join(", "),
             forward = hash(&cf),
             reverse = hash(&cr),
