@@ -105,12 +105,12 @@ impl ScanSql {
         // A phone's row the desktop has received (its writer seen by the table's horizon, set on the
         // scan's session: see `owner::horizon`) is compared as the desktop's: what differs from it is
         // a desktop change made after it. The others are the phones' changes the desktop may lack.
-        let horizon = owner::horizon(i);
+        let horizon = owner::horizon_once(i);
         let unreceived = |alias: &str| {
             format!(
                 "({} AND NOT {})",
                 owner::is_mobile(&owner::text_of(alias)),
-                owner::seen(alias, &horizon)
+                owner::seen_once(alias, &horizon)
             )
         };
         let mobile = unreceived("c");

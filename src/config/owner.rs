@@ -89,13 +89,19 @@ pub fn set_desktop() -> String {
 // until the next horizon (never the other way round).
 
 /// The horizon of a forward transaction's table `i` (set by [`horizon_setting`]), as a snapshot; NULL
-/// when the table has none yet (every phone row then counts as not received). A scalar subquery, read
-/// once a statement (an init plan), not parsed again for every row it is compared with.
+/// when the table has none yet (every phone row then counts as not received).
 pub fn horizon(i: usize) -> String {
     format!(
-        "(SELECT nullif(pg_catalog.current_setting('{}', true), '')::pg_catalog.pg_snapshot)",
+        "nullif(pg_catalog.current_setting('{}', true), '')::pg_catalog.pg_snapshot",
         horizon_setting(i)
     )
+}
+
+/// [`horizon`] as a scalar subquery, read once a statement (an init plan), not parsed again for every
+/// row it is compared with: for statements over many rows (a reconcile's scan). A forward batch's
+/// statements, planned for each batch, stay without (every subquery is more to plan).
+pub fn horizon_once(i: usize) -> String {
+    format!("(SELECT {})", horizon(i))
 }
 
 /// The transaction-local setting holding table `i`'s horizon in a forward transaction.
@@ -110,17 +116,27 @@ pub fn seen_xid8(xid: &str, horizon: &str) -> String {
 
 /// Whether the transaction that wrote row `alias`'s current version is one `horizon` sees.
 pub fn seen(alias: &str, horizon: &str) -> String {
-    // Once a statement (an init plan): a 1M-row scan spent 0.8 s taking the snapshot for each row.
+    let next = "pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint";
+    seen_with(alias, horizon, next)
+}
+
+/// [`seen`] for statements over many rows, with [`horizon_once`]: the next transaction id is read once
+/// a statement (an init plan: a 1M-row scan spent 0.8 s taking the snapshot for each row), and
+/// without a horizon (a table's first sync) no row's transaction id is worked out at all.
+pub fn seen_once(alias: &str, horizon: &str) -> String {
     let next =
         "(SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint)";
-    let xmin = format!("{alias}.xmin::text::bigint");
-    // Without a horizon nothing is seen, and no row's id is worked out (a table's first sync).
     format!(
         "CASE WHEN {horizon} IS NULL THEN false ELSE {} END",
-        seen_xid8(
-            &format!("(({next}) - ((({next}) - {xmin}) & 4294967295))::text::pg_catalog.xid8"),
-            horizon,
-        )
+        seen_with(alias, horizon, next)
+    )
+}
+
+fn seen_with(alias: &str, horizon: &str, next: &str) -> String {
+    let xmin = format!("{alias}.xmin::text::bigint");
+    seen_xid8(
+        &format!("(({next}) - ((({next}) - {xmin}) & 4294967295))::text::pg_catalog.xid8"),
+        horizon,
     )
 }
 
@@ -158,22 +174,29 @@ mod tests {
     fn a_phones_row_may_change_once_its_writer_is_seen() {
         assert_eq!(
             horizon(3),
-            "(SELECT nullif(pg_catalog.current_setting('tandem.horizon_3', true), '')::pg_catalog.pg_snapshot)"
+            "nullif(pg_catalog.current_setting('tandem.horizon_3', true), '')::pg_catalog.pg_snapshot"
         );
+        assert_eq!(horizon_once(3), format!("(SELECT {})", horizon(3)));
         let may = desktop_may_change("c", "$9");
         assert!(
-            may.starts_with("((c.\"source\" = 'D' OR c.\"source\" IS NULL) OR CASE WHEN"),
+            may.starts_with("((c.\"source\" = 'D' OR c.\"source\" IS NULL) OR coalesce("),
             "{may}"
         );
         assert!(may.contains("c.xmin::text::bigint"), "{may}");
-        // The next transaction id is read once a statement.
-        assert!(
-            may.contains("(SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint)"),
-            "{may}"
-        );
         assert!(may.contains("& 4294967295"), "{may}");
-        assert!(may.ends_with(", $9), false) END)"), "{may}");
-        assert!(may.contains("OR CASE WHEN $9 IS NULL THEN false ELSE coalesce("), "{may}");
+        assert!(may.ends_with(", $9), false))"), "{may}");
+        // Over many rows: the next transaction id read once a statement, nothing without a horizon.
+        let once = seen_once("c", "$9");
+        assert!(
+            once.contains(
+                "(SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint)"
+            ),
+            "{once}"
+        );
+        assert!(
+            once.starts_with("CASE WHEN $9 IS NULL THEN false ELSE coalesce("),
+            "{once}"
+        );
     }
 
     #[test]

@@ -290,7 +290,7 @@ mod tests {
             "{sql}"
         );
         // Only entries from the horizon's oldest on (an index range), not seen by it, of this key.
-        assert!(sql.contains("j.xid >= coalesce(pg_catalog.pg_snapshot_xmin((SELECT nullif(pg_catalog.current_setting('tandem.horizon_0', true), '')::pg_catalog.pg_snapshot)), '0'::pg_catalog.xid8)"), "{sql}");
+        assert!(sql.contains("j.xid >= coalesce(pg_catalog.pg_snapshot_xmin(nullif(pg_catalog.current_setting('tandem.horizon_0', true), '')::pg_catalog.pg_snapshot), '0'::pg_catalog.xid8)"), "{sql}");
         assert!(
             sql.contains("AND NOT coalesce(pg_catalog.pg_visible_in_snapshot(j.xid, "),
             "{sql}"
