@@ -257,7 +257,7 @@ impl Harness<'_> {
                     && x.new.is_none()
                     && x.old == w.new
             });
-        if deleted_twin {
+        if deleted_twin || self.made_on_both(t, w) {
             return Ok(None);
         }
         // Not a conflict: nothing but the phone changed the cloud's row since.
@@ -327,14 +327,31 @@ impl Harness<'_> {
                 let edits = self.written.iter().filter(|d| {
                     !d.phone && d.table == t && d.segment == w.segment && d.old.is_some()
                 });
+                let mut chain = vec![old.clone()];
                 for d in edits {
                     if d.old == now {
                         now = d.new.clone();
                         shared |= now.as_ref().is_some_and(twin);
+                        chain.extend(now.clone());
                     }
                 }
+                // The desktop's edit is no more like the deleted version than like another row it
+                // changed or deleted in the segment: which row it edited is not known (rows are told
+                // apart by content alone; tandem pairs by likeness, the first when tied), so the
+                // phone's delete may be taken for one of a row the desktop deleted too.
+                let like = |a: &Row, b: &Row| a.iter().zip(b).filter(|(x, y)| x == y).count();
+                let tied = |edited: &Row| {
+                    self.written.iter().any(|d| {
+                        !d.phone
+                            && d.table == t
+                            && d.segment == w.segment
+                            && d.old.as_ref().is_some_and(|other| {
+                                !chain.contains(other) && like(edited, other) >= like(edited, &old)
+                            })
+                    })
+                };
                 match now {
-                    Some(edited) if edited != old && shared => Ok(()),
+                    Some(edited) if edited != old && (shared || tied(&edited)) => Ok(()),
                     Some(edited) if edited != old => Err(format!(
                         "the phone deleted {}, which the desktop edited meanwhile into {}: no conflict recorded",
                         shown(&Some(old)),
@@ -355,6 +372,25 @@ impl Harness<'_> {
                 .collect();
             format!("{why}; conflicts recorded since: {kinds:?}")
         }))
+    }
+
+    /// Phone write `w` deletes a key of a desktop-key table that a phone made in the same segment
+    /// while the desktop made the key too: a reconcile does not see the phone's insert (only
+    /// cloud-key tables journal them) and sends the desktop's row with no record, where the stream
+    /// records the key made on both sides (a known limitation, see
+    /// `a_key_a_phone_made_and_deleted_while_the_desktop_made_it_is_a_conflict_for_reconcile`).
+    pub(crate) fn made_on_both(&self, t: usize, w: &Written) -> bool {
+        let made = |phone: bool| {
+            self.written.iter().any(|x| {
+                x.phone == phone
+                    && x.table == t
+                    && x.segment == w.segment
+                    && x.ident == w.ident
+                    && x.old.is_none()
+                    && x.step < w.step
+            })
+        };
+        matches!(w.ident, Ident::Key(_)) && w.phone && w.new.is_none() && made(true) && made(false)
     }
 
     /// At the end: under every policy but `manual` both sides hold the same rows and no conflict is
