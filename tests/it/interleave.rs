@@ -490,17 +490,34 @@ async fn regression(table: g::Table, policy: Policy, steps: Vec<Step>) {
         policy,
         overrides: vec![None],
     };
-    let ran = fresh(async |db| {
-        let mut h = Harness::new(db, &schema).await?;
+    let ran = run_steps(&schema, steps).await;
+    if let Err(e) = both_ways(&schema, ran).await {
+        panic!("{e}");
+    }
+}
+
+/// `steps` on fresh databases for `schema`, checked at the end as a generated case is.
+async fn run_steps(schema: &Schema, steps: Vec<Step>) -> Result<Ran, String> {
+    fresh(async |db| {
+        let mut h = Harness::new(db, schema).await?;
         for step in steps {
             h.step(step).await?;
         }
         finish(h).await
     })
-    .await;
-    if let Err(e) = both_ways(&schema, ran).await {
-        panic!("{e}");
-    }
+    .await
+}
+
+/// [`run_steps`] on `plain(cloud_key)` under `policy`, which must pass the checks.
+async fn ended(cloud_key: bool, policy: Policy, steps: Vec<Step>) -> Ran {
+    let schema = Schema {
+        tables: vec![plain(cloud_key)],
+        policy,
+        overrides: vec![None],
+    };
+    run_steps(&schema, steps)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Found by the property (fixed): the desktop edits a row it received from a phone while the phone
@@ -680,20 +697,7 @@ async fn a_phones_change_of_a_row_into_its_deleted_twin_survives() {
         by(true, Delete, &["1", "'a'", "'{}'"], None),
         Step::Once,
     ];
-    let schema = Schema {
-        tables: vec![plain(true)],
-        policy: Policy::Mobile,
-        overrides: vec![None],
-    };
-    let ran = fresh(async |db| {
-        let mut h = Harness::new(db, &schema).await?;
-        for step in steps {
-            h.step(step).await?;
-        }
-        finish(h).await
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let ran = ended(true, Policy::Mobile, steps).await;
     let phones = vec![vec![
         Some("1".to_string()),
         Some("a".to_string()),
@@ -925,20 +929,7 @@ async fn a_key_a_phone_made_and_deleted_while_the_desktop_made_it_is_a_conflict_
         by(true, Delete, &["2", "'p'", "NULL"], None),
         Step::Reconcile,
     ];
-    let schema = Schema {
-        tables: vec![plain(false)],
-        policy: Policy::Mobile,
-        overrides: vec![None],
-    };
-    let ran = fresh(async |db| {
-        let mut h = Harness::new(db, &schema).await?;
-        for step in steps {
-            h.step(step).await?;
-        }
-        finish(h).await
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let ran = ended(false, Policy::Mobile, steps).await;
     // The phone's version wins: the key is gone on both sides.
     let kept = vec![vec![Some("1".to_string()), Some("a".to_string()), None]];
     let state = &ran.state[0];
