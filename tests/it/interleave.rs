@@ -938,3 +938,49 @@ async fn a_key_a_phone_made_and_deleted_while_the_desktop_made_it_is_a_conflict_
     cloud[0].push(Some("D".to_string()));
     assert_eq!(state.cloud, cloud, "{}", ran.log.join("\n"));
 }
+
+/// Found by the property in CI (fixed): in a cloud-key table under `manual`, the desktop edits a row
+/// into a copy of another it then makes, while a phone deletes the row; the delete is a conflict
+/// with the edit (open). The forward kept back every desktop row equal to the conflict's desktop
+/// version, the new copy too, which then reached the cloud never and was named by no record. A
+/// conflict keeps back one copy (`capture::outbox::not_kept`).
+#[tokio::test]
+async fn a_desktop_copy_of_a_rows_version_in_an_open_conflict_still_travels() {
+    use Act::*;
+    let steps = vec![
+        by(false, Insert, &["1", "'y'", "NULL"], None),
+        Step::Once,
+        by(false, Update, &["1", "'y'", "NULL"], Some((1, "NULL"))),
+        by(false, Insert, &["1", "NULL", "NULL"], None),
+        by(true, Update, &["1", "'y'", "NULL"], Some((1, "NULL"))),
+        by(true, Delete, &["1", "NULL", "NULL"], None),
+        Step::Once,
+        Step::Once,
+    ];
+    regression(plain(true), Policy::Manual, steps).await;
+}
+
+/// Found by the property in CI (fixed): under `manual`, both sides make a key (an open
+/// `insert/insert`); the phone then changes its row twice while the desktop edits its own into the
+/// phone's first version. The phone's change started from the version the desktop now holds, so it
+/// applied as a sequential edit: the desktop's edit went unrecorded (the conflict still named its
+/// older version), where a reconcile refreshed the conflict. A key with an open conflict waits for
+/// a person; equal content is no sign the desktop received the phone's version
+/// (`commit::reverse::sql::settle::kind`).
+#[tokio::test]
+async fn a_key_in_an_open_conflict_holds_a_phones_change_from_the_desktops_version() {
+    use Act::*;
+    let steps = vec![
+        Step::Once,
+        by(false, Insert, &["1", "'x'", "NULL"], None),
+        by(true, Insert, &["1", "'p'", "NULL"], None),
+        Step::Once,
+        by(true, Update, &["1", "'p'", "NULL"], Some((1, "'q'"))),
+        by(true, Update, &["1", "'q'", "NULL"], Some((1, "'r'"))),
+        by(false, Update, &["1", "'x'", "NULL"], Some((1, "'p'"))),
+        Step::Once,
+    ];
+    for ck in [false, true] {
+        regression(plain(ck), Policy::Manual, steps.clone()).await;
+    }
+}

@@ -81,29 +81,55 @@ fn none_of(open: &str, matching: &str) -> String {
 
 /// For a cloud-key table: desktop row `t` is not the desktop's version of an open conflict by
 /// concurrency (its `desktop_row`, each column's text as the reverse plan wrote it, compared in the
-/// same way on the same database): that version waits for a person, and is not sent.
+/// same way on the same database): that version waits for a person, and is not sent. A conflict
+/// keeps one copy: where the scope holds equal rows (the desktop made a second one), only as many of
+/// them as open conflicts name that version are kept back, the first in physical order
+/// (`tableoid, ctid`; equal rows are interchangeable), and the others travel as any row of the scope.
 pub fn not_kept(t: &TableMapping, alias: &str) -> Option<String> {
     if matches!(t.kind, crate::transform::Kind::Key(_)) {
         return None;
     }
-    let pairs: Vec<(String, String)> = t
-        .reverse_columns
-        .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                crate::expr::output_text(&format!("{alias}.{}", q(&c.name))),
-            )
-        })
-        .collect();
+    let row = |a: &str| {
+        let pairs: Vec<(String, String)> = t
+            .reverse_columns
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    crate::expr::output_text(&format!("{a}.{}", q(&c.name))),
+                )
+            })
+            .collect();
+        crate::expr::json_object(&pairs)
+    };
     let open = format!(
-        "SELECT 1 FROM tandem.conflicts x WHERE x.resolved_at IS NULL AND x.direction = 'reverse' \
+        "FROM tandem.conflicts x WHERE x.resolved_at IS NULL AND x.direction = 'reverse' \
          AND x.table_name = {} AND x.kind IS NOT NULL",
         quote_literal(&t.table.desktop.to_string()),
     );
-    Some(none_of(
-        &open,
-        &format!("x.desktop_row = {}", crate::expr::json_object(&pairs)),
+    let matching = format!("x.desktop_row = {}", row(alias));
+    let same_scope: Vec<String> = t
+        .key_columns()
+        .iter()
+        .map(|k| {
+            crate::expr::same_key_or_null(
+                &format!("e.{}", q(&k.name)),
+                &format!("{alias}.{}", q(&k.name)),
+                &k.desktop,
+            )
+        })
+        .collect();
+    let rank = format!(
+        "SELECT count(*) FROM {} e WHERE {} AND {} = {} \
+         AND (e.tableoid, e.ctid) <= ({alias}.tableoid, {alias}.ctid)",
+        t.table.desktop.quoted(),
+        same_scope.join(" AND "),
+        row("e"),
+        row(alias),
+    );
+    Some(format!(
+        "({} OR (SELECT count(*) {open} AND {matching}) < ({rank}))",
+        none_of(&format!("SELECT 1 {open}"), &matching),
     ))
 }
 
@@ -129,8 +155,13 @@ mod tests {
         let kept = not_kept(&scoped, "t").expect("a cloud-key table");
         assert!(
             kept.starts_with(
-                "(NOT EXISTS (SELECT 1 FROM tandem.conflicts x WHERE x.resolved_at IS NULL"
+                "((NOT EXISTS (SELECT 1 FROM tandem.conflicts x WHERE x.resolved_at IS NULL"
             ),
+            "{kept}"
+        );
+        // Only as many equal rows as conflicts name their version: the others travel.
+        assert!(
+            kept.contains("AND (e.tableoid, e.ctid) <= (t.tableoid, t.ctid))"),
             "{kept}"
         );
         assert!(

@@ -13,6 +13,12 @@ use crate::transform::MappedColumn;
 /// whatever the desktop holds.
 const SETTLED: &str = "n._verdict = 'settled'";
 
+/// A net change applies where the desktop row is what the phone started from (`same_old`) and no
+/// conflict holds it (one open on its key does: see `settle::kind`), or where its conflict was settled.
+fn applies(same_old: &str) -> String {
+    format!("(({same_old} AND n._verdict IS NULL) OR {SETTLED})")
+}
+
 /// A desktop-key table and its key, with where each key column is among the columns that travel.
 pub(super) struct Keyed<'a> {
     pub table: &'a Table<'a>,
@@ -117,10 +123,10 @@ pub(super) fn delete(k: &Keyed) -> Ranged {
         "reverse delete",
         format!(
             "DELETE FROM {target} d USING {net} n LEFT JOIN LATERAL {old_row} ON n._first_old IS NOT NULL \
-             WHERE {is_n} AND n._op = 'D' AND ({same_old} OR {SETTLED}) AND n._n BETWEEN $1 AND $2",
+             WHERE {is_n} AND n._op = 'D' AND {applies} AND n._n BETWEEN $1 AND $2",
             old_row = c.old_row(),
             is_n = k.is_key("n"),
-            same_old = c.same_old(),
+            applies = applies(&c.same_old()),
         ),
     )
 }
@@ -133,11 +139,11 @@ pub(super) fn update(k: &Keyed) -> Ranged {
         "reverse update",
         format!(
             "UPDATE {target} d SET {sets} FROM {net} n LEFT JOIN LATERAL {old_row} ON n._first_old IS NOT NULL \
-             WHERE {is_n} AND n._op = 'I' AND ({same_old} OR {SETTLED}) AND NOT {same_new} AND n._n BETWEEN $1 AND $2",
+             WHERE {is_n} AND n._op = 'I' AND {applies} AND NOT {same_new} AND n._n BETWEEN $1 AND $2",
             sets = sets(k.table),
             old_row = c.old_row(),
             is_n = k.is_key("n"),
-            same_old = c.same_old(),
+            applies = applies(&c.same_old()),
             same_new = c.same_new(),
         ),
     )
@@ -307,7 +313,7 @@ mod tests {
             r.sql,
             format!(
                 "DELETE FROM \"public\".\"Task List\" d USING pg_temp.tandem_rn_0 n LEFT JOIN LATERAL {} ON n._first_old IS NOT NULL \
-                 WHERE {IS_N} AND n._op = 'D' AND ({} OR n._verdict = 'settled') AND n._n BETWEEN $1 AND $2",
+                 WHERE {IS_N} AND n._op = 'D' AND (({} AND n._verdict IS NULL) OR n._verdict = 'settled') AND n._n BETWEEN $1 AND $2",
                 c.old_row(),
                 c.same_old()
             )
@@ -322,7 +328,7 @@ mod tests {
         let c = &Table::new(&t, 0).c;
         assert!(
             r.sql.ends_with(&format!(
-                "WHERE {IS_N} AND n._op = 'I' AND ({} OR n._verdict = 'settled') AND NOT {} AND n._n BETWEEN $1 AND $2",
+                "WHERE {IS_N} AND n._op = 'I' AND (({} AND n._verdict IS NULL) OR n._verdict = 'settled') AND NOT {} AND n._n BETWEEN $1 AND $2",
                 c.same_old(),
                 c.same_new()
             )),

@@ -179,17 +179,31 @@ impl Versions<'_> {
 
 /// The kind of conflict of net change `n` against desktop row `d` (none: NULL). A key the phone
 /// deleted and made again (`_remade`) that the desktop lacks is a new row for it: both deleted the
-/// old one (as when the delete and the new row arrive in two groups).
+/// old one (as when the delete and the new row arrive in two groups). A key with an open conflict
+/// waits for a person: a phone's later change of it is held and brings that conflict up to date
+/// (see [`record`]) unless the desktop holds its new version already, even where the desktop's row
+/// equals the version the phone started from. The desktop changed its row since the conflict (its
+/// change was held, see `capture::outbox::not_held`): equal content is no sign it received the
+/// phone's version, and applying the phone's change would take the desktop's edit away unrecorded.
 fn kind(k: &Keyed) -> String {
     let c = &k.table.c;
     let (same_old, same_new) = (c.same_old(), c.same_new());
+    let open = format!(
+        "SELECT 1 FROM tandem.conflicts x WHERE x.resolved_at IS NULL AND x.direction = 'reverse' \
+         AND x.table_name = {} AND x.kind IS NOT NULL",
+        lit(&k.table.t.table.desktop.to_string())
+    );
     format!(
         "CASE WHEN n._op = 'I' AND d.ctid IS NOT NULL AND n._first_old IS NOT NULL AND NOT {same_old} AND NOT {same_new} \
                    THEN 'update/update' \
               WHEN n._op = 'I' AND d.ctid IS NOT NULL AND n._first_old IS NULL AND NOT {same_new} THEN 'insert/insert' \
               WHEN n._op = 'I' AND d.ctid IS NULL AND n._first_old IS NOT NULL AND n._remade IS NOT TRUE \
                    THEN 'delete/update' \
-              WHEN n._op = 'D' AND d.ctid IS NOT NULL AND NOT {same_old} THEN 'update/delete' END"
+              WHEN n._op = 'D' AND d.ctid IS NOT NULL AND NOT {same_old} THEN 'update/delete' \
+              WHEN d.ctid IS NOT NULL AND NOT (n._op = 'I' AND {same_new}) \
+                   AND EXISTS ({open}) AND EXISTS ({open} AND x.row_key = {row_key}) \
+                   THEN CASE WHEN n._op = 'D' THEN 'update/delete' ELSE 'update/update' END END",
+        row_key = k.key_json("n"),
     )
 }
 
