@@ -984,3 +984,31 @@ async fn a_key_in_an_open_conflict_holds_a_phones_change_from_the_desktops_versi
         regression(plain(ck), Policy::Manual, steps.clone()).await;
     }
 }
+
+/// Found by the property, a known limitation of the same kind: a phone makes a row like the version
+/// another row of its scope had before the phone edited it, while the desktop edited that row too;
+/// `run --once` catches up. The phone's new row should end on both sides (and its edit meet the
+/// desktop's, here to the same version). When the stream brings the phone's two transactions in one
+/// group it does; in two, the edit's old image matches the row the first group just made on the
+/// desktop, which takes the edit, and the forward then writes it over the phone's new row in the
+/// cloud. The property's checks leave this case out (a phone's write whose version the phone's change
+/// of another row of the segment started from); this test states what should happen.
+#[tokio::test]
+#[ignore = "a known limitation: passes or fails by whether the phone's two transactions reach the desktop in one group (equal rows of a cloud-key scope are told apart by content alone)"]
+async fn a_phones_new_row_like_the_old_version_of_a_row_it_edits_survives() {
+    use Act::*;
+    let steps = vec![
+        by(true, Insert, &["1", "'a'", "NULL"], None),
+        Step::Once,
+        by(false, Update, &["1", "'a'", "NULL"], Some((1, "'b'"))),
+        by(true, Insert, &["1", "'a'", "NULL"], None),
+        by(true, Update, &["1", "'a'", "NULL"], Some((1, "'b'"))),
+        Step::Once,
+    ];
+    let ran = ended(true, Policy::Desktop, steps).await;
+    let row = |v: &str| vec![Some("1".to_string()), Some(v.to_string()), None];
+    let both = vec![row("a"), row("b")];
+    let state = &ran.state[0];
+    assert_eq!(state.desktop, both, "{}", ran.log.join("\n"));
+    assert_eq!(state.cloud, both, "{}", ran.log.join("\n"));
+}

@@ -243,21 +243,21 @@ impl Harness<'_> {
         if since.iter().any(recorded) {
             return Ok(None);
         }
-        // A phone's delete in the same segment of another row whose old image is this version: the
-        // desktop tells the two apart by content alone, and when the stream brings the change and
-        // the delete in different groups, the delete finds the row the change just made (a known
-        // limitation, see `a_phones_change_of_a_row_into_its_deleted_twin_survives`).
-        let deleted_twin = matches!(w.ident, Ident::Cloud(_))
+        // A phone's delete or edit in the same segment of another row whose old image is this
+        // version: the desktop tells the two apart by content alone, and when the stream brings the
+        // two in different groups, the second finds the row the first just made (a known
+        // limitation, see `a_phones_change_of_a_row_into_its_deleted_twin_survives` and
+        // `a_phones_new_row_like_the_old_version_of_a_row_it_edits_survives`).
+        let changed_twin = matches!(w.ident, Ident::Cloud(_))
             && w.new.is_some()
             && self.written.iter().any(|x| {
                 x.phone
                     && x.table == t
                     && x.segment == w.segment
                     && x.ident != w.ident
-                    && x.new.is_none()
                     && x.old == w.new
             });
-        if deleted_twin || self.made_on_both(t, w) {
+        if changed_twin || self.made_on_both(t, w) {
             return Ok(None);
         }
         // Not a conflict: nothing but the phone changed the cloud's row since.
