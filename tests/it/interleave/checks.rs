@@ -447,19 +447,34 @@ impl Harness<'_> {
                         }
                     }
                     // The desktop may edit its version of an open conflict further: that row is
-                    // the conflict's still (a cloud-key table's conflict names the cloud row).
-                    let mut named_d: Vec<Row> = open
+                    // the conflict's still (a cloud-key table's conflict names the cloud row). The
+                    // version recorded was read after the writes of the segments before the
+                    // catch-up that recorded it, so the desktop's writes are followed from that
+                    // segment on (where a stream ran, the segment's own writes may have come
+                    // before or after), or from the next; a refresh reads the version later still,
+                    // so the version recorded counts too.
+                    let mut named_d: Vec<Vec<Row>> = open
                         .iter()
-                        .filter_map(|o| self.edited(t, o.desktop_row.clone()))
+                        .map(|o| {
+                            let of = self.marks.iter().filter(|m| **m < o.id).count() - 1;
+                            let mut versions: Vec<Row> = o.desktop_row.iter().cloned().collect();
+                            for since in [of, of + 1] {
+                                versions.extend(self.edited(t, o.desktop_row.clone(), since));
+                            }
+                            versions
+                        })
                         .collect();
-                    let mut named_c: Vec<Row> =
-                        open.iter().filter_map(|o| o.mobile_row.clone()).collect();
+                    let mut named_c: Vec<Vec<Row>> = open
+                        .iter()
+                        .filter_map(|o| o.mobile_row.clone())
+                        .map(|r| vec![r])
+                        .collect();
                     for (side, rows, named) in [
                         ("desktop", only_d, &mut named_d),
                         ("cloud", only_c, &mut named_c),
                     ] {
                         for r in rows {
-                            match named.iter().position(|n| *n == r) {
+                            match named.iter().position(|n| n.contains(&r)) {
                                 Some(at) => drop(named.remove(at)),
                                 None => problems.push(format!(
                                     "{name}: {} only on the {side}, no open conflict's",
@@ -498,10 +513,14 @@ impl Harness<'_> {
         Ok(problems)
     }
 
-    /// What the desktop's writes made of a row of table `t` with content `row` (`None`: deleted).
-    fn edited(&self, t: usize, row: Option<Row>) -> Option<Row> {
+    /// What the desktop's writes of segment `since` on made of a row of table `t` with content `row`
+    /// (`None`: deleted).
+    fn edited(&self, t: usize, row: Option<Row>, since: usize) -> Option<Row> {
         let mut now = row;
-        let desktop = self.written.iter().filter(|d| !d.phone && d.table == t);
+        let desktop = self
+            .written
+            .iter()
+            .filter(|d| !d.phone && d.table == t && d.segment >= since);
         for d in desktop.filter(|d| d.old.is_some()) {
             if d.old == now {
                 now = d.new.clone();
