@@ -75,6 +75,9 @@ struct Prepared {
     generation: u64,
     mapping: Arc<Mapping>,
     read: Vec<ReadSql>,
+    /// The same without looking for open records, for a batch without any (see
+    /// [`ReadSql::unheld`]).
+    unheld: Vec<ReadSql>,
     plan: Forward,
 }
 
@@ -138,11 +141,15 @@ impl ForwardWorker<'_> {
             let read = (0..mapping.tables.len())
                 .map(|i| ReadSql::build(&mapping, i))
                 .collect();
+            let unheld = (0..mapping.tables.len())
+                .map(|i| ReadSql::unheld(&mapping, i))
+                .collect();
             let plan = Forward::new(&mapping);
             self.state = Some(Prepared {
                 generation: tables.generation,
                 mapping,
                 read,
+                unheld,
                 plan,
             });
         }
@@ -343,7 +350,13 @@ async fn one_batch(
     let mut sending = Sending {
         plan: &state.plan,
         mapping,
-        reads: tables.iter().map(|&i| (i, &state.read[i])).collect(),
+        reads: tables
+            .iter()
+            .map(|&i| match batch.unheld.contains(&i) {
+                true => (i, &state.unheld[i]),
+                false => (i, &state.read[i]),
+            })
+            .collect(),
         truncated: &batch.truncated,
         horizons: &batch.horizons,
         batch_id: &batch_id,
