@@ -122,7 +122,8 @@ impl Forward {
                 Reads::Nothing,
             ));
             for &i in &locking {
-                let lock = self.sql[i].lock.as_deref().expect("filtered");
+                let lock = self.sql[i].lock.as_ref().expect("filtered");
+                let lock = lock.of(big.contains(&i));
                 statements.push(read(
                     i,
                     lock,
@@ -140,6 +141,7 @@ impl Forward {
         }
         for &i in order {
             if let Some(hold) = &self.sql[i].hold {
+                let hold = hold.of(big.contains(&i));
                 statements.push(read(i, hold, "holding back unreceived keys", Reads::Held));
             }
         }

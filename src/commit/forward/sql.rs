@@ -19,6 +19,7 @@ mod keyed;
 mod scoped;
 mod staged;
 
+pub use common::BySize;
 use scoped::Scoped;
 use staged::Staged;
 
@@ -114,13 +115,13 @@ pub struct ForwardSql {
     /// taken again once the table's horizon reaches this transaction. Either the reverse direction
     /// delivers the phone's change first (the desktop change is then an edit made after it, or a
     /// conflict it settles), or the desktop held it already and only the horizon was behind.
-    pub hold: Option<String>,
+    pub hold: Option<BySize>,
     /// Tables whose phone rows travel back: locks the cloud rows of the batch's keys (or scopes)
     /// before `hold` reads them, so that what the hold decides stays true until the batch commits: a
     /// phone's update or delete of one of them waits for the batch (and then changes the desktop's new
     /// version, which the reverse applies as an ordinary edit), instead of slipping in between the
     /// hold and the write (a phone's delete there let the write insert the row again).
-    pub lock: Option<String>,
+    pub lock: Option<BySize>,
     /// Cloud-key tables whose phone rows travel back: the hold again once `P` is filled, on its view
     /// (see [`scoped::late_hold`]).
     pub late_hold: Option<String>,

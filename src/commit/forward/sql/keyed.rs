@@ -44,22 +44,25 @@ pub(super) fn conflicts(table: &Table) -> String {
 /// The hold of a desktop-key table (see `ForwardSql::hold`): keys whose cloud row is a phone's the
 /// desktop has not received, and keys the cloud lacks that a phone's unreceived delete (or key change)
 /// left.
-pub(super) fn hold(table: &Table) -> String {
+pub(super) fn hold(table: &Table) -> common::BySize {
     let Table { st, target, .. } = table;
     let c_is_k = st.c_is_k(false);
     // The journal first: it is looked for once a statement, and with no unreceived entry (as almost
-    // always) the second lookup of each key is skipped.
-    let held = [
-        format!(
-            "EXISTS (SELECT 1 FROM {target} c WHERE {c_is_k} AND NOT {may})",
-            may = table.may_change("c"),
-        ),
-        format!(
-            "{journal} AND NOT EXISTS (SELECT 1 FROM {target} c WHERE {c_is_k})",
-            journal = common::unreceived_journal(table),
-        ),
-    ];
-    common::hold(table, &held, &st.s_is_k())
+    // always) the second lookup of each key is skipped. `probe` keeps a lookup a subquery of each key
+    // (an `OFFSET` is never made a join): see `common::BySize`.
+    common::BySize::from(|probe| {
+        let held = [
+            format!(
+                "EXISTS (SELECT 1 FROM {target} c WHERE {c_is_k} AND NOT {may}{probe})",
+                may = table.may_change("c"),
+            ),
+            format!(
+                "{journal} AND NOT EXISTS (SELECT 1 FROM {target} c WHERE {c_is_k}{probe})",
+                journal = common::unreceived_journal(table),
+            ),
+        ];
+        common::hold(table, &held, &st.s_is_k())
+    })
 }
 
 /// Deletes the cloud rows of the keys of `K` that `S` has no row of, where the desktop may (range of
@@ -205,8 +208,17 @@ mod tests {
 
     #[test]
     fn a_hold_takes_keys_whose_cloud_row_or_journal_holds_an_unreceived_phone_change() {
-        let sql = built(&odd_keyed(), hold);
+        let both = built(&odd_keyed(), hold);
         let may = owner::desktop_may_change("c", &owner::horizon(0));
+        // A small batch looks each key up (an OFFSET keeps the lookup a subquery), a big one joins.
+        assert_eq!(
+            both.probing.matches(" OFFSET 0)").count(),
+            2,
+            "{}",
+            both.probing
+        );
+        assert_eq!(both.probing.replace(" OFFSET 0)", ")"), both.joined);
+        let sql = both.joined;
         assert!(
             sql.contains(&format!(
                 "WHERE EXISTS (SELECT 1 FROM \"public\".\"Task List\" c WHERE c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 AND NOT {may}) \

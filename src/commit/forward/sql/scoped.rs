@@ -133,18 +133,20 @@ pub(super) fn plan(s: &Scoped, or_null: bool) -> String {
 
 /// The hold of a cloud-key table (see `ForwardSql::hold`): scopes holding a phone's row the desktop
 /// has not received, and scopes a phone's unreceived update or delete took a row from.
-pub(super) fn hold(s: &Scoped) -> String {
+pub(super) fn hold(s: &Scoped) -> common::BySize {
     let table = s.table;
-    let held = [
-        format!(
-            "EXISTS (SELECT 1 FROM {target} c WHERE {scope} AND NOT {may})",
-            target = table.target,
-            scope = table.st.c_is_k(true),
-            may = table.may_change("c"),
-        ),
-        common::unreceived_journal(table),
-    ];
-    common::hold(table, &held, &table.st.s_is_k_or_null())
+    common::BySize::from(|probe| {
+        let held = [
+            format!(
+                "EXISTS (SELECT 1 FROM {target} c WHERE {scope} AND NOT {may}{probe})",
+                target = table.target,
+                scope = table.st.c_is_k(true),
+                may = table.may_change("c"),
+            ),
+            common::unreceived_journal(table),
+        ];
+        common::hold(table, &held, &table.st.s_is_k_or_null())
+    })
 }
 
 /// The hold of a cloud-key table once `P` is filled, on `P`'s own view of the cloud: the scopes where

@@ -104,8 +104,16 @@ fn a_scoped_delete_removes_unmatched_rows_the_desktop_may_change_in_a_range_of_p
 
 #[test]
 fn a_scopes_hold_takes_scopes_with_an_unreceived_phone_row_or_journal_entry() {
-    let sql = built(&odd_scoped(), hold);
+    let both = built(&odd_scoped(), hold);
     let may = owner::desktop_may_change("c", &owner::horizon(3));
+    assert_eq!(
+        both.probing.matches(" OFFSET 0)").count(),
+        1,
+        "{}",
+        both.probing
+    );
+    assert_eq!(both.probing.replace(" OFFSET 0)", ")"), both.joined);
+    let sql = both.joined;
     assert!(
         sql.contains(&format!(
             "WHERE EXISTS (SELECT 1 FROM \"public\".\"Task List\" c WHERE (c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 \
@@ -126,11 +134,19 @@ fn a_scopes_rows_are_locked_against_phones_changes_null_parts_included() {
     // Locking a phone's row says so: the batch then marks itself as tandem's in the stream.
     let sql = built(&odd_scoped(), |s| common::lock(s.table, true));
     assert_eq!(
-        sql,
+        sql.joined,
         "SELECT count(*), CASE WHEN bool_or(locked.phone) THEN pg_catalog.set_config('tandem.phone_rows', 'on', true) END \
          FROM (SELECT c.\"source\" = 'M' AS phone FROM \"public\".\"Task List\" c WHERE EXISTS (SELECT 1 FROM pg_temp.tandem_k_3 k \
          WHERE (c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 OR (c.\"Task List\" IS NULL AND k.c1 IS NULL))) \
          FOR NO KEY UPDATE OF c) locked"
+    );
+    // A small batch's: key by key, through the index (a locking subquery is never flattened).
+    assert_eq!(
+        sql.probing,
+        "SELECT count(*), CASE WHEN bool_or(locked.phone) THEN pg_catalog.set_config('tandem.phone_rows', 'on', true) END \
+         FROM (SELECT c.phone FROM pg_temp.tandem_k_3 k CROSS JOIN LATERAL (SELECT c.\"source\" = 'M' AS phone \
+         FROM \"public\".\"Task List\" c WHERE (c.\"Task List\" OPERATOR(pg_catalog.=) k.c1 OR (c.\"Task List\" IS NULL AND k.c1 IS NULL)) \
+         FOR NO KEY UPDATE OF c) c) locked"
     );
 }
 
