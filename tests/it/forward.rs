@@ -820,3 +820,57 @@ where
         "timed out after {timeout:?} waiting for: {what}"
     );
 }
+
+/// A small batch's lock and hold read the cloud table through its key's index, however big the
+/// table: the planner knows nothing of staging tables it has not analyzed, and planned both as a
+/// hash join over a scan of the whole table, once a batch (see `commit::forward::sql::BySize`).
+#[tokio::test]
+async fn a_small_batchs_lock_and_hold_probe_the_cloud_tables_index() {
+    use tandem::commit::forward::sql::ForwardSql;
+    let desktop = "CREATE TABLE job (job_id int PRIMARY KEY, name text);
+         CREATE TABLE task (job_id int, name text); CREATE INDEX ON task (job_id);";
+    let cloud = format!(
+        "CREATE TABLE job (job_id int PRIMARY KEY, name text, {ownership});
+         CREATE TABLE task (task_id bigserial PRIMARY KEY, job_id int, name text, {ownership});
+         CREATE INDEX ON task (job_id);
+         INSERT INTO job (job_id, name, source) SELECT g, 'job ' || g, 'D' FROM generate_series(1, 20000) g;
+         INSERT INTO task (job_id, name, source) SELECT g % 20000, 'task ' || g, 'D' FROM generate_series(1, 40000) g;
+         ANALYZE job; ANALYZE task;",
+        ownership = crate::any_schema::OWNERSHIP
+    );
+    let tables = "[[tables]]\ndesktop = \"job\"\nkey = [\"job_id\"]\n\
+         [[tables]]\ndesktop = \"task\"\ncloud_key = \"task_id\"\nscope = [\"job_id\"]\n";
+    let (_db, config) = crate::any_schema::installed_with(desktop, &cloud, tables).await;
+    let tables = pipeline::Tables::start(&config).await.unwrap();
+    let mapping = tables.snapshot().mapping.clone();
+    let cloud = tandem::db::connect(tandem::change::Side::Cloud, &config.cloud.url)
+        .await
+        .unwrap();
+    for (i, t) in mapping.tables.iter().enumerate() {
+        let sql = ForwardSql::build(t, i);
+        cloud.batch_execute(&sql.create).await.unwrap();
+        let keys = format!("pg_temp.tandem_k_{i}");
+        cloud
+            .batch_execute(&format!("INSERT INTO {keys} (c1) VALUES (5)"))
+            .await
+            .unwrap();
+        let (lock, hold) = (sql.lock.expect("phone rows travel back"), sql.hold.unwrap());
+        for (what, statement) in [("lock", lock.of(false)), ("hold", hold.of(false))] {
+            let plan: Vec<String> = cloud
+                .query(&format!("EXPLAIN {statement}"), &[])
+                .await
+                .unwrap_or_else(|e| panic!("{what} of {}: {e}\n{statement}", t.table.cloud))
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let name = &t.table.cloud.name;
+            assert!(
+                !plan
+                    .iter()
+                    .any(|l| l.contains(&format!("Seq Scan on {name}"))),
+                "the {what} of {name} reads the whole table:\n{}",
+                plan.join("\n")
+            );
+        }
+    }
+}
