@@ -28,7 +28,7 @@ use crate::capture::outbox::{Lookups, lookup_joins};
 use crate::change::{Side, quote_literal};
 use crate::config::owner;
 use crate::db::{Context, DbError};
-use crate::expr::{json_object, output_text, q, row_text, same_key, text};
+use crate::expr::{output_text, q, row_text, same_key, text};
 use crate::transform::{Kind, MappedColumn, Mapping};
 
 /// The two hashes of a row.
@@ -203,11 +203,6 @@ impl ScanSql {
             Kind::Scoped { cloud_key, .. } => text(&format!("r.{}", q(cloud_key))),
             Kind::Key(_) => "NULL::text".to_string(),
         };
-        let old_image: Vec<(String, String)> = t
-            .reverse_columns
-            .iter()
-            .map(|c| (c.name.clone(), output_text(&format!("r.{}", q(&c.name)))))
-            .collect();
         let (schema, name) = (
             quote_literal(&t.table.cloud.schema),
             quote_literal(&t.table.cloud.name),
@@ -225,7 +220,7 @@ impl ScanSql {
               ORDER BY j.id",
             reverse = hash(&jr),
             journal_seen = owner::seen_xid8("xid", &horizon),
-            old = json_object(&old_image),
+            old = crate::capture::outbox::image(t, "r"),
             keys = journal_keys.join(", "),
         );
         let prune = format!(

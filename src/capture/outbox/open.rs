@@ -79,6 +79,20 @@ fn none_of(open: &str, matching: &str) -> String {
     format!("(NOT EXISTS ({open}) OR NOT EXISTS ({open} AND {matching}))")
 }
 
+/// Row `alias` of table `t` as the stream writes an old image (and conflicts their versions): each
+/// column that travels back, by name, as its type writes it, in a JSON object.
+pub fn image(t: &TableMapping, alias: &str) -> String {
+    let pairs: Vec<(String, String)> = t
+        .reverse_columns
+        .iter()
+        .map(|c| {
+            let value = format!("{alias}.{}", q(&c.name));
+            (c.name.clone(), crate::expr::output_text(&value))
+        })
+        .collect();
+    crate::expr::json_object(&pairs)
+}
+
 /// For a cloud-key table: desktop row `t` is not the desktop's version of an open conflict by
 /// concurrency (its `desktop_row`, each column's text as the reverse plan wrote it, compared in the
 /// same way on the same database): that version waits for a person, and is not sent. A conflict
@@ -89,19 +103,7 @@ pub fn not_kept(t: &TableMapping, alias: &str) -> Option<String> {
     if matches!(t.kind, crate::transform::Kind::Key(_)) {
         return None;
     }
-    let row = |a: &str| {
-        let pairs: Vec<(String, String)> = t
-            .reverse_columns
-            .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    crate::expr::output_text(&format!("{a}.{}", q(&c.name))),
-                )
-            })
-            .collect();
-        crate::expr::json_object(&pairs)
-    };
+    let row = |a: &str| image(t, a);
     let open = format!(
         "FROM tandem.conflicts x WHERE x.resolved_at IS NULL AND x.direction = 'reverse' \
          AND x.table_name = {} AND x.kind IS NOT NULL",

@@ -6,7 +6,7 @@ use crate::change::Side;
 use crate::commit::reconcile::Repair;
 use crate::config::owner;
 use crate::db::Context;
-use crate::expr::{output_text, q};
+use crate::expr::q;
 use crate::transform::MappedColumn;
 
 /// Applies the side `ch.keep` names for conflict `c` of table `i`, whose key is `key`.
@@ -25,19 +25,7 @@ pub(super) async fn choose(
         values.iter().map(|v| v as _).collect();
     let again = ch.chosen.contains(&(i, values.clone()));
     // A row of `alias` as an old image: each mapped column's text, as the stream writes images.
-    let image = |alias: &str| {
-        let pairs: Vec<(String, String)> = t
-            .reverse_columns
-            .iter()
-            .map(|col| {
-                (
-                    col.name.clone(),
-                    output_text(&format!("{alias}.{}", q(&col.name))),
-                )
-            })
-            .collect();
-        crate::expr::json_object(&pairs)
-    };
+    let image = |alias: &str| crate::capture::outbox::image(t, alias);
     // The cloud's row now: mobile-owned, desktop-owned, or gone (a phone deleted it); with its key
     // as the cloud writes it (what the engine matches fetched rows by).
     let cloud_row = ch
